@@ -1,0 +1,391 @@
+"""The audited switch store over etcd.
+
+Key layout (other tools read it directly; keep it exactly):
+    <prefix>switches/<name>   {"value", "updated_at", "updated_by", "change_id"}
+    <prefix>audit/<seq>       {"id", "at", "actor", "role", "reason", "source", "changes": [...], ...}
+    <prefix>operators/<name>  {"name", "role", "added_at", "added_by", "public_key"}
+    <prefix>changes/<id>      the audit id a change id produced (idempotency marker)
+    <prefix>meta/audit_head   {"seq", "hash"}: the last audit record (sequence and hash chain)
+
+Every write is ONE etcd transaction holding the values, the audit record, the new head and the
+change-id marker, guarded by the mod_revision of each touched key and of the head: a change set is
+applied whole or not at all, no concurrent writer is lost, and retrying the same change id is a
+no-op. Audit ids are a zero-padded sequence, so `audit/` sorts in commit order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import random
+from datetime import datetime, timezone
+from typing import Any
+
+from activities.changes import (
+    ActorKind,
+    AuditRecord,
+    Authority,
+    ChangeRecord,
+    ChangeSetRequest,
+    ChangeSetResult,
+    Operator,
+    Snapshot,
+    SwitchState,
+)
+from manual import approvals, switches
+from manual.roles import MONITOR_IDENTITY, RESERVED_NAMES, Role
+from rollbackctl.etcd import KV, Compare, Etcd, Put
+
+
+class StoreError(Exception):
+    exit_code = 1
+    kind = "error"
+
+
+class InvalidChange(StoreError):
+    exit_code = 2
+    kind = "invalid"
+
+
+class PermissionDenied(StoreError):
+    exit_code = 3
+    kind = "permission"
+
+
+class Conflict(StoreError):
+    exit_code = 4
+    kind = "conflict"
+
+
+class NotInitialised(StoreError):
+    exit_code = 2
+    kind = "not_initialised"
+
+
+def utcnow() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _dumps(obj: Any) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
+
+
+def record_hash(record: dict[str, Any]) -> str:
+    body = {k: v for k, v in record.items() if k not in ("hash", "revision")}
+    return hashlib.sha256(_dumps(body)).hexdigest()
+
+
+MAX_ATTEMPTS = 50
+
+
+class SwitchStore:
+    def __init__(self, etcd: Etcd, prefix: str = "/perps/"):
+        self.etcd = etcd
+        self.prefix = prefix
+
+    # -- keys -------------------------------------------------------------------------------
+    def switch_key(self, name: str) -> str:
+        return f"{self.prefix}switches/{name}"
+
+    def operator_key(self, name: str) -> str:
+        return f"{self.prefix}operators/{name}"
+
+    @property
+    def head_key(self) -> str:
+        return f"{self.prefix}meta/audit_head"
+
+    def marker_key(self, change_id: str) -> str:
+        return f"{self.prefix}changes/{change_id}"
+
+    def audit_key(self, seq: int) -> str:
+        return f"{self.prefix}audit/{seq:012d}"
+
+    # -- reads ------------------------------------------------------------------------------
+    async def snapshot(self) -> Snapshot:
+        kvs, rev = await self.etcd.get_prefix(f"{self.prefix}switches/")
+        found = {kv.key.rsplit("/", 1)[1]: kv for kv in kvs}
+        out: dict[str, SwitchState] = {}
+        for sw in switches.SWITCHES:
+            kv = found.get(sw.name)
+            if kv is None:
+                out[sw.name] = SwitchState(name=sw.name, value=None)
+            else:
+                out[sw.name] = SwitchState(name=sw.name, revision=kv.mod_revision, **json.loads(kv.value))
+        return Snapshot(revision=rev, switches=out)
+
+    async def get(self, name: str) -> SwitchState:
+        switches.get(name)
+        kv = await self.etcd.get(self.switch_key(name))
+        if kv is None:
+            return SwitchState(name=name, value=None)
+        return SwitchState(name=name, revision=kv.mod_revision, **json.loads(kv.value))
+
+    async def operators(self) -> list[Operator]:
+        kvs, _ = await self.etcd.get_prefix(f"{self.prefix}operators/")
+        return [Operator.model_validate_json(kv.value) for kv in kvs]
+
+    async def operator(self, name: str) -> Operator | None:
+        kv = await self.etcd.get(self.operator_key(name))
+        return Operator.model_validate_json(kv.value) if kv else None
+
+    async def audit(self, limit: int | None = None) -> list[AuditRecord]:
+        """Audit records, oldest first (the last `limit` of them)."""
+        kvs, _ = await self.etcd.get_prefix(f"{self.prefix}audit/")
+        if limit is not None:
+            kvs = kvs[-limit:] if limit > 0 else []
+        return [AuditRecord(**json.loads(kv.value), revision=kv.mod_revision) for kv in kvs]
+
+    async def _head(self) -> tuple[KV | None, int, str | None]:
+        kv = await self.etcd.get(self.head_key)
+        if kv is None:
+            return None, 0, None
+        h = json.loads(kv.value)
+        return kv, int(h["seq"]), h.get("hash")
+
+    async def _replayed(self, change_id: str) -> ChangeSetResult | None:
+        kv = await self.etcd.get(self.marker_key(change_id))
+        if kv is None:
+            return None
+        audit_id = json.loads(kv.value)["audit_id"]
+        rec_kv = await self.etcd.get(f"{self.prefix}audit/{audit_id}")
+        rec = json.loads(rec_kv.value) if rec_kv else {"changes": []}
+        return ChangeSetResult(
+            change_id=change_id,
+            audit_id=audit_id,
+            revision=kv.mod_revision,
+            changes=[ChangeRecord(**c) for c in rec["changes"]],
+            replayed=True,
+        )
+
+    # -- the one write path -----------------------------------------------------------------
+    async def _commit(
+        self,
+        record: dict[str, Any],
+        puts: list[Put],
+        guards: list[Compare],
+        change_id: str | None,
+    ) -> tuple[bool, int, str]:
+        """Try once: values + audit record + head (+ marker) in one transaction."""
+        head_kv, seq, prev_hash = await self._head()
+        seq += 1
+        audit_id = f"{seq:012d}"
+        rec = {**record, "id": audit_id, "prev_hash": prev_hash}
+        rec["hash"] = record_hash(rec)
+        ops = [*puts, Put(self.audit_key(seq), _dumps(rec)), Put(self.head_key, _dumps({"seq": seq, "hash": rec["hash"]}))]
+        cmp = [
+            *guards,
+            Compare(self.head_key, "mod", "==", head_kv.mod_revision) if head_kv else Compare(self.head_key, "create", "==", 0),
+        ]
+        if change_id is not None:
+            ops.append(Put(self.marker_key(change_id), _dumps({"audit_id": audit_id})))
+            cmp.append(Compare(self.marker_key(change_id), "create", "==", 0))
+        ok, rev = await self.etcd.txn(cmp, ops)
+        return ok, rev, audit_id
+
+    async def _backoff(self, attempt: int) -> None:
+        await asyncio.sleep(min(0.002 * (2 ** min(attempt, 6)), 0.1) * random.random())
+
+    # -- permission -----------------------------------------------------------------------------
+    async def _actor_role(self, req: ChangeSetRequest) -> str:
+        if req.actor_kind is ActorKind.SERVICE:
+            if req.actor != MONITOR_IDENTITY:
+                raise PermissionDenied(f"unknown service identity {req.actor!r}")
+            if req.authority is not Authority.PREAPPROVED:
+                raise PermissionDenied("the monitor may only take the manual's pre-approved moves")
+            return "service"
+        if req.actor in RESERVED_NAMES:
+            raise PermissionDenied(f"{req.actor!r} is a reserved service name, not an operator")
+        op = await self.operator(req.actor)
+        if op is None:
+            raise PermissionDenied(f"unknown operator {req.actor!r} (see `rollbackctl operator list`)")
+        return op.role.value
+
+    async def _authorize(self, req: ChangeSetRequest, role: str, parsed: dict[str, Any]) -> None:
+        if req.authority is Authority.OWNER:
+            r = Role(role)
+            for name in parsed:
+                need = switches.get(name).permission
+                if not r.at_least(need):
+                    raise PermissionDenied(
+                        f"{req.actor} is {r.value}; {name} is owned by {need.value} "
+                        f"(a {need.title} or above may change it)"
+                    )
+        elif req.authority is Authority.PREAPPROVED:
+            if role != "service" and not Role(role).at_least(Role.ON_CALL):
+                raise PermissionDenied(f"{req.actor} is {role}; pre-approved moves need on_call or above")
+            for name, value in parsed.items():
+                if name in approvals.SUPER_ADMIN_ONLY:
+                    if role != Role.SUPER_ADMIN.value:
+                        raise PermissionDenied(f"{name} needs a super_admin in both directions; {req.actor} is {role}")
+                    continue
+                if not approvals.is_preapproved(name, value):
+                    allowed = ", ".join(switches.get(name).render(v) for v in approvals.PREAPPROVED[name])
+                    raise PermissionDenied(
+                        f"{name}={switches.get(name).render(value)} is not a pre-approved move "
+                        f"(pre-approved: {allowed}); it needs its owner role"
+                    )
+        else:  # PLAN
+            if not req.approved_by:
+                raise PermissionDenied("a plan change set needs approved_by")
+            approver = await self.operator(req.approved_by)
+            if approver is None:
+                raise PermissionDenied(f"approver {req.approved_by!r} is not an operator")
+            need = approvals.plan_owner_role(list(parsed))
+            if not approver.role.at_least(need):
+                raise PermissionDenied(
+                    f"approver {approver.name} is {approver.role.value}; this plan touches switches owned by {need.value}"
+                )
+
+    def _parse(self, req: ChangeSetRequest) -> dict[str, Any]:
+        parsed: dict[str, Any] = {}
+        for ch in req.changes:
+            try:
+                sw = switches.get(ch.switch)
+            except switches.UnknownSwitch as e:
+                raise InvalidChange(str(e)) from None
+            if ch.switch in parsed:
+                raise InvalidChange(f"{ch.switch} appears twice in one change set")
+            try:
+                parsed[ch.switch] = sw.parse(ch.value)
+            except switches.SwitchValueError as e:
+                raise InvalidChange(str(e)) from None
+        if req.expected:
+            for name, v in req.expected.items():
+                if name not in parsed:
+                    raise InvalidChange(f"expected value given for {name}, which the change set does not touch")
+                try:
+                    switches.get(name).parse(v)
+                except (switches.UnknownSwitch, switches.SwitchValueError) as e:
+                    raise InvalidChange(f"expected value: {e}") from None
+        return parsed
+
+    async def apply(self, req: ChangeSetRequest) -> ChangeSetResult:
+        """Validate the whole change set, then write it as one transaction (or nothing)."""
+        parsed = self._parse(req)
+        done = await self._replayed(req.change_id)
+        if done is not None:
+            return done
+        role = await self._actor_role(req)
+        await self._authorize(req, role, parsed)
+        for attempt in range(MAX_ATTEMPTS):
+            all_kvs, _ = await self.etcd.get_prefix(f"{self.prefix}switches/")
+            by_key = {kv.key: kv for kv in all_kvs}
+            kvs = {n: by_key.get(self.switch_key(n)) for n in parsed}
+            missing = [n for n, kv in kvs.items() if kv is None]
+            if missing:
+                raise NotInitialised(f"switch store not initialised ({', '.join(missing)} missing): run `rollbackctl init`")
+            current = {n: json.loads(kv.value) for n, kv in kvs.items()}
+            if req.expected:
+                for n, want in req.expected.items():
+                    have = current[n]["value"]
+                    if have != switches.get(n).parse(want):
+                        sw = switches.get(n)
+                        raise Conflict(
+                            f"{n} is {sw.render(have)} (set by {current[n].get('updated_by')} at "
+                            f"{current[n].get('updated_at')}), not {sw.render(sw.parse(want))} as expected: not overwritten"
+                        )
+            at = utcnow()
+            recs = [ChangeRecord(switch=n, old=current[n]["value"], new=v) for n, v in parsed.items()]
+            puts = [
+                Put(self.switch_key(n), _dumps({"value": v, "updated_at": at, "updated_by": req.actor, "change_id": req.change_id}))
+                for n, v in parsed.items()
+            ]
+            guards = [Compare(self.switch_key(n), "mod", "==", kv.mod_revision) for n, kv in kvs.items()]
+            record = {
+                "at": at,
+                "actor": req.actor,
+                "role": role,
+                "reason": req.reason,
+                "source": req.source,
+                "action": req.action,
+                "change_id": req.change_id,
+                "authority": req.authority.value,
+                "approved_by": req.approved_by,
+                "drill": req.drill,
+                "changes": [r.model_dump() for r in recs],
+            }
+            ok, rev, audit_id = await self._commit(record, puts, guards, req.change_id)
+            if ok:
+                return ChangeSetResult(change_id=req.change_id, audit_id=audit_id, revision=rev, changes=recs)
+            done = await self._replayed(req.change_id)
+            if done is not None:
+                return done
+            await self._backoff(attempt)
+        raise Conflict(f"change set {req.change_id}: still contended after {MAX_ATTEMPTS} attempts; try again")
+
+    # -- init and operators -------------------------------------------------------------------
+    async def init(self, super_admin: str | None = None, actor: str = "system") -> dict[str, Any]:
+        """Write every missing default (never overwrite); bootstrap the first super admin."""
+        ops = await self.operators()
+        if super_admin is not None:
+            existing = next((o for o in ops if o.name == super_admin), None)
+            if existing is None and ops:
+                raise PermissionDenied(
+                    f"operators already exist ({', '.join(o.name for o in ops)}); add {super_admin} with "
+                    "`rollbackctl operator add` as a super admin"
+                )
+            if existing is None:
+                await self.add_operator(super_admin, Role.SUPER_ADMIN, actor="system", bootstrap=True)
+            elif existing.role is not Role.SUPER_ADMIN:
+                raise PermissionDenied(f"{super_admin} exists with role {existing.role.value}, not super_admin")
+        elif not ops:
+            raise InvalidChange("no operators yet: run `rollbackctl init --super-admin NAME` to bootstrap the first one")
+        written: list[str] = []
+        for attempt in range(MAX_ATTEMPTS):
+            snap = await self.snapshot()
+            missing = [n for n, s in snap.switches.items() if s.revision == 0]
+            if not missing:
+                break
+            at = utcnow()
+            change_id = f"init-{at}"
+            puts = [
+                Put(self.switch_key(n), _dumps({"value": switches.get(n).default, "updated_at": at, "updated_by": actor, "change_id": change_id}))
+                for n in missing
+            ]
+            guards = [Compare(self.switch_key(n), "create", "==", 0) for n in missing]
+            record = {
+                "at": at, "actor": actor, "role": "system", "reason": "initialise missing switches to their defaults",
+                "source": "cli", "action": "init", "change_id": change_id, "authority": "system",
+                "approved_by": None, "drill": False,
+                "changes": [{"switch": n, "old": None, "new": switches.get(n).default} for n in missing],
+            }
+            ok, _, _ = await self._commit(record, puts, guards, None)
+            if ok:
+                written = missing
+                break
+            await self._backoff(attempt)
+        return {"initialised": written, "existing": len(switches.SWITCHES) - len(written)}
+
+    async def add_operator(
+        self, name: str, role: Role, actor: str, public_key: str | None = None, bootstrap: bool = False
+    ) -> Operator:
+        if name in RESERVED_NAMES:
+            raise InvalidChange(f"{name!r} is reserved for a service identity")
+        try:
+            op = Operator(name=name, role=role, added_at=utcnow(), added_by=actor, public_key=public_key)
+        except ValueError as e:
+            raise InvalidChange(f"operator name {name!r}: lower-case letters, digits, '_', '.', '-', 1-32 chars") from e
+        if not bootstrap:
+            who = await self.operator(actor)
+            if who is None:
+                raise PermissionDenied(f"unknown operator {actor!r}")
+            if who.role is not Role.SUPER_ADMIN:
+                raise PermissionDenied(f"{actor} is {who.role.value}; only a super_admin manages operators")
+        record = {
+            "at": op.added_at, "actor": actor, "role": "system" if bootstrap else Role.SUPER_ADMIN.value,
+            "reason": f"add operator {name} as {role.value}", "source": "cli", "action": "operator.add",
+            "change_id": None, "authority": "owner", "approved_by": None, "drill": False, "changes": [],
+            "operator": {"name": name, "role": role.value},
+        }
+        for attempt in range(MAX_ATTEMPTS):
+            ok, _, _ = await self._commit(
+                record, [Put(self.operator_key(name), op.model_dump_json().encode())],
+                [Compare(self.operator_key(name), "create", "==", 0)], None,
+            )
+            if ok:
+                return op
+            if await self.operator(name) is not None:
+                raise Conflict(f"operator {name!r} already exists")
+            await self._backoff(attempt)
+        raise Conflict(f"operator {name}: still contended; try again")

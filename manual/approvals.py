@@ -1,0 +1,61 @@
+"""Who may set what (manual: "Permission Levels"; issue: "the manual pre-approves").
+
+- An operator whose role is at least a switch's owner role may set any valid value.
+- The manual's own emergency moves are pre-approved: each switch's rollback value, the switch sets
+  of degradation levels 1-2 and the P0 table's immediate actions. An `on_call` operator may trigger
+  them through a workflow; the P0 monitor takes them under its service identity.
+- Level 3 (`global_api_enabled`) needs a super admin in both directions, whoever asks.
+- A plan that moves switches elsewhere (a canary stage, a restore) is approved at its start by an
+  operator holding the owner role of every switch it touches.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from manual import degradation, switches
+from manual.roles import Role
+
+# Never pre-approved, whatever the value: Level 3 is a super admin's call.
+SUPER_ADMIN_ONLY = frozenset({"global_api_enabled"})
+
+
+def _preapproved() -> dict[str, list[Any]]:
+    out: dict[str, list[Any]] = {s.name: [s.rollback_value] for s in switches.SWITCHES}
+    for lvl in degradation.LEVELS.values():
+        if lvl.preapproved:
+            for name, value in lvl.switch_set.items():
+                if value not in out[name]:
+                    out[name].append(value)
+    try:  # the P0 table's switch moves, once that data exists
+        from manual import alerts
+
+        for name, value in alerts.preapproved_switch_values():
+            if value not in out[name]:
+                out[name].append(value)
+    except ImportError:
+        pass
+    for name in SUPER_ADMIN_ONLY:
+        out[name] = []
+    return out
+
+
+PREAPPROVED: dict[str, list[Any]] = _preapproved()
+
+
+def is_preapproved(name: str, value: Any) -> bool:
+    return value in PREAPPROVED.get(name, [])
+
+
+def required_role(name: str) -> Role:
+    return switches.get(name).permission
+
+
+def plan_owner_role(names: list[str]) -> Role:
+    """The role an approver needs for a plan touching `names` (the highest owner among them)."""
+    role = Role.VIEWER
+    for n in names:
+        r = required_role(n)
+        if r.rank > role.rank:
+            role = r
+    return role

@@ -1,0 +1,1 @@
+"""rollbackctl: durable launch-and-rollback automation (CLI, settings, stack, simulator)."""

@@ -1,0 +1,59 @@
+"""`rollbackctl`: the on-call engineer's command line.
+
+Each command group lives in its own module with a `register(subparsers)` function; COMMAND_MODULES
+lists them. Errors: one clear line on stderr and an exit code: 2 bad input, 3 permission denied,
+4 conflict, 5 store/service unavailable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import os
+import sys
+
+from rollbackctl.cli.common import CliError, exit_code_for
+
+COMMAND_MODULES = [
+    "rollbackctl.cli.switch_cmds",
+    "rollbackctl.cli.dev_cmds",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="rollbackctl",
+        description="Durable launch-and-rollback automation: switches, rollbacks, degradation, canaries, P0 alerts.",
+    )
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for mod in COMMAND_MODULES:
+        importlib.import_module(mod).register(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    from rollbackctl import log
+
+    log.configure(level=os.environ.get("ROLLBACKCTL_LOG_LEVEL", "WARNING"))
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    code = 0
+    try:
+        result = args.func(args)
+        if asyncio.iscoroutine(result):
+            result = asyncio.run(result)
+        code = int(result or 0)
+    except KeyboardInterrupt:
+        code = 130
+    except Exception as e:  # one line, the right exit code
+        code = exit_code_for(e)
+        if code == 1 and not isinstance(e, CliError):
+            import traceback
+
+            traceback.print_exc()
+        print(f"rollbackctl: error: {e}", file=sys.stderr)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # The Temporal SDK's Rust core can abort at interpreter exit (sdk-python #300): leave directly.
+    os._exit(code)

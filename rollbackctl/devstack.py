@@ -1,0 +1,160 @@
+"""`rollbackctl dev up | down | status`: the embedded stack on loopback.
+
+Data, logs and pid files live under `.dev/` (ROLLBACKCTL_DEV_DIR). Ports come from the same
+settings the rest of the tool uses (ROLLBACKCTL_ETCD_ENDPOINTS, TEMPORAL_ADDRESS,
+ROLLBACKCTL_TRADING_CORE_URL, ROLLBACKCTL_DEV_*), so two stacks can run side by side.
+
+Components are registered in COMPONENTS: each knows how to start, how to tell it is up, and
+where its pid file is. `down` stops exactly the pids it wrote.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+from urllib.parse import urlparse
+
+from rollbackctl import procs
+from rollbackctl.settings import DevStackSettings, EtcdSettings, TemporalSettings, TradingCoreSettings
+
+
+@dataclass
+class Component:
+    name: str
+    start: Callable[["Stack"], int]  # returns the pid
+    describe: Callable[["Stack"], str]
+
+
+class Stack:
+    def __init__(self) -> None:
+        self.dev = DevStackSettings()
+        self.etcd = EtcdSettings()
+        self.temporal = TemporalSettings()
+        self.core = TradingCoreSettings()
+        self.dir = self.dev.dir.resolve()
+
+    # endpoints ------------------------------------------------------------------------------
+    @property
+    def etcd_hostport(self) -> tuple[str, int]:
+        host, _, port = self.etcd.endpoint_list()[0].rpartition(":")
+        return host, int(port)
+
+    @property
+    def temporal_hostport(self) -> tuple[str, int]:
+        host, _, port = self.temporal.temporal_address.rpartition(":")
+        return host, int(port)
+
+    @property
+    def sim_hostport(self) -> tuple[str, int]:
+        u = urlparse(self.core.url)
+        return u.hostname or "127.0.0.1", u.port or 80
+
+    def pidfile(self, name: str) -> Path:
+        return self.dir / f"{name}.pid"
+
+    def log(self, name: str) -> Path:
+        return self.dir / f"{name}.log"
+
+    def running(self, name: str) -> int | None:
+        pf = self.pidfile(name)
+        if not pf.exists():
+            return None
+        pid = int(pf.read_text().split()[0])
+        return pid if procs.alive(pid) else None
+
+    def env(self) -> dict[str, str]:
+        """The environment a child needs to reach this stack."""
+        return {
+            "ROLLBACKCTL_ETCD_ENDPOINTS": self.etcd.endpoints,
+            "ROLLBACKCTL_ETCD_PREFIX": self.etcd.prefix,
+            "TEMPORAL_ADDRESS": self.temporal.temporal_address,
+            "TEMPORAL_NAMESPACE": self.temporal.temporal_namespace,
+            "ROLLBACKCTL_TASK_QUEUE": self.temporal.task_queue,
+            "ROLLBACKCTL_TRADING_CORE_URL": self.core.url,
+        }
+
+
+def _start_etcd(st: Stack) -> int:
+    host, port = st.etcd_hostport
+    p = procs.start_etcd(st.dir / "etcd", port, st.dev.etcd_peer_port, st.log("etcd"), host=host)
+    return p.pid
+
+
+def _start_temporal(st: Stack) -> int:
+    host, port = st.temporal_hostport
+    procs.require_free(host, port, "temporal")
+    procs.require_free(host, st.dev.temporal_ui_port, "temporal web UI")
+    p = procs.spawn(
+        procs.temporal_dev_args(host, port, st.dev.temporal_ui_port, st.dir / "temporal.db", st.temporal.temporal_namespace),
+        st.log("temporal"),
+    )
+    procs.wait_temporal(st.temporal.temporal_address, st.temporal.temporal_namespace, 60, p)
+    return p.pid
+
+
+def _python_component(module: str, *args: str) -> Callable[[Stack], int]:
+    def start(st: Stack) -> int:
+        p = procs.spawn([sys.executable, "-m", module, *args], st.log(module.rsplit(".", 1)[-1]), env=st.env())
+        return p.pid
+
+    return start
+
+
+COMPONENTS: list[Component] = [
+    Component("etcd", _start_etcd, lambda st: "etcd            http://%s:%d" % st.etcd_hostport),
+    Component(
+        "temporal",
+        _start_temporal,
+        lambda st: f"temporal        {st.temporal.temporal_address}  (Web UI {st.temporal.temporal_ui_url})",
+    ),
+]
+
+
+def register(component: Component) -> None:
+    """Later components (simulator, worker, monitor) add themselves here."""
+    if all(c.name != component.name for c in COMPONENTS):
+        COMPONENTS.append(component)
+
+
+def up(only: list[str] | None = None, out=print) -> Stack:
+    st = Stack()
+    st.dir.mkdir(parents=True, exist_ok=True)
+    for c in COMPONENTS:
+        if only and c.name not in only:
+            continue
+        pid = st.running(c.name)
+        if pid:
+            out(f"  {c.describe(st)}  already running (pid {pid})")
+            continue
+        pid = c.start(st)
+        st.pidfile(c.name).write_text(f"{pid}\n")
+        out(f"  {c.describe(st)}  started (pid {pid}, log {st.log(c.name)})")
+    return st
+
+
+def down(out=print) -> None:
+    st = Stack()
+    for c in reversed(COMPONENTS):
+        pf = st.pidfile(c.name)
+        if not pf.exists():
+            continue
+        pid = int(pf.read_text().split()[0])
+        was = procs.stop(pid)
+        pf.unlink(missing_ok=True)
+        out(f"  {c.name:<15} {'stopped' if was else 'was not running'} (pid {pid})")
+
+
+def status() -> list[dict]:
+    st = Stack()
+    return [
+        {"name": c.name, "pid": st.running(c.name), "running": st.running(c.name) is not None, "where": c.describe(st)}
+        for c in COMPONENTS
+    ]
+
+
+def status_json() -> str:
+    return json.dumps(status(), indent=2)
+

@@ -1,0 +1,100 @@
+"""Settings from the environment.
+
+Each command builds only the settings group it needs: `switch`, `init`, `operator` and `audit`
+need etcd's alone, so a missing Temporal or trading-core setting never stops them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_TASK_QUEUE = "rollbackctl"
+
+
+class EtcdSettings(BaseSettings):
+    """ROLLBACKCTL_ETCD_*: where the switch store lives."""
+
+    model_config = SettingsConfigDict(env_prefix="ROLLBACKCTL_ETCD_", extra="ignore")
+
+    endpoints: str = Field(
+        default="127.0.0.1:2379",
+        description="Comma-separated host:port list; tried in order, failing over on outage.",
+    )
+    prefix: str = "/perps/"
+    username: str | None = None
+    password: SecretStr | None = None
+    ca_cert: Path | None = Field(default=None, description="CA bundle: enables TLS")
+    cert: Path | None = Field(default=None, description="client certificate (mutual TLS)")
+    key: Path | None = Field(default=None, description="client key (mutual TLS)")
+    timeout_s: float = 5.0
+
+    @field_validator("prefix")
+    @classmethod
+    def _prefix_shape(cls, v: str) -> str:
+        if not v.startswith("/") or not v.endswith("/"):
+            raise ValueError("ROLLBACKCTL_ETCD_PREFIX must start and end with '/', e.g. /perps/")
+        return v
+
+    def endpoint_list(self) -> list[str]:
+        eps = [e.strip() for e in self.endpoints.split(",") if e.strip()]
+        if not eps:
+            raise ValueError("ROLLBACKCTL_ETCD_ENDPOINTS is empty")
+        for ep in eps:
+            host, sep, port = ep.rpartition(":")
+            if not sep or not host or not port.isdigit():
+                raise ValueError(f"ROLLBACKCTL_ETCD_ENDPOINTS: {ep!r} is not host:port")
+        return eps
+
+
+class TemporalSettings(BaseSettings):
+    """TEMPORAL_* (the names the temporal CLI uses) and the task queue."""
+
+    model_config = SettingsConfigDict(extra="ignore")
+
+    temporal_address: str = "127.0.0.1:7233"
+    temporal_namespace: str = "default"
+    temporal_tls_cert: Path | None = None
+    temporal_tls_key: Path | None = None
+    temporal_api_key: SecretStr | None = None
+    temporal_ui_url: str = Field(
+        default="http://127.0.0.1:8233",
+        validation_alias="ROLLBACKCTL_TEMPORAL_UI_URL",
+    )
+    task_queue: str = Field(default=DEFAULT_TASK_QUEUE, validation_alias="ROLLBACKCTL_TASK_QUEUE")
+
+    def workflow_url(self, workflow_id: str) -> str:
+        return f"{self.temporal_ui_url.rstrip('/')}/namespaces/{self.temporal_namespace}/workflows/{workflow_id}"
+
+
+class TradingCoreSettings(BaseSettings):
+    """ROLLBACKCTL_TRADING_CORE_*: the exchange's trading core (or the simulator)."""
+
+    model_config = SettingsConfigDict(env_prefix="ROLLBACKCTL_TRADING_CORE_", extra="ignore")
+
+    url: str = "http://127.0.0.1:8700"
+    token: SecretStr = SecretStr("dev-token")
+    timeout_s: float = 2.0
+
+
+class PagingSettings(BaseSettings):
+    """ROLLBACKCTL_PAGERDUTY_* / ROLLBACKCTL_SLACK_*: where pages and chat messages go."""
+
+    model_config = SettingsConfigDict(env_prefix="ROLLBACKCTL_", extra="ignore")
+
+    pagerduty_url: SecretStr | None = None
+    pagerduty_routing_key: SecretStr | None = None
+    slack_webhook_url: SecretStr | None = None
+
+
+class DevStackSettings(BaseSettings):
+    """ROLLBACKCTL_DEV_*: ports and data dir of `rollbackctl dev up`."""
+
+    model_config = SettingsConfigDict(env_prefix="ROLLBACKCTL_DEV_", extra="ignore")
+
+    dir: Path = Path(".dev")
+    etcd_peer_port: int = 2380
+    temporal_ui_port: int = 8233
+    sim_port: int = 8700

@@ -1,0 +1,115 @@
+"""Consumer-side switch watcher (used by the trading core / simulator).
+
+Loads every switch, then follows the etcd watch from that revision. Exposes the current values
+and calls back on each change. A dropped watch (etcd restart, network) resumes from the last seen
+revision + 1, so no change is missed; a compacted revision re-reads everything and reports what
+differs, then watches on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable
+
+from rollbackctl.etcd import Etcd, EtcdCompacted, EtcdError, EtcdUnavailable
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SwitchUpdate:
+    name: str
+    value: Any
+    revision: int
+    record: dict[str, Any]
+
+
+Callback = Callable[[SwitchUpdate], Awaitable[None] | None]
+
+
+class SwitchWatcher:
+    def __init__(self, etcd: Etcd, prefix: str = "/perps/", on_change: Callback | None = None):
+        self.etcd = etcd
+        self.base = f"{prefix}switches/"
+        self.on_change = on_change
+        self.values: dict[str, Any] = {}
+        self.revisions: dict[str, int] = {}
+        self.revision = 0  # highest store revision seen
+        self.reconnects = 0
+        self.ready = asyncio.Event()
+        self._task: asyncio.Task | None = None
+
+    async def start(self) -> None:
+        await self._load(initial=True)
+        self._task = asyncio.create_task(self._run(), name="switch-watcher")
+        self.ready.set()
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            try:
+                await self._task
+            except (asyncio.CancelledError, Exception):
+                pass
+
+    async def _emit(self, upd: SwitchUpdate) -> None:
+        if self.on_change is None:
+            return
+        try:
+            r = self.on_change(upd)
+            if asyncio.iscoroutine(r):
+                await r
+        except Exception:  # a consumer bug must not stop the watch
+            log.exception("switch watcher callback failed for %s", upd.name)
+
+    async def _load(self, initial: bool) -> None:
+        while True:
+            try:
+                kvs, rev = await self.etcd.get_prefix(self.base)
+                break
+            except EtcdUnavailable:
+                await asyncio.sleep(0.2)
+        seen = set()
+        for kv in kvs:
+            name = kv.key[len(self.base):]
+            seen.add(name)
+            rec = json.loads(kv.value)
+            changed = self.revisions.get(name) != kv.mod_revision
+            self.values[name], self.revisions[name] = rec.get("value"), kv.mod_revision
+            if changed and not initial:
+                await self._emit(SwitchUpdate(name, rec.get("value"), kv.mod_revision, rec))
+        for name in [n for n in self.values if n not in seen]:
+            self.values.pop(name)
+            self.revisions.pop(name, None)
+            if not initial:
+                await self._emit(SwitchUpdate(name, None, rev, {}))
+        self.revision = rev
+
+    async def _run(self) -> None:
+        delay = 0.05
+        while True:
+            try:
+                async for events in self.etcd.watch_prefix(self.base, self.revision + 1):
+                    delay = 0.05
+                    for ev in events:
+                        name = ev.kv.key[len(self.base):]
+                        if ev.type == "put":
+                            rec = json.loads(ev.kv.value)
+                            self.values[name], self.revisions[name] = rec.get("value"), ev.kv.mod_revision
+                        else:
+                            rec = {}
+                            self.values.pop(name, None)
+                            self.revisions.pop(name, None)
+                        self.revision = max(self.revision, ev.kv.mod_revision)
+                        await self._emit(SwitchUpdate(name, rec.get("value"), ev.kv.mod_revision, rec))
+            except EtcdCompacted:
+                log.warning("switch watch: revision %s compacted; re-reading all switches", self.revision + 1)
+                await self._load(initial=False)
+            except (EtcdUnavailable, EtcdError) as e:
+                self.reconnects += 1
+                log.warning("switch watch dropped (%s); resuming from revision %s", e, self.revision + 1)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
