@@ -1,0 +1,173 @@
+"""The Rollback Decision Tree (manual: "Rollback Decision Tree") as data and plan builders.
+
+    Incident -> [Severity] critical: immediately | data inconsistency: within 5 min | non-critical: monitor
+             -> [Level] single module: that switch | cross-module: HL_MODE + internalization off
+                        | full system: degradation level 3
+             -> [Execute] change + observe 5 min + confirm
+             -> [Fix & restart] fix + tests + 5% canary -> full
+
+The workflow (workflows/rollback.py) walks the tree; every step it runs is built here from data.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from enum import Enum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from manual import approvals, checklist, degradation, switches
+from manual.roles import Role
+from manual.steps import (
+    ApplySwitches,
+    AwaitConfirmation,
+    Checklist,
+    HealthCheck,
+    Notify,
+    Observe,
+)
+
+
+class Severity(str, Enum):
+    CRITICAL = "critical_path_failure"
+    DATA = "data_inconsistency"
+    NON_CRITICAL = "non_critical"
+
+
+class Scope(str, Enum):
+    SINGLE = "single_module"
+    CROSS = "cross_module"
+    FULL = "full_system"
+
+
+# A breach during observation escalates one level.
+NEXT_SCOPE: dict[Scope, Scope | None] = {Scope.SINGLE: Scope.CROSS, Scope.CROSS: Scope.FULL, Scope.FULL: None}
+
+# "Single Module -> Disable that switch": the modules an on-call can name instead of a switch.
+MODULES: dict[str, tuple[str, ...]] = {
+    "internalization": ("global_betting_enabled", "betting_traffic_pct"),
+    "routing": ("routing_mode",),
+    "hedging": ("hedge_enabled",),
+    "liquidation": ("liquidation_enabled",),
+    "withdrawals": ("withdrawal_enabled",),
+    "auto_mode": ("auto_mode_switch",),
+}
+
+# "Cross-Module -> HL_MODE + disable internalization"
+CROSS_MODULE_SET: dict[str, Any] = {"routing_mode": "HL_MODE", "global_betting_enabled": False}
+
+# The 5% canary of "Fix & Restart": internalization comes back on this share of orders first.
+RESTORE_CANARY_SWITCH = "betting_traffic_pct"
+RESTORE_CANARY_VALUE = 5
+
+# Health checks during the 5-minute observation (a breach escalates) and the 5% restore canary.
+OBSERVE_CHECKS: tuple[HealthCheck, ...] = (
+    HealthCheck(metric="error_rate", op="<=", threshold=0.01, why="the manual's >1% error-rate failure line"),
+    HealthCheck(metric="hl_connected", op="==", threshold=True, why="HL_MODE needs HL up"),
+    HealthCheck(metric="asset_mismatch_ratio", op="<=", threshold=0.001, why="P0: user asset mismatch >0.1%"),
+)
+
+
+class Durations(BaseModel):
+    """The manual's timings by default; shorter per start for drills and demos."""
+
+    model_config = ConfigDict(frozen=True)
+    decision_window: timedelta = Field(default=timedelta(minutes=5), description="data inconsistency: roll back within")
+    observe: timedelta = Field(default=timedelta(minutes=5), description="observe after the change")
+    check_interval: timedelta = Field(default=timedelta(seconds=15), description="health check interval")
+    confirm_sla: timedelta = Field(default=timedelta(minutes=10), description="re-page when unconfirmed")
+    consecutive_breaches: int = Field(default=3, ge=1, le=50)
+    fix_reminder: timedelta = Field(default=timedelta(hours=4), description="re-page while waiting for a fix")
+    restore_observe: timedelta = Field(default=timedelta(minutes=5), description="observe the 5% restore")
+
+    def interval(self, duration: timedelta) -> timedelta:
+        return min(self.check_interval, duration)
+
+
+def target_changes(scope: Scope, target: str | None) -> dict[str, Any]:
+    """The change set a rollback level applies."""
+    if scope is Scope.SINGLE:
+        if not target:
+            raise ValueError("a single-module rollback needs --switch NAME (a switch or a module: "
+                             + ", ".join(sorted(MODULES)) + ")")
+        names = MODULES.get(target) or (switches.get(target).name,)
+        return {n: switches.get(n).rollback_value for n in names}
+    if scope is Scope.CROSS:
+        return dict(CROSS_MODULE_SET)
+    return dict(degradation.get(3).switch_set)
+
+
+def required_role(scope: Scope) -> Role:
+    """Who may start (and confirm) a rollback of this level."""
+    return Role.SUPER_ADMIN if scope is Scope.FULL else Role.ON_CALL
+
+
+def checklist_step(changes: dict[str, Any], critical: bool) -> Checklist:
+    forcing_hl = changes.get("routing_mode") == "HL_MODE"
+    items = tuple(i for i in checklist.BEFORE_ROLLBACK if forcing_hl or i.id != "hl_health")
+    return Checklist(
+        name="checklist",
+        items=items,
+        forcing_hl=forcing_hl,
+        health_timeout=timedelta(milliseconds=300) if critical else timedelta(seconds=3),
+    )
+
+
+def apply_step(changes: dict[str, Any], name: str, level: Scope) -> ApplySwitches:
+    return ApplySwitches(
+        name=name, changes=changes, authority="preapproved",
+        reason=f"rollback ({level.value}): " + ", ".join(f"{k}={switches.get(k).render(v)}" for k, v in changes.items()),
+    )
+
+
+def observe_step(d: Durations, name: str = "observe") -> Observe:
+    return Observe(
+        name=name, duration=d.observe, interval=d.interval(d.observe), checks=OBSERVE_CHECKS,
+        consecutive=d.consecutive_breaches, on_breach="escalate",
+    )
+
+
+def confirm_step(d: Durations, scope: Scope) -> AwaitConfirmation:
+    return AwaitConfirmation(
+        name="confirm", expects="confirm", min_role=required_role(scope), timeout=d.confirm_sla,
+        on_timeout="repage_and_wait",
+        prompt="Observation done: confirm the rollback holds (`rollbackctl confirm ID --as OP`).",
+    )
+
+
+def window_step(d: Durations) -> AwaitConfirmation:
+    return AwaitConfirmation(
+        name="decision_window", expects="proceed_or_cancel", min_role=Role.ON_CALL, timeout=d.decision_window,
+        on_timeout="proceed",
+        prompt="Data inconsistency: rolling back when the window ends. `proceed` now or `cancel --reason`.",
+    )
+
+
+def fix_step(d: Durations, restore_role: Role) -> AwaitConfirmation:
+    return AwaitConfirmation(
+        name="fix", expects="fix", min_role=restore_role, timeout=d.fix_reminder, on_timeout="repage_and_wait",
+        prompt="Waiting for `fix ID --reference REF --tests-passed` (or `--no-restore` to close without restoring).",
+    )
+
+
+def restore_role(changed: list[str]) -> Role:
+    """Restore re-enables what the rollback turned off: it needs the owner role of each."""
+    return approvals.plan_owner_role(changed)
+
+
+def level_choice_step(d: Durations) -> AwaitConfirmation:
+    return AwaitConfirmation(
+        name="level_choice", expects="level_choice", min_role=Role.ON_CALL, timeout=d.confirm_sla,
+        on_timeout="repage_and_wait",
+        prompt="HL is down: forcing HL_MODE would strand every order. New orders are paused. "
+               "Choose degradation level 2 or 3 (`rollbackctl escalate ID --level 2|3`).",
+    )
+
+
+def monitor_steps(d: Durations) -> tuple[Notify, Observe]:
+    return (
+        Notify(name="notify_monitoring", text="Non-critical incident: no config change; observing.", severity="info"),
+        Observe(name="monitor", duration=d.observe, interval=d.interval(d.observe), checks=OBSERVE_CHECKS,
+                consecutive=d.consecutive_breaches, on_breach="record", stop_on_escalate=True),
+    )

@@ -1,0 +1,106 @@
+"""The rollbackctl worker: runs every workflow and activity on the task queue.
+
+    python worker.py          (or the console script `rollbackctl-worker`)
+
+Needs etcd, Temporal, the trading core and paging settings (a worker without paging configured
+refuses to start: pages must never be dropped silently).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from contextlib import AsyncExitStack
+from datetime import timedelta
+
+import httpx
+import structlog
+from temporalio.client import Client
+from temporalio.worker import Worker
+
+from activities.switch_activities import SwitchActivities
+from activities.switch_store import SwitchStore
+from activities.temporal_ops import TemporalOps
+from rollbackctl.etcd import Etcd
+from rollbackctl.settings import EtcdSettings, PagingSettings, TemporalSettings, TradingCoreSettings
+from workflows.registry import WORKFLOWS
+
+log = structlog.get_logger("rollbackctl.worker")
+
+
+def activity_objects(store: SwitchStore, http: httpx.AsyncClient, client: Client,
+                     core: TradingCoreSettings, paging: PagingSettings) -> list:
+    from activities.paging import PagingActivities
+    from activities.trading_core import TradingCoreActivities
+
+    return [
+        SwitchActivities(store),
+        TradingCoreActivities.from_settings(core, http),
+        PagingActivities.from_settings(paging, http),
+        TemporalOps(client),
+    ]
+
+
+def activity_methods(objs: list) -> list:
+    """Every @activity.defn method of the given activity objects."""
+    out = []
+    for o in objs:
+        for name in dir(type(o)):
+            fn = getattr(o, name)
+            if callable(fn) and hasattr(getattr(type(o), name), "__temporal_activity_definition"):
+                out.append(fn)
+    return out
+
+
+def build_worker(client: Client, task_queue: str, activities: list) -> Worker:
+    return Worker(
+        client,
+        task_queue=task_queue,
+        workflows=WORKFLOWS,
+        activities=activities,
+        # A crashed worker's workflows move to a standby in seconds, not the default 10 s + (PITFALLS.md).
+        sticky_queue_schedule_to_start_timeout=timedelta(seconds=1),
+        max_concurrent_activities=200,
+        max_concurrent_local_activities=200,
+    )
+
+
+async def run(stop: asyncio.Event | None = None) -> None:
+    from rollbackctl.temporal_client import connect
+
+    tset, eset = TemporalSettings(), EtcdSettings()
+    paging = PagingSettings()
+    async with AsyncExitStack() as stack:
+        etcd = await stack.enter_async_context(Etcd.from_settings(eset))
+        http = await stack.enter_async_context(httpx.AsyncClient())
+        client = await connect(tset)
+        objs = activity_objects(SwitchStore(etcd, eset.prefix), http, client, TradingCoreSettings(), paging)
+        worker = build_worker(client, tset.task_queue, activity_methods(objs))
+        log.info("worker started", task_queue=tset.task_queue, temporal=tset.temporal_address,
+                 namespace=tset.temporal_namespace, etcd=eset.endpoints)
+        stop = stop or asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        async with worker:
+            await stop.wait()
+        log.info("worker stopped")
+
+
+def main() -> None:
+    from rollbackctl import log as logsetup
+
+    logsetup.configure()
+    code = 0
+    try:
+        asyncio.run(run())
+    except Exception as e:
+        log.error("worker failed", error=str(e))
+        code = 1
+    # Leave without the interpreter's exit path (Temporal core exit crash, sdk-python #300).
+    os._exit(code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,131 @@
+"""DegradationWorkflow: the manual's Degradation Levels 1-3, each applied as one transaction.
+
+checklist -> level's switch set (+ the trading-core actions of Level 2) -> verify applied ->
+observe -> confirm -> restore decision (owner roles of every re-enabled switch) -> undo core
+actions -> restore the snapshot (compare-and-swap against what this workflow set).
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from temporalio import workflow
+from temporalio.exceptions import ApplicationError
+
+with workflow.unsafe.imports_passed_through():
+    from manual import checklist, degradation, rollback, switches
+    from manual.steps import ApplySwitches, AwaitConfirmation, Checklist, CoreActions, Observe
+    from workflows.models import Decision, DecisionAck, DegradeInput, Progress, RunResult
+    from workflows.runner import Runner, StepFailed
+
+
+def degrade_workflow_id(level: int, incident_id: str) -> str:
+    return f"degrade-{level}-{incident_id}"
+
+
+@workflow.defn(name="DegradationWorkflow")
+class DegradationWorkflow:
+    @workflow.init
+    def __init__(self, inp: DegradeInput) -> None:
+        self.inp = inp
+        self.level = degradation.get(inp.level)
+        self.r = Runner(workflow.info().workflow_id, "degradation", requested_by=inp.requested_by, drill=inp.drill,
+                        incident=inp.incident_id)
+        self.r.progress.level = f"degradation level {inp.level}: {self.level.name}"
+
+    @workflow.query
+    def progress(self) -> Progress:
+        return self.r.progress
+
+    def _validate(self, kind: str, d: Decision) -> None:
+        why = self.r.check_decision(kind, d)
+        if why:
+            raise ApplicationError(why, type="Refused", non_retryable=True)
+
+    @workflow.update
+    def confirm(self, d: Decision) -> DecisionAck:
+        return self.r.accept("confirm", d)
+
+    @confirm.validator
+    def _v_confirm(self, d: Decision) -> None:
+        self._validate("confirm", d)
+
+    @workflow.update
+    def fix(self, d: Decision) -> DecisionAck:
+        return self.r.accept("fix", d)
+
+    @fix.validator
+    def _v_fix(self, d: Decision) -> None:
+        self._validate("fix", d)
+
+    @workflow.signal(name="confirm")
+    def confirm_signal(self, d: Decision) -> None:
+        why = self.r.check_decision("confirm", d)
+        if why:
+            self.r.refuse("confirm", d, why)
+        else:
+            self.r.accept("confirm", d)
+
+    @workflow.run
+    async def run(self, inp: DegradeInput) -> RunResult:
+        await self.r.load_roster()
+        try:
+            status = await self._run(inp)
+        except StepFailed as e:
+            status = "restore_blocked" if str(e).startswith("conflict") else "failed"
+            self.r.progress.detail = str(e)
+            await self.r.notify(f"{self.r.wid} stopped: {e}", page=True, severity="critical")
+        self.r.progress.status = self.r.progress.result = status
+        self.r.progress.current_step = None
+        await self.r.drain()
+        await workflow.wait_condition(workflow.all_handlers_finished)
+        return RunResult(workflow_id=self.r.wid, status=status, detail=self.r.progress.detail,
+                         level=self.r.progress.level, applied=self.r.progress.applied)
+
+    async def _run(self, inp: DegradeInput) -> str:
+        d, lvl = inp.durations, self.level
+        changes = dict(lvl.switch_set)
+        outcome = await self.r.run_checklist(
+            Checklist(name="checklist", items=checklist.BEFORE_DEGRADATION, health_timeout=timedelta(milliseconds=300)),
+            required=lvl.permission, changes=changes)
+        if outcome == "role_needs_approval":
+            raise StepFailed(f"degradation level {lvl.level} needs {lvl.permission.value}; "
+                             f"{inp.requested_by} is {self.r.roster.get(inp.requested_by)}")
+        authority = "preapproved" if lvl.preapproved else "owner"
+        await self.r.run_apply(ApplySwitches(
+            name=f"apply_level_{lvl.level}", changes=changes, authority=authority,
+            reason=f"degradation level {lvl.level} ({lvl.name}): {inp.reason}"))
+        if lvl.core_actions:
+            await self.r.run_core_actions(CoreActions(
+                name=f"level_{lvl.level}_actions", actions=tuple((a.action, a.body) for a in lvl.core_actions)))
+        await self.r.notify(f"{self.r.wid}: degradation level {lvl.level} ({lvl.name}) in force. Available: "
+                            + "; ".join(lvl.available), page=True, severity="critical")
+        await self.r.run_observe(Observe(name="observe", duration=d.observe, interval=d.interval(d.observe),
+                                         checks=rollback.OBSERVE_CHECKS, consecutive=d.consecutive_breaches,
+                                         on_breach="record"))
+        await self.r.run_await(AwaitConfirmation(
+            name="confirm", expects="confirm", min_role=lvl.permission, timeout=d.confirm_sla,
+            prompt=f"Confirm degradation level {lvl.level} holds (`rollbackctl confirm ID --as OP`)."))
+
+        snap = self.r.snapshot.values()
+        restore_to = {k: snap[k] for k in changes}
+        reenabled = [k for k in changes if snap[k] != changes[k]]
+        if not reenabled:
+            self.r.progress.detail = "nothing to restore"
+            return "closed_without_restore"
+        _, fix = await self.r.run_await(rollback.fix_step(d, rollback.restore_role(reenabled)))
+        if not fix.restore:
+            self.r.progress.detail = f"closed without restore by {fix.actor}: {fix.reason}"
+            return "closed_without_restore"
+        undo = tuple((a.undo, {}) for a in lvl.core_actions if a.undo)
+        if undo:
+            await self.r.run_core_actions(CoreActions(name=f"undo_level_{lvl.level}_actions", actions=undo))
+        await self.r.run_apply(
+            ApplySwitches(name="restore", changes=restore_to, authority="plan",
+                          reason=f"restore from degradation level {lvl.level} after fix {fix.reference}: "
+                                 + ", ".join(f"{k}={switches.get(k).render(v)}" for k, v in restore_to.items())),
+            values=restore_to, expected=changes, approved_by=fix.actor)
+        await self.r.notify(f"{self.r.wid}: restored from degradation level {lvl.level}", page=True, severity="info",
+                            event_action="resolve")
+        self.r.progress.detail = f"restored after fix {fix.reference} by {fix.actor}"
+        return "restored"

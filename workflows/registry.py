@@ -1,0 +1,6 @@
+"""Every workflow the worker runs (one list, imported by worker.py and the tests)."""
+
+from workflows.degradation import DegradationWorkflow
+from workflows.rollback import RollbackWorkflow
+
+WORKFLOWS: list[type] = [RollbackWorkflow, DegradationWorkflow]

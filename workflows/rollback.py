@@ -1,0 +1,237 @@
+"""RollbackWorkflow: the manual's Rollback Decision Tree, step by step.
+
+severity -> level -> checklist -> change set -> verify applied -> observe 5 min (a breach escalates
+one level) -> human confirmation (re-page every 10 min) -> fix deployed -> restore through the 5%
+canary -> full. Every step is built from manual/rollback.py and run by workflows/runner.py.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from temporalio import workflow
+from temporalio.exceptions import ApplicationError
+
+with workflow.unsafe.imports_passed_through():
+    from manual import degradation, rollback, switches
+    from manual.rollback import Scope, Severity
+    from manual.roles import Role
+    from manual.steps import ApplySwitches, CoreActions, Observe
+    from workflows.models import Decision, DecisionAck, Progress, RollbackInput, RunResult
+    from workflows.runner import Runner, StepFailed
+
+
+def rollback_workflow_id(incident_id: str) -> str:
+    return f"rollback-{incident_id}"
+
+
+@workflow.defn(name="RollbackWorkflow")
+class RollbackWorkflow:
+    @workflow.init
+    def __init__(self, inp: RollbackInput) -> None:
+        self.inp = inp
+        self.r = Runner(workflow.info().workflow_id, "rollback", requested_by=inp.requested_by, drill=inp.drill,
+                        incident=inp.incident_id)
+        self.r.progress.level = inp.scope.value
+        self.scope: Scope = inp.scope
+        self.set_by_rollback: dict[str, Any] = {}  # what this rollback wrote last, per switch
+
+    # -- queries and human input ---------------------------------------------------------------
+    @workflow.query
+    def progress(self) -> Progress:
+        return self.r.progress
+
+    def _validate(self, kind: str, d: Decision) -> None:
+        why = self.r.check_decision(kind, d)
+        if why:
+            raise ApplicationError(why, type="Refused", non_retryable=True)
+
+    @workflow.update
+    def confirm(self, d: Decision) -> DecisionAck:
+        return self.r.accept("confirm", d)
+
+    @confirm.validator
+    def _v_confirm(self, d: Decision) -> None:
+        self._validate("confirm", d)
+
+    @workflow.update
+    def proceed(self, d: Decision) -> DecisionAck:
+        return self.r.accept("proceed", d)
+
+    @proceed.validator
+    def _v_proceed(self, d: Decision) -> None:
+        self._validate("proceed", d)
+
+    @workflow.update
+    def cancel(self, d: Decision) -> DecisionAck:
+        return self.r.accept("cancel", d)
+
+    @cancel.validator
+    def _v_cancel(self, d: Decision) -> None:
+        self._validate("cancel", d)
+
+    @workflow.update
+    def fix(self, d: Decision) -> DecisionAck:
+        return self.r.accept("fix", d)
+
+    @fix.validator
+    def _v_fix(self, d: Decision) -> None:
+        self._validate("fix", d)
+
+    @workflow.update
+    def escalate(self, d: Decision) -> DecisionAck:
+        return self.r.accept("escalate", d)
+
+    @escalate.validator
+    def _v_escalate(self, d: Decision) -> None:
+        self._validate("escalate", d)
+
+    @workflow.signal(name="confirm")
+    def confirm_signal(self, d: Decision) -> None:
+        """For the Web UI and `temporal workflow signal`: same checks; a refused one is recorded, ignored."""
+        why = self.r.check_decision("confirm", d)
+        if why:
+            self.r.refuse("confirm", d, why)
+        else:
+            self.r.accept("confirm", d)
+
+    # -- the tree ----------------------------------------------------------------------------------
+    @workflow.run
+    async def run(self, inp: RollbackInput) -> RunResult:
+        d = inp.durations
+        await self.r.load_roster()
+        try:
+            status = await self._tree(inp, d)
+        except StepFailed as e:
+            status = "restore_blocked" if str(e).startswith("conflict") else "failed"
+            self.r.progress.detail = str(e)
+            await self.r.notify(f"{self.r.wid} stopped: {e}", page=True, severity="critical")
+        self.r.progress.status = status
+        self.r.progress.result = status
+        self.r.progress.current_step = None
+        await self.r.drain()
+        await workflow.wait_condition(workflow.all_handlers_finished)
+        return RunResult(workflow_id=self.r.wid, status=status, detail=self.r.progress.detail,
+                         level=self.scope.value, applied=self.r.progress.applied, escalations=self.r.progress.escalations)
+
+    async def _tree(self, inp: RollbackInput, d: rollback.Durations) -> str:
+        # [Severity Assessment]
+        if inp.severity is Severity.NON_CRITICAL:
+            notify, monitor = rollback.monitor_steps(d)
+            await self.r.run_notify(notify)
+            if await self.r.run_observe(monitor) != "escalated":
+                self.r.progress.detail = "non-critical: observed, no config change"
+                return "monitored"
+            esc = self.r.escalation
+            self.r.progress.escalations.append(f"escalated to a rollback by {esc.actor}: {esc.reason}")
+        elif inp.severity is Severity.DATA:
+            kind, dec = await self.r.run_await(rollback.window_step(d))
+            if kind == "cancel":
+                self.r.progress.detail = f"cancelled by {dec.actor}: {dec.reason}"
+                await self.r.notify(f"{self.r.wid} cancelled by {dec.actor}: {dec.reason}", page=False)
+                return "cancelled"
+
+        # [Rollback Level] + checklist
+        changes = rollback.target_changes(self.scope, inp.switch)
+        critical = inp.severity is not Severity.DATA
+        outcome = await self.r.run_checklist(rollback.checklist_step(changes, critical),
+                                             required=rollback.required_role(self.scope), changes=changes)
+        if outcome == "role_needs_approval":
+            await self.r.notify(f"{self.r.wid}: level {self.scope.value} needs a super admin's confirmation", page=True,
+                                severity="critical")
+            await self.r.run_await(rollback.AwaitConfirmation(
+                name="super_admin_approval", expects="confirm", min_role=Role.SUPER_ADMIN, timeout=d.confirm_sla,
+                prompt="Level 3 (maintenance mode) needs a super admin: `rollbackctl confirm ID --as SUPERADMIN`"))
+        elif outcome == "hl_down":
+            # HL itself is down: HL_MODE would strand every order. Pause new orders (the P0 move), page, ask.
+            await self.r.run_core_actions(CoreActions(name="pause_new_orders", actions=(("pause_new_orders", {}),)))
+            await self.r.notify(f"{self.r.wid}: HL is down, HL_MODE not applied; new orders paused. "
+                                "Choose degradation level 2 or 3.", page=True, severity="critical")
+            _, dec = await self.r.run_await(rollback.level_choice_step(d))
+            lvl = degradation.get(dec.level)
+            self.scope = Scope.FULL if dec.level == 3 else self.scope
+            changes = dict(lvl.switch_set)
+            self.r.progress.level = f"degradation level {dec.level}"
+            self.r.progress.escalations.append(f"HL down: {dec.actor} chose degradation level {dec.level}")
+
+        # [Execute Rollback] change + observe (a breach escalates one level) ...
+        await self._apply(changes, "apply")
+        while True:
+            if await self.r.run_observe(rollback.observe_step(d, name="observe")) != "breach":
+                break
+            nxt = rollback.NEXT_SCOPE[self.scope]
+            if nxt is None:
+                self.r.progress.escalations.append("breach at full system: nothing further to escalate to")
+                await self.r.notify(f"{self.r.wid}: still breaching at Level 3; human action needed", page=True,
+                                    severity="critical")
+                break
+            self.r.progress.escalations.append(f"breach: {self.scope.value} -> {nxt.value}")
+            await self.r.notify(f"{self.r.wid}: health breach, escalating {self.scope.value} -> {nxt.value}",
+                                page=True, severity="critical")
+            if rollback.required_role(nxt) is Role.SUPER_ADMIN:
+                await self.r.run_await(rollback.AwaitConfirmation(
+                    name="approve_level_3", expects="escalate", min_role=Role.SUPER_ADMIN, timeout=d.confirm_sla,
+                    prompt="Breach persists: approve Level 3 maintenance mode (`rollbackctl escalate ID --as SUPERADMIN`)"))
+            self.scope = nxt
+            self.r.progress.level = nxt.value
+            changes = rollback.target_changes(nxt, inp.switch)
+            await self._apply(changes, f"apply_{nxt.value}")
+
+        # ... + confirm
+        await self.r.run_await(rollback.confirm_step(d, self.scope))
+
+        # [Fix & Restart] fix + tests -> 5% canary -> full
+        restore_to = {k: self.r.snapshot.switches[k].value for k in self.set_by_rollback}
+        reenabled = [k for k, v in restore_to.items() if v != self.set_by_rollback[k]]
+        if not reenabled:
+            self.r.progress.detail = "nothing to restore: the rollback left every switch at its snapshot value"
+            return "closed_without_restore"
+        _, fix = await self.r.run_await(rollback.fix_step(d, rollback.restore_role(reenabled)))
+        if not fix.restore:
+            self.r.progress.detail = f"closed without restore by {fix.actor}: {fix.reason}"
+            return "closed_without_restore"
+        return await self._restore(restore_to, fix, d)
+
+    async def _apply(self, changes: dict[str, Any], name: str) -> None:
+        await self.r.run_apply(rollback.apply_step(changes, name, self.scope))
+        self.set_by_rollback.update(changes)
+
+    async def _restore(self, restore_to: dict[str, Any], fix: Decision, d: rollback.Durations) -> str:
+        snap = self.r.snapshot.values()
+        expected = dict(self.set_by_rollback)
+        pct = rollback.RESTORE_CANARY_SWITCH
+        internalization_back = restore_to.get("global_betting_enabled") is True or (
+            "global_betting_enabled" not in restore_to and snap.get("global_betting_enabled") is True
+            and any(k in restore_to for k in ("routing_mode", "per_symbol_betting")))
+        if internalization_back and (snap.get(pct) or 0) > rollback.RESTORE_CANARY_VALUE:
+            stage1 = {**restore_to, pct: rollback.RESTORE_CANARY_VALUE}
+            exp1 = {**expected, pct: expected.get(pct, snap.get(pct))}
+            await self.r.run_apply(self._restore_step("restore_5pct", stage1, fix), values=stage1, expected=exp1,
+                                   approved_by=fix.actor)
+            self.set_by_rollback.update(stage1)
+            res = await self.r.run_observe(Observe(
+                name="observe_5pct", duration=d.restore_observe, interval=d.interval(d.restore_observe),
+                checks=rollback.OBSERVE_CHECKS, consecutive=d.consecutive_breaches, on_breach="rollback"))
+            if res == "breach":
+                back = {k: v for k, v in expected.items()}
+                await self.r.run_apply(self._restore_step("re_rollback", back, fix, authority="preapproved"),
+                                       values=back, expected=dict(self.set_by_rollback))
+                self.r.progress.detail = "5% restore breached its health checks: rolled back again"
+                await self.r.notify(f"{self.r.wid}: 5% restore failed its checks; rolled back again", page=True,
+                                    severity="critical")
+                return "restore_failed"
+            expected = dict(self.set_by_rollback)
+            restore_to = {**restore_to, pct: snap.get(pct)}
+        await self.r.run_apply(self._restore_step("restore_full", restore_to, fix), values=restore_to,
+                               expected={k: expected[k] for k in restore_to if k in expected}, approved_by=fix.actor)
+        await self.r.notify(f"{self.r.wid}: restored to the pre-incident configuration (fix {fix.reference})",
+                            page=True, severity="info", event_action="resolve")
+        self.r.progress.detail = f"restored after fix {fix.reference} by {fix.actor}"
+        return "restored"
+
+    def _restore_step(self, name: str, values: dict[str, Any], fix: Decision, authority: str = "plan") -> ApplySwitches:
+        return ApplySwitches(
+            name=name, changes=values, authority=authority,
+            reason=f"{name.replace('_', ' ')} after fix {fix.reference}: "
+                   + ", ".join(f"{k}={switches.get(k).render(v)}" for k, v in values.items()),
+        )
