@@ -101,6 +101,8 @@ class Switch(BaseModel):
                     raise SwitchValueError(f"{n}: {s} is listed twice")
                 out.append(s)
             return out
+        if isinstance(raw, str) and self.unit and raw.strip().endswith(self.unit):
+            raw = raw.strip()[: -len(self.unit)]  # "1.5x", "10%", "2000ms": what render() shows
         if t is SwitchType.INT:
             if isinstance(raw, bool):
                 raise SwitchValueError(f"{n}: expected an integer, got {raw!r}")

@@ -1,0 +1,226 @@
+"""Helpers shared by the switch-store, watcher, etcd-client and CLI tests (no tests in here).
+
+- `dump`: every key under a prefix with its value and mod_revision (for "nothing was written").
+- `wait_until`: poll a condition with a deadline (never a bare sleep standing in for sync).
+- `req`: a ChangeSetRequest with a fresh change id.
+- `other_value`: a valid value of a switch that differs from its default.
+- `TcpProxy`: a loopback TCP forwarder that can cut every connection (a network partition) and
+  freeze (a silent link: bytes stop, connections stay open).
+- `EtcdProcess`: a separate etcd with its own flags (auth, TLS).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import subprocess
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Awaitable, Callable
+
+from activities.changes import ActorKind, Authority, ChangeSetRequest, SwitchChange
+from manual import switches
+from manual.switches import Switch, SwitchType
+from rollbackctl import procs
+from rollbackctl.etcd import Etcd
+
+
+async def dump(etcd: Etcd, prefix: str) -> list[tuple[str, bytes, int]]:
+    kvs, _ = await etcd.get_prefix(prefix)
+    return [(kv.key, kv.value, kv.mod_revision) for kv in kvs]
+
+
+async def wait_until(
+    pred: Callable[[], Any | Awaitable[Any]], timeout: float = 10.0, what: str = "condition", every: float = 0.02
+) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        r = pred()
+        if inspect.isawaitable(r):
+            r = await r
+        if r:
+            return r
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
+        await asyncio.sleep(every)
+
+
+def req(
+    actor: str,
+    changes: dict[str, Any],
+    *,
+    authority: Authority = Authority.OWNER,
+    actor_kind: ActorKind = ActorKind.OPERATOR,
+    change_id: str | None = None,
+    reason: str = "test",
+    **kw: Any,
+) -> ChangeSetRequest:
+    return ChangeSetRequest(
+        change_id=change_id or f"t-{uuid.uuid4().hex}",
+        actor=actor,
+        actor_kind=actor_kind,
+        changes=[SwitchChange(switch=k, value=v) for k, v in changes.items()],
+        reason=reason,
+        authority=authority,
+        **kw,
+    )
+
+
+def other_value(sw: Switch) -> Any:
+    """A valid value that is not the default (the rollback value when it differs)."""
+    if sw.rollback_value != sw.default:
+        return sw.rollback_value
+    if sw.type is SwitchType.BOOL:
+        return not sw.default
+    if sw.type is SwitchType.ENUM:
+        return next(c for c in sw.choices if c != sw.default)
+    if sw.type is SwitchType.SYMBOLS:
+        return ["SOL"]
+    if sw.type is SwitchType.MONEY:
+        return sw.default + 1
+    lo = sw.minimum if sw.minimum is not None else 0
+    v = sw.parse((lo + sw.default) / 2 if sw.type is SwitchType.FLOAT else int(lo + (sw.default - lo) // 2))
+    assert v != sw.default, sw.name
+    return v
+
+
+def non_preapproved_value(sw: Switch) -> Any:
+    """A valid value that is neither the default nor any pre-approved emergency move."""
+    from manual import approvals
+
+    allowed = approvals.PREAPPROVED[sw.name]
+    candidates: list[Any]
+    if sw.type is SwitchType.BOOL:
+        candidates = [True, False]
+    elif sw.type is SwitchType.ENUM:
+        candidates = list(sw.choices)
+    elif sw.type is SwitchType.SYMBOLS:
+        candidates = [["SOL"], ["BTC"]]
+    elif sw.type is SwitchType.MONEY:
+        candidates = [sw.default + 1, 12_345]
+    else:
+        lo, hi = sw.minimum, sw.maximum
+        candidates = [sw.parse(lo + (hi - lo) * f if sw.type is SwitchType.FLOAT else int(lo + (hi - lo) * f))
+                      for f in (0.37, 0.61)]
+    for c in candidates:
+        if c not in allowed and c != sw.default:
+            return c
+    return None  # every valid value other than the default is pre-approved (a bool)
+
+
+SWITCH_NAMES = [s.name for s in switches.SWITCHES]
+
+
+class TcpProxy:
+    """Forward 127.0.0.1:<port> to an upstream host:port; `cut()` / `freeze()` / `restore()`."""
+
+    def __init__(self, upstream: str):
+        host, _, port = upstream.rpartition(":")
+        self.up_host, self.up_port = host, int(port)
+        self.port = 0
+        self.mode = "open"  # open | cut | frozen
+        self._server: asyncio.AbstractServer | None = None
+        self._conns: set[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = set()
+        self._tasks: set[asyncio.Task] = set()
+        self._thawed = asyncio.Event()
+        self._thawed.set()
+
+    @property
+    def endpoint(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    async def start(self) -> "TcpProxy":
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def _handle(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        if self.mode == "cut":
+            w.transport.abort()
+            return
+        try:
+            ur, uw = await asyncio.open_connection(self.up_host, self.up_port)
+        except OSError:
+            w.transport.abort()
+            return
+        pair = (w, uw)
+        self._conns.add(pair)
+
+        async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            try:
+                while data := await src.read(65536):
+                    await self._thawed.wait()
+                    dst.write(data)
+                    await dst.drain()
+            except (OSError, asyncio.CancelledError):
+                pass
+            finally:
+                dst.transport.abort()
+
+        for t in (asyncio.create_task(pump(r, uw)), asyncio.create_task(pump(ur, w))):
+            self._tasks.add(t)
+            t.add_done_callback(self._tasks.discard)
+        t.add_done_callback(lambda _: self._conns.discard(pair))
+
+    def cut(self) -> None:
+        """Every connection reset, new ones refused (as a partition with RSTs, or a crash)."""
+        self.mode = "cut"
+        self._thawed.set()
+        for a, b in list(self._conns):
+            a.transport.abort()
+            b.transport.abort()
+        self._conns.clear()
+
+    def freeze(self) -> None:
+        """Bytes stop flowing; connections stay open (a silent link: no RST, no FIN)."""
+        self.mode = "frozen"
+        self._thawed.clear()
+
+    def restore(self) -> None:
+        self.mode = "open"
+        self._thawed.set()
+
+    async def close(self) -> None:
+        self.cut()
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+        for t in list(self._tasks):
+            t.cancel()
+
+
+@dataclass
+class EtcdProcess:
+    """A separate etcd (auth, TLS) on free loopback ports, stopped with stop()."""
+
+    dir: Path
+    extra: list[str]
+    scheme: str = "http"
+    proc: subprocess.Popen | None = None
+    client_port: int = 0
+
+    @property
+    def endpoint(self) -> str:
+        return f"127.0.0.1:{self.client_port}"
+
+    def start(self) -> "EtcdProcess":
+        self.client_port, peer = procs.free_port(), procs.free_port()
+        args = procs.etcd_args(self.dir / "data", self.client_port, peer, extra=self.extra)
+        if self.scheme == "https":
+            args = [a.replace(f"http://127.0.0.1:{self.client_port}", f"https://127.0.0.1:{self.client_port}")
+                    for a in args]
+        self.proc = procs.spawn(args, self.dir / "etcd.log")
+        procs.wait_tcp("127.0.0.1", self.client_port, 20, self.proc, "etcd")
+        return self
+
+    def etcdctl(self, *args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([procs.binary("etcdctl"), "--endpoints", self.endpoint, *args],
+                              capture_output=True, text=True, timeout=30)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            procs.stop(self.proc.pid)
+            self.proc.wait(timeout=10)
+            self.proc = None
