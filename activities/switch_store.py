@@ -326,7 +326,12 @@ class SwitchStore:
                     "`rollbackctl operator add` as a super admin"
                 )
             if existing is None:
-                await self.add_operator(super_admin, Role.SUPER_ADMIN, actor="system", bootstrap=True)
+                try:
+                    await self.add_operator(super_admin, Role.SUPER_ADMIN, actor="system", bootstrap=True)
+                except Conflict:  # a concurrent `init --super-admin` with the same name got there first
+                    existing = await self.operator(super_admin)
+                    if existing is None or existing.role is not Role.SUPER_ADMIN:
+                        raise
             elif existing.role is not Role.SUPER_ADMIN:
                 raise PermissionDenied(f"{super_admin} exists with role {existing.role.value}, not super_admin")
         elif not ops:
