@@ -110,6 +110,7 @@ COMPONENTS: list[Component] = [
         _start_temporal,
         lambda st: f"temporal        {st.temporal.temporal_address}  (Web UI {st.temporal.temporal_ui_url})",
     ),
+    Component("sim", _python_component("rollbackctl.sim"), lambda st: "simulator       http://%s:%d" % st.sim_hostport),
 ]
 
 

@@ -118,3 +118,7 @@ async def dev_env():
 @pytest.fixture
 def task_queue() -> str:
     return f"tq-{uuid.uuid4()}"
+
+
+# Simulator fixtures: sim_server (session), sim (per test), core_settings, paging_settings, sim_env.
+pytest_plugins = ["tests.fixtures_sim"]

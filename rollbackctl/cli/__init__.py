@@ -18,6 +18,7 @@ from rollbackctl.cli.common import CliError, exit_code_for
 COMMAND_MODULES = [
     "rollbackctl.cli.switch_cmds",
     "rollbackctl.cli.dev_cmds",
+    "rollbackctl.cli.sim_cmds",
 ]
 
 

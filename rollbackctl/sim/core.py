@@ -1,0 +1,425 @@
+"""The simulator's state: switches followed from etcd, the market, faults, actions, paging sinks.
+
+Single event loop, no threads: every handler runs to completion between awaits, so checking an
+Idempotency-Key and recording its action cannot interleave with another request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from datetime import datetime, timezone
+from typing import Any
+
+from activities.trading_core import ACTIONS, ExposureReport, HealthSnapshot
+from manual import switches as matrix
+from rollbackctl.etcd import Etcd
+from rollbackctl.sim.faults import ApiFaults, Faults
+from rollbackctl.sim.model import RECONCILIATION_S, SYMBOLS, Controls, Market, internalization_block, route_order
+from rollbackctl.sim.sinks import PagerDutySink, SlackSink
+from rollbackctl.watcher import SwitchUpdate, SwitchWatcher
+
+log = logging.getLogger("rollbackctl.sim")
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def iso(dt: datetime) -> str:
+    return dt.isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+class ActionError(Exception):
+    def __init__(self, status: int, error: str, detail: str):
+        super().__init__(detail)
+        self.status, self.error, self.detail = status, error, detail
+
+
+class Simulator:
+    def __init__(self, etcd: Etcd | None, prefix: str = "/perps/", *, seed: int = 7, tick_s: float = 0.25):
+        self.etcd = etcd
+        self.prefix = prefix
+        self.seed = seed
+        self.tick_s = tick_s
+        self.started_at = utcnow()
+        self.watcher: SwitchWatcher | None = None
+        self._follow_task: asyncio.Task | None = None
+        self._ticker: asyncio.Task | None = None
+        self._follow_lock = asyncio.Lock()
+        self._init_state(seed)
+
+    def _init_state(self, seed: int) -> None:
+        self.seed = seed
+        self.market = Market(seed)
+        self.controls = Controls()
+        self.faults = Faults()
+        self.exposure_errors: dict[str, float] = {}
+        self.api_rng = random.Random(seed + 1)
+        self.applied: dict[str, dict[str, Any]] = {}
+        self.applied_revision = 0
+        self.followed_at = utcnow()
+        self.actions: list[dict[str, Any]] = []
+        self.idempotency: dict[str, dict[str, Any]] = {}
+        self.pagerduty = PagerDutySink()
+        self.slack = SlackSink()
+        self.hl_down_since: float | None = None
+        self._last_tick = time.monotonic()
+        self._release = asyncio.Event()
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+    async def start(self) -> None:
+        self._ticker = asyncio.create_task(self._tick_loop(), name="sim-ticker")
+        if self.etcd is not None:
+            # in the background: the API answers (with defaults) while etcd is still coming up
+            self._follow_task = asyncio.create_task(self.follow(self.prefix), name="sim-follow")
+
+    async def stop(self) -> None:
+        self._release.set()
+        for t in (self._ticker, self._follow_task):
+            if t is not None:
+                t.cancel()
+                try:
+                    await t
+                except (asyncio.CancelledError, Exception):
+                    pass
+        if self.watcher is not None:
+            await self.watcher.stop()
+        if self.etcd is not None:
+            await self.etcd.close()
+
+    async def reset(self, prefix: str | None = None, seed: int | None = None) -> None:
+        """Forget everything (faults, actions, pages, market) and follow `prefix` (tests: one per test)."""
+        self._release.set()
+        if self._follow_task is not None and not self._follow_task.done():
+            self._follow_task.cancel()
+        self._init_state(self.seed if seed is None else seed)
+        if self.etcd is not None:
+            await self.follow(prefix or self.prefix)
+        elif prefix:
+            self.prefix = prefix
+
+    async def follow(self, prefix: str) -> None:
+        """(Re)start the switch watcher under `prefix`; returns once the current values are loaded."""
+        async with self._follow_lock:
+            if self.watcher is not None:
+                await self.watcher.stop()
+            self.prefix, self.applied, self.applied_revision = prefix, {}, 0
+            self.followed_at = utcnow()
+            w = SwitchWatcher(self.etcd, prefix)
+            w.on_change = lambda upd: self._on_switch(w, upd)
+            self.watcher = w
+            await w.start()
+            now = utcnow()
+            for name, value in w.values.items():
+                rev = w.revisions.get(name, 0)
+                if self.applied.get(name, {}).get("revision", -1) < rev:
+                    self.applied[name] = {"value": self._parse(name, value), "revision": rev, "applied_at": now}
+            self.applied_revision = max(self.applied_revision, w.revision)
+            log.info("following switches under %s from revision %s", prefix, w.revision)
+
+    @staticmethod
+    def _parse(name: str, value: Any) -> Any:
+        sw = matrix.BY_NAME.get(name)
+        if sw is None:
+            return value
+        try:
+            return sw.parse(value)
+        except ValueError:
+            log.warning("switch %s: value %r refused; keeping the default", name, value)
+            return sw.default
+
+    def _on_switch(self, w: SwitchWatcher, upd: SwitchUpdate) -> None:
+        if w is not self.watcher:
+            return  # a late event of a watcher already replaced
+        now = utcnow()
+        if upd.value is None and not upd.record:  # deleted: back to the default
+            sw = matrix.BY_NAME.get(upd.name)
+            self.applied[upd.name] = {"value": sw.default if sw else None, "revision": upd.revision, "applied_at": now,
+                                      "deleted": True}
+        else:
+            self.applied[upd.name] = {"value": self._parse(upd.name, upd.value), "revision": upd.revision,
+                                      "applied_at": now}
+        self.applied_revision = max(self.applied_revision, upd.revision)
+
+    async def _tick_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.tick_s)
+            try:
+                self.step()
+            except Exception:  # the market must keep moving
+                log.exception("simulation tick failed")
+
+    def step(self) -> None:
+        now = time.monotonic()
+        dt, self._last_tick = now - self._last_tick, now
+        self.market.tick(dt, self.values(), self.controls, self.effective())
+
+    # -- switches --------------------------------------------------------------------------------------
+    def values(self) -> dict[str, Any]:
+        v = matrix.defaults()
+        v.update({k: a["value"] for k, a in self.applied.items()})
+        return v
+
+    @property
+    def maintenance(self) -> bool:
+        return not self.values().get("global_api_enabled", True)
+
+    def applied_config(self) -> dict[str, Any]:
+        out = {}
+        for s in matrix.SWITCHES:
+            a = self.applied.get(s.name)
+            out[s.name] = {"value": a["value"], "revision": a["revision"], "applied_at": iso(a["applied_at"])} if a \
+                else {"value": s.default, "revision": 0, "applied_at": iso(self.followed_at)}
+        for name, a in self.applied.items():
+            if name not in out:
+                out[name] = {"value": a["value"], "revision": a["revision"], "applied_at": iso(a["applied_at"])}
+        return {"revision": self.applied_revision, "switches": out, "maintenance": self.maintenance,
+                "as_of": iso(utcnow())}
+
+    # -- metrics -----------------------------------------------------------------------------------------
+    def track_hl(self, connected: bool) -> None:
+        if connected:
+            self.hl_down_since = None
+        elif self.hl_down_since is None:
+            self.hl_down_since = time.monotonic()
+
+    def effective(self) -> dict[str, Any]:
+        """Simulated metrics with fault overrides; HL connectivity and its down-clock measured here."""
+        base = self.market.base_metrics()
+        base["hl_connected"] = True
+        eff = self.faults.overlay(base)
+        connected = bool(eff["hl_connected"])
+        self.track_hl(connected)
+        if "hl_disconnected_for_s" not in self.faults.metrics:
+            eff["hl_disconnected_for_s"] = 0.0 if connected else round(time.monotonic() - self.hl_down_since, 3)
+        return eff
+
+    def health(self) -> dict[str, Any]:
+        eff = self.effective()
+        body = {
+            "error_rate": round(eff["error_rate"], 6),
+            "hl_connected": bool(eff["hl_connected"]),
+            "hl_disconnected_for_s": float(eff["hl_disconnected_for_s"]),
+            "hl_latency_ms": round(eff["hl_latency_ms"], 1),
+            "hl_margin_ratio": round(eff["hl_margin_ratio"], 4),
+            "hedge_margin_ratio": round(eff["hedge_margin_ratio"], 4),
+            "liquidation_detection_failures": int(eff["liquidation_detection_failures"]),
+            "liquidation_execution_failure_rate": round(eff["liquidation_execution_failure_rate"], 6),
+            "hot_wallet_usd": round(eff["hot_wallet_usd"], 2),
+            "order_price_deviation": {k: round(v, 6) for k, v in eff["order_price_deviation"].items()},
+            "asset_mismatch_ratio": round(eff["asset_mismatch_ratio"], 8),
+            "volatility_pct": {k: round(v, 4) for k, v in eff["volatility_pct"].items()},
+            "internal_net_exposure_usd": {k: round(v, 2) for k, v in eff["internal_net_exposure_usd"].items()},
+            "daily_net_pnl_usd": round(eff["daily_net_pnl_usd"], 2),
+            "risk_reserve_usd": round(eff["risk_reserve_usd"], 2),
+            "hl_routing_failures": int(eff["hl_routing_failures"]),
+            "maintenance": self.maintenance,
+            "as_of": iso(utcnow()),
+            "controls": self.controls.listing(),
+        }
+        HealthSnapshot.model_validate(body)  # the simulator keeps its own contract
+        return body
+
+    def exposure(self) -> dict[str, Any]:
+        sw, eff = self.values(), self.effective()
+        symbols = {}
+        for s in SYMBOLS:
+            m = self.market
+            mark = m.marks[s]
+            positions = [{"account": p.account, "size": p.size, "entry_price": p.entry_price}
+                         for p in m.positions[s] if p.size != 0]
+            net = m.exposure_usd(s)
+            # the hedge offsets part of the exchange's position (-user size): hedge = fraction * user size
+            planned = m.hedge_fraction(sw, net) * m.user_net_size(s)
+            hedging = bool(sw.get("hedge_enabled")) and not sw.get("hedge_dry_run")
+            open_to_internal = internalization_block(sw, s, 0.0, eff, net, 0.0) is None and (
+                float(sw.get("betting_traffic_pct", 0)) > 0 or s in self.controls.hl_routing_paused)
+            symbols[s] = {
+                "mark_price": mark,
+                "positions": positions,
+                "net_exposure_usd": net + self.exposure_errors.get(s, 0.0),
+                "hedge_size": planned if hedging else 0.0,
+                "hedge_planned_size": planned,
+                "internalizing": open_to_internal and not self.controls.trading_paused
+                and not self.controls.new_orders_paused,
+            }
+        body = {"as_of": iso(utcnow()), "maintenance": self.maintenance, "symbols": symbols}
+        ExposureReport.model_validate(body)
+        return body
+
+    # -- faults --------------------------------------------------------------------------------------------
+    def set_faults(self, body: dict[str, Any]) -> None:
+        body = dict(body)
+        errs = body.pop("exposure_error_usd", None)
+        self.faults.merge(body)
+        if errs is not None:
+            if not isinstance(errs, dict) or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                     for v in errs.values()):
+                raise ValueError("exposure_error_usd: expected an object symbol -> USD")
+            self.exposure_errors.update({k: float(v) for k, v in errs.items()})
+        self.track_hl(bool(self.effective()["hl_connected"]))
+
+    def clear_faults(self) -> None:
+        self.faults.clear()
+        self.exposure_errors = {}
+        self.release_hanging()
+        self.track_hl(True)
+
+    def faults_view(self) -> dict[str, Any]:
+        d = self.faults.as_dict()
+        if self.exposure_errors:
+            d["exposure_error_usd"] = dict(self.exposure_errors)
+        return d
+
+    def release_hanging(self) -> None:
+        self._release.set()
+        self._release = asyncio.Event()
+
+    @property
+    def release_event(self) -> asyncio.Event:
+        return self._release
+
+    def api_fault_for(self, path: str) -> ApiFaults | None:
+        """The API faults striking this request, if any (counts down `api_fault_count`)."""
+        f = self.faults.api
+        if not f.active() or not f.matches(path):
+            return None
+        if f.api_fault_count is not None:
+            if f.api_fault_count <= 1:
+                self.faults.clear_api()
+            else:
+                self.faults.api = f.model_copy(update={"api_fault_count": f.api_fault_count - 1})
+        return f
+
+    # -- actions ---------------------------------------------------------------------------------------
+    def act(self, name: str, body: Any, key: str | None) -> tuple[dict[str, Any], bool]:
+        """Perform an action once per Idempotency-Key. Returns (answer, replayed). Raises ActionError."""
+        if not key:
+            raise ActionError(400, "bad_request", "the Idempotency-Key header is required on actions")
+        if len(key) > 255:
+            raise ActionError(400, "bad_request", "Idempotency-Key is longer than 255 characters")
+        if not isinstance(body, dict):
+            raise ActionError(400, "bad_request", "the body must be a JSON object")
+        prev = self.idempotency.get(key)
+        if prev is not None:
+            if prev["action"] != name or prev["body"] != body:
+                raise ActionError(422, "idempotency_key_reused",
+                                  f"Idempotency-Key {key!r} was used for {prev['action']} with another body")
+            return prev["answer"], True
+        if name not in ACTIONS:
+            raise ActionError(404, "unknown_action", f"no action {name!r}; known: {', '.join(ACTIONS)}")
+        status, result = self._perform(name, body)
+        at = utcnow()
+        answer = {"action": name, "idempotency_key": key, "status": status, "result": result, "at": iso(at)}
+        self.idempotency[key] = {"action": name, "body": body, "answer": answer}
+        self.actions.append({"action": name, "body": body, "idempotency_key": key, "at": iso(at)})
+        log.info("action %s %s -> %s", name, body, status)
+        return answer, False
+
+    def _symbol(self, body: dict[str, Any]) -> str:
+        s = body.get("symbol")
+        if not isinstance(s, str) or not s:
+            raise ActionError(400, "bad_request", "field 'symbol' is required (a ticker such as BTC)")
+        if s not in SYMBOLS:
+            raise ActionError(400, "bad_request", f"field 'symbol': unknown symbol {s!r}; listed: {', '.join(SYMBOLS)}")
+        return s
+
+    def _perform(self, name: str, body: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        c = self.controls
+
+        def flag(attr: str, on: bool) -> str:
+            was = getattr(c, attr)
+            setattr(c, attr, on)
+            return "noop" if was == on else "done"
+
+        if name in ("pause_new_orders", "resume_new_orders"):
+            st = flag("new_orders_paused", name.startswith("pause"))
+        elif name in ("pause_hl_opens", "resume_hl_opens"):
+            st = flag("hl_opens_paused", name.startswith("pause"))
+        elif name in ("pause_trading", "resume_trading"):
+            st = flag("trading_paused", name.startswith("pause"))
+        elif name == "pause_symbol_hl_routing":
+            s = self._symbol(body)
+            st = "noop" if s in c.hl_routing_paused else "done"
+            c.hl_routing_paused.add(s)
+        elif name == "resume_symbol_hl_routing":
+            s = self._symbol(body)
+            st = "done" if s in c.hl_routing_paused else "noop"
+            c.hl_routing_paused.discard(s)
+        elif name == "pause_large_withdrawals":
+            above = body.get("above_usd")
+            if isinstance(above, bool) or not isinstance(above, (int, float)) or above <= 0:
+                raise ActionError(400, "bad_request", f"field 'above_usd': expected a positive number, got {above!r}")
+            st = "noop" if c.large_withdrawals_above_usd == float(above) else "done"
+            c.large_withdrawals_above_usd = float(above)
+        elif name == "resume_large_withdrawals":
+            st = "noop" if c.large_withdrawals_above_usd is None else "done"
+            c.large_withdrawals_above_usd = None
+        elif name == "start_reconciliation":
+            rid = self.market.next_id("rec")
+            c.reconciliations[rid] = RECONCILIATION_S
+            return "started", {"reconciliation_id": rid, "expected_s": RECONCILIATION_S, "controls": c.listing()}
+        else:  # pragma: no cover - ACTIONS and this list are kept together
+            raise ActionError(404, "unknown_action", name)
+        return st, {"controls": c.listing()}
+
+    # -- trading routes ------------------------------------------------------------------------------------
+    def order(self, body: Any) -> dict[str, Any]:
+        if not isinstance(body, dict):
+            raise ActionError(400, "bad_request", "the body must be a JSON object")
+        s = self._symbol(body)
+        notional = body.get("notional_usd")
+        if isinstance(notional, bool) or not isinstance(notional, (int, float)) or notional <= 0:
+            raise ActionError(400, "bad_request", "field 'notional_usd': expected a positive number")
+        side_s = body.get("side", "buy")
+        if side_s not in ("buy", "sell"):
+            raise ActionError(400, "bad_request", "field 'side': expected buy or sell")
+        side = 1 if side_s == "buy" else -1
+        eff, m = self.effective(), self.market
+        d = route_order(self.values(), self.controls, s, float(notional), side, eff, m.exposure_usd(s),
+                        self.api_rng.random())
+        m.orders[d.route] += 1
+        status = {"internal": "filled", "hl": "filled", "rejected": "rejected"}[d.route]
+        if d.route == "internal":
+            acct = m.positions[s][self.api_rng.randrange(len(m.positions[s]))]
+            acct.add(side * float(notional) / m.marks[s], m.marks[s])
+        elif d.route == "hl" and not eff["hl_connected"]:
+            m.orders["hl_failed"] += 1
+            m.hl_routing_failures += 1
+            status, d.reason = "failed", "HL unreachable"
+        return {"order_id": m.next_id("ord"), "symbol": s, "side": side_s, "notional_usd": notional,
+                "route": d.route, "status": status, "reason": d.reason}
+
+    def withdraw(self, body: Any) -> dict[str, Any]:
+        if not isinstance(body, dict):
+            raise ActionError(400, "bad_request", "the body must be a JSON object")
+        amt = body.get("amount_usd")
+        if isinstance(amt, bool) or not isinstance(amt, (int, float)) or amt <= 0:
+            raise ActionError(400, "bad_request", "field 'amount_usd': expected a positive number")
+        wid = self.market.next_id("wd")
+        above = self.controls.large_withdrawals_above_usd
+        eff = self.effective()
+        if not self.values().get("withdrawal_enabled", True):
+            return {"withdrawal_id": wid, "status": "rejected", "reason": "withdrawals disabled"}
+        if above is not None and amt > above:
+            return {"withdrawal_id": wid, "status": "held", "reason": f"large withdrawals (>{above:g}) paused"}
+        if amt > eff["hot_wallet_usd"]:
+            return {"withdrawal_id": wid, "status": "queued", "reason": "hot wallet below the amount"}
+        if "hot_wallet_usd" not in self.faults.metrics:
+            w = self.market.walks["hot_wallet_usd"]
+            w.value = max(w.lo, w.value - float(amt))
+        return {"withdrawal_id": wid, "status": "sent", "reason": ""}
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "prefix": self.prefix,
+            "revision": self.applied_revision,
+            "watching": self.watcher is not None and self.watcher.ready.is_set(),
+            "seed": self.seed,
+            "started_at": iso(self.started_at),
+            "maintenance": self.maintenance,
+            "orders": dict(self.market.orders),
+        }

@@ -1,0 +1,107 @@
+"""Running the simulator: settings from the environment, uvicorn on loopback.
+
+Environment (the same names the rest of the tool uses, so `rollbackctl dev up` needs nothing more):
+- ROLLBACKCTL_TRADING_CORE_URL: where to listen (its host and port; default http://127.0.0.1:8700);
+  `--port` / `--host` override.
+- ROLLBACKCTL_TRADING_CORE_TOKEN: the bearer token /v1/ routes require (default dev-token).
+- ROLLBACKCTL_ETCD_*: the switch store to follow (endpoints, prefix, TLS, auth).
+- ROLLBACKCTL_SIM_SEED (default 7), ROLLBACKCTL_SIM_TICK_S (default 0.25): the random walk.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from urllib.parse import urlparse
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from rollbackctl.settings import EtcdSettings, TradingCoreSettings
+
+log = logging.getLogger("rollbackctl.sim")
+
+
+class SimSettings(BaseSettings):
+    """ROLLBACKCTL_SIM_*: the simulator's own knobs."""
+
+    model_config = SettingsConfigDict(env_prefix="ROLLBACKCTL_SIM_", extra="ignore")
+
+    seed: int = 7
+    tick_s: float = Field(default=0.25, gt=0, le=10)
+
+
+def listen_address(core: TradingCoreSettings, host: str | None = None, port: int | None = None) -> tuple[str, int]:
+    u = urlparse(core.url)
+    return host or u.hostname or "127.0.0.1", port if port is not None else (u.port or 80)
+
+
+def build_app(*, prefix: str | None = None, seed: int | None = None, with_etcd: bool = True):
+    """The ASGI app from the environment (also usable with any ASGI server)."""
+    from rollbackctl.etcd import Etcd
+    from rollbackctl.sim.app import create_app
+    from rollbackctl.sim.core import Simulator
+
+    es, core, ss = EtcdSettings(), TradingCoreSettings(), SimSettings()
+    etcd = Etcd.from_settings(es) if with_etcd else None
+    sim = Simulator(etcd, prefix or es.prefix, seed=ss.seed if seed is None else seed, tick_s=ss.tick_s)
+    return create_app(sim, core.token.get_secret_value()), sim
+
+
+async def serve(host: str, port: int, *, prefix: str | None = None, seed: int | None = None) -> int:
+    import uvicorn
+
+    from rollbackctl import procs
+
+    if procs.port_in_use(host, port):
+        print(f"rollbackctl sim: {host}:{port} is already taken (set ROLLBACKCTL_TRADING_CORE_URL or --port)",
+              file=sys.stderr)
+        return 5
+    app, sim = build_app(prefix=prefix, seed=seed)
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False, lifespan="on",
+                            timeout_graceful_shutdown=2, log_config=None)
+    server = uvicorn.Server(config)
+
+    async def announce() -> None:
+        while not server.started:
+            if server.should_exit:
+                return
+            await asyncio.sleep(0.02)
+        print(f"rollbackctl sim: trading-core simulator on http://{host}:{port} (OpenAPI /openapi.json), "
+              f"following switches under {sim.prefix} (seed {sim.seed})", file=sys.stderr, flush=True)
+
+    t = asyncio.create_task(announce())
+    await server.serve()
+    t.cancel()
+    return 0 if server.started else 5
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--port", type=int, help="port to listen on (default: from ROLLBACKCTL_TRADING_CORE_URL)")
+    p.add_argument("--host", help="address to listen on (default: from ROLLBACKCTL_TRADING_CORE_URL; keep it loopback)")
+    p.add_argument("--seed", type=int, help="random-walk seed (default ROLLBACKCTL_SIM_SEED or 7)")
+    p.add_argument("--prefix", help="etcd key prefix to follow (default ROLLBACKCTL_ETCD_PREFIX)")
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    host, port = listen_address(TradingCoreSettings(), args.host, args.port)
+    return asyncio.run(serve(host, port, prefix=args.prefix, seed=args.seed))
+
+
+def main(argv: list[str] | None = None) -> None:
+    from rollbackctl import log as logsetup
+
+    p = argparse.ArgumentParser(prog="python -m rollbackctl.sim", description="trading-core simulator")
+    add_arguments(p)
+    args = p.parse_args(argv)
+    logsetup.configure(level=os.environ.get("ROLLBACKCTL_LOG_LEVEL", "INFO"))
+    try:
+        code = run_from_args(args)
+    except KeyboardInterrupt:
+        code = 130
+    sys.stdout.flush()
+    sys.stderr.flush()
+    sys.exit(code)
