@@ -243,9 +243,10 @@ def schema_error(e: ValidationError, what: str) -> ApplicationError:
     parts = []
     for err in e.errors()[:5]:
         field = ".".join(str(x) for x in err.get("loc", ())) or "(body)"
-        got = err.get("input")
-        shown = "" if err.get("type") == "missing" else f" (got {got!r:.60})"
-        parts.append(f"field {field!r}: {err.get('msg')}{shown}")
+        if err.get("type") == "missing":
+            parts.append(f"field {field!r} is missing")
+        else:
+            parts.append(f"field {field!r}: {err.get('msg')} (got {err.get('input')!r:.60})")
     fields = [".".join(str(x) for x in err.get("loc", ())) for err in e.errors()]
     return ApplicationError(f"trading core broke the contract on {what}: " + "; ".join(parts),
                             {"fields": fields, "call": what}, type=SCHEMA_VIOLATION, non_retryable=True)

@@ -87,6 +87,10 @@ class PagingSettings(BaseSettings):
     pagerduty_url: SecretStr | None = None
     pagerduty_routing_key: SecretStr | None = None
     slack_webhook_url: SecretStr | None = None
+    # One per escalation level (comma lists, level 1 first); see activities/paging.py.
+    pagerduty_routing_keys: SecretStr | None = None
+    slack_webhook_urls: SecretStr | None = None
+    paging_timeout_s: float = Field(default=5.0, gt=0, le=60)
 
 
 class DevStackSettings(BaseSettings):

@@ -27,6 +27,7 @@ import pytest
 import pytest_asyncio
 from pydantic import SecretStr
 
+from activities.changes import ChangeSetRequest, SwitchChange
 from manual import escalation
 from rollbackctl import procs
 from rollbackctl.settings import PagingSettings, TradingCoreSettings
@@ -130,3 +131,25 @@ def sim_env(sim_server, prefix) -> dict[str, str]:
         "ROLLBACKCTL_SLACK_WEBHOOK_URLS": ",".join(f"{sim_server.url}/sim/slack/{h}" for h in LEVEL_HOOKS),
         "ROLLBACKCTL_ETCD_PREFIX": prefix,
     }
+
+
+# -- helpers ----------------------------------------------------------------------------------------
+async def apply(store, actor: str = "alice", **changes):
+    """One change set through the audited store (alice is the test Super Admin)."""
+    return await store.apply(ChangeSetRequest(
+        change_id=f"t-{uuid.uuid4().hex[:12]}", actor=actor, reason="test",
+        changes=[SwitchChange(switch=k, value=v) for k, v in changes.items()]))
+
+
+async def apply_and_wait(sim: SimClient, store, **changes):
+    """Apply, then wait until the simulator reports the revision applied."""
+    res = await apply(store, **changes)
+    await sim.wait_applied(res.revision)
+    return res
+
+
+async def order(sim: SimClient, symbol: str, notional: float, side: str = "buy") -> dict:
+    """Place a simulated order; returns the routing decision."""
+    r = await sim.v1("POST", "/v1/orders", {"symbol": symbol, "notional_usd": notional, "side": side})
+    assert r.status_code == 200, r.text
+    return r.json()

@@ -9,27 +9,9 @@ from datetime import datetime, timedelta, timezone
 import httpx
 import pytest
 
-from activities.changes import ChangeSetRequest, SwitchChange
 from activities.trading_core import ExposureReport, HealthSnapshot, exposure_mismatches, recompute_exposure
 from rollbackctl.sim.client import SimClient
-
-
-async def apply(store, actor: str = "alice", **changes):
-    return await store.apply(ChangeSetRequest(
-        change_id=f"t-{uuid.uuid4().hex[:12]}", actor=actor, reason="test",
-        changes=[SwitchChange(switch=k, value=v) for k, v in changes.items()]))
-
-
-async def apply_and_wait(sim: SimClient, store, **changes):
-    res = await apply(store, **changes)
-    await sim.wait_applied(res.revision)
-    return res
-
-
-async def order(sim: SimClient, symbol: str, notional: float, side: str = "buy") -> dict:
-    r = await sim.v1("POST", "/v1/orders", {"symbol": symbol, "notional_usd": notional, "side": side})
-    assert r.status_code == 200, r.text
-    return r.json()
+from tests.fixtures_sim import apply, apply_and_wait, order
 
 
 async def act(sim: SimClient, name: str, body: dict | None = None, key: str | None = None) -> httpx.Response:

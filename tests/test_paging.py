@@ -1,0 +1,167 @@
+"""Paging and chat activities against the simulator's PagerDuty and Slack sinks (loopback)."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+from pydantic import SecretStr
+from temporalio.exceptions import ApplicationError
+from temporalio.testing import ActivityEnvironment
+
+from activities import paging as pg
+from activities.paging import ChatInput, PageInput, PagingActivities, PagingNotConfigured
+from manual import escalation
+from rollbackctl.settings import PagingSettings
+from tests.fixtures_sim import LEVEL_HOOKS, LEVEL_KEYS
+
+
+@pytest.fixture
+async def paging(paging_settings):
+    acts = PagingActivities.from_settings(paging_settings)
+    yield acts
+    await acts.aclose()
+
+
+def trigger(level: int = 1, dedup: str = "wf-1:L1", **kw) -> PageInput:
+    return PageInput(event_action="trigger", dedup_key=dedup, summary="HL disconnected for 75 s: new orders paused",
+                     escalation_level=level, custom_details={"workflow_id": "wf-1"}, **kw)
+
+
+# -- configuration ---------------------------------------------------------------------------------
+def test_unconfigured_paging_refuses_naming_what_is_missing(monkeypatch):
+    for var in ("ROLLBACKCTL_PAGERDUTY_URL", "ROLLBACKCTL_PAGERDUTY_ROUTING_KEY", "ROLLBACKCTL_PAGERDUTY_ROUTING_KEYS",
+                "ROLLBACKCTL_SLACK_WEBHOOK_URL", "ROLLBACKCTL_SLACK_WEBHOOK_URLS"):
+        monkeypatch.delenv(var, raising=False)
+    with pytest.raises(PagingNotConfigured) as ei:
+        PagingActivities.from_settings(PagingSettings())
+    msg = str(ei.value)
+    assert "ROLLBACKCTL_PAGERDUTY_URL" in msg and "ROLLBACKCTL_PAGERDUTY_ROUTING_KEY" in msg
+    assert "ROLLBACKCTL_SLACK_WEBHOOK_URL" in msg
+    monkeypatch.setenv("ROLLBACKCTL_PAGERDUTY_URL", "http://127.0.0.1:1/sim/pagerduty")
+    monkeypatch.setenv("ROLLBACKCTL_PAGERDUTY_ROUTING_KEY", "k1")
+    with pytest.raises(PagingNotConfigured) as ei:
+        PagingActivities.from_settings(PagingSettings())
+    assert "SLACK" in str(ei.value) and "PAGERDUTY" not in str(ei.value)
+    monkeypatch.setenv("ROLLBACKCTL_SLACK_WEBHOOK_URL", "http://127.0.0.1:1/sim/slack/x")
+    assert PagingActivities.from_settings(PagingSettings())  # one key and one hook for every level
+    # a per-level list must cover the ladder
+    monkeypatch.setenv("ROLLBACKCTL_PAGERDUTY_ROUTING_KEYS", "a,b")
+    with pytest.raises(PagingNotConfigured, match="ROLLBACKCTL_PAGERDUTY_ROUTING_KEYS lists 2"):
+        PagingActivities.from_settings(PagingSettings())
+
+
+def test_escalation_levels_are_data():
+    assert [lv.level for lv in escalation.LEVELS] == [1, 2, 3]
+    assert len({lv.slack_channel for lv in escalation.LEVELS}) == 3
+    assert all(lv.ack_within.total_seconds() == 300 for lv in escalation.LEVELS)  # "5-min confirm"
+    assert escalation.get(7).level == escalation.TOP and escalation.next_level(3) == 3
+    with pytest.raises(ValueError):
+        escalation.get(0)
+
+
+# -- PagerDuty ---------------------------------------------------------------------------------------
+async def test_page_has_the_events_v2_shape(sim, paging):
+    res = await ActivityEnvironment().run(paging.page, trigger())
+    assert res.status == "success" and res.dedup_key == "wf-1:L1" and res.http_status == 202 and res.escalation_level == 1
+    [ev] = await sim.pages()
+    assert set(ev) == {"routing_key", "event_action", "dedup_key", "payload", "client"}
+    assert ev["routing_key"] == LEVEL_KEYS[0] and ev["event_action"] == "trigger" and ev["dedup_key"] == "wf-1:L1"
+    p = ev["payload"]
+    assert p["summary"].startswith("HL disconnected") and p["source"] == "rollbackctl" and p["severity"] == "critical"
+    assert p["custom_details"]["workflow_id"] == "wf-1" and p["custom_details"]["escalation_level"] == 1
+    assert p["timestamp"]
+
+
+async def test_escalating_pages_the_next_level_as_a_new_incident(sim, paging):
+    env = ActivityEnvironment()
+    await env.run(paging.page, trigger(1, "wf-1:L1"))
+    await env.run(paging.page, trigger(1, "wf-1:L1"))  # re-paging the same level: PagerDuty deduplicates
+    await env.run(paging.page, trigger(2, "wf-1:L2"))
+    pages = await sim.pages()
+    assert [p["routing_key"] for p in pages] == [LEVEL_KEYS[0], LEVEL_KEYS[0], LEVEL_KEYS[1]]
+    inc = {i["dedup_key"]: i for i in await sim.incidents()}
+    assert inc["wf-1:L1"]["deduplicated"] == 1 and inc["wf-1:L2"]["routing_key"] == LEVEL_KEYS[1]
+    # above the top level: the top level, and the request is recorded
+    res = await env.run(paging.page, trigger(9, "wf-1:L9"))
+    assert res.escalation_level == 3
+    last = (await sim.pages())[-1]
+    assert last["routing_key"] == LEVEL_KEYS[2] and last["payload"]["custom_details"]["escalation_level_requested"] == 9
+
+
+async def test_acknowledge_and_resolve_carry_no_payload(sim, paging):
+    env = ActivityEnvironment()
+    await env.run(paging.page, trigger(2, "wf-2:L2"))
+    for action in ("acknowledge", "resolve"):
+        res = await env.run(paging.page, PageInput(event_action=action, dedup_key="wf-2:L2", summary="handled",
+                                                   escalation_level=2))
+        assert res.status == "success"
+    pages = await sim.pages()
+    assert [set(p) for p in pages[1:]] == [{"routing_key", "event_action", "dedup_key"}] * 2
+    assert all(p["routing_key"] == LEVEL_KEYS[1] for p in pages)
+    assert (await sim.incidents())[0]["status"] == "resolved"
+
+
+async def test_long_summaries_are_cut_to_pagerdutys_limit(sim, paging):
+    await ActivityEnvironment().run(paging.page, PageInput(event_action="trigger", dedup_key="wf-3:L1",
+                                                           summary="x" * 5000, severity="warning"))
+    [ev] = await sim.pages()
+    assert len(ev["payload"]["summary"]) == 1024 and ev["payload"]["severity"] == "warning"
+
+
+# -- Slack ------------------------------------------------------------------------------------------------
+async def test_chat_goes_to_the_levels_webhook(sim, paging):
+    env = ActivityEnvironment()
+    res = await env.run(paging.chat, ChatInput(text="Rollback started: routing_mode -> HL_MODE",
+                                               fields={"workflow": "wf-1", "incident": "INC-7"}))
+    assert res.ok and res.channel == escalation.get(1).slack_channel
+    await env.run(paging.chat, ChatInput(text="escalated", escalation_level=3))
+    [msg] = await sim.chats(LEVEL_HOOKS[0])
+    assert msg["text"] == "Rollback started: routing_mode -> HL_MODE"
+    assert [b["type"] for b in msg["blocks"]] == ["section", "section", "context"]
+    assert msg["blocks"][1]["fields"][0]["text"] == "*workflow*\nwf-1"
+    assert escalation.get(1).slack_channel in msg["blocks"][2]["elements"][0]["text"]
+    assert [m["text"] for m in await sim.chats(LEVEL_HOOKS[2])] == ["escalated"]
+    assert await sim.chats(LEVEL_HOOKS[1]) == []
+
+
+# -- errors ----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("path,fault,etype,retry", [
+    ("/sim/pagerduty", {"api_status": 500}, pg.PAGING_UNAVAILABLE, True),
+    ("/sim/pagerduty", {"api_status": 429}, pg.PAGING_UNAVAILABLE, True),
+    ("/sim/pagerduty", {"api_status": 400}, pg.BAD_REQUEST, False),
+    ("/sim/slack", {"api_status": 404}, pg.BAD_REQUEST, False),
+    ("/sim/slack", {"api_status": 503}, pg.PAGING_UNAVAILABLE, True),
+    ("/sim/slack", {"api_timeout": True}, pg.PAGING_TIMEOUT, True),
+])
+async def test_errors_are_classified(sim, paging_settings, path, fault, etype, retry):
+    acts = PagingActivities.from_settings(paging_settings.model_copy(update={"paging_timeout_s": 0.3}))
+    await sim.inject({**fault, "api_paths": [path]})
+    call = acts.page(trigger()) if path == "/sim/pagerduty" else acts.chat(ChatInput(text="hi"))
+    with pytest.raises(ApplicationError) as ei:
+        await call
+    assert ei.value.type == etype and ei.value.non_retryable is (not retry), ei.value.message
+    await acts.aclose()
+
+
+async def test_no_secret_reaches_logs_or_errors(sim, paging, paging_settings, caplog):
+    caplog.set_level(logging.DEBUG)
+    env = ActivityEnvironment()
+    await env.run(paging.page, trigger())
+    await env.run(paging.chat, ChatInput(text="hello"))
+    msgs = [repr(paging), repr(paging_settings), str(paging_settings)]
+    for path in ("/sim/pagerduty", "/sim/slack"):
+        await sim.clear_faults()
+        await sim.inject(api_status=500, api_paths=[path])
+        with pytest.raises(ApplicationError) as ei:
+            await (env.run(paging.page, trigger()) if "pager" in path else env.run(paging.chat, ChatInput(text="x")))
+        msgs.append(str(ei.value))
+    text = caplog.text + "\n".join(msgs)
+    assert "page trigger level 1" in caplog.text
+    for secret in [*LEVEL_KEYS, *LEVEL_HOOKS, "/sim/pagerduty", "/sim/slack/"]:
+        assert secret not in text, secret
+
+
+def test_settings_hold_secrets_as_secretstr():
+    s = PagingSettings(pagerduty_url=SecretStr("http://x/y"), pagerduty_routing_keys=SecretStr("a,b,c"))
+    assert "a,b,c" not in repr(s) and "http://x/y" not in str(s)
