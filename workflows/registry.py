@@ -1,6 +1,8 @@
 """Every workflow the worker runs (one list, imported by worker.py and the tests)."""
 
 from workflows.degradation import DegradationWorkflow
+from workflows.incident import IncidentWorkflow
+from workflows.monitor import MonitorWorkflow
 from workflows.rollback import RollbackWorkflow
 
-WORKFLOWS: list[type] = [RollbackWorkflow, DegradationWorkflow]
+WORKFLOWS: list[type] = [RollbackWorkflow, DegradationWorkflow, IncidentWorkflow, MonitorWorkflow]

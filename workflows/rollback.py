@@ -35,6 +35,8 @@ class RollbackWorkflow:
         self.r.progress.level = inp.scope.value
         self.scope: Scope = inp.scope
         self.set_by_rollback: dict[str, Any] = {}  # what this rollback wrote last, per switch
+        self.approver: str | None = None  # a super admin who approved Level 3 for an on-call requester
+        self.human_chose_level = False  # HL down: a human picked the level; breaches are reported, not escalated
 
     # -- queries and human input ---------------------------------------------------------------
     @workflow.query
@@ -139,9 +141,10 @@ class RollbackWorkflow:
         if outcome == "role_needs_approval":
             await self.r.notify(f"{self.r.wid}: level {self.scope.value} needs a super admin's confirmation", page=True,
                                 severity="critical")
-            await self.r.run_await(rollback.AwaitConfirmation(
+            _, ok = await self.r.run_await(rollback.AwaitConfirmation(
                 name="super_admin_approval", expects="confirm", min_role=Role.SUPER_ADMIN, timeout=d.confirm_sla,
                 prompt="Level 3 (maintenance mode) needs a super admin: `rollbackctl confirm ID --as SUPERADMIN`"))
+            self.approver = ok.actor
         elif outcome == "hl_down":
             # HL itself is down: HL_MODE would strand every order. Pause new orders (the P0 move), page, ask.
             await self.r.run_core_actions(CoreActions(name="pause_new_orders", actions=(("pause_new_orders", {}),)))
@@ -149,6 +152,9 @@ class RollbackWorkflow:
                                 "Choose degradation level 2 or 3.", page=True, severity="critical")
             _, dec = await self.r.run_await(rollback.level_choice_step(d))
             lvl = degradation.get(dec.level)
+            self.human_chose_level = True
+            if dec.level == 3:
+                self.approver = dec.actor
             self.scope = Scope.FULL if dec.level == 3 else self.scope
             changes = dict(lvl.switch_set)
             self.r.progress.level = f"degradation level {dec.level}"
@@ -157,7 +163,10 @@ class RollbackWorkflow:
         # [Execute Rollback] change + observe (a breach escalates one level) ...
         await self._apply(changes, "apply")
         while True:
-            if await self.r.run_observe(rollback.observe_step(d, name="observe")) != "breach":
+            observe = rollback.observe_step(d, name="observe")
+            if self.human_chose_level:
+                observe = observe.model_copy(update={"on_breach": "record"})
+            if await self.r.run_observe(observe) != "breach":
                 break
             nxt = rollback.NEXT_SCOPE[self.scope]
             if nxt is None:
@@ -169,9 +178,10 @@ class RollbackWorkflow:
             await self.r.notify(f"{self.r.wid}: health breach, escalating {self.scope.value} -> {nxt.value}",
                                 page=True, severity="critical")
             if rollback.required_role(nxt) is Role.SUPER_ADMIN:
-                await self.r.run_await(rollback.AwaitConfirmation(
+                _, ok = await self.r.run_await(rollback.AwaitConfirmation(
                     name="approve_level_3", expects="escalate", min_role=Role.SUPER_ADMIN, timeout=d.confirm_sla,
                     prompt="Breach persists: approve Level 3 maintenance mode (`rollbackctl escalate ID --as SUPERADMIN`)"))
+                self.approver = ok.actor
             self.scope = nxt
             self.r.progress.level = nxt.value
             changes = rollback.target_changes(nxt, inp.switch)
@@ -193,7 +203,13 @@ class RollbackWorkflow:
         return await self._restore(restore_to, fix, d)
 
     async def _apply(self, changes: dict[str, Any], name: str) -> None:
-        await self.r.run_apply(rollback.apply_step(changes, name, self.scope))
+        step = rollback.apply_step(changes, name, self.scope)
+        if self.approver and self.approver != self.inp.requested_by:
+            # Level 3 for an on-call requester: applied under the approving super admin.
+            step = step.model_copy(update={"authority": "plan", "reason": f"{step.reason} (approved by {self.approver})"})
+            await self.r.run_apply(step, approved_by=self.approver)
+        else:
+            await self.r.run_apply(step)
         self.set_by_rollback.update(changes)
 
     async def _restore(self, restore_to: dict[str, Any], fix: Decision, d: rollback.Durations) -> str:

@@ -10,17 +10,20 @@ that waits for it.
 from __future__ import annotations
 
 import asyncio
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, Callable
+
+from pydantic import BaseModel
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.exceptions import ActivityError, ApplicationError, FailureError
 
 with workflow.unsafe.imports_passed_through():
     from activities import errors
     from activities.changes import ChangeSetRequest, ChangeSetResult, Snapshot, SwitchChange
     from activities.switch_activities import Roster
+    from activities.trading_core import ExposureReport, exposure_mismatches
     from manual import switches
     from manual.roles import Role
     from manual.steps import (
@@ -68,6 +71,13 @@ ANSWERS: dict[str, tuple[str, ...]] = {
 }
 
 
+def root_cause(e: BaseException) -> BaseException:
+    """The ApplicationError behind an activity failure (local activities raise it unwrapped)."""
+    while isinstance(e, ActivityError) and e.cause is not None:
+        e = e.cause
+    return e
+
+
 class StepFailed(Exception):
     """A step could not complete; the workflow ends with this message."""
 
@@ -79,26 +89,70 @@ def metric_value(health: dict[str, Any], metric: str) -> Any:
     return v
 
 
+def check_one(c: HealthCheck, health: dict[str, Any], values: dict[str, Any]) -> str | None:
+    """Why this check fails on this snapshot, or None (pure)."""
+    v = metric_value(health, c.metric)
+    t = c.threshold
+    if c.threshold_switch:
+        sv = values.get(c.threshold_switch)
+        t = c.threshold if sv is None else (sv if c.threshold_factor == 1 else sv * c.threshold_factor)
+    if v is None:
+        return f"{c.metric} missing"
+    ok = {
+        "<=": lambda: v <= t, "<": lambda: v < t, ">=": lambda: v >= t, ">": lambda: v > t, "==": lambda: v == t,
+    }[c.op]()
+    return None if ok else f"{c.metric}={v} (needs {c.op} {t})"
+
+
 def evaluate(checks: tuple[HealthCheck, ...], health: dict[str, Any], values: dict[str, Any]) -> list[str]:
     """Breached checks, as readable lines (pure)."""
-    out = []
-    for c in checks:
-        v = metric_value(health, c.metric)
-        t = values.get(c.threshold_switch, c.threshold) if c.threshold_switch else c.threshold
-        if v is None:
-            out.append(f"{c.metric} missing")
-            continue
-        ok = {
-            "<=": lambda: v <= t, "<": lambda: v < t, ">=": lambda: v >= t, ">": lambda: v > t, "==": lambda: v == t,
-        }[c.op]()
-        if not ok:
-            out.append(f"{c.metric}={v} (needs {c.op} {t})")
-    return out
+    return [why for c in checks if (why := check_one(c, health, values)) is not None]
+
+
+class ObserveClock(BaseModel):
+    """Observation time that can pause, stretch, be cut short and survive continue-as-new (canary stages).
+
+    The workflow that owns it changes it from its handlers and calls `touch()`; `run_observe` wakes,
+    and returns `stop` when set. Paused time does not count; checks go on while paused.
+    """
+
+    duration: timedelta  # to observe in all, extensions included
+    observed: timedelta = timedelta(0)  # observed so far (paused time excluded)
+    ticked_at: datetime | None = None  # when `observed` was last brought up to date
+    next_check_at: datetime | None = None
+    streak: int = 0  # failed checks in a row (any check)
+    streaks: dict[str, int] = {}  # failures in a row of each check that has its own `consecutive`
+    checks: int = 0
+    paused: bool = False
+    armed: bool = True  # False: breaches are recorded but do not end the observation
+    stop: str | None = None  # set by a human decision ("promoted", "aborted"): returned by run_observe
+    version: int = 0  # bumped by touch(): wakes the observation
+    max_history: int | None = None  # return "continue_as_new" after a check once the run's history is this long
+
+    def touch(self) -> None:
+        self.version += 1
+
+    def tick(self, now: datetime) -> None:
+        if self.ticked_at is not None and not self.paused:
+            self.observed += now - self.ticked_at
+        self.ticked_at = now
+
+    def left(self, now: datetime | None = None) -> timedelta:
+        seen = self.observed
+        if now is not None and self.ticked_at is not None and not self.paused:
+            seen += now - self.ticked_at
+        return max(self.duration - seen, timedelta(0))
 
 
 class Runner:
-    def __init__(self, workflow_id: str, kind: str, *, requested_by: str, drill: bool, incident: str):
+    def __init__(self, workflow_id: str, kind: str, *, requested_by: str, drill: bool, incident: str,
+                 key: str | None = None):
         self.progress = Progress(workflow_id=workflow_id, kind=kind)
+        # Change ids, idempotency keys and page dedup keys derive from this (default: the workflow id;
+        # an incident workflow whose id repeats per rule uses its per-occurrence incident id).
+        self.key_base = key or workflow_id
+        self.actor_kind = "operator"  # "service": change sets go out under the P0 monitor's identity
+        self.on_repage: Callable[[int], None] | None = None  # called with the new page level on a re-page
         self.requested_by = requested_by
         self.drill = drill
         self.incident = incident
@@ -119,7 +173,7 @@ class Runner:
     def _key(self, step: str) -> str:
         """A stable id for this occurrence of a step: change ids and idempotency keys derive from it."""
         n = self._runs.get(step, 0)
-        return f"{self.wid}:{step}" + (f":{n}" if n else "")
+        return f"{self.key_base}:{step}" + (f":{n}" if n else "")
 
     def log(self, msg: str, *args: Any) -> None:
         workflow.logger.info(msg, *args)
@@ -166,19 +220,28 @@ class Runner:
             retry_policy=policy,
         )
 
-    async def core_action(self, step: str, action: str, body: dict[str, Any]) -> dict[str, Any]:
+    async def core_action(self, step: str, action: str, body: dict[str, Any], local: bool = False) -> dict[str, Any]:
         # activities.trading_core.CoreActionInput
         inp = {"action": action, "body": body, "idempotency_key": f"{self._key(step)}:{action}"}
+        if local:  # on a critical path (a P0 immediate action): no task-queue round trip
+            return await workflow.execute_local_activity(
+                "core.action", inp, result_type=dict, start_to_close_timeout=timedelta(seconds=10),
+                retry_policy=CORE_RETRY,
+            )
         return await workflow.execute_activity(
             "core.action", inp, result_type=dict, start_to_close_timeout=timedelta(seconds=10),
             retry_policy=CORE_RETRY,
         )
 
     async def notify(self, text: str, *, page: bool, severity: str = "warning", event_action: str = "trigger",
-                     wait: bool = True) -> None:
-        """Chat always; a PagerDuty event too when `page`. With wait=False it runs beside the caller."""
+                     wait: bool = True, level: int | None = None) -> None:
+        """Chat always; a PagerDuty event too when `page`. With wait=False it runs beside the caller.
+
+        `level`: the escalation level to address (default the current one), e.g. to acknowledge or
+        resolve the events of every level paged so far.
+        """
         prefix = "[DRILL] " if self.drill else ""
-        level = self.progress.page_level
+        level = level or self.progress.page_level
 
         async def send() -> None:
             try:
@@ -189,13 +252,13 @@ class Runner:
                 if page:
                     calls.append(workflow.execute_activity(
                         "paging.page", {  # activities.paging.PageInput
-                            "event_action": event_action, "dedup_key": f"{self.wid}:L{level}",
+                            "event_action": event_action, "dedup_key": f"{self.key_base}:L{level}",
                             "summary": f"{prefix}{text}"[:1000], "severity": severity, "source": "rollbackctl",
                             "escalation_level": level,
                             "custom_details": {"workflow_id": self.wid, "incident": self.incident, "drill": self.drill}},
                         result_type=dict, start_to_close_timeout=timedelta(seconds=10), retry_policy=NOTIFY_RETRY))
                 await asyncio.gather(*calls)
-            except ActivityError as e:
+            except FailureError as e:
                 self.log("notification failed: %s", e)
 
         if wait:
@@ -210,12 +273,14 @@ class Runner:
             self._background.clear()
 
     async def apply(self, step: ApplySwitches, *, expected: dict[str, Any] | None = None,
-                    values: dict[str, Any] | None = None, approved_by: str | None = None) -> ChangeSetResult:
+                    values: dict[str, Any] | None = None, approved_by: str | None = None,
+                    actor: str | None = None, action: str | None = None) -> ChangeSetResult:
         changes = values if values is not None else step.changes
         req = ChangeSetRequest(
             change_id=self._key(step.name),
-            actor=self.requested_by,
-            action="rollback.apply" if step.authority == "preapproved" else "plan.apply",
+            actor=actor or self.requested_by,
+            actor_kind="operator" if actor else self.actor_kind,
+            action=action or ("rollback.apply" if step.authority == "preapproved" else "plan.apply"),
             changes=[SwitchChange(switch=k, value=v) for k, v in changes.items()],
             reason=("[DRILL] " if self.drill else "") + step.reason,
             source=self.wid,
@@ -239,11 +304,11 @@ class Runner:
                 retry_policy=RetryPolicy(maximum_attempts=3, non_retryable_error_types=["Maintenance"]),
             )
             return f"trading core applied revision {revision}"
-        except ActivityError as e:
-            cause = e.cause
+        except FailureError as e:
+            cause = root_cause(e)
             if isinstance(cause, ApplicationError) and cause.type == "Maintenance":
                 return f"revision {revision} written; the trading core is in maintenance mode (503)"
-            return f"revision {revision} written; trading core did not confirm it applied: {cause or e}"
+            return f"revision {revision} written; trading core did not confirm it applied: {cause}"
 
     # -- steps ----------------------------------------------------------------------------------
     async def run_checklist(self, step: Checklist, *, required: Role, changes: dict[str, Any]) -> str:
@@ -288,9 +353,9 @@ class Runner:
         if health_task is not None:
             try:
                 health = await health_task
-            except ActivityError as e:
+            except FailureError as e:
                 health = None
-                err = f"trading core did not answer within {step.health_timeout.total_seconds() * 1000:.0f} ms ({e.cause or e})"
+                err = f"trading core did not answer within {step.health_timeout.total_seconds() * 1000:.0f} ms ({root_cause(e)})"
                 if "hl_health" in ids:
                     result("hl_health", "skipped", err + "; going on: HL_MODE is the safe side when the core is degraded")
                 if "exposure" in ids:
@@ -320,7 +385,7 @@ class Runner:
                 retry_policy=RetryPolicy(maximum_attempts=3),
             )
             return r
-        except ActivityError as e:
+        except FailureError as e:
             self.log("pausing canaries failed: %s", e)
             return None
 
@@ -328,8 +393,8 @@ class Runner:
         rec = self._begin(step.name, step.kind)
         try:
             res = await self.apply(step, **kw)
-        except ActivityError as e:
-            cause = e.cause
+        except FailureError as e:
+            cause = root_cause(e)
             msg = str(cause.message if isinstance(cause, ApplicationError) else e)
             self._end(rec, "failed", msg)
             if isinstance(cause, ApplicationError) and cause.type == errors.CONFLICT:
@@ -341,55 +406,114 @@ class Runner:
         self._end(rec, "ok", detail)
         return res
 
-    async def run_core_actions(self, step: CoreActions) -> None:
+    async def run_core_actions(self, step: CoreActions, local: bool = False) -> list[str]:
+        """Each action once (idempotency key per step occurrence); returns what happened to each."""
         rec = self._begin(step.name, step.kind)
         done = []
         for action, body in step.actions:
             try:
-                await self.core_action(step.name, action, body)
+                await self.core_action(step.name, action, body, local=local)
                 done.append(action)
-            except ActivityError as e:
-                done.append(f"{action} FAILED ({e.cause or e})")
+            except FailureError as e:
+                done.append(f"{action} FAILED ({root_cause(e)})")
         self._end(rec, "ok", ", ".join(done))
+        return done
 
     async def run_notify(self, step: Notify) -> None:
         rec = self._begin(step.name, step.kind)
         await self.notify(step.text, page=step.page, severity=step.severity, event_action=step.event_action)
         self._end(rec, "ok")
 
-    async def run_observe(self, step: Observe, values: dict[str, Any] | None = None) -> str:
-        """Returns "ok", "breach" or "escalated" (a human escalated during a monitoring observation)."""
+    async def read_probes(self, step: Observe) -> dict[str, Any]:
+        """Extra metrics a step asks for (Observe.probes), merged into the health snapshot."""
+        out: dict[str, Any] = {}
+        if "exposure_precision" in step.probes:
+            report: ExposureReport = await workflow.execute_activity(
+                "core.read_exposure", result_type=ExposureReport, start_to_close_timeout=timedelta(seconds=5),
+                retry_policy=RetryPolicy(maximum_attempts=2, initial_interval=timedelta(milliseconds=100)))
+            bad = exposure_mismatches(report)
+            out["exposure_mismatches"] = len(bad)
+            out["exposure_mismatch_detail"] = bad
+        return out
+
+    async def _check(self, step: Observe, values: dict[str, Any] | None) -> tuple[CheckResult, list[str | None]]:
+        """One health read (+ probes) judged against the step's checks: the result and each check's verdict."""
+        try:
+            if step.probes:
+                health, extra = await asyncio.gather(self.read_health(timedelta(seconds=2)), self.read_probes(step))
+                health = {**health, **extra}
+            else:
+                health = await self.read_health(timedelta(seconds=2))
+            verdicts = [check_one(c, health, values or self.progress.snapshot) for c in step.checks]
+            breaches = [v for v in verdicts if v is not None]
+            breaches += [f"  {line}" for line in health.get("exposure_mismatch_detail") or []]
+            return CheckResult(at=workflow.now(), ok=not breaches, breaches=breaches), verdicts
+        except FailureError as e:
+            return (CheckResult(at=workflow.now(), ok=False, breaches=["health unreadable"], error=str(root_cause(e))),
+                    [None] * len(step.checks))
+
+    async def run_observe(self, step: Observe, values: dict[str, Any] | None = None,
+                          clock: ObserveClock | None = None) -> str:
+        """Returns "ok", "breach" or "escalated" (a human escalated during a monitoring observation).
+
+        With a `clock` (kept by the caller across continue-as-new) the observation pauses, stretches and
+        resumes with it, and may also return the clock's `stop` or "continue_as_new" (see ObserveClock).
+        """
         rec = self._begin(step.name, step.kind)
-        end = workflow.now() + step.duration
-        streak = 0
+        c = clock or ObserveClock(duration=step.duration)
+        c.tick(workflow.now())
+        due = c.next_check_at is None or workflow.now() >= c.next_check_at
         self._escalate_open = step.stop_on_escalate
         try:
             while True:
                 if self._escalation is not None:
                     self._end(rec, "escalated", f"escalated by {self._escalation.actor}")
                     return "escalated"
-                try:
-                    health = await self.read_health(timedelta(seconds=2))
-                    breaches = evaluate(step.checks, health, values or self.progress.snapshot)
-                    check = CheckResult(at=workflow.now(), ok=not breaches, breaches=breaches)
-                except ActivityError as e:
-                    check = CheckResult(at=workflow.now(), ok=False, breaches=["health unreadable"], error=str(e.cause or e))
-                self.progress.checks = [*self.progress.checks[-(MAX_CHECKS_KEPT - 1):], check]
-                streak = streak + 1 if not check.ok else 0
-                if streak >= step.consecutive and step.on_breach != "record":
-                    self._end(rec, "breach", f"{streak} consecutive failed checks: {'; '.join(check.breaches)}")
-                    return "breach"
-                remaining = end - workflow.now()
-                if remaining <= timedelta(0):
+                if c.stop is not None:
+                    self._end(rec, c.stop, f"after {c.observed} observed, {c.checks} checks")
+                    return c.stop
+                if due:
+                    check, verdicts = await self._check(step, values)
+                    c.tick(workflow.now())
+                    c.checks += 1
+                    c.next_check_at = workflow.now() + step.interval
+                    self.progress.checks = [*self.progress.checks[-(MAX_CHECKS_KEPT - 1):], check]
+                    c.streak = c.streak + 1 if not check.ok else 0
+                    tripped = c.streak >= step.consecutive
+                    for hc, verdict in zip(step.checks, verdicts):
+                        if hc.consecutive is not None and check.error is None:
+                            key = f"{hc.metric} {hc.op}"
+                            c.streaks[key] = c.streaks.get(key, 0) + 1 if verdict is not None else 0
+                            tripped = tripped or c.streaks[key] >= hc.consecutive
+                    if tripped and step.on_breach != "record" and c.armed:
+                        self._end(rec, "breach", f"{c.streak} consecutive failed checks: {'; '.join(check.breaches)}")
+                        return "breach"
+                    if clock is not None and c.max_history is not None and (
+                            workflow.info().get_current_history_length() >= c.max_history
+                            or workflow.info().is_continue_as_new_suggested()):
+                        self._end(rec, "continue_as_new", f"{c.observed} observed so far, {c.checks} checks")
+                        return "continue_as_new"
+                now = workflow.now()
+                c.tick(now)
+                remaining = c.duration - c.observed
+                if remaining <= timedelta(0) and not c.paused:
                     break
+                wait = c.next_check_at - now
+                if not c.paused:
+                    wait = min(wait, remaining)
+                if wait <= timedelta(0):
+                    due = True
+                    continue
+                version = c.version
                 try:
-                    await workflow.wait_condition(lambda: self._escalation is not None,
-                                                  timeout=min(step.interval, remaining))
+                    await workflow.wait_condition(lambda: self._escalation is not None or c.version != version,
+                                                  timeout=wait)
+                    due = False
                 except asyncio.TimeoutError:
-                    pass
+                    due = True
         finally:
             self._escalate_open = False
-        self._end(rec, "ok", f"{step.duration} observed, last check {'ok' if self.progress.checks[-1].ok else 'failed'}")
+        self._end(rec, "ok", f"{c.duration} observed, last check {'ok' if self.progress.checks[-1].ok else 'failed'}")
         return "ok"
 
     async def run_await(self, step: AwaitConfirmation) -> tuple[str, Decision | None]:
@@ -412,6 +536,8 @@ class Runner:
                         return "timeout", None
                     # re-page at the next escalation level and keep waiting
                     self.progress.page_level += 1
+                    if self.on_repage is not None:
+                        self.on_repage(self.progress.page_level)
                     self.progress.awaiting.repages += 1
                     self.progress.awaiting.deadline = workflow.now() + step.timeout
                     await self.notify(f"UNANSWERED after {step.timeout}: {self.wid} waits for {step.expects} "

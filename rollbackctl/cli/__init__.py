@@ -19,6 +19,7 @@ COMMAND_MODULES = [
     "rollbackctl.cli.switch_cmds",
     "rollbackctl.cli.dev_cmds",
     "rollbackctl.cli.sim_cmds",
+    "rollbackctl.cli.workflow_cmds",
 ]
 
 

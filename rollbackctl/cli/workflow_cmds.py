@@ -1,0 +1,310 @@
+"""On-call commands: `rollback start`, `degrade`, `confirm|proceed|cancel|escalate|fix`, `status`.
+
+Each prints the workflow id and its Web UI link. ID arguments take a workflow id or an incident id.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import re
+import sys
+from datetime import timedelta
+
+from rollbackctl.cli.common import CliError, print_json
+
+_DUR = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h|d)$")
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+WORKFLOW_PREFIXES = ("rollback-", "degrade-", "canary-", "incident-", "monitor")
+
+
+def duration(text: str) -> timedelta:
+    m = _DUR.match(text.strip())
+    if not m:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration like 500ms, 30s, 5m, 1h")
+    td = timedelta(seconds=float(m.group(1)) * _UNITS[m.group(2)])
+    if td <= timedelta(0):
+        raise argparse.ArgumentTypeError("a duration must be positive")
+    return td
+
+
+def _durations_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("timings (the manual's by default; shorter for drills and demos)")
+    g.add_argument("--observe", type=duration, help="observation after the change (default 5m)")
+    g.add_argument("--interval", type=duration, help="health-check interval (default 15s)")
+    g.add_argument("--window", type=duration, help="data-inconsistency decision window (default 5m)")
+    g.add_argument("--confirm-sla", type=duration, help="re-page when unconfirmed after (default 10m)")
+    g.add_argument("--restore-observe", type=duration, help="observation of the 5%% restore (default 5m)")
+    g.add_argument("--breaches", type=int, help="consecutive failed checks that count as a breach (default 3)")
+    g.add_argument("--drill", action="store_true", help="practice run: marked [DRILL] in audit records and pages")
+
+
+def _durations(args):
+    from manual.rollback import Durations
+
+    kw = {k: v for k, v in {
+        "observe": args.observe, "check_interval": args.interval, "decision_window": args.window,
+        "confirm_sla": args.confirm_sla, "restore_observe": args.restore_observe,
+        "consecutive_breaches": args.breaches}.items() if v is not None}
+    return Durations(**kw)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    rb = sub.add_parser("rollback", help="the rollback decision tree as a durable workflow")
+    r = rb.add_subparsers(dest="rollback_cmd", metavar="SUBCOMMAND", required=True)
+    p = r.add_parser("start", help="start a rollback for an incident")
+    p.add_argument("--severity", required=True, choices=["critical_path_failure", "data_inconsistency", "non_critical"])
+    p.add_argument("--scope", required=True, choices=["single_module", "cross_module", "full_system"])
+    p.add_argument("--switch", help="single module: the switch or module (internalization, routing, hedging, "
+                                    "liquidation, withdrawals, auto_mode)")
+    p.add_argument("--incident", required=True, help="incident id (the workflow id is rollback-<incident>)")
+    p.add_argument("--as", dest="actor", required=True, metavar="OPERATOR")
+    p.add_argument("--reason", required=True)
+    p.add_argument("--summary", help="one line for pages (default: the reason)")
+    p.add_argument("--wait", action="store_true", help="follow progress until the workflow ends")
+    _durations_args(p)
+    p.set_defaults(func=cmd_rollback_start)
+
+    p = sub.add_parser("degrade", help="apply degradation level 1, 2 or 3 as a durable workflow")
+    p.add_argument("level", type=int, choices=[1, 2, 3])
+    p.add_argument("--incident", required=True)
+    p.add_argument("--as", dest="actor", required=True, metavar="OPERATOR")
+    p.add_argument("--reason", required=True)
+    p.add_argument("--wait", action="store_true")
+    _durations_args(p)
+    p.set_defaults(func=cmd_degrade)
+
+    for name, help_ in [
+        ("confirm", "confirm the step that waits for it (rollback holds, Level 3 approval)"),
+        ("proceed", "data inconsistency: roll back now instead of at the end of the window"),
+        ("cancel", "data inconsistency: do not roll back (needs --reason)"),
+        ("escalate", "escalate: a monitored incident to a rollback, a breach to Level 3, or choose --level 2|3"),
+        ("fix", "the fix is deployed: restore through the 5%% canary (or --no-restore)"),
+    ]:
+        p = sub.add_parser(name, help=help_)
+        p.add_argument("id", help="workflow id or incident id")
+        p.add_argument("--as", dest="actor", required=True, metavar="OPERATOR")
+        p.add_argument("--reason", default="")
+        if name == "escalate":
+            p.add_argument("--level", type=int, choices=[2, 3])
+        if name == "fix":
+            p.add_argument("--reference", help="the deployed fix: commit, release or ticket")
+            p.add_argument("--tests-passed", action="store_true", help="the fix's unit tests passed")
+            p.add_argument("--no-restore", dest="restore", action="store_false",
+                           help="close without restoring the switches")
+        p.set_defaults(func=cmd_decision, decision=name)
+
+    p = sub.add_parser("status", help="what runs, or one workflow's progress")
+    p.add_argument("id", nargs="?", help="workflow id or incident id (none: list running workflows)")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--follow", action="store_true", help="keep printing progress until it ends")
+    p.set_defaults(func=cmd_status)
+
+
+async def _operator_role(actor: str):
+    from rollbackctl.cli.common import switch_store
+
+    async with switch_store() as store:
+        op = await store.operator(actor)
+    if op is None:
+        raise CliError(f"unknown operator {actor!r} (see `rollbackctl operator list`)", 3)
+    return op.role
+
+
+def _links(wid: str) -> str:
+    from rollbackctl.settings import TemporalSettings
+
+    return f"workflow {wid}\nWeb UI   {TemporalSettings().workflow_url(wid)}"
+
+
+async def _start(workflow_run, inp, wid: str, what: str, wait: bool) -> int:
+    from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
+    from temporalio.exceptions import WorkflowAlreadyStartedError
+
+    from rollbackctl.settings import TemporalSettings
+    from rollbackctl.temporal_client import connect
+
+    s = TemporalSettings()
+    client = await connect(s)
+    try:
+        await client.start_workflow(
+            workflow_run, inp, id=wid, task_queue=s.task_queue,
+            id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
+            id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+            request_eager_start=True,
+        )
+    except WorkflowAlreadyStartedError:
+        raise CliError(f"{what} for incident {inp.incident_id} already exists: {wid} "
+                       f"(see `rollbackctl status {wid}`); use a new incident id for a new {what}", 4) from None
+    print(f"started {what}\n{_links(wid)}")
+    if wait:
+        return await _follow(client, wid, as_json=False)
+    print(f"follow it with: rollbackctl status {wid} --follow")
+    return 0
+
+
+async def cmd_rollback_start(args) -> int:
+    from manual import rollback
+    from workflows.models import RollbackInput
+    from workflows.rollback import RollbackWorkflow, rollback_workflow_id
+
+    scope = rollback.Scope(args.scope)
+    try:
+        changes = rollback.target_changes(scope, args.switch)
+    except (ValueError, KeyError) as e:
+        raise CliError(str(e).strip('"'), 2) from None
+    inp = RollbackInput(incident_id=args.incident, summary=args.summary or args.reason,
+                        severity=rollback.Severity(args.severity), scope=scope, switch=args.switch,
+                        requested_by=args.actor, reason=args.reason, durations=_durations(args), drill=args.drill)
+    from manual.roles import Role
+
+    role = await _operator_role(args.actor)
+    if not role.at_least(Role.ON_CALL):
+        raise CliError(f"{args.actor} is {role.value}; starting a rollback needs on_call or above", 3)
+    print("change set: " + ", ".join(f"{k}={v}" for k, v in changes.items()))
+    if not role.at_least(rollback.required_role(scope)):
+        print(f"note: {scope.value} needs a super admin; the workflow will page and wait for one to confirm")
+    return await _start(RollbackWorkflow.run, inp, rollback_workflow_id(args.incident), "rollback", args.wait)
+
+
+async def cmd_degrade(args) -> int:
+    from manual import degradation
+    from workflows.degradation import DegradationWorkflow, degrade_workflow_id
+    from workflows.models import DegradeInput
+
+    lvl = degradation.get(args.level)
+    role = await _operator_role(args.actor)
+    if not role.at_least(lvl.permission):
+        raise CliError(f"degradation level {lvl.level} needs {lvl.permission.value}; {args.actor} is {role.value}", 3)
+    inp = DegradeInput(level=args.level, incident_id=args.incident, requested_by=args.actor, reason=args.reason,
+                       durations=_durations(args), drill=args.drill)
+    print(f"level {lvl.level}: {lvl.name}\nswitches: " + ", ".join(f"{k}={v}" for k, v in lvl.switch_set.items()))
+    print("still available: " + "; ".join(lvl.available))
+    return await _start(DegradationWorkflow.run, inp, degrade_workflow_id(args.level, args.incident), "degradation",
+                        args.wait)
+
+
+async def resolve_id(client, ident: str) -> str:
+    """A workflow id as given, or the workflow of an incident id."""
+    from temporalio.service import RPCError
+
+    if ident.startswith(WORKFLOW_PREFIXES):
+        return ident
+    for wid in (f"rollback-{ident}", *(f"degrade-{n}-{ident}" for n in (3, 2, 1)), f"incident-{ident}"):
+        try:
+            await client.get_workflow_handle(wid).describe()
+            return wid
+        except RPCError:
+            continue
+    raise CliError(f"no rollback, degradation or incident workflow for {ident!r}", 2)
+
+
+async def cmd_decision(args) -> int:
+    from temporalio.client import WorkflowUpdateFailedError
+    from temporalio.service import RPCError
+
+    from rollbackctl.temporal_client import connect
+    from workflows.models import Decision
+
+    d = Decision(actor=args.actor, reason=args.reason, reference=getattr(args, "reference", None),
+                 tests_passed=getattr(args, "tests_passed", False), restore=getattr(args, "restore", True),
+                 level=getattr(args, "level", None))
+    client = await connect()
+    wid = await resolve_id(client, args.id)
+    try:
+        ack = await client.get_workflow_handle(wid).execute_update(args.decision, d, result_type=dict)
+    except WorkflowUpdateFailedError as e:
+        msg = str(getattr(e.cause, "message", None) or e.cause or e)
+        code = 3 if re.search(r"needs|not an operator|is (viewer|on_call|risk_manager)", msg) else 4
+        raise CliError(f"{args.decision} refused by {wid}: {msg}", code) from None
+    except RPCError as e:
+        raise CliError(f"{wid}: {e.message}", 4 if "completed" in e.message.lower() else 5) from None
+    print(f"{ack.get('message', 'accepted')}\n{_links(wid)}")
+    return 0
+
+
+def _render(p) -> str:
+    lines = [f"{p.workflow_id}  [{p.kind}]  status: {p.status}" + (f"  level: {p.level}" if p.level else "")]
+    for h in p.history:
+        t = h.started_at.strftime("%H:%M:%S")
+        lines.append(f"  {t}  {h.name:<22} {h.outcome or '...':<10} {h.detail}")
+    if p.checklist:
+        lines.append("  checklist:")
+        lines += [f"    [{c.status}] {c.title}: {c.detail}" for c in p.checklist]
+    if p.checks:
+        c = p.checks[-1]
+        lines.append(f"  last health check {c.at.strftime('%H:%M:%S')}: {'ok' if c.ok else '; '.join(c.breaches)}")
+    if p.escalations:
+        lines += [f"  escalation: {e}" for e in p.escalations]
+    refused = [d for d in p.decisions if not d.accepted]
+    lines += [f"  refused {d.kind} from {d.actor}: {d.detail}" for d in refused]
+    if p.awaiting:
+        a = p.awaiting
+        lines.append(f"  WAITING for {a.expects} ({a.min_role}+) at step {a.step}: {a.prompt}"
+                     + (f"  [re-paged {a.repages}x]" if a.repages else ""))
+    if p.detail:
+        lines.append(f"  {p.detail}")
+    return "\n".join(lines)
+
+
+async def _progress(client, wid: str):
+    from workflows.models import Progress
+
+    return await client.get_workflow_handle(wid).query("progress", result_type=Progress)
+
+
+async def _follow(client, wid: str, as_json: bool) -> int:
+    from temporalio.client import WorkflowExecutionStatus
+
+    seen = -1
+    last_wait = None
+    while True:
+        desc = await client.get_workflow_handle(wid).describe()
+        p = await _progress(client, wid)
+        if as_json:
+            print_json(p.model_dump(mode="json"))
+        else:
+            done = [h for h in p.history if h.outcome is not None]
+            for h in done[seen + 1:]:
+                print(f"  {h.ended_at.strftime('%H:%M:%S')}  {h.name:<22} {h.outcome:<10} {h.detail}")
+            seen = len(done) - 1
+            if p.awaiting and p.awaiting.step != last_wait:
+                last_wait = p.awaiting.step
+                print(f"  WAITING for {p.awaiting.expects} ({p.awaiting.min_role}+): {p.awaiting.prompt}")
+        if desc.status != WorkflowExecutionStatus.RUNNING:
+            print(f"{wid}: {desc.status.name.lower()}" + (f", {p.result}" if p.result else "")
+                  + (f" ({p.detail})" if p.detail else ""))
+            return 0 if desc.status == WorkflowExecutionStatus.COMPLETED else 1
+        sys.stdout.flush()
+        await asyncio.sleep(1.0)
+
+
+async def cmd_status(args) -> int:
+    from temporalio.service import RPCError
+
+    from rollbackctl.temporal_client import connect
+
+    client = await connect()
+    if not args.id:
+        rows = []
+        async for wf in client.list_workflows("ExecutionStatus = 'Running'"):
+            rows.append({"id": wf.id, "type": wf.workflow_type, "started": str(wf.start_time)})
+        if args.json:
+            print_json(rows)
+        else:
+            print("\n".join(f"  {r['id']:<40} {r['type']:<22} since {r['started']}" for r in rows) or "nothing running")
+        return 0
+    wid = await resolve_id(client, args.id)
+    if args.follow:
+        print(_links(wid))
+        return await _follow(client, wid, args.json)
+    try:
+        p = await _progress(client, wid)
+    except RPCError as e:
+        raise CliError(f"{wid}: {e.message}", 5) from None
+    if args.json:
+        print_json(p.model_dump(mode="json"))
+    else:
+        print(_render(p))
+        print(_links(wid))
+    return 0

@@ -1,0 +1,554 @@
+"""IncidentWorkflow: one P0 alert (manual/alerts.py) from detection to resolution.
+
+    immediate action (idempotent) -> page + chat -> wait for an acknowledgement (5 min; unanswered:
+    escalate to the next level and keep waiting) | 10-min action SLA | further-step checklist |
+    auto-recovery once the condition stayed clear (rules that allow it) | HL: still down at 5 min ->
+    escalate and ask for degradation level 2 or 3 | asset mismatch: acknowledged -> decision-tree
+    rollback as a child | condition clear + a human resolves -> PagerDuty resolve.
+
+The workflow id is one per rule (and symbol), `incident-<rule>[-<symbol>]`: the monitor starts it
+with id_conflict_policy=USE_EXISTING, so a rule that keeps firing signals its open incident instead
+of opening a second one. The incident id (`<rule>[-<symbol>]-<start time>`) is per occurrence:
+idempotency keys, change ids and PagerDuty dedup keys derive from it, so an incident that opens
+again after a resolve acts and pages afresh, while a retried or replayed step never acts twice.
+
+Every step runs through workflows/runner.py. The monitor's identity (`monitor`) takes the immediate
+actions only (pre-approved moves); a human undo or a child rollback/degradation runs under the
+human who asked for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime, timedelta
+from typing import Any
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError, ApplicationError
+
+with workflow.unsafe.imports_passed_through():
+    from manual import alerts, escalation, switches
+    from manual.roles import MONITOR_IDENTITY, Role
+    from manual.rollback import Scope, Severity
+    from manual.steps import ApplySwitches, AwaitConfirmation, CoreActions
+    from workflows.degradation import DegradationWorkflow, degrade_workflow_id
+    from workflows.incident_models import (
+        INCIDENT_PREFIX,
+        ActionRecord,
+        ChecklistItemState,
+        ConditionReport,
+        Escalation,
+        IncidentInput,
+        IncidentResult,
+        IncidentState,
+        ResolveRequest,
+        SlaClocks,
+        TickRequest,
+        UndoGuardInput,
+        UndoGuardResult,
+    )
+    from workflows.models import Decision, DecisionAck, DegradeInput, Progress, RollbackInput
+    from workflows.rollback import RollbackWorkflow, rollback_workflow_id
+    from workflows.runner import Runner, StepFailed
+
+
+def incident_id_for(workflow_id: str, start: datetime) -> str:
+    base = workflow_id[len(INCIDENT_PREFIX):] if workflow_id.startswith(INCIDENT_PREFIX) else workflow_id
+    return f"{base}-{start:%Y%m%dT%H%M%SZ}"
+
+
+def _refuse(why: str) -> None:
+    raise ApplicationError(why, type="Refused", non_retryable=True)
+
+
+@workflow.defn(name="IncidentWorkflow")
+class IncidentWorkflow:
+    @workflow.init
+    def __init__(self, inp: IncidentInput) -> None:
+        info = workflow.info()
+        self.rule = alerts.get(inp.rule)
+        t = inp.timings
+        self.ack_sla = t.ack or alerts.SLA.ack
+        self.action_sla = t.action or alerts.SLA.action
+        self.page_after = t.page_after or alerts.SLA.page_after
+        self.clear_hold = t.clear_hold or self.rule.recovery.clear_hold
+        self.manual_after = t.manual_after or (self.rule.manual_after.after if self.rule.manual_after else None)
+        self.incident_id = incident_id_for(info.workflow_id, info.workflow_start_time)
+        self.r = Runner(info.workflow_id, "incident", requested_by=MONITOR_IDENTITY, drill=inp.drill,
+                        incident=self.incident_id, key=self.incident_id)
+        self.r.actor_kind = "service"  # immediate actions go out under the monitor's identity
+        self.r.on_repage = self._on_repage
+        self.r.progress.level = self.rule.alert + (f" ({inp.symbol})" if inp.symbol else "")
+        self.st = IncidentState(
+            workflow_id=info.workflow_id, incident_id=self.incident_id, rule=self.rule.id, alert=self.rule.alert,
+            symbol=inp.symbol, condition_since=workflow.now(), started_at=inp.started_at,
+            last_values=inp.values, detail=inp.detail, drill=inp.drill,
+            checklist=[ChecklistItemState(id=f.id, title=f.title) for f in self.rule.further],
+            recovery=(f"automatic {self.clear_hold} after the condition clears" if self.rule.recovery.mode == "auto"
+                      else f"human only ({self.rule.recovery.role.value}+: `rollbackctl resolve ID --undo`)"),
+        )
+        self._wake = 0  # bumped by every signal and update: the main loop re-evaluates
+        self._paged = False
+        self._ready = False  # roster loaded and the acknowledgement awaited: human input may arrive
+        self._immediate_done = False
+        self._in_force: list[str] = []  # pause actions of this incident now in force (query `holds`)
+        self._set_by_incident: dict[str, tuple[Any, Any]] = {}  # switch -> (before, set by the incident)
+        self._undone = False
+        self._recovery_tried = False
+        self._reapply = False
+        self._manual_asked = False
+        self._level_choice: Decision | None = None
+        self._resolve: ResolveRequest | None = None
+        self._ack_task: asyncio.Task | None = None
+
+    # -- queries --------------------------------------------------------------------------------
+    @workflow.query
+    def state(self) -> IncidentState:
+        self.st.sla.level = self.r.progress.page_level
+        return self.st
+
+    @workflow.query
+    def sla(self) -> SlaClocks:
+        self.st.sla.level = self.r.progress.page_level
+        return self.st.sla
+
+    @workflow.query
+    def actions(self) -> list[ActionRecord]:
+        return self.st.actions
+
+    @workflow.query
+    def checklist(self) -> list[ChecklistItemState]:
+        return self.st.checklist
+
+    @workflow.query
+    def progress(self) -> Progress:
+        """The runner's step view (same shape as rollbacks and degradations: `rollbackctl status`)."""
+        return self.r.progress
+
+    @workflow.query
+    def holds(self) -> list[str]:
+        """Trading-core pauses this incident holds in force (another incident's auto-recovery leaves them)."""
+        return list(self._in_force)
+
+    # -- monitor input ------------------------------------------------------------------------------
+    @workflow.signal
+    def condition(self, rep: ConditionReport) -> None:
+        new = "firing" if rep.firing else "clear"
+        if rep.values:
+            self.st.last_values = rep.values
+        if rep.detail:
+            self.st.detail = rep.detail
+        if new != self.st.condition:
+            self.st.condition = new
+            self.st.condition_since = workflow.now()
+            if rep.firing and self._undone and self.st.status != "resolved":
+                self._reapply = True  # fired again after its action was undone: take it again
+        self._wake += 1
+
+    # -- human input ----------------------------------------------------------------------------------
+    def _role(self, actor: str) -> Role | None:
+        return self.r.role_of(actor)
+
+    def _check_ack(self, d: Decision) -> None:
+        if self.st.sla.acked_at is not None:
+            _refuse(f"{self.st.workflow_id} was acknowledged by {self.st.sla.acked_by} at {self.st.sla.acked_at:%H:%M:%S}")
+        why = self.r.check_decision("confirm", d)
+        if why:
+            _refuse(why)
+
+    @workflow.update
+    def acknowledge(self, d: Decision) -> DecisionAck:
+        self._wake += 1
+        return self.r.accept("confirm", d)
+
+    @acknowledge.validator
+    def _v_acknowledge(self, d: Decision) -> None:
+        self._check_ack(d)
+
+    @workflow.update
+    def confirm(self, d: Decision) -> DecisionAck:
+        """The manual's word for it ("5-min confirm"): the same as acknowledge."""
+        self._wake += 1
+        return self.r.accept("confirm", d)
+
+    @confirm.validator
+    def _v_confirm(self, d: Decision) -> None:
+        self._check_ack(d)
+
+    @workflow.signal(name="acknowledge")
+    def acknowledge_signal(self, d: Decision) -> None:
+        """For the Web UI and `temporal workflow signal`: same checks; a refused one is recorded, ignored."""
+        try:
+            self._check_ack(d)
+        except ApplicationError as e:
+            self.st.refused.append(f"acknowledge from {d.actor}: {e.message}")
+            self.r.refuse("confirm", d, e.message)
+            return
+        self.r.accept("confirm", d)
+        self._wake += 1
+
+    @workflow.update
+    def tick(self, req: TickRequest) -> str:
+        item = next(i for i in self.st.checklist if i.id == req.item)
+        item.done, item.by, item.at, item.note = req.done, req.actor, workflow.now(), req.note
+        if req.done:
+            self._acted(req.actor, item.title)
+        self._wake += 1
+        return f"{item.id} {'done' if req.done else 'reopened'} by {req.actor}"
+
+    @tick.validator
+    def _v_tick(self, req: TickRequest) -> None:
+        role = self._role(req.actor)
+        if role is None or not role.at_least(Role.ON_CALL):
+            _refuse(f"{req.actor} is {role.value if role else 'not an operator'}; the checklist needs on_call or above")
+        ids = [i.id for i in self.st.checklist]
+        if req.item not in ids:
+            _refuse(f"no checklist item {req.item!r}; items: {', '.join(ids)}")
+        if self.st.status == "resolved":
+            _refuse(f"{self.st.workflow_id} is resolved")
+
+    @workflow.update
+    def escalate(self, d: Decision) -> DecisionAck:
+        """HL still down after 5 minutes: the human's choice of degradation level 2 or 3."""
+        self._level_choice = d
+        self.st.level_choice = f"level {d.level} by {d.actor}"
+        for i in self.st.checklist:
+            if i.id == "choose_level":
+                i.done, i.by, i.at = True, d.actor, workflow.now()
+        self._acted(d.actor, f"chose degradation level {d.level}")
+        self._wake += 1
+        return DecisionAck(accepted=True, step="level_choice",
+                           message=f"degradation level {d.level} chosen by {d.actor}: starting it")
+
+    @escalate.validator
+    def _v_escalate(self, d: Decision) -> None:
+        role = self._role(d.actor)
+        if role is None or not role.at_least(Role.ON_CALL):
+            _refuse(f"{d.actor} is {role.value if role else 'not an operator'}; choosing a level needs on_call")
+        if not self._manual_asked:
+            _refuse(f"{self.st.workflow_id} does not ask for a degradation level (only HL down past "
+                    f"{self.manual_after} does); start one with `rollbackctl degrade`")
+        if self._level_choice is not None:
+            _refuse(f"level already chosen: {self.st.level_choice}")
+        if d.level not in (2, 3):
+            _refuse("choose degradation level 2 or 3 (--level 2|3)")
+        if d.level == 3 and not role.at_least(Role.SUPER_ADMIN):
+            _refuse(f"{d.actor} is {role.value}; level 3 needs super_admin")
+
+    @workflow.update
+    def resolve(self, req: ResolveRequest) -> str:
+        self._resolve = req
+        aw = self.r.progress.awaiting
+        if aw is not None and aw.step == "acknowledge":  # resolving acknowledges too
+            self.r.accept("confirm", Decision(actor=req.actor, reason="resolved"))
+        self._acted(req.actor, "resolved")
+        self._wake += 1
+        return f"{self.st.workflow_id} resolving by {req.actor}" + (" with undo" if req.undo else "")
+
+    @resolve.validator
+    def _v_resolve(self, req: ResolveRequest) -> None:
+        role = self._role(req.actor)
+        if role is None or not role.at_least(Role.ON_CALL):
+            _refuse(f"{req.actor} is {role.value if role else 'not an operator'}; resolving needs on_call or above")
+        if self._resolve is not None:
+            _refuse(f"already being resolved by {self._resolve.actor}")
+        if not self._ready:
+            _refuse("the incident is still taking its immediate action and paging; try again in a moment")
+        if req.undo and not role.at_least(self.rule.recovery.role):
+            _refuse(f"{req.actor} is {role.value}; undoing this rule's action needs {self.rule.recovery.role.value}: "
+                    f"{self.rule.recovery.why}")
+        if self.st.condition == "firing":
+            if not req.force:
+                _refuse(f"the monitor still reports {self.rule.alert} firing; resolve when it has cleared "
+                        "(a super admin may --force with a reason)")
+            if not role.at_least(Role.SUPER_ADMIN) or not req.reason.strip():
+                _refuse("--force needs a super_admin and a --reason")
+
+    def _acted(self, actor: str, what: str) -> None:
+        if self.st.sla.action_at is None:
+            self.st.sla.action_at, self.st.sla.action_by, self.st.sla.action_what = workflow.now(), actor, what
+
+    def _on_repage(self, level: int) -> None:
+        now = workflow.now()
+        self.st.sla.ack_breached = True
+        self.st.sla.level = level
+        self.st.sla.ack_due = now + self.ack_sla
+        self.st.sla.escalations.append(Escalation(
+            at=now, level=level, why=f"not acknowledged within {self.ack_sla}: paging level {level} "
+                                     f"({escalation.get(level).name})"))
+
+    # -- the incident -----------------------------------------------------------------------------------
+    @workflow.run
+    async def run(self, inp: IncidentInput) -> IncidentResult:
+        roster = asyncio.create_task(self.r.load_roster())
+        immediate = asyncio.create_task(self._take_actions("immediate"))
+        try:
+            await workflow.wait_condition(lambda: immediate.done(), timeout=self.page_after)
+        except asyncio.TimeoutError:
+            pass
+        await self._page_opened(inp)
+        await roster
+        self._ack_task = asyncio.create_task(self._await_ack())
+        self._ready = self.st.ready = True
+        await self._loop()
+        await immediate
+        await self._close()
+        await self.r.drain()
+        await workflow.wait_condition(workflow.all_handlers_finished)
+        return IncidentResult(incident_id=self.incident_id, rule=self.rule.id, symbol=inp.symbol,
+                              status=self.st.status, resolved_by=self.st.resolved_by, actions=self.st.actions,
+                              sla=self.st.sla)
+
+    def _summary(self) -> str:
+        vals = ", ".join(f"{k}={v}" for k, v in self.st.last_values.items())
+        sym = f" [{self.st.symbol}]" if self.st.symbol else ""
+        return f"P0 {self.rule.alert}{sym}: {self.st.detail or vals}"
+
+    async def _page_opened(self, inp: IncidentInput) -> None:
+        acts = "; ".join(f"{a.what}: {a.status}" + (f" ({a.detail})" if a.detail else "")
+                         for a in self.st.actions) or "pending"
+        pending = not self._immediate_done
+        steps = " | ".join(f.title for f in self.rule.further)
+        text = (f"{self._summary()}. Immediate action ({self.rule.manual_action}): {acts}"
+                + (" — still retrying: the trading core has not answered" if pending else "")
+                + f". Next: {steps}. Acknowledge within {self.ack_sla}: `rollbackctl ack {self.st.workflow_id} --as OP`.")
+        now = workflow.now()
+        sla = self.st.sla
+        sla.paged_at, sla.ack_due, sla.action_due = now, now + self.ack_sla, now + self.action_sla
+        self._paged = True
+        await self.r.notify(text, page=True, severity="critical")
+
+    async def _await_ack(self) -> None:
+        _, d = await self.r.run_await(AwaitConfirmation(
+            name="acknowledge", expects="confirm", min_role=Role.ON_CALL, timeout=self.ack_sla,
+            on_timeout="repage_and_wait",
+            prompt=f"P0 {self.rule.alert}: acknowledge (`rollbackctl ack {self.st.workflow_id} --as OP`)"))
+        sla = self.st.sla
+        sla.acked_at, sla.acked_by = workflow.now(), d.actor
+        if self.st.status == "open":
+            self.st.status = "acknowledged"
+        for lvl in range(1, self.r.progress.page_level + 1):  # every level paged so far
+            await self.r.notify(f"{self.st.workflow_id} acknowledged by {d.actor}", page=True,
+                                event_action="acknowledge", level=lvl, wait=False)
+        if self.rule.rollback is not None:
+            await self._start_rollback(d.actor)
+        self._wake += 1
+
+    async def _loop(self) -> None:
+        while self._resolve is None:
+            now = workflow.now()
+            sla = self.st.sla
+            deadlines: list[datetime] = []
+            # 10-minute action SLA
+            if sla.action_at is None and sla.action_breached_at is None:
+                if now >= sla.action_due:
+                    sla.action_breached_at = now
+                    await self.r.notify(
+                        f"ACTION SLA BREACHED: {self._summary()}: no action recorded {self.action_sla} after the "
+                        f"page (acknowledged: {sla.acked_by or 'no'}). Tick the checklist "
+                        f"(`rollbackctl tick {self.st.workflow_id} ITEM --as OP`) or resolve.",
+                        page=True, severity="critical")
+                    continue
+                deadlines.append(sla.action_due)
+            # HL: "if >5min -> manual"
+            if self.manual_after is not None and not self._manual_asked and self.st.condition == "firing":
+                due = self.st.started_at + self.manual_after
+                if now >= due:
+                    await self._ask_level()
+                    continue
+                deadlines.append(due)
+            if self._level_choice is not None and not any(c.startswith("degrade-") for c in self.st.children):
+                await self._start_degradation(self._level_choice)
+                continue
+            if self._reapply and self._immediate_done:
+                self._reapply, self._undone = False, False
+                await self.r.notify(f"{self._summary()}: fired again after recovery; taking the immediate action "
+                                    "again (no further automatic recovery)", page=True, severity="critical")
+                await self._take_actions("reapply")
+                continue
+            # auto-recovery: once, after the condition stayed clear for the hold time
+            if (self.rule.recovery.mode == "auto" and not self._recovery_tried and self._immediate_done
+                    and self.st.condition == "clear" and self._in_force):
+                due = self.st.condition_since + self.clear_hold
+                if now >= due:
+                    await self._auto_recover()
+                    continue
+                deadlines.append(due)
+            wake = self._wake
+            timeout = (min(deadlines) - now) if deadlines else None
+            try:
+                await workflow.wait_condition(lambda: self._wake != wake, timeout=timeout)
+            except asyncio.TimeoutError:
+                pass
+
+    # -- actions ------------------------------------------------------------------------------------------
+    def _record(self, phase: str, what: str, status: str, detail: str = "", by: str = MONITOR_IDENTITY) -> ActionRecord:
+        rec = ActionRecord(at=workflow.now(), phase=phase, what=what, status=status, detail=detail, by=by)
+        self.st.actions.append(rec)
+        return rec
+
+    async def _take_actions(self, phase: str) -> None:
+        """The rule's immediate action: switch moves and trading-core actions, each once (idempotent keys)."""
+        reason = f"P0 {self.rule.alert}" + (f" [{self.st.symbol}]" if self.st.symbol else "") + \
+                 f": {self.rule.manual_action} (incident {self.incident_id})"
+        for m in self.rule.actions:
+            if isinstance(m, alerts.SwitchMove):
+                await self._switch_move(phase, m, reason)
+        core = self.rule.core_moves
+        if core:
+            recs = [self._record(phase, f"core {m.action}", "pending") for m in core]
+            done = await self.r.run_core_actions(
+                CoreActions(name=phase, actions=tuple((m.action, m.body_for(self.st.symbol)) for m in core)), local=True)
+            for m, rec, res in zip(core, recs, done):
+                ok = " FAILED (" not in res
+                rec.status, rec.detail, rec.at = ("ok" if ok else "failed"), ("" if ok else res), workflow.now()
+                if ok and m.undo and m.action not in self._in_force:
+                    self._in_force.append(m.action)
+        if phase == "immediate":
+            self._immediate_done = True
+            if self._paged:  # the page went out before the trading core answered
+                await self.r.notify(f"{self._summary()}: immediate action now applied: "
+                                    + "; ".join(f"{a.what}: {a.status}" for a in self.st.actions if a.phase == phase),
+                                    page=False)
+        self._wake += 1
+
+    async def _switch_move(self, phase: str, m: alerts.SwitchMove, reason: str) -> None:
+        sw = switches.get(m.switch)
+        for attempt in range(2):
+            snap = await self.r.take_snapshot()
+            cur = snap.switches[m.switch].value
+            if cur == m.value or (m.mode == "lower_to" and cur is not None and cur <= m.value):
+                self._record(phase, f"switch {m.switch}", "skipped",
+                             f"already {sw.render(cur)}" + (f" (at or below {sw.render(m.value)})" if m.mode == "lower_to" else ""))
+                return
+            step = ApplySwitches(name=f"{phase}_{m.switch}", changes={m.switch: m.value}, authority="preapproved",
+                                 reason=reason, verify_timeout=timedelta(seconds=5))
+            try:
+                res = await self.r.run_apply(step, expected={m.switch: cur}, action="p0.immediate_action")
+            except StepFailed as e:
+                if str(e).startswith("conflict") and attempt == 0:
+                    continue  # changed between the read and the write: read again
+                self._record(phase, f"switch {m.switch}", "failed", str(e))
+                return
+            self._set_by_incident[m.switch] = (cur, m.value)
+            self._record(phase, f"switch {m.switch}", "ok",
+                         f"{sw.render(cur)} -> {sw.render(m.value)} (audit {res.audit_id})")
+            return
+
+    async def _auto_recover(self, why: str = "") -> None:
+        self._recovery_tried = True
+        why = why or f"condition clear for {self.clear_hold}"
+        undo = [m for m in self.rule.core_moves if m.undo and m.action in self._in_force]
+        try:
+            guard: UndoGuardResult = await workflow.execute_activity(
+                "incident.undo_guard", UndoGuardInput(workflow_id=self.st.workflow_id, actions=[m.action for m in undo]),
+                result_type=UndoGuardResult, start_to_close_timeout=timedelta(seconds=20),
+                retry_policy=RetryPolicy(maximum_attempts=3))
+        except ActivityError as e:
+            guard = UndoGuardResult(ok=False, reason=f"could not check who else holds it: {e.cause or e}")
+        if not guard.ok:
+            self.st.recovery = f"withheld: {guard.reason}; left for a human (`rollbackctl resolve ID --undo`)"
+            self._record("auto_recovery", ", ".join(f"core {m.undo}" for m in undo), "skipped", guard.reason)
+            await self.r.notify(f"{self._summary()}: {why}, automatic recovery withheld: {guard.reason}", page=False)
+            return
+        await self._undo("auto_recovery", MONITOR_IDENTITY)
+        self.st.recovery = f"done at {workflow.now():%H:%M:%S}: " + ", ".join(m.undo for m in undo)
+        await self.r.notify(f"{self._summary()}: {why}; automatic recovery: "
+                            + ", ".join(m.undo for m in undo) + " (taken once; resolve when satisfied)",
+                            page=True, severity="info")
+
+    async def _undo(self, phase: str, actor: str) -> None:
+        """Undo the immediate action: core actions by their `undo`, switches by compare-and-swap."""
+        core = [m for m in reversed(self.rule.core_moves) if m.undo and m.action in self._in_force]
+        if core:
+            recs = [self._record(phase, f"core {m.undo}", "pending", by=actor) for m in core]
+            done = await self.r.run_core_actions(
+                CoreActions(name=phase, actions=tuple((m.undo, m.body_for(self.st.symbol)) for m in core)))
+            for m, rec, res in zip(core, recs, done):
+                ok = " FAILED (" not in res
+                rec.status, rec.detail, rec.at = ("ok" if ok else "failed"), ("" if ok else res), workflow.now()
+                if ok:
+                    self._in_force.remove(m.action)
+        if phase == "human_undo":
+            for name, (before, set_to) in list(self._set_by_incident.items()):
+                sw = switches.get(name)
+                step = ApplySwitches(name=f"{phase}_{name}", changes={name: before}, authority="owner",
+                                     reason=f"undo P0 {self.rule.alert} (incident {self.incident_id}): "
+                                            f"{name} back to {sw.render(before)}", verify_timeout=timedelta(seconds=5))
+                try:
+                    res = await self.r.run_apply(step, expected={name: set_to}, actor=actor, action="p0.undo")
+                    self._record(phase, f"switch {name}", "ok", f"{sw.render(set_to)} -> {sw.render(before)} "
+                                                                f"(audit {res.audit_id})", by=actor)
+                    del self._set_by_incident[name]
+                except StepFailed as e:
+                    status = "conflict" if str(e).startswith("conflict") else "failed"
+                    self._record(phase, f"switch {name}", status,
+                                 ("changed by someone since the incident set it: left as is. " if status == "conflict"
+                                  else "") + str(e), by=actor)
+        self._undone = True
+
+    async def _ask_level(self) -> None:
+        self._manual_asked = True
+        self.st.level_choice = "asked"
+        level = self.r.progress.page_level + 1
+        self.r.progress.page_level = level
+        self._on_repage_level(level, f"{self.rule.alert} still firing {self.manual_after} after it began")
+        prompt = self.rule.manual_after.prompt if self.rule.manual_after else "choose degradation level 2 or 3"
+        await self.r.notify(f"{self._summary()}. {prompt} (`rollbackctl escalate {self.st.workflow_id} --level 2|3 "
+                            "--as OP`)", page=True, severity="critical")
+
+    def _on_repage_level(self, level: int, why: str) -> None:
+        self.st.sla.level = level
+        self.st.sla.escalations.append(Escalation(at=workflow.now(), level=level, why=why))
+
+    async def _start_degradation(self, d: Decision) -> None:
+        wid = degrade_workflow_id(d.level, self.incident_id)
+        self.st.children.append(wid)
+        await workflow.start_child_workflow(
+            DegradationWorkflow.run,
+            DegradeInput(level=d.level, incident_id=self.incident_id, requested_by=d.actor, drill=self.st.drill,
+                         reason=f"P0 {self.rule.alert}: {self.st.detail or 'still down'}; chosen by {d.actor}"
+                                + (f": {d.reason}" if d.reason else "")),
+            id=wid, parent_close_policy=workflow.ParentClosePolicy.ABANDON)
+        await self.r.notify(f"{self.st.workflow_id}: {d.actor} chose degradation level {d.level}: started {wid}",
+                            page=False)
+
+    async def _start_rollback(self, actor: str) -> None:
+        spec = self.rule.rollback
+        wid = rollback_workflow_id(self.incident_id)
+        self.st.children.append(wid)
+        await workflow.start_child_workflow(
+            RollbackWorkflow.run,
+            RollbackInput(incident_id=self.incident_id, summary=self._summary()[:500], severity=Severity(spec.severity),
+                          scope=Scope(spec.scope), requested_by=actor, drill=self.st.drill,
+                          reason=f"P0 {self.rule.alert} acknowledged by {actor}: {spec.why}"),
+            id=wid, parent_close_policy=workflow.ParentClosePolicy.ABANDON)
+        await self.r.notify(f"{self.st.workflow_id}: decision-tree rollback {wid} started on {actor}'s "
+                            f"acknowledgement ({spec.severity}, {spec.scope}); cancel it there if it is not warranted",
+                            page=False)
+
+    async def _close(self) -> None:
+        req = self._resolve
+        ack = self._ack_task
+        if ack is not None and not ack.done():  # resolving acknowledges: end the wait, let its notices go out
+            await workflow.wait_condition(lambda: self.r.progress.awaiting is not None or ack.done())
+            if self.r.progress.awaiting is not None and self.r.progress.awaiting.step == "acknowledge":
+                self.r.accept("confirm", Decision(actor=req.actor, reason="resolved"))
+        if ack is not None:
+            await ack
+        if req.undo:
+            await self._undo("human_undo", req.actor)
+        elif (self.rule.recovery.mode == "auto" and self._in_force and not self._recovery_tried
+              and self.st.condition == "clear"):
+            # resolved before the clear hold ran out: recover now (same guard, still once)
+            await self._auto_recover(f"resolved by {req.actor} before the {self.clear_hold} clear hold ran out")
+        self.st.status = "resolved"
+        self.st.resolved_by, self.st.resolved_at = req.actor, workflow.now()
+        self.r.progress.status = self.r.progress.result = "resolved"
+        self.r.progress.detail = f"resolved by {req.actor}" + (f": {req.reason}" if req.reason else "")
+        self.r.progress.current_step = None
+        text = (f"RESOLVED {self._summary()} by {req.actor}" + (f": {req.reason}" if req.reason else "")
+                + ("" if not self._in_force else f". Still in force: {', '.join(self._in_force)}"))
+        for lvl in range(1, self.r.progress.page_level + 1):
+            await self.r.notify(text, page=True, severity="info", event_action="resolve", level=lvl)
