@@ -45,3 +45,32 @@ def awaiting(expects: str):
 
 def incident() -> str:
     return f"inc-{uuid.uuid4().hex[:8]}"
+
+
+async def poll_progress(handle, pred, timeout: float = 20.0):
+    """On a real-time server: query progress until `pred` holds (a condition with a deadline)."""
+    import asyncio
+    import time
+
+    from workflows.models import Progress
+
+    deadline = time.monotonic() + timeout
+    p = None
+    while time.monotonic() < deadline:
+        p = await handle.query("progress", result_type=Progress)
+        if pred(p):
+            return p
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"condition not reached in {timeout}s; last progress: {p}")
+
+
+def real_worker(env, store, core_settings, paging_settings, http, task_queue: str) -> Worker:
+    """A worker with every real activity: etcd store, trading core and paging over the simulator."""
+    from activities.paging import PagingActivities
+    from activities.temporal_ops import TemporalOps
+    from activities.trading_core import TradingCoreActivities
+    from worker import activity_methods, build_worker
+
+    objs = [SwitchActivities(store), TradingCoreActivities.from_settings(core_settings, http),
+            PagingActivities.from_settings(paging_settings, http), TemporalOps(env.client)]
+    return build_worker(env.client, task_queue, activity_methods(objs))
