@@ -12,7 +12,7 @@ from temporalio.client import WorkflowUpdateFailedError
 
 from manual.rollback import Durations, Scope, Severity
 from tests.fixtures_sim import apply_and_wait
-from tests.wf_helpers import incident, poll_progress, real_worker, values
+from tests.wf_helpers import incident, poll_progress, real_worker, save_history, values
 from workflows.degradation import DegradationWorkflow, degrade_workflow_id
 from workflows.models import Decision, DegradeInput, RollbackInput
 from workflows.rollback import RollbackWorkflow, rollback_workflow_id
@@ -88,6 +88,7 @@ async def test_level_2_applies_switches_and_core_actions_then_restores(dev_env, 
         assert "super_admin" in str(e.value.cause)
         await h.execute_update(DegradationWorkflow.fix, Decision(actor="sam", reference="liq-fix", tests_passed=True))
         res = await h.result()
+        await save_history(h, "degradation_level_2_restored")
     assert res.status == "restored"
     assert (await values(store, "liquidation_enabled"))["liquidation_enabled"] is True
     acts = [a["action"] for a in await sim.actions()]

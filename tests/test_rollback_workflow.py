@@ -12,7 +12,7 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 
 from manual.rollback import Durations, Scope, Severity
 from tests.standins import StandIns
-from tests.wf_helpers import awaiting, incident, make_worker, set_switches, values, wait_for
+from tests.wf_helpers import awaiting, incident, make_worker, save_history, set_switches, values, wait_for
 from workflows.models import Decision, RollbackInput
 from workflows.rollback import RollbackWorkflow, rollback_workflow_id
 
@@ -61,6 +61,7 @@ async def test_critical_cross_module_confirm_fix_restore_through_5pct(ts_env, st
         await wait_for(h, ts_env, lambda p: any(r.name == "observe_5pct" for r in p.history))
         assert (await values(store, "betting_traffic_pct"))["betting_traffic_pct"] == 5
         res = await h.result()
+        await save_history(h, "rollback_critical_cross_restored")
     assert res.status == "restored", res
     assert await values(store, "routing_mode", "global_betting_enabled", "betting_traffic_pct") == {
         "routing_mode": "NORMAL_MODE", "global_betting_enabled": True, "betting_traffic_pct": 100}
@@ -120,6 +121,7 @@ async def test_data_inconsistency_window(ts_env, store, task_queue, how):
             assert "needs a reason" in str(e.value.cause)
             await h.execute_update(RollbackWorkflow.cancel, Decision(actor="oscar", reason="false alarm"))
             assert (await h.result()).status == "cancelled"
+            await save_history(h, "rollback_data_window_cancelled")
             assert (await values(store, "withdrawal_enabled"))["withdrawal_enabled"] is True
             return
         if how == "proceed":
@@ -138,6 +140,7 @@ async def test_non_critical_is_monitored_without_change(ts_env, store, task_queu
     async with make_worker(ts_env, store, si, task_queue):
         h = await start(ts_env, task_queue, inc, severity=Severity.NON_CRITICAL)
         res = await h.result()
+        await save_history(h, "rollback_non_critical_monitored")
     assert res.status == "monitored" and res.applied == []
     assert await audit_of(store, inc) == []
     assert si.chats, "the channel was told"
@@ -174,6 +177,7 @@ async def test_breach_escalates_single_to_cross_then_level_3_needs_super_admin(t
         si.health["error_rate"] = 0.001
         await wait_for(h, ts_env, awaiting("confirm"))
         assert (await values(store, "global_api_enabled"))["global_api_enabled"] is False
+        await save_history(h, "rollback_breach_escalated_to_level_3")
         await h.terminate("test done")
     sources = [len(a.changes) for a in await audit_of(store, inc)]
     assert sources == [1, 2, 1]
@@ -210,6 +214,7 @@ async def test_hl_down_at_checklist_pauses_orders_and_asks_for_level(ts_env, sto
         await wait_for(h, ts_env, awaiting("confirm"))
         assert await values(store, "liquidation_enabled", "global_betting_enabled") == {
             "liquidation_enabled": False, "global_betting_enabled": False}
+        await save_history(h, "rollback_hl_down_level_2")
         await h.terminate("test done")
 
 
@@ -248,6 +253,7 @@ async def test_restore_does_not_overwrite_a_switch_changed_since(ts_env, store, 
         await h.execute_update(RollbackWorkflow.fix, Decision(actor="alice", reference="f", tests_passed=True))
         res = await h.result()
     assert res.status == "restore_blocked"
+    await save_history(h, "rollback_restore_blocked")
     assert "routing_mode is BETTING_MODE (set by rita" in res.detail
     assert await values(store, "routing_mode", "global_betting_enabled") == {
         "routing_mode": "BETTING_MODE", "global_betting_enabled": False}

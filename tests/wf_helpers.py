@@ -74,3 +74,17 @@ def real_worker(env, store, core_settings, paging_settings, http, task_queue: st
     objs = [SwitchActivities(store), TradingCoreActivities.from_settings(core_settings, http),
             PagingActivities.from_settings(paging_settings, http), TemporalOps(env.client)]
     return build_worker(env.client, task_queue, activity_methods(objs))
+
+
+HISTORIES = __import__("pathlib").Path(__file__).parent / "histories"
+
+
+async def save_history(handle, name: str) -> None:
+    """With RECORD_HISTORIES=1, write the workflow's history to tests/histories/<name>.json for replay tests."""
+    import os
+
+    if os.environ.get("RECORD_HISTORIES") != "1":
+        return
+    HISTORIES.mkdir(exist_ok=True)
+    hist = await handle.fetch_history()
+    (HISTORIES / f"{name}.json").write_text(hist.to_json())

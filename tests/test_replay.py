@@ -1,0 +1,57 @@
+"""Replay every recorded history in tests/histories/ against today's workflow code.
+
+A running workflow that started on older code must never break: a change to workflow logic that
+would replay differently needs `workflow.patched`. Re-record with RECORD_HISTORIES=1 only for a
+new branch, never to make this test pass.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from temporalio import workflow
+from temporalio.client import WorkflowHistory
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.worker import Replayer
+
+from workflows.registry import WORKFLOWS
+
+HISTORIES = sorted((Path(__file__).parent / "histories").glob("*.json"))
+
+
+def _history(path: Path) -> WorkflowHistory:
+    return WorkflowHistory.from_json(path.stem, json.loads(path.read_text()))
+
+
+@pytest.mark.parametrize("path", HISTORIES, ids=[p.stem for p in HISTORIES])
+async def test_history_replays(path):
+    replayer = Replayer(workflows=WORKFLOWS, data_converter=pydantic_data_converter)
+    await replayer.replay_workflow(_history(path))
+
+
+def test_there_are_histories_for_each_branch():
+    names = {p.stem for p in HISTORIES}
+    for required in ("rollback_critical_cross_restored", "rollback_data_window_cancelled",
+                     "rollback_non_critical_monitored", "rollback_breach_escalated_to_level_3",
+                     "rollback_hl_down_level_2", "rollback_restore_blocked", "degradation_level_2_restored"):
+        assert required in names
+
+
+@workflow.defn(name="RollbackWorkflow")
+class ReorderedRollback:
+    """The same workflow type with a deliberate nondeterministic change: it skips the roster read."""
+
+    @workflow.run
+    async def run(self, inp: dict) -> dict:
+        await workflow.sleep(1)
+        return {}
+
+
+async def test_a_nondeterministic_change_is_caught():
+    path = next(p for p in HISTORIES if p.stem == "rollback_critical_cross_restored")
+    replayer = Replayer(workflows=[ReorderedRollback], data_converter=pydantic_data_converter)
+    result = await replayer.replay_workflow(_history(path), raise_on_replay_failure=False)
+    assert result.replay_failure is not None
+    assert "Nondeterminism" in type(result.replay_failure).__name__ or "nondetermin" in str(result.replay_failure).lower()
