@@ -28,8 +28,13 @@ class HealthCheck(BaseModel):
     metric: str
     op: Literal["<=", "<", ">=", ">", "=="]
     threshold: float | bool
-    # Read the threshold from a switch instead (e.g. exposure cap), when set.
+    # Read the threshold from a switch instead (e.g. exposure cap), when set: threshold = factor x value
+    # (factor -1: daily P&L >= -daily_net_loss_limit).
     threshold_switch: str | None = None
+    threshold_factor: float = 1.0
+    # Trip on its own after this many failures of this check in a row (1: zero tolerance); the step's
+    # `consecutive` still counts failed checks of any kind.
+    consecutive: int | None = Field(default=None, ge=1, le=100)
     why: str = ""
 
     @model_validator(mode="after")
@@ -93,6 +98,9 @@ class Observe(_Step):
     consecutive: int = Field(default=3, ge=1, le=100)
     on_breach: Literal["escalate", "rollback", "fail", "record"] = "record"
     stop_on_escalate: bool = False  # a human `escalate` during observation ends it (non-critical)
+    # Extra reads merged into the health snapshot before the checks: "exposure_precision" recomputes the
+    # exposure from GET /v1/risk/exposure positions and adds `exposure_mismatches` (symbols that differ).
+    probes: tuple[Literal["exposure_precision"], ...] = ()
 
     @model_validator(mode="after")
     def _ranges(self) -> "Observe":
