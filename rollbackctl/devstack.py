@@ -74,6 +74,23 @@ class Stack:
             "TEMPORAL_NAMESPACE": self.temporal.temporal_namespace,
             "ROLLBACKCTL_TASK_QUEUE": self.temporal.task_queue,
             "ROLLBACKCTL_TRADING_CORE_URL": self.core.url,
+            **self.dev_paging_env(),
+        }
+
+    def dev_paging_env(self) -> dict[str, str]:
+        """In the embedded stack, pages and chat go to the simulator's sinks unless paging is configured."""
+        import os
+
+        from manual import escalation
+
+        if os.environ.get("ROLLBACKCTL_PAGERDUTY_URL"):
+            return {}
+        base = self.core.url.rstrip("/")
+        return {
+            "ROLLBACKCTL_PAGERDUTY_URL": f"{base}/sim/pagerduty",
+            "ROLLBACKCTL_PAGERDUTY_ROUTING_KEYS": ",".join(f"dev-level-{lv.level}" for lv in escalation.LEVELS),
+            "ROLLBACKCTL_SLACK_WEBHOOK_URLS": ",".join(
+                f"{base}/sim/slack/{lv.slack_channel.lstrip('#')}" for lv in escalation.LEVELS),
         }
 
 
@@ -111,6 +128,8 @@ COMPONENTS: list[Component] = [
         lambda st: f"temporal        {st.temporal.temporal_address}  (Web UI {st.temporal.temporal_ui_url})",
     ),
     Component("sim", _python_component("rollbackctl.sim"), lambda st: "simulator       http://%s:%d" % st.sim_hostport),
+    Component("worker", _python_component("worker"),
+              lambda st: f"worker          task queue {st.temporal.task_queue}"),
 ]
 
 

@@ -68,6 +68,7 @@ class DegradationWorkflow:
 
     @workflow.run
     async def run(self, inp: DegradeInput) -> RunResult:
+        self.r.flip_first = workflow.patched("flip-first")
         await self.r.load_roster()
         try:
             status = await self._run(inp)

@@ -331,7 +331,7 @@ class IncidentWorkflow:
         for lvl in range(1, self.r.progress.page_level + 1):  # every level paged so far
             await self.r.notify(f"{self.st.workflow_id} acknowledged by {d.actor}", page=True,
                                 event_action="acknowledge", level=lvl, wait=False)
-        if self.rule.rollback is not None:
+        if self.rule.rollback is not None and self._resolve is None:  # a real acknowledgement, not a resolve
             await self._start_rollback(d.actor)
         self._wake += 1
 

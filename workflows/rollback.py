@@ -101,7 +101,10 @@ class RollbackWorkflow:
     @workflow.run
     async def run(self, inp: RollbackInput) -> RunResult:
         d = inp.durations
-        await self.r.load_roster()
+        self.r.flip_first = workflow.patched("flip-first")
+        if inp.severity is not Severity.CRITICAL or not self.r.flip_first:
+            await self.r.load_roster()  # validators need it while the window/monitoring waits
+        # (critical: the checklist loads it beside the snapshot, so nothing delays the flip)
         try:
             status = await self._tree(inp, d)
         except StepFailed as e:

@@ -164,6 +164,9 @@ class Runner:
         self._runs: dict[str, int] = {}
         self._background: list[asyncio.Task] = []
         self.extra_answers: dict[str, Callable[[str, Decision], str | None]] = {}
+        # Patch "flip-first" (workflows set it from workflow.patched): the roster loads beside the
+        # snapshot and canaries are paused beside the change, so nothing delays a critical flip.
+        self.flip_first = False
 
     # -- helpers ----------------------------------------------------------------------------
     @property
@@ -323,6 +326,7 @@ class Runner:
 
         # In parallel: snapshot (etcd) and, when forcing HL_MODE, the HL health read (tight timeout).
         snap_task = asyncio.create_task(self.take_snapshot())
+        roster_task = asyncio.create_task(self.load_roster()) if not self.roster and self.flip_first else None
         health_task = (asyncio.create_task(self.read_health(step.health_timeout, attempts=1, local=True))
                        if "hl_health" in ids or "exposure" in ids else None)
         if "notify" in ids:
@@ -335,6 +339,8 @@ class Runner:
         self.progress.snapshot = self.snapshot.values()
         result("snapshot", "ok", f"{len(self.snapshot.switches)} switches at etcd revision {self.snapshot.revision}")
 
+        if roster_task is not None:
+            await roster_task
         outcome = "ok"
         role = self.role_of(self.requested_by)
         if role is None:
@@ -371,9 +377,16 @@ class Runner:
             if "exposure" in ids:
                 exp = health.get("internal_net_exposure_usd") or {}
                 result("exposure", "ok", "open internal exposure: " + (", ".join(f"{k} ${v:,.0f}" for k, v in exp.items()) or "none"))
-        if "pause_canaries" in ids:
+        if "pause_canaries" in ids and not self.flip_first:  # histories from before patch "flip-first"
             paused = await self.pause_canaries()
-            result("pause_canaries", "ok" if paused is not None else "skipped", paused or "no canary registry on this worker")
+            result("pause_canaries", "ok" if paused is not None else "skipped", paused or "no canary registry")
+        elif "pause_canaries" in ids:
+            # Beside the change, not before it: a canary promotes on a schedule of hours, the flip is now.
+            async def pause() -> None:
+                paused = await self.pause_canaries()
+                result("pause_canaries", "ok" if paused is not None else "failed", paused or "could not signal canaries")
+
+            self._background.append(asyncio.create_task(pause()))
         self._end(rec, outcome)
         return outcome
 
