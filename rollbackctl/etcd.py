@@ -2,13 +2,22 @@
 
 A thin asyncio client over the etcd v3 gRPC API. It uses only the generated stubs that ship in
 `aetcd` (aetcd's own client opens one insecure channel to one host); on top of them this adds what
-production needs and PITFALLS.md found missing:
+production needs and PITFALLS.md found missing (each point has a test against a real etcd):
 
-- several endpoints: tried in order; on UNAVAILABLE the call moves to the next one;
-- TLS (CA, optional client certificate) and user/password auth (token refreshed when it expires);
+- several endpoints: tried in order; a refused, silent (`connect_timeout`) or failing endpoint
+  makes the same call move to the next one; the error names every endpoint and why it failed;
+- TLS (CA certificate, optional client certificate and key) and user/password auth; an expired
+  token is renewed, for calls and before each watch;
 - transactions with compares on mod_revision / create_revision / value;
 - prefix watches from a revision, raising `EtcdUnavailable` / `EtcdCompacted` so that the caller
-  (rollbackctl.watcher) can resume without missing a change.
+  (rollbackctl.watcher) can resume without missing a change; HTTP/2 pings end a watch whose link
+  went silent (no RST) instead of waiting on it forever.
+
+Not supported: TLS with the system's CA store (TLS is on only when a CA certificate is given), a
+TLS server name other than the endpoint's host, etcd's JWT tokens (simple tokens were tested;
+JWT works the same through Authenticate but was not tried), leases, locks, elections, member-list
+discovery (endpoints are what the settings say), and retrying a call on the same endpoint (a call
+tries each endpoint once; callers retry: activities by Temporal's retry policy, the watcher itself).
 
 Swap the client here and nowhere else.
 """
@@ -16,10 +25,16 @@ Swap the client here and nowhere else.
 from __future__ import annotations
 
 import asyncio
+import os
+import re
 from dataclasses import dataclass
 from typing import AsyncIterator, Literal
 
-import grpc
+# grpc-core logs a failed TLS handshake and the like on stderr at INFO level, beside the one
+# clear line the CLI prints for the same error; keep its own logging to errors unless asked.
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+
+import grpc  # noqa: E402
 from aetcd import rpc
 
 from rollbackctl.settings import EtcdSettings
@@ -91,6 +106,14 @@ def prefix_range_end(prefix: bytes) -> bytes:
     return b"\0"
 
 
+def _short(e: grpc.aio.AioRpcError) -> str:
+    """A gRPC error in a few words (its details repeat the address and a status)."""
+    d = (e.details() or e.code().name).strip()
+    d = d.replace("failed to connect to all addresses; last error: ", "")
+    d = re.sub(r"^(?:[A-Z_]+: )?(?:ipv[46]:|dns:)?\S+:\d+: ", "", d)  # "UNKNOWN: ipv4:127.0.0.1:2379: "
+    return d.removesuffix(": OK")
+
+
 def _kv(m) -> KV:
     return KV(m.key.decode(), bytes(m.value), m.mod_revision, m.create_revision, m.version)
 
@@ -108,6 +131,8 @@ class Etcd:
         cert: bytes | None = None,
         key: bytes | None = None,
         timeout: float = 5.0,
+        connect_timeout: float = 2.0,
+        keepalive_s: float = 10.0,
     ) -> None:
         if not endpoints:
             raise ValueError("no etcd endpoints")
@@ -117,6 +142,12 @@ class Etcd:
         self._username, self._password = username, password
         self._creds = grpc.ssl_channel_credentials(ca_cert, key, cert) if ca_cert else None
         self.timeout = timeout
+        # A new connection that neither succeeds nor fails within this is given up (a silent host:
+        # a SYN or TLS handshake into the void); a refused one fails at once.
+        self.connect_timeout = min(connect_timeout, timeout)
+        # HTTP/2 pings on a live stream, so that a watch over a silently dead link (partition, no
+        # RST) ends instead of waiting forever. etcd refuses pings more often than every 5 s.
+        self.keepalive_s = max(keepalive_s, 5.0)
         self._idx = 0
         self._channel: grpc.aio.Channel | None = None
         self._token: str | None = None
@@ -133,6 +164,7 @@ class Etcd:
             cert=read(s.cert),
             key=read(s.key),
             timeout=s.timeout_s,
+            connect_timeout=s.connect_timeout_s,
         )
 
     async def __aenter__(self) -> "Etcd":
@@ -151,32 +183,71 @@ class Etcd:
         return self.endpoints[self._idx]
 
     # -- channel management ------------------------------------------------------------------
+    def _new_channel(self, target: str) -> grpc.aio.Channel:
+        opts = [
+            ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+            ("grpc.keepalive_time_ms", int(self.keepalive_s * 1000)),
+            ("grpc.keepalive_timeout_ms", int(min(self.timeout, 5.0) * 1000)),
+            # grpc-core times a keepalive ping out by this one (default 60 s), not keepalive_timeout
+            ("grpc.http2.ping_timeout_ms", int(min(self.timeout, 5.0) * 1000)),
+            ("grpc.http2.max_pings_without_data", 0),
+        ]
+        if self._creds:
+            return grpc.aio.secure_channel(target, self._creds, options=opts)
+        return grpc.aio.insecure_channel(target, options=opts)
+
+    async def _wait_connected(self, ch: grpc.aio.Channel, target: str) -> None:
+        """Wait until the channel is connected or has failed; a silent endpoint times out.
+
+        A failed connection is left to the first call, whose error names the cause (refused,
+        TLS handshake, ...).
+        """
+        done = (grpc.ChannelConnectivity.READY, grpc.ChannelConnectivity.TRANSIENT_FAILURE,
+                grpc.ChannelConnectivity.SHUTDOWN)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.connect_timeout
+        state = ch.get_state(try_to_connect=True)
+        while state not in done:
+            left = deadline - loop.time()
+            if left <= 0:
+                raise EtcdUnavailable(f"{target}: no answer within {self.connect_timeout:g}s")
+            try:
+                await asyncio.wait_for(ch.wait_for_state_change(state), left)
+            except asyncio.TimeoutError:
+                raise EtcdUnavailable(f"{target}: no answer within {self.connect_timeout:g}s") from None
+            state = ch.get_state()
+
     async def _ensure_channel(self) -> grpc.aio.Channel:
+        """The channel to the current endpoint, connected (and authenticated when configured).
+
+        On a failure the endpoint is dropped and the next one becomes current, then it raises:
+        EtcdUnavailable (retryable) or EtcdAuthError (credentials refused).
+        """
         async with self._lock:
-            if self._channel is None:
-                target = self.endpoint
-                opts = [("grpc.max_receive_message_length", 64 * 1024 * 1024)]
-                self._channel = (
-                    grpc.aio.secure_channel(target, self._creds, options=opts)
-                    if self._creds
-                    else grpc.aio.insecure_channel(target, options=opts)
-                )
-                self._token = None
-                if self._username is not None:
-                    stub = rpc.AuthStub(self._channel)
-                    try:
-                        resp = await stub.Authenticate(
-                            rpc.AuthenticateRequest(name=self._username, password=self._password),
-                            timeout=self.timeout,
-                        )
-                    except grpc.aio.AioRpcError as e:
-                        ch, self._channel = self._channel, None
-                        await ch.close()
-                        if e.code() in _RETRY_CODES:
-                            raise
-                        raise EtcdAuthError(f"etcd refused user {self._username!r}: {e.details()}") from e
+            if self._channel is not None and (self._username is None or self._token is not None):
+                return self._channel
+            target = self.endpoint
+            ch = self._channel or self._new_channel(target)
+            self._channel = ch
+            try:
+                await self._wait_connected(ch, target)
+                if self._username is not None and self._token is None:
+                    resp = await rpc.AuthStub(ch).Authenticate(
+                        rpc.AuthenticateRequest(name=self._username, password=self._password),
+                        timeout=self.timeout,
+                    )
                     self._token = resp.token
-            return self._channel
+            except (EtcdUnavailable, grpc.aio.AioRpcError) as e:
+                self._channel = None
+                self._token = None
+                await ch.close()
+                if isinstance(e, grpc.aio.AioRpcError) and e.code() not in _RETRY_CODES:
+                    raise EtcdAuthError(f"etcd refused user {self._username!r}: {e.details()}") from e
+                self._idx = (self._idx + 1) % len(self.endpoints)
+                if isinstance(e, EtcdUnavailable):
+                    raise
+                raise EtcdUnavailable(f"{target}: {_short(e)}") from e
+            return ch
 
     def _metadata(self):
         return (("token", self._token),) if self._token else None
@@ -185,44 +256,53 @@ class Etcd:
         async with self._lock:
             if self._channel is failed and failed is not None:
                 self._channel = None
+                self._token = None
                 self._idx = (self._idx + 1) % len(self.endpoints)
                 await failed.close()
 
+    async def _drop_token(self, ch: grpc.aio.Channel | None) -> None:
+        async with self._lock:
+            if self._channel is ch:
+                self._token = None
+
     async def _call(self, stub_cls, method: str, request):
         """One unary call, failing over across endpoints; raises EtcdUnavailable if none answers."""
-        last: Exception | None = None
+        errors: list[str] = []
         reauthed = False
         attempts = 0
         while attempts < len(self.endpoints):
             ch = None
+            target = self.endpoint
             try:
                 ch = await self._ensure_channel()
                 fn = getattr(stub_cls(ch), method)
                 return await fn(request, timeout=self.timeout, metadata=self._metadata())
+            except EtcdUnavailable as e:  # connecting failed; _ensure_channel moved on already
+                errors.append(str(e))
+                attempts += 1
+                continue
             except grpc.aio.AioRpcError as e:
-                code = e.code()
+                code, details = e.code(), e.details() or ""
                 if code in _RETRY_CODES:
-                    last = e
+                    errors.append(f"{target}: {_short(e)}")
                     attempts += 1
                     await self._rotate(ch)
                     continue
-                if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.INVALID_ARGUMENT) and (
-                    "token" in (e.details() or "") and not reauthed
-                ):
+                if self._username is not None and "token" in details and not reauthed:
+                    # The auth token expired (etcd: "invalid auth token"): authenticate again, once.
                     reauthed = True
-                    async with self._lock:
-                        if self._channel is ch and ch is not None:
-                            self._channel = None
-                            await ch.close()
+                    await self._drop_token(ch)
                     continue
+                if "user name is empty" in details:
+                    raise EtcdAuthError(
+                        "etcd requires authentication: set ROLLBACKCTL_ETCD_USERNAME and ROLLBACKCTL_ETCD_PASSWORD"
+                    ) from e
                 if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
-                    raise EtcdAuthError(f"etcd: {e.details()}") from e
-                if code == grpc.StatusCode.OUT_OF_RANGE and "compacted" in (e.details() or ""):
+                    raise EtcdAuthError(f"etcd: {details}") from e
+                if code == grpc.StatusCode.OUT_OF_RANGE and "compacted" in details:
                     raise EtcdCompacted(0) from e
-                raise EtcdError(f"etcd {method}: {code.name}: {e.details()}") from e
-        raise EtcdUnavailable(
-            f"etcd unavailable at {', '.join(self.endpoints)}: {getattr(last, 'details', lambda: last)()}"
-        )
+                raise EtcdError(f"etcd {method}: {code.name}: {details}") from e
+        raise EtcdUnavailable("etcd unavailable: " + "; ".join(errors))
 
     # -- KV ------------------------------------------------------------------------------------
     async def get(self, key: str) -> KV | None:
@@ -291,13 +371,11 @@ class Etcd:
         Ends by raising: EtcdUnavailable when the stream drops (etcd restart, network) and
         EtcdCompacted when `start_revision` is gone. The caller resumes from its last revision + 1.
         """
-        ch = None
-        try:
-            ch = await self._ensure_channel()
-        except grpc.aio.AioRpcError as e:
-            await self._rotate(ch)
-            raise EtcdUnavailable(f"etcd watch: {e.details()}") from e
         p = prefix.encode()
+        # One unary call first: it fails over to a live endpoint and renews an expired auth token
+        # (a watch opened with a stale token is canceled with "permission denied").
+        await self._call(rpc.KVStub, "Range", rpc.RangeRequest(key=p, range_end=prefix_range_end(p), count_only=True))
+        ch = await self._ensure_channel()
         create = rpc.WatchRequest(
             create_request=rpc.WatchCreateRequest(
                 key=p, range_end=prefix_range_end(p), start_revision=start_revision, progress_notify=True
@@ -313,6 +391,9 @@ class Etcd:
                 if resp.compact_revision:
                     raise EtcdCompacted(resp.compact_revision)
                 if resp.canceled:
+                    if "permission denied" in resp.cancel_reason:
+                        await self._drop_token(ch)
+                        raise EtcdAuthError(f"etcd watch refused: {resp.cancel_reason}")
                     raise EtcdUnavailable(f"etcd watch canceled: {resp.cancel_reason}")
                 if resp.events:
                     yield [

@@ -29,7 +29,10 @@ class EtcdSettings(BaseSettings):
     ca_cert: Path | None = Field(default=None, description="CA bundle: enables TLS")
     cert: Path | None = Field(default=None, description="client certificate (mutual TLS)")
     key: Path | None = Field(default=None, description="client key (mutual TLS)")
-    timeout_s: float = 5.0
+    timeout_s: float = Field(default=5.0, gt=0, description="deadline of one etcd call")
+    connect_timeout_s: float = Field(
+        default=2.0, gt=0, description="a silent endpoint is given up after this; a refused one at once"
+    )
 
     @field_validator("prefix")
     @classmethod
