@@ -224,3 +224,30 @@ class EtcdProcess:
             procs.stop(self.proc.pid)
             self.proc.wait(timeout=10)
             self.proc = None
+
+
+ROLLBACKCTL = str(Path(__import__("sys").executable).parent / "rollbackctl")
+
+
+@dataclass
+class CliResult:
+    code: int
+    out: str
+    err: str
+    seconds: float
+
+    def json(self) -> Any:
+        import json
+
+        return json.loads(self.out)
+
+
+def run_cli(*args: str, env: dict[str, str], timeout: float = 30) -> CliResult:
+    """`rollbackctl ARGS` as a user runs it, with only the given ROLLBACKCTL_* settings."""
+    import os
+
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("ROLLBACKCTL_", "TEMPORAL_"))}
+    t = time.monotonic()
+    p = subprocess.run([ROLLBACKCTL, *args], env={**base, **env}, capture_output=True, text=True, timeout=timeout,
+                       stdin=subprocess.DEVNULL)
+    return CliResult(p.returncode, p.stdout, p.stderr, time.monotonic() - t)

@@ -1,0 +1,137 @@
+"""rollbackctl.etcd on a real etcd: several endpoints (failover), unreachable and silent endpoints
+(fast, clear errors), transactions, compaction, watches."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+
+import pytest
+
+from activities.switch_store import SwitchStore
+from rollbackctl import procs
+from rollbackctl.etcd import Compare, Etcd, EtcdCompacted, EtcdUnavailable, Put
+from rollbackctl.settings import EtcdSettings
+from rollbackctl.watcher import SwitchWatcher
+from tests.test_store_helpers import TcpProxy, req, wait_until
+
+
+def dead_endpoint() -> str:
+    return f"127.0.0.1:{procs.free_port()}"  # nothing listens: connection refused
+
+
+@pytest.fixture
+def silent_endpoint():
+    """Accepts TCP connections (the kernel does) and never says a word."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    s.listen(64)
+    yield f"127.0.0.1:{s.getsockname()[1]}"
+    s.close()
+
+
+async def test_kv_and_txn(etcd, prefix):
+    k = f"{prefix}k"
+    rev = await etcd.put(k, b"1")
+    kv = await etcd.get(k)
+    assert (kv.value, kv.mod_revision, kv.version) == (b"1", rev, 1)
+    ok, _ = await etcd.txn([Compare(k, "mod", "==", rev)], [Put(k, b"2")])
+    assert ok
+    ok, _ = await etcd.txn([Compare(k, "mod", "==", rev)], [Put(k, b"3")])  # stale revision
+    assert not ok and (await etcd.get(k)).value == b"2"
+    ok, _ = await etcd.txn([Compare(f"{prefix}new", "create", "==", 0), Compare(k, "value", "==", b"2")],
+                           [Put(f"{prefix}new", b"x")])
+    assert ok
+    kvs, _ = await etcd.get_prefix(prefix)
+    assert [kv.key for kv in kvs] == [f"{prefix}k", f"{prefix}new"]
+    assert await etcd.delete_prefix(prefix) == 2 and await etcd.get(k) is None
+
+
+async def test_fails_over_from_a_dead_first_endpoint(etcd_server, prefix):
+    async with Etcd([dead_endpoint(), etcd_server.endpoint]) as e:
+        store = SwitchStore(e, prefix)
+        await store.init(super_admin="alice")
+        res = await store.apply(req("alice", {"hedge_enabled": False}))
+        assert res.changes[0].new is False
+        assert e.endpoint == etcd_server.endpoint
+
+
+async def test_fails_over_when_the_current_endpoint_drops(etcd_server, prefix):
+    proxy = await TcpProxy(etcd_server.endpoint).start()
+    try:
+        async with Etcd([proxy.endpoint, etcd_server.endpoint]) as e:
+            await e.put(f"{prefix}a", b"1")
+            assert e.endpoint == proxy.endpoint
+            proxy.cut()
+            assert (await e.get(f"{prefix}a")).value == b"1"  # the same call moved on
+            assert e.endpoint == etcd_server.endpoint
+    finally:
+        await proxy.close()
+
+
+async def test_watcher_over_a_dead_first_endpoint(store, etcd_server, prefix):
+    seen: list = []
+    async with Etcd([dead_endpoint(), etcd_server.endpoint]) as e:
+        w = SwitchWatcher(e, prefix, on_change=seen.append)
+        await asyncio.wait_for(w.start(), 10)
+        try:
+            await store.apply(req("rita", {"betting_traffic_pct": 5}))
+            await wait_until(lambda: any(u.value == 5 for u in seen), 5, "the update")
+        finally:
+            await w.stop()
+
+
+async def test_all_endpoints_dead_is_fast_and_names_each(prefix):
+    a, b = dead_endpoint(), dead_endpoint()
+    async with Etcd([a, b]) as e:
+        t = time.monotonic()
+        with pytest.raises(EtcdUnavailable) as err:
+            await e.get(f"{prefix}x")
+        assert time.monotonic() - t < 1.0
+    msg = str(err.value)
+    assert a in msg and b in msg and "refused" in msg.lower()
+
+
+async def test_silent_endpoint_gives_up_after_the_connect_timeout(silent_endpoint, etcd_server, prefix):
+    async with Etcd([silent_endpoint], connect_timeout=0.5) as e:
+        t = time.monotonic()
+        with pytest.raises(EtcdUnavailable, match="no answer within 0.5s"):
+            await e.get(f"{prefix}x")
+        assert time.monotonic() - t < 2.0
+    async with Etcd([silent_endpoint, etcd_server.endpoint], connect_timeout=0.5) as e:
+        t = time.monotonic()
+        await e.put(f"{prefix}x", b"1")
+        assert time.monotonic() - t < 2.0 and e.endpoint == etcd_server.endpoint
+
+
+def test_settings(monkeypatch):
+    monkeypatch.setenv("ROLLBACKCTL_ETCD_ENDPOINTS", "127.0.0.2:2379, etcd-2.internal:2379")
+    monkeypatch.setenv("ROLLBACKCTL_ETCD_PREFIX", "/perps-staging/")
+    monkeypatch.setenv("ROLLBACKCTL_ETCD_CONNECT_TIMEOUT_S", "0.5")
+    s = EtcdSettings()
+    assert s.endpoint_list() == ["127.0.0.2:2379", "etcd-2.internal:2379"] and s.prefix == "/perps-staging/"
+    e = Etcd.from_settings(s)
+    assert e.endpoints == s.endpoint_list() and e.connect_timeout == 0.5 and e.timeout == 5.0
+    monkeypatch.setenv("ROLLBACKCTL_ETCD_ENDPOINTS", "nohostport")
+    with pytest.raises(ValueError, match="not host:port"):
+        EtcdSettings().endpoint_list()
+    monkeypatch.setenv("ROLLBACKCTL_ETCD_PREFIX", "perps")
+    with pytest.raises(ValueError, match="start and end with '/'"):
+        EtcdSettings()
+
+
+async def test_watch_from_a_compacted_revision_raises(etcd, prefix):
+    r1 = await etcd.put(f"{prefix}w", b"1")
+    r2 = await etcd.put(f"{prefix}w", b"2")
+    await etcd.compact(r2)
+    with pytest.raises(EtcdCompacted) as e:
+        async for _ in etcd.watch_prefix(prefix, r1):
+            pass
+    assert e.value.compact_revision == r2
+    # from the compaction point on it works
+    async def first():
+        async for evs in etcd.watch_prefix(prefix, r2):
+            return evs
+    evs = await asyncio.wait_for(first(), 5)
+    assert [(ev.type, ev.kv.value) for ev in evs] == [("put", b"2")]
