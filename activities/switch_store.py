@@ -304,6 +304,7 @@ class SwitchStore:
                 "approved_by": req.approved_by,
                 "drill": req.drill,
                 "changes": [r.model_dump() for r in recs],
+                "attempts": attempt + 1,  # > 1: lost a compare-and-swap to a concurrent writer, re-read, retried
             }
             ok, rev, audit_id = await self._commit(record, puts, guards, req.change_id)
             if ok:

@@ -1,42 +1,32 @@
-"""Critical cross-module rollback: `rollback start` -> routing_mode=HL_MODE applied at the simulator.
+"""Critical cross-module rollback: start -> routing_mode=HL_MODE applied at the simulator.
 
-Runs against a running embedded stack (`rollbackctl dev up`: etcd, Temporal, simulator, worker).
-Each run: internalization on (NORMAL_MODE), wait until the simulator applied it, then start a
-critical cross-module rollback (eager start, as the CLI does) and time until the simulator reports
-HL_MODE applied (its own `applied_at` stamp, and when our poll saw it). Workflows are terminated
-after the measurement.
-
-    .venv/bin/python -m bench.critical_rollback --runs 50
+In-process (a client starting the workflow with eager start, as the CLI does) and through the CLI
+as a whole process (`rollbackctl rollback start ...`: interpreter start, imports, connect, start).
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import json
-import statistics
+import os
+import subprocess
+import sys
 import time
 import uuid
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import httpx
 
 from activities.changes import ChangeSetRequest, SwitchChange
-from activities.switch_store import SwitchStore
+from bench.stack import BenchStack
+from bench.stats import summary
 from manual.rollback import Durations, Scope, Severity
-from rollbackctl.etcd import Etcd
-from rollbackctl.settings import EtcdSettings, TemporalSettings, TradingCoreSettings
 from rollbackctl.temporal_client import connect
 from workflows.models import RollbackInput
 from workflows.rollback import RollbackWorkflow
 
 
-def pct(xs: list[float], p: float) -> float:
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
-
-
-async def wait_switch(http: httpx.AsyncClient, url: str, name: str, value, timeout: float = 10.0) -> dict:
+async def _wait_switch(http: httpx.AsyncClient, url: str, name: str, value, timeout: float = 10.0) -> dict:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         sw = (await http.get(f"{url}/sim/switches")).json()["switches"][name]
@@ -46,46 +36,45 @@ async def wait_switch(http: httpx.AsyncClient, url: str, name: str, value, timeo
     raise TimeoutError(f"{name} never became {value!r}")
 
 
-async def main(runs: int, operator: str, admin: str) -> dict:
-    es, ts, core = EtcdSettings(), TemporalSettings(), TradingCoreSettings()
-    client = await connect(ts)
-    samples_applied, samples_seen = [], []
-    async with Etcd.from_settings(es) as etcd, httpx.AsyncClient() as http:
-        store = SwitchStore(etcd, es.prefix)
-        for i in range(runs):
-            await store.apply(ChangeSetRequest(
-                change_id=f"bench-setup-{uuid.uuid4()}", actor=admin, reason="bench setup",
-                changes=[SwitchChange(switch="global_betting_enabled", value=True),
-                         SwitchChange(switch="routing_mode", value="NORMAL_MODE")]))
-            await wait_switch(http, core.url, "routing_mode", "NORMAL_MODE")
+async def _internalization_on(st: BenchStack, http: httpx.AsyncClient) -> None:
+    await st.store.apply(ChangeSetRequest(
+        change_id=f"bench-setup-{uuid.uuid4()}", actor="alice", reason="bench setup",
+        changes=[SwitchChange(switch="global_betting_enabled", value=True),
+                 SwitchChange(switch="routing_mode", value="NORMAL_MODE")]))
+    await _wait_switch(http, st.core.url, "routing_mode", "NORMAL_MODE")
+
+
+def _ms(sw: dict, t0: datetime) -> float:
+    return (datetime.fromisoformat(sw["applied_at"].replace("Z", "+00:00")) - t0).total_seconds() * 1000
+
+
+async def run(st: BenchStack, runs: int = 50, cli_runs: int = 10) -> dict:
+    client = await connect(st.temporal)
+    inproc: list[float] = []
+    cli: list[float] = []
+    quick = Durations(observe=timedelta(seconds=1), check_interval=timedelta(seconds=1))
+    async with httpx.AsyncClient() as http:
+        for _ in range(runs):
+            await _internalization_on(st, http)
             inc = f"bench-{uuid.uuid4().hex[:10]}"
-            t0_wall = datetime.now(timezone.utc)
-            t0 = time.monotonic()
+            t0 = datetime.now(timezone.utc)
             h = await client.start_workflow(
                 RollbackWorkflow.run,
                 RollbackInput(incident_id=inc, summary="bench", severity=Severity.CRITICAL, scope=Scope.CROSS,
-                              requested_by=operator, reason="benchmark", drill=True,
-                              durations=Durations(observe=timedelta(seconds=1), check_interval=timedelta(seconds=1))),
-                id=f"rollback-{inc}", task_queue=ts.task_queue, request_eager_start=True)
-            sw = await wait_switch(http, core.url, "routing_mode", "HL_MODE")
-            samples_seen.append((time.monotonic() - t0) * 1000)
-            applied_at = datetime.fromisoformat(sw["applied_at"].replace("Z", "+00:00"))
-            samples_applied.append((applied_at - t0_wall).total_seconds() * 1000)
+                              requested_by="oscar", reason="benchmark", drill=True, durations=quick),
+                id=f"rollback-{inc}", task_queue=st.temporal.task_queue, request_eager_start=True)
+            inproc.append(_ms(await _wait_switch(http, st.core.url, "routing_mode", "HL_MODE"), t0))
             await h.terminate("benchmark sample taken")
-    out = {}
-    for name, xs in (("start_to_applied_ms", samples_applied), ("start_to_seen_ms", samples_seen)):
-        out[name] = {"n": len(xs), "p50": round(pct(xs, 50), 1), "p90": round(pct(xs, 90), 1),
-                     "p99": round(pct(xs, 99), 1), "max": round(max(xs), 1), "mean": round(statistics.mean(xs), 1)}
-    return out
-
-
-if __name__ == "__main__":
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--runs", type=int, default=50)
-    ap.add_argument("--as", dest="operator", default="oscar")
-    ap.add_argument("--admin", default="alice")
-    a = ap.parse_args()
-    res = asyncio.run(main(a.runs, a.operator, a.admin))
-    print(json.dumps(res, indent=2))
-    import os
-    os._exit(0)
+        exe = str(Path(sys.executable).parent / "rollbackctl")
+        for _ in range(cli_runs):
+            await _internalization_on(st, http)
+            inc = f"bench-cli-{uuid.uuid4().hex[:10]}"
+            t0 = datetime.now(timezone.utc)
+            p = subprocess.Popen([exe, "rollback", "start", "--severity", "critical_path_failure", "--scope",
+                                  "cross_module", "--incident", inc, "--as", "oscar", "--reason", "benchmark",
+                                  "--drill", "--observe", "1s", "--interval", "1s"],
+                                 env={**os.environ, **st.env}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            cli.append(_ms(await _wait_switch(http, st.core.url, "routing_mode", "HL_MODE"), t0))
+            p.wait(timeout=30)
+            await client.get_workflow_handle(f"rollback-{inc}").terminate("benchmark sample taken")
+    return {"start_to_hl_mode_applied_ms": summary(inproc), "cli_process_to_hl_mode_applied_ms": summary(cli)}

@@ -52,6 +52,10 @@ class Stack:
         u = urlparse(self.core.url)
         return u.hostname or "127.0.0.1", u.port or 80
 
+    @property
+    def ui_url(self) -> str:
+        return f"http://{self.temporal_hostport[0]}:{self.dev.temporal_ui_port}"
+
     def pidfile(self, name: str) -> Path:
         return self.dir / f"{name}.pid"
 
@@ -74,6 +78,7 @@ class Stack:
             "TEMPORAL_NAMESPACE": self.temporal.temporal_namespace,
             "ROLLBACKCTL_TASK_QUEUE": self.temporal.task_queue,
             "ROLLBACKCTL_TRADING_CORE_URL": self.core.url,
+            "ROLLBACKCTL_TEMPORAL_UI_URL": self.ui_url,
             **self.dev_paging_env(),
         }
 
@@ -108,7 +113,11 @@ def _start_temporal(st: Stack) -> int:
         procs.temporal_dev_args(host, port, st.dev.temporal_ui_port, st.dir / "temporal.db", st.temporal.temporal_namespace),
         st.log("temporal"),
     )
-    procs.wait_temporal(st.temporal.temporal_address, st.temporal.temporal_namespace, 60, p)
+    try:
+        procs.wait_temporal(st.temporal.temporal_address, st.temporal.temporal_namespace, 60, p)
+    except BaseException:
+        procs.stop(p.pid)  # never leave a half-started server without a pid file
+        raise
     return p.pid
 
 
@@ -125,7 +134,7 @@ COMPONENTS: list[Component] = [
     Component(
         "temporal",
         _start_temporal,
-        lambda st: f"temporal        {st.temporal.temporal_address}  (Web UI {st.temporal.temporal_ui_url})",
+        lambda st: f"temporal        {st.temporal.temporal_address}  (Web UI {st.ui_url})",
     ),
     Component("sim", _python_component("rollbackctl.sim"), lambda st: "simulator       http://%s:%d" % st.sim_hostport),
     Component("worker", _python_component("worker"),
@@ -155,9 +164,12 @@ def up(only: list[str] | None = None, out=print) -> Stack:
     return st
 
 
-def down(out=print) -> None:
+def down(out=print, only: list[str] | None = None) -> None:
+    """Stop the components whose pid files `up` wrote (only these names, when given)."""
     st = Stack()
     for c in reversed(COMPONENTS):
+        if only is not None and c.name not in only:
+            continue
         pf = st.pidfile(c.name)
         if not pf.exists():
             continue

@@ -28,7 +28,7 @@ def cmd_up(args) -> int:
         st = devstack.up(only=args.only)
     except procs.StackError as e:
         raise CliError(str(e), 5) from None
-    print(f"\nWeb UI: {st.temporal.temporal_ui_url}    data and logs: {st.dir}")
+    print(f"\nWeb UI: {st.ui_url}    data and logs: {st.dir}")
     print("stop it with: rollbackctl dev down")
     return 0
 

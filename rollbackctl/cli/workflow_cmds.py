@@ -117,7 +117,7 @@ def _links(wid: str) -> str:
     return f"workflow {wid}\nWeb UI   {TemporalSettings().workflow_url(wid)}"
 
 
-async def _start(workflow_run, inp, wid: str, what: str, wait: bool) -> int:
+async def _start(workflow_run, inp, wid: str, what: str, wait: bool, client=None) -> int:
     from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
     from temporalio.exceptions import WorkflowAlreadyStartedError
 
@@ -125,7 +125,7 @@ async def _start(workflow_run, inp, wid: str, what: str, wait: bool) -> int:
     from rollbackctl.temporal_client import connect
 
     s = TemporalSettings()
-    client = await connect(s)
+    client = client or await connect(s)
     try:
         await client.start_workflow(
             workflow_run, inp, id=wid, task_queue=s.task_queue,
@@ -144,9 +144,10 @@ async def _start(workflow_run, inp, wid: str, what: str, wait: bool) -> int:
 
 
 async def cmd_rollback_start(args) -> int:
+    # Only models here: importing the workflow module (and the activities behind it) costs ~0.2 s
+    # on the critical path; the workflow is started by its type name.
     from manual import rollback
     from workflows.models import RollbackInput
-    from workflows.rollback import RollbackWorkflow, rollback_workflow_id
 
     scope = rollback.Scope(args.scope)
     try:
@@ -157,14 +158,16 @@ async def cmd_rollback_start(args) -> int:
                         severity=rollback.Severity(args.severity), scope=scope, switch=args.switch,
                         requested_by=args.actor, reason=args.reason, durations=_durations(args), drill=args.drill)
     from manual.roles import Role
+    from rollbackctl.temporal_client import connect
 
-    role = await _operator_role(args.actor)
+    # The role check (etcd) and the Temporal connection go in parallel: both are on the critical path.
+    role, client = await asyncio.gather(_operator_role(args.actor), connect())
     if not role.at_least(Role.ON_CALL):
         raise CliError(f"{args.actor} is {role.value}; starting a rollback needs on_call or above", 3)
     print("change set: " + ", ".join(f"{k}={v}" for k, v in changes.items()))
     if not role.at_least(rollback.required_role(scope)):
         print(f"note: {scope.value} needs a super admin; the workflow will page and wait for one to confirm")
-    return await _start(RollbackWorkflow.run, inp, rollback_workflow_id(args.incident), "rollback", args.wait)
+    return await _start("RollbackWorkflow", inp, f"rollback-{args.incident}", "rollback", args.wait, client)
 
 
 async def cmd_degrade(args) -> int:
