@@ -93,7 +93,11 @@ def start_etcd(data_dir: Path, client_port: int, peer_port: int, log_path: Path,
     require_free(host, client_port, "etcd")
     require_free(host, peer_port, "etcd peer")
     p = spawn(etcd_args(data_dir, client_port, peer_port, host=host), log_path)
-    wait_tcp(host, client_port, timeout, p, "etcd")
+    try:
+        wait_tcp(host, client_port, timeout, p, "etcd")
+    except BaseException:
+        stop(p.pid)  # never leave a half-started server behind
+        raise
     return p
 
 

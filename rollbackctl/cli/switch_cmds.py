@@ -94,10 +94,11 @@ async def cmd_list(args) -> int:
     out = []
     for sw in switches.SWITCHES:
         st = snap.switches[sw.name]
-        val = "(not initialised)" if st.revision == 0 else sw.render(st.value)
-        mark = "" if st.value == sw.default else " *"
-        out.append([sw.name, sw.type.value, val + mark, sw.render(sw.default), sw.permission.value,
-                    sw.render(sw.rollback_value), sw.latency.value])
+        mark = "" if st.value == sw.default or st.revision == 0 else " *"
+        shown = lambda v: sw.render(v) or "(none)"  # noqa: E731  an empty symbol list
+        val = "(not initialised)" if st.revision == 0 else shown(st.value)
+        out.append([sw.name, sw.type.value, val + mark, shown(sw.default), sw.permission.value,
+                    shown(sw.rollback_value), sw.latency.value])
     print(table(out, ["SWITCH", "TYPE", "VALUE", "DEFAULT", "OWNER", "ROLLBACK", "LATENCY"]))
     print(f"\n* differs from default   etcd revision {snap.revision}")
     return 0

@@ -1,0 +1,198 @@
+"""`make demo` (`python -m rollbackctl.demo`): the tool end to end, by itself, no prompts.
+
+It starts the embedded stack (`rollbackctl.devstack.up()`: data and logs under `.dev/`, the
+default ports unless the settings say otherwise), then runs the scenario STEPS in order, each
+under a header, driving the real `rollbackctl` command so that what is printed is exactly what a
+user sees. At the end it stops what it started (a stack that was already running is left alone),
+unless KEEP=1, which leaves the stack up and says how to stop it.
+
+Later issues extend the demo by appending steps:
+
+    from rollbackctl.demo import step
+
+    @step("Roll back to HL_MODE")
+    def rollback(demo: Demo) -> None:
+        demo.cli("rollback", "start", ...)
+
+A step raises to fail the demo (exit 1); `demo.cli(...)` raises when a command exits non-zero
+unless that code is listed in `ok=`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+ROLLBACKCTL = str(Path(sys.executable).parent / "rollbackctl")
+WIDTH = 78
+
+
+class DemoError(RuntimeError):
+    pass
+
+
+@dataclass
+class Demo:
+    """What the steps share: the stack's environment and a few names."""
+
+    env: dict[str, str]
+    super_admin: str = "alice"
+    risk_manager: str = "rita"
+    started: list[str] = field(default_factory=list)
+    notes: dict[str, Any] = field(default_factory=dict)
+
+    def cli(self, *args: str, ok: tuple[int, ...] = (0,), show: bool = True) -> subprocess.CompletedProcess:
+        """Run `rollbackctl ARGS` as a user would; print the command line and its output."""
+        if show:
+            print(f"$ rollbackctl {' '.join(_quote(a) for a in args)}", flush=True)
+        p = subprocess.run([ROLLBACKCTL, *args], env=self.env, capture_output=True, text=True,
+                           stdin=subprocess.DEVNULL, timeout=120)
+        if show:
+            sys.stdout.write(p.stdout)
+            sys.stdout.write(p.stderr)
+            sys.stdout.flush()
+        if p.returncode not in ok:
+            raise DemoError(f"`rollbackctl {' '.join(args)}` exited {p.returncode}: {p.stderr.strip()}")
+        return p
+
+    def cli_json(self, *args: str) -> Any:
+        return json.loads(self.cli(*args, "--json", show=False).stdout)
+
+    def etcdctl(self, *args: str) -> None:
+        from rollbackctl import procs
+        from rollbackctl.settings import EtcdSettings
+
+        endpoints = EtcdSettings().endpoints
+        print(f"$ etcdctl {' '.join(_quote(a) for a in args)}", flush=True)
+        p = subprocess.run([procs.binary("etcdctl"), "--endpoints", endpoints, *args],
+                           capture_output=True, text=True, timeout=30)
+        sys.stdout.write(p.stdout or p.stderr)
+        sys.stdout.flush()
+
+
+Step = Callable[[Demo], None]
+STEPS: list[tuple[str, Step]] = []
+
+
+def step(title: str) -> Callable[[Step], Step]:
+    """Append a scenario step (runs in the order appended)."""
+    def add(fn: Step) -> Step:
+        STEPS.append((title, fn))
+        return fn
+    return add
+
+
+def _quote(a: str) -> str:
+    return a if a and all(c.isalnum() or c in "-_./:,=%" for c in a) else json.dumps(a)
+
+
+def header(text: str, char: str = "=") -> None:
+    print(f"\n{char * WIDTH}\n{text}\n{char * WIDTH}", flush=True)
+
+
+# -- the scenario ------------------------------------------------------------------------------------
+
+@step("Initialise the control matrix in etcd (never overwrites; bootstraps the first super admin)")
+def initialise(demo: Demo) -> None:
+    demo.cli("init", "--super-admin", demo.super_admin)
+
+
+@step("Add a risk manager (only a super admin may)")
+def add_risk_manager(demo: Demo) -> None:
+    p = demo.cli("operator", "add", demo.risk_manager, "risk_manager", "--as", demo.super_admin, ok=(0, 4))
+    if p.returncode == 4:
+        print(f"({demo.risk_manager} is already an operator: kept from an earlier run)")
+    demo.cli("operator", "list")
+
+
+@step("Every switch with its value, default, owner role and rollback value")
+def show_switches(demo: Demo) -> None:
+    demo.cli("switch", "list")
+
+
+@step("One audited change: the risk manager lowers the hedge leverage")
+def audited_change(demo: Demo) -> None:
+    current = demo.cli_json("switch", "get", "hedge_max_leverage")["value"]
+    target, why = (("2.5", "demo: hedge venue margin is thin, take less leverage") if current != 2.5
+                   else ("3", "demo: hedge venue margin restored, back to the default"))
+    demo.notes["change"] = ("hedge_max_leverage", target)
+    print("A value outside the switch's bounds is refused with exit code 2, and nothing is written:")
+    demo.cli("switch", "set", "hedge_max_leverage", "25", "--as", demo.risk_manager, "--reason", "typo", ok=(2,))
+    print("\nThe owner role (risk_manager) sets a valid value; the change and its audit record are one etcd transaction:")
+    demo.cli("switch", "set", "hedge_max_leverage", target, "--as", demo.risk_manager,
+             "--reason", why)
+    demo.cli("switch", "get", "hedge_max_leverage")
+
+
+@step("The audit trail (one record per change set, hash-chained) and the raw etcd keys")
+def show_audit(demo: Demo) -> None:
+    demo.cli("audit", "--limit", "5")
+    from rollbackctl.settings import EtcdSettings
+
+    prefix = EtcdSettings().prefix
+    last = demo.cli_json("audit", "--limit", "1")[-1]
+    print("\nOther tools read the same keys directly:")
+    demo.etcdctl("get", f"{prefix}switches/hedge_max_leverage")
+    demo.etcdctl("get", f"{prefix}audit/{last['id']}")
+
+
+# -- running it --------------------------------------------------------------------------------------
+
+def _running() -> set[str]:
+    from rollbackctl import devstack
+
+    return {r["name"] for r in devstack.status() if r["running"]}
+
+
+def main() -> int:
+    from rollbackctl import devstack, procs
+
+    keep = os.environ.get("KEEP", "") not in ("", "0", "false", "no")
+    t0 = time.monotonic()
+    header("rollbackctl demo: the embedded stack, the control matrix, one audited change")
+    header("Start the embedded stack (rollbackctl dev up)", "-")
+    before = _running()
+    demo: Demo | None = None
+    code = 0
+    try:
+        try:
+            st = devstack.up()
+        except procs.StackError as e:
+            print(f"\ndemo: cannot start the stack: {e}", file=sys.stderr)
+            print("demo: is another stack running? `rollbackctl dev status`; or run the demo on other ports, e.g.\n"
+                  "      ROLLBACKCTL_ETCD_ENDPOINTS=127.0.0.1:23790 ROLLBACKCTL_DEV_ETCD_PEER_PORT=23800 "
+                  "TEMPORAL_ADDRESS=127.0.0.1:17233 ...  (see README, Settings)", file=sys.stderr)
+            return 1
+        finally:
+            started = sorted(_running() - before)
+        print(f"\nWeb UI: {st.temporal.temporal_ui_url}    data and logs: {st.dir}")
+        demo = Demo(env={**os.environ, **st.env()}, started=started)
+        for i, (title, fn) in enumerate(STEPS, start=1):
+            header(f"Step {i}/{len(STEPS)}: {title}", "-")
+            fn(demo)
+        header(f"Demo finished in {time.monotonic() - t0:.1f}s")
+    except (DemoError, subprocess.TimeoutExpired) as e:
+        print(f"\ndemo: FAILED: {e}", file=sys.stderr)
+        code = 1
+    finally:
+        if keep:
+            print("KEEP=1: the stack stays up. Stop it with `rollbackctl dev down` (or `make down`).")
+        elif started:
+            header("Stop what the demo started", "-")
+            devstack.down(only=started)
+        elif before:
+            print("The stack was already running before the demo: left as it was.")
+    return code
+
+
+if __name__ == "__main__":
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    sys.exit(code)
