@@ -33,12 +33,14 @@ def activity_objects(store: SwitchStore, http: httpx.AsyncClient, client: Client
                      core: TradingCoreSettings, paging: PagingSettings) -> list:
     from activities.paging import PagingActivities
     from activities.trading_core import TradingCoreActivities
+    from activities.monitor import IncidentOps
 
     return [
         SwitchActivities(store),
         TradingCoreActivities.from_settings(core, http),
         PagingActivities.from_settings(paging, http),
         TemporalOps(client),
+        IncidentOps(client),  # incident auto-recovery guard; the monitor loop itself: `rollbackctl monitor`
     ]
 
 

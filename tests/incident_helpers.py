@@ -1,0 +1,91 @@
+"""Helpers of the P0 incident and monitor tests: a worker with stand-ins, waiting on queries."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import datetime, timedelta, timezone
+from typing import Any, Callable
+
+from temporalio import activity
+from temporalio.worker import Worker
+
+from activities.switch_activities import SwitchActivities
+from tests.standins import StandIns
+from workflows.incident import IncidentWorkflow
+from workflows.incident_models import (
+    ConditionReport,
+    IncidentInput,
+    IncidentState,
+    UndoGuardInput,
+    UndoGuardResult,
+    incident_workflow_id,
+)
+from workflows.registry import WORKFLOWS
+
+
+class GuardStandIn:
+    """`incident.undo_guard` answering what the test says (visibility is not on the time-skipping server)."""
+
+    def __init__(self) -> None:
+        self.result = UndoGuardResult(ok=True)
+        self.calls: list[UndoGuardInput] = []
+
+    @activity.defn(name="incident.undo_guard")
+    async def undo_guard(self, inp: UndoGuardInput) -> UndoGuardResult:
+        self.calls.append(inp)
+        return self.result
+
+
+def incident_worker(env, store, si: StandIns, guard: GuardStandIn, tq: str) -> Worker:
+    sa = SwitchActivities(store)
+    return Worker(env.client, task_queue=tq, workflows=WORKFLOWS,
+                  activities=[sa.apply, sa.snapshot, sa.roster, *si.methods(), guard.undo_guard])
+
+
+def now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+async def open_incident(env, tq: str, rule: str, symbol: str | None = None, values: dict | None = None,
+                        started_ago: timedelta = timedelta(seconds=0), namespace: str | None = None, **kw: Any):
+    """Start an incident the way the monitor does (signal-with-start, USE_EXISTING)."""
+    from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
+
+    ns = namespace or uuid.uuid4().hex[:8]
+    t = await env.get_current_time()  # the server's clock (time-skipping: ahead of the wall clock)
+    wid = incident_workflow_id(rule, symbol, ns)
+    h = await env.client.start_workflow(
+        IncidentWorkflow.run,
+        IncidentInput(rule=rule, symbol=symbol, detected_at=t, started_at=t - started_ago, values=values or {}, **kw),
+        id=wid, task_queue=tq, id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+        id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
+        start_signal="condition", start_signal_args=[ConditionReport(firing=True, at=t, values=values or {})])
+    return h
+
+
+async def until(h, env, pred: Callable[[IncidentState], bool], step: timedelta = timedelta(seconds=1),
+                limit: int = 300) -> IncidentState:
+    """Query the incident until `pred` holds; each miss lets `step` of (skipped) time pass."""
+    st = None
+    for _ in range(limit):
+        st = await h.query(IncidentWorkflow.state)
+        if pred(st):
+            return st
+        if env.supports_time_skipping:
+            await env.sleep(step)
+        else:  # the dev server: poll the query (real time)
+            await asyncio.sleep(0.02)
+    raise AssertionError(f"condition not reached; state: {st}")
+
+
+async def clear(h, values: dict | None = None) -> None:
+    await h.signal(IncidentWorkflow.condition, ConditionReport(firing=False, at=now(), values=values or {}))
+
+
+async def fire(h, values: dict | None = None) -> None:
+    await h.signal(IncidentWorkflow.condition, ConditionReport(firing=True, at=now(), values=values or {}))
+
+
+def triggers(si: StandIns) -> list[dict]:
+    return [p for p in si.pages if p["event_action"] == "trigger"]
