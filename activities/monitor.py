@@ -322,11 +322,11 @@ class Monitor:
         health: dict[str, Any] | None = None
         error = ""
         try:
-            health = await asyncio.wait_for(self.read_health(self.timeout_s), self.timeout_s + 0.5)
+            health = await asyncio.wait_for(self.read_health(self.timeout_s), self.timeout_s + 0.25)
         except asyncio.CancelledError:
             raise
         except Exception as e:  # 500s, timeouts, refused connections, a broken body: input, not a crash
-            error = f"{type(e).__name__}: {getattr(e, 'message', None) or e}"
+            error = f"{getattr(e, 'type', None) or type(e).__name__}: {getattr(e, 'message', None) or e}"
         now = self.clock()
         changed = self.detector.observe(health, now, error)
         for ks in changed:
