@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import time
 import uuid
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import httpx
 import pytest
 
 from activities.trading_core import ExposureReport, HealthSnapshot, exposure_mismatches, recompute_exposure
+from rollbackctl import devstack, procs
 from rollbackctl.sim.client import SimClient
 from tests.fixtures_sim import apply, apply_and_wait, order
 
@@ -298,3 +304,30 @@ async def test_slack_sink(sim):
     assert r.status_code == 400 and r.text == "no_text"
     assert await sim.chats("T1/B1/x") == [{"text": "hello"}, {"username": "no text"}]
     assert await sim.chats("T1/B2/y") == []
+
+
+# -- running it ----------------------------------------------------------------------------------------
+def test_rollbackctl_sim_command_serves_and_refuses_a_taken_port(etcd_server, sim_server, tmp_path):
+    exe = str(Path(sys.executable).parent / "rollbackctl")
+    env = {"ROLLBACKCTL_ETCD_ENDPOINTS": etcd_server.endpoint, "ROLLBACKCTL_TRADING_CORE_TOKEN": "t"}
+    # the port the session simulator holds: a clear refusal, exit code 5
+    r = subprocess.run([exe, "sim", "--port", str(sim_server.port)], env={**os.environ, **env},
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 5 and "already taken" in r.stderr
+    port = procs.free_port()
+    p = procs.spawn([exe, "sim", "--port", str(port)], tmp_path / "sim.log", env=env)
+    try:
+        deadline = time.monotonic() + 20
+        while True:  # start-up of another process: poll until it answers
+            try:
+                r2 = httpx.get(f"http://127.0.0.1:{port}/v1/health", headers={"Authorization": "Bearer t"}, timeout=1)
+                break
+            except httpx.TransportError:
+                assert p.poll() is None, (tmp_path / "sim.log").read_text()
+                assert time.monotonic() < deadline, "rollbackctl sim did not answer"
+                time.sleep(0.02)
+        assert r2.status_code == 200 and HealthSnapshot.model_validate(r2.json())
+    finally:
+        procs.stop(p.pid)
+    # `rollbackctl dev up` starts it too
+    assert "sim" in [c.name for c in devstack.COMPONENTS]
