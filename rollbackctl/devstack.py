@@ -139,6 +139,10 @@ COMPONENTS: list[Component] = [
     Component("sim", _python_component("rollbackctl.sim"), lambda st: "simulator       http://%s:%d" % st.sim_hostport),
     Component("worker", _python_component("worker"),
               lambda st: f"worker          task queue {st.temporal.task_queue}"),
+    # The P0 monitor (`rollbackctl monitor`): hosts the monitor workflow's polling activity.
+    Component("monitor", lambda st: procs.spawn(
+        [sys.executable, "-c", "from rollbackctl.cli import main; main(['monitor'])"], st.log("monitor"),
+        env=st.env()).pid, lambda st: f"P0 monitor      polling {st.core.url} (rollbackctl monitor --status)"),
 ]
 
 

@@ -20,6 +20,7 @@ COMMAND_MODULES = [
     "rollbackctl.cli.dev_cmds",
     "rollbackctl.cli.sim_cmds",
     "rollbackctl.cli.workflow_cmds",
+    "rollbackctl.cli.incident_cmds",
 ]
 
 
