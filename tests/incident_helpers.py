@@ -48,13 +48,14 @@ def now() -> datetime:
 
 
 async def open_incident(env, tq: str, rule: str, symbol: str | None = None, values: dict | None = None,
-                        started_ago: timedelta = timedelta(seconds=0), namespace: str | None = None, **kw: Any):
+                        started_ago: timedelta = timedelta(seconds=0), namespace: str | None = None,
+                        workflow_id: str | None = None, **kw: Any):
     """Start an incident the way the monitor does (signal-with-start, USE_EXISTING)."""
     from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 
     ns = namespace or uuid.uuid4().hex[:8]
     t = await env.get_current_time()  # the server's clock (time-skipping: ahead of the wall clock)
-    wid = incident_workflow_id(rule, symbol, ns)
+    wid = workflow_id or incident_workflow_id(rule, symbol, ns)
     h = await env.client.start_workflow(
         IncidentWorkflow.run,
         IncidentInput(rule=rule, symbol=symbol, detected_at=t, started_at=t - started_ago, values=values or {}, **kw),
@@ -89,3 +90,18 @@ async def fire(h, values: dict | None = None) -> None:
 
 def triggers(si: StandIns) -> list[dict]:
     return [p for p in si.pages if p["event_action"] == "trigger"]
+
+
+async def stop_child(env, wid: str) -> None:
+    """Terminate a child rollback/degradation once it idles in a wait.
+
+    Terminating it while its first activities are in flight leaks a time-skipping lock in the test
+    server (1.40): every later env.sleep times out.
+    """
+    child = env.client.get_workflow_handle(wid)
+    for _ in range(200):
+        p = await child.query("progress")
+        if p["awaiting"] is not None or p["current_step"] == "observe":
+            break
+        await asyncio.sleep(0.02)  # polling the child's query (real time; no timer of ours involved)
+    await child.terminate("test over")

@@ -20,6 +20,7 @@ from tests.incident_helpers import (
     clear,
     fire,
     incident_worker,
+    stop_child,
     open_incident,
     triggers,
     until,
@@ -270,10 +271,9 @@ async def test_asset_mismatch_ack_starts_the_data_inconsistency_rollback(ts_env,
         await h.execute_update(IncidentWorkflow.acknowledge, Decision(actor="oscar"))
         st = await until(h, ts_env, lambda s: s.children)
         assert st.children == [rollback_workflow_id(st.incident_id)]
-        child = ts_env.client.get_workflow_handle(st.children[0])
-        p = await child.query("progress")
-        assert p["kind"] == "rollback"
-        await child.terminate("test over")
+        p = await ts_env.client.get_workflow_handle(st.children[0]).query("progress")
+        assert p["kind"] == "rollback" and p["workflow_id"] == st.children[0]
+        await stop_child(ts_env, st.children[0])
         await resolve(h, actor="alice")
         await h.result()
 
@@ -294,7 +294,7 @@ async def test_hl_down_past_5_minutes_asks_for_level_2_or_3(ts_env, store, task_
         assert st.children == [f"degrade-2-{st.incident_id}"]
         assert st.sla.action_by == "oscar"
         assert len([a for a in si.actions if a["action"] == "pause_new_orders"]) == 1, "no further automatic change"
-        await ts_env.client.get_workflow_handle(st.children[0]).terminate("test over")
+        await stop_child(ts_env, st.children[0])
         await resolve(h)
         await h.result()
 
