@@ -150,8 +150,17 @@ def _running() -> set[str]:
     return {r["name"] for r in devstack.status() if r["running"]}
 
 
+# Scenario modules that append their steps (in this order) when imported.
+SCENARIOS = ["rollbackctl.demo_rollback"]
+
+
 def main() -> int:
+    import importlib
+
     from rollbackctl import devstack, procs
+
+    for mod in SCENARIOS:
+        importlib.import_module(mod)
 
     keep = os.environ.get("KEEP", "") not in ("", "0", "false", "no")
     t0 = time.monotonic()
@@ -171,7 +180,7 @@ def main() -> int:
             return 1
         finally:
             started = sorted(_running() - before)
-        print(f"\nWeb UI: {st.temporal.temporal_ui_url}    data and logs: {st.dir}")
+        print(f"\nWeb UI: {st.ui_url}    data and logs: {st.dir}")
         demo = Demo(env={**os.environ, **st.env()}, started=started)
         for i, (title, fn) in enumerate(STEPS, start=1):
             header(f"Step {i}/{len(STEPS)}: {title}", "-")
@@ -192,7 +201,10 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    code = main()
+    # Run the importable module, not __main__: scenario modules append to rollbackctl.demo.STEPS.
+    from rollbackctl.demo import main as _main
+
+    code = _main()
     sys.stdout.flush()
     sys.stderr.flush()
     sys.exit(code)
