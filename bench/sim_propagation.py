@@ -67,7 +67,7 @@ async def run(n: int) -> dict:
     sim_proc = procs.spawn([sys.executable, "-m", "rollbackctl.sim"], tmp / "sim.log", env={
         "ROLLBACKCTL_ETCD_ENDPOINTS": f"127.0.0.1:{cport}", "ROLLBACKCTL_ETCD_PREFIX": prefix,
         "ROLLBACKCTL_TRADING_CORE_URL": sim_url, "ROLLBACKCTL_TRADING_CORE_TOKEN": token,
-        "ROLLBACKCTL_LOG_LEVEL": "WARNING",
+        "ROLLBACKCTL_LOG_LEVEL": "WARNING", "ROLLBACKCTL_SIM_PARENT_PID": str(os.getpid()),
     })
     try:
         async with httpx.AsyncClient(timeout=5) as http:

@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import tempfile
@@ -67,6 +68,7 @@ def start_sim(etcd_endpoint: str, prefix: str = "/sim-idle/", timeout: float = 2
         "ROLLBACKCTL_TRADING_CORE_TOKEN": SIM_TOKEN,
         "ROLLBACKCTL_LOG_LEVEL": "WARNING",
         "ROLLBACKCTL_LOG_FORMAT": "json",
+        "ROLLBACKCTL_SIM_PARENT_PID": str(os.getpid()),
     }
     t0 = time.monotonic()
     proc = procs.spawn([sys.executable, "-m", "rollbackctl.sim"], log, env=env)

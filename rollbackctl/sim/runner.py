@@ -6,6 +6,8 @@ Environment (the same names the rest of the tool uses, so `rollbackctl dev up` n
 - ROLLBACKCTL_TRADING_CORE_TOKEN: the bearer token /v1/ routes require (default dev-token).
 - ROLLBACKCTL_ETCD_*: the switch store to follow (endpoints, prefix, TLS, auth).
 - ROLLBACKCTL_SIM_SEED (default 7), ROLLBACKCTL_SIM_TICK_S (default 0.25): the random walk.
+- ROLLBACKCTL_SIM_PARENT_PID: stop when that process is gone (set by test fixtures and benchmarks,
+  so a killed test run leaves no simulator behind).
 """
 
 from __future__ import annotations
@@ -73,9 +75,19 @@ async def serve(host: str, port: int, *, prefix: str | None = None, seed: int | 
         print(f"rollbackctl sim: trading-core simulator on http://{host}:{port} (OpenAPI /openapi.json), "
               f"following switches under {sim.prefix} (seed {sim.seed})", file=sys.stderr, flush=True)
 
-    t = asyncio.create_task(announce())
+    async def watch_parent(pid: int) -> None:
+        while procs.alive(pid):
+            await asyncio.sleep(0.5)
+        log.warning("parent process %s is gone: stopping", pid)
+        server.should_exit = True
+
+    tasks = [asyncio.create_task(announce())]
+    parent = os.environ.get("ROLLBACKCTL_SIM_PARENT_PID", "")
+    if parent.isdigit():  # test fixtures and benchmarks: never outlive the process that started us
+        tasks.append(asyncio.create_task(watch_parent(int(parent))))
     await server.serve()
-    t.cancel()
+    for t in tasks:
+        t.cancel()
     return 0 if server.started else 5
 
 
