@@ -25,7 +25,9 @@ The bearer token is read from a SecretStr at request time and never logged or pu
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
+import re
 import math
 import time
 from datetime import datetime
@@ -116,7 +118,9 @@ class ReadHealthInput(BaseModel):
 class CoreActionInput(BaseModel):
     action: str
     body: dict[str, Any] = {}
-    idempotency_key: str = Field(min_length=1, max_length=255, pattern=r"^[\x21-\x7e]+$")
+    # Derived by the caller from the workflow id and step. Sent as is when it is a clean header value
+    # (printable ASCII, <= 255 characters), else as a stable hash of it (see wire_key).
+    idempotency_key: str = Field(min_length=1)
 
 
 class CoreActionResult(BaseModel):
@@ -259,6 +263,17 @@ def _not_json(what: str, resp: httpx.Response) -> ApplicationError:
         {"fields": ["(body)"], "call": what}, type=SCHEMA_VIOLATION, non_retryable=True)
 
 
+_CLEAN_KEY = re.compile(r"^[\x21-\x7e](?:[\x20-\x7e]{0,253}[\x21-\x7e])?$")
+
+
+def wire_key(key: str) -> str:
+    """The Idempotency-Key header value for `key`: itself when it is a clean header value, else
+    "sha256:<hex>" of it (the same key always maps to the same value, so idempotency holds)."""
+    if _CLEAN_KEY.match(key):
+        return key
+    return "sha256:" + hashlib.sha256(key.encode()).hexdigest()
+
+
 def _logger():
     return activity.logger if activity.in_activity() else log
 
@@ -344,16 +359,16 @@ class TradingCoreActivities:
         if missing:
             raise ApplicationError(f"action {inp.action} needs {', '.join(missing)} in its body",
                                    {"call": what, "fields": missing}, type=BAD_REQUEST, non_retryable=True)
+        key = wire_key(inp.idempotency_key)
         resp = await self._request("POST", path, timeout_s=self.timeout_s, json=inp.body,
-                                   headers={IDEMPOTENCY_HEADER: inp.idempotency_key}, action=True)
+                                   headers={IDEMPOTENCY_HEADER: key}, action=True)
         res: CoreActionResult = self._parse(CoreActionResult, resp, what)
-        if res.idempotency_key != inp.idempotency_key or res.action != inp.action:
+        if res.idempotency_key != key or res.action != inp.action:
             raise ApplicationError(
                 f"trading core answered {what} for another request (action {res.action!r}, key {res.idempotency_key!r})",
                 {"call": what, "fields": ["action", "idempotency_key"]}, type=SCHEMA_VIOLATION, non_retryable=True)
-        replayed = resp.headers.get(REPLAYED_HEADER, "").lower() == "true"
-        if replayed and not res.replayed:
-            res = res.model_copy(update={"replayed": True})
+        replayed = res.replayed or resp.headers.get(REPLAYED_HEADER, "").lower() == "true"
+        res = res.model_copy(update={"replayed": replayed, "idempotency_key": inp.idempotency_key})
         _logger().info("trading core action %s key=%s -> %s%s", inp.action, inp.idempotency_key, res.status,
                        " (replayed: done before, not repeated)" if res.replayed else "")
         return res

@@ -103,6 +103,17 @@ async def test_a_retried_action_acts_once(sim, core_settings, fault):
     await core.aclose()
 
 
+async def test_keys_that_are_not_clean_header_values_are_hashed_stably(sim, core):
+    env = ActivityEnvironment()
+    for k in ("wf-1:Pause new orders (HL down):pause_new_orders", "wf-é:ünïcode", "x" * 300):
+        inp = CoreActionInput(action="pause_new_orders", idempotency_key=k)
+        first, again = await env.run(core.action, inp), await env.run(core.action, inp)
+        assert first.idempotency_key == k and again.replayed and not first.replayed
+    keys = [a["idempotency_key"] for a in await sim.actions()]
+    assert keys[0] == "wf-1:Pause new orders (HL down):pause_new_orders"  # spaces are fine in a header
+    assert keys[1].startswith("sha256:") and keys[2].startswith("sha256:") and len(keys) == 3
+
+
 @workflow.defn(sandboxed=False)
 class ActOnce:
     @workflow.run
