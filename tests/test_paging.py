@@ -166,13 +166,3 @@ def test_settings_hold_secrets_as_secretstr():
     s = PagingSettings(pagerduty_url=SecretStr("http://x/y"), pagerduty_routing_keys=SecretStr("a,b,c"))
     assert "a,b,c" not in repr(s) and "http://x/y" not in str(s)
 
-
-def test_dev_paging_env_points_every_level_at_the_sinks(monkeypatch):
-    from rollbackctl.sim.dev import paging_env
-
-    env = paging_env("http://127.0.0.1:8700/")
-    for k, v in env.items():
-        monkeypatch.setenv(k, v)
-    acts = PagingActivities.from_settings(PagingSettings())
-    assert len(acts._keys) == len(acts._hooks) == len(escalation.LEVELS)
-    assert env["ROLLBACKCTL_PAGERDUTY_URL"] == "http://127.0.0.1:8700/sim/pagerduty"

@@ -221,7 +221,7 @@ async def test_wait_applied_times_out_retryably_and_heartbeats(sim, core):
     cur = (await sim.switches())["revision"]
     e = await run_err(env.run(core.wait_applied, WaitAppliedInput(revision=cur + 10_000, timeout_s=0.3)))
     assert e.type == tc.NOT_APPLIED and not e.non_retryable and str(cur + 10_000) in e.message
-    assert len(beats) >= 3  # one per poll (~20 ms)
+    assert len(beats) >= 2  # one per poll (~20 ms)
 
 
 async def test_wait_applied_polls_through_transient_failures(sim, store, core):
