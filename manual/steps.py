@@ -101,6 +101,8 @@ class Observe(_Step):
     # Extra reads merged into the health snapshot before the checks: "exposure_precision" recomputes the
     # exposure from GET /v1/risk/exposure positions and adds `exposure_mismatches` (symbols that differ).
     probes: tuple[Literal["exposure_precision"], ...] = ()
+    # Read health as a local activity: 6 history events per check instead of 11 (canaries check for days).
+    local_reads: bool = False
 
     @model_validator(mode="after")
     def _ranges(self) -> "Observe":

@@ -27,11 +27,23 @@ class StandIns:
         self.pages: list[dict] = []
         self.chats: list[dict] = []
         self.health_reads = 0
+        # GET /v1/risk/exposure (activities.trading_core.ExposureReport as JSON); a test may skew
+        # `net_exposure_usd` to make the risk-calc precision check fail.
+        self.exposure: dict[str, Any] = {
+            "as_of": "2026-01-01T00:00:00Z",
+            "symbols": {"BTC": {"mark_price": 60_000.0, "net_exposure_usd": -120_000.0,
+                                "positions": [{"account": "u1", "size": 1.5, "entry_price": 59_000.0},
+                                              {"account": "u2", "size": 0.5, "entry_price": 61_000.0}]}},
+        }
 
     @activity.defn(name="core.read_health")
     async def read_health(self, inp: dict) -> dict:
         self.health_reads += 1
         return {**self.health, "as_of": datetime.now(timezone.utc).isoformat()}
+
+    @activity.defn(name="core.read_exposure")
+    async def read_exposure(self) -> dict:
+        return {**self.exposure, "as_of": datetime.now(timezone.utc).isoformat()}
 
     @activity.defn(name="core.action")
     async def action(self, inp: dict) -> dict:
@@ -58,4 +70,4 @@ class StandIns:
         return "no canary running"
 
     def methods(self) -> list:
-        return [self.read_health, self.action, self.wait_applied, self.page, self.chat, self.pause_canaries]
+        return [self.read_health, self.read_exposure, self.action, self.wait_applied, self.page, self.chat, self.pause_canaries]

@@ -1,8 +1,9 @@
 """Every workflow the worker runs (one list, imported by worker.py and the tests)."""
 
+from workflows.canary import CanaryWorkflow
 from workflows.degradation import DegradationWorkflow
 from workflows.incident import IncidentWorkflow
 from workflows.monitor import MonitorWorkflow
 from workflows.rollback import RollbackWorkflow
 
-WORKFLOWS: list[type] = [RollbackWorkflow, DegradationWorkflow, IncidentWorkflow, MonitorWorkflow]
+WORKFLOWS: list[type] = [RollbackWorkflow, DegradationWorkflow, IncidentWorkflow, MonitorWorkflow, CanaryWorkflow]

@@ -452,11 +452,12 @@ class Runner:
     async def _check(self, step: Observe, values: dict[str, Any] | None) -> tuple[CheckResult, list[str | None]]:
         """One health read (+ probes) judged against the step's checks: the result and each check's verdict."""
         try:
+            read = self.read_health(timedelta(seconds=2), local=step.local_reads)
             if step.probes:
-                health, extra = await asyncio.gather(self.read_health(timedelta(seconds=2)), self.read_probes(step))
+                health, extra = await asyncio.gather(read, self.read_probes(step))
                 health = {**health, **extra}
             else:
-                health = await self.read_health(timedelta(seconds=2))
+                health = await read
             verdicts = [check_one(c, health, values or self.progress.snapshot) for c in step.checks]
             breaches = [v for v in verdicts if v is not None]
             breaches += [f"  {line}" for line in health.get("exposure_mismatch_detail") or []]
