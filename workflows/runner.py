@@ -296,8 +296,31 @@ class Runner:
             "switch.apply", req, result_type=ChangeSetResult, start_to_close_timeout=timedelta(seconds=15),
             schedule_to_close_timeout=timedelta(minutes=30), retry_policy=SWITCH_RETRY,
         )
+        if res.replayed:
+            self._unsee_own_write(res)
         self.progress.applied.append(res)
         return res
+
+    def _unsee_own_write(self, res: ChangeSetResult) -> None:
+        """A worker that died after this change set committed and before its result was recorded
+        leaves a retried workflow task that took the snapshot again, after the write: the snapshot
+        shows this workflow's own values and a restore would find nothing to restore. The audit
+        record's `old` values (returned on replay) are the real ones before the change: put them back.
+        Called only in that case, so the patch marker is written only in histories that need it.
+        """
+        snap = self.snapshot
+        if snap is None:
+            return
+        own = [c for c in res.changes
+               if (st := snap.switches.get(c.switch)) is not None and st.change_id == res.change_id]
+        if not own or not workflow.patched("snapshot-before-own-write"):
+            return
+        for c in own:
+            snap.switches[c.switch] = snap.switches[c.switch].model_copy(
+                update={"value": c.old, "change_id": None, "updated_by": None, "updated_at": None})
+            self.progress.snapshot[c.switch] = c.old
+        self.log("snapshot taken after this workflow's own change set %s (worker crash): pre-change values "
+                 "restored from its audit record for %s", res.change_id, ", ".join(c.switch for c in own))
 
     async def verify_applied(self, revision: int, timeout: timedelta) -> str:
         try:

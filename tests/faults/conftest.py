@@ -1,0 +1,66 @@
+"""Fixtures of the fault tests: processes they start themselves, each stopped by a finalizer.
+
+- `temporal` (package): a Temporal dev server with its state in a --db-filename file; `tclient`.
+- `workers`: `python -m worker` subprocesses on the test's task queue, etcd prefix and simulator
+  (their settings come from the environment only, as in production); all stopped at teardown.
+- `proxies`: loopback TCP proxies (hold / freeze / cut) put between a worker and etcd or Temporal.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+
+from tests.faults.infra import Proxy, TemporalServer, Workers, connect
+
+
+@pytest.fixture(scope="package")
+def temporal():
+    srv = TemporalServer(Path(tempfile.mkdtemp(prefix="rbctl-faults-temporal-")))
+    srv.start()
+    yield srv
+    srv.stop()
+    shutil.rmtree(srv.dir, ignore_errors=True)
+
+
+@pytest_asyncio.fixture(scope="package")
+async def tclient(temporal):
+    return await connect(temporal.address)
+
+
+@pytest.fixture
+def worker_env(sim_env, etcd_server, temporal, task_queue) -> dict[str, str]:
+    return {
+        **sim_env,
+        "ROLLBACKCTL_ETCD_ENDPOINTS": etcd_server.endpoint,
+        "TEMPORAL_ADDRESS": temporal.address,
+        "TEMPORAL_NAMESPACE": "default",
+        "ROLLBACKCTL_TASK_QUEUE": task_queue,
+        "ROLLBACKCTL_LOG_FORMAT": "json",
+        "ROLLBACKCTL_LOG_LEVEL": "INFO",
+    }
+
+
+@pytest.fixture
+def workers(worker_env, tmp_path):
+    ws = Workers(tmp_path / "workers", worker_env)
+    yield ws
+    ws.close()
+
+
+@pytest.fixture
+def proxies():
+    made: list[Proxy] = []
+
+    def make(upstream: str) -> Proxy:
+        p = Proxy(upstream).start()
+        made.append(p)
+        return p
+
+    yield make
+    for p in made:
+        p.close()
