@@ -339,6 +339,42 @@ class Proxy:
         self._thread.join(timeout=10)
 
 
+# -- etcd ------------------------------------------------------------------------------------------------
+@dataclass
+class EtcdNode:
+    """One etcd of a test's own, on free loopback ports, with its data dir kept across restarts."""
+
+    dir: Path
+    client_port: int = 0
+    peer_port: int = 0
+    proc: subprocess.Popen | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"127.0.0.1:{self.client_port}"
+
+    def start(self) -> "EtcdNode":
+        self.client_port = self.client_port or procs.free_port()
+        self.peer_port = self.peer_port or procs.free_port()
+        self.proc = procs.start_etcd(self.dir / "data", self.client_port, self.peer_port, self.dir / "etcd.log")
+        return self
+
+    def kill(self) -> float:
+        """SIGKILL (no shutdown); returns the wall-clock time."""
+        t = time.time()
+        if self.proc is not None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=15)
+            self.proc = None
+        return t
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            procs.stop(self.proc.pid)
+            self.proc.wait(timeout=15)
+            self.proc = None
+
+
 # -- etcd cluster -------------------------------------------------------------------------------------------
 @dataclass
 class EtcdMember:
