@@ -21,6 +21,7 @@ COMMAND_MODULES = [
     "rollbackctl.cli.sim_cmds",
     "rollbackctl.cli.workflow_cmds",
     "rollbackctl.cli.incident_cmds",
+    "rollbackctl.cli.canary_cmds",
 ]
 
 

@@ -1,0 +1,353 @@
+"""`rollbackctl canary start|status|pause|resume|promote|abort|extend|plan`: Phase 2 / Phase 3 canaries.
+
+A canary's workflow id is `canary-<phase>-<n>`. ID arguments take that id or a phase name (the
+phase's latest canary; for decisions it must be running).
+
+One canary per phase at a time, without a race between two starters:
+- `<prefix>canary/<phase>/seq` in etcd holds the highest n started (bookkeeping, not a switch);
+- a start reads n; if `canary-<phase>-<n>` is running (DescribeWorkflowExecution, strongly
+  consistent; not the eventually consistent visibility list) it is refused;
+- otherwise it starts `canary-<phase>-<n+1>` with id_conflict_policy FAIL and id_reuse_policy
+  REJECT_DUPLICATE: of two starters racing for the same n+1, Temporal lets exactly one create it;
+  the other gets WorkflowAlreadyStarted, looks again and finds it running (refused) or finished
+  (takes n+2);
+- then it moves the counter forward (compare-and-swap, only ever up). A starter that dies between
+  its start and that write leaves the counter one behind: the next start finds n+1 taken and heals it.
+Ids are started in order, so the newest id is the only one that can be running.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import re
+import sys
+from pathlib import Path
+
+from rollbackctl.cli.common import CliError, print_json
+
+PHASES = ("phase2", "phase3")
+DECISIONS = {
+    "pause": "hold the current stage (its time stops; checks go on); on_call or above",
+    "resume": "resume a paused canary; risk_manager or above",
+    "promote": "end the current stage's wait now (and pass its gate); risk_manager or above",
+    "abort": "roll back to the Phase 1 snapshot now (needs --reason); risk_manager or above",
+    "extend": "lengthen the current stage (--by 12h); on_call or above",
+}
+
+
+def seq_key(prefix: str, phase: str) -> str:
+    return f"{prefix}canary/{phase}/seq"
+
+
+def _time_scale(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 1 <= v <= 10_000_000:
+        raise argparse.ArgumentTypeError("--time-scale is between 1 and 10000000 (14400: 10 days in 1 minute)")
+    return v
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from rollbackctl.cli.workflow_cmds import duration
+
+    c = sub.add_parser("canary", help="Phase 2 / Phase 3 canaries: staged promotion with automatic rollback")
+    cs = c.add_subparsers(dest="canary_cmd", metavar="SUBCOMMAND", required=True)
+
+    p = cs.add_parser("start", help="start a canary (starting it approves its plan: you need the owner role of "
+                                    "every switch it touches)")
+    p.add_argument("phase", choices=PHASES)
+    p.add_argument("--as", dest="actor", required=True, metavar="OPERATOR")
+    p.add_argument("--plan", type=Path, metavar="FILE", help="a plan as JSON (see `canary plan PHASE --json`)")
+    p.add_argument("--time-scale", type=_time_scale, default=1.0, metavar="N",
+                   help="run N times faster (every duration divided by N; recorded in the audit). 14400: 10 days "
+                        "in a minute")
+    p.add_argument("--reason", default="", help="why now (in the start notification)")
+    p.add_argument("--drill", action="store_true", help="practice run: [DRILL] in audit records and pages")
+    p.add_argument("--follow", action="store_true", help="print progress until the canary ends")
+    p.set_defaults(func=cmd_start)
+
+    p = cs.add_parser("plan", help="show a phase's plan: stages, profiles, pass criteria, gates and their reasons")
+    p.add_argument("phase", choices=PHASES)
+    p.add_argument("--plan", type=Path, metavar="FILE", help="validate and show this plan file instead")
+    p.add_argument("--time-scale", type=_time_scale, default=1.0, metavar="N")
+    p.add_argument("--json", action="store_true", help="the plan as JSON (edit it, start it with --plan)")
+    p.set_defaults(func=cmd_plan)
+
+    p = cs.add_parser("status", help="where a canary is, what it waits for, its recent checks")
+    p.add_argument("target", metavar="ID|PHASE")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--follow", action="store_true", help="keep printing changes until the canary ends")
+    p.set_defaults(func=cmd_status)
+
+    for kind, help_ in DECISIONS.items():
+        p = cs.add_parser(kind, help=help_)
+        p.add_argument("target", metavar="ID|PHASE")
+        p.add_argument("--as", dest="actor", required=True, metavar="OPERATOR")
+        p.add_argument("--reason", default="")
+        if kind == "extend":
+            p.add_argument("--by", type=duration, required=True, help="how much longer, e.g. 12h, 1d")
+        p.set_defaults(func=cmd_decision, kind=kind)
+
+
+# -- plans ------------------------------------------------------------------------------------------
+def resolve_plan(phase: str, plan_file: Path | None, time_scale: float):
+    """(the plan given to the workflow or None for the manual's, the plan as it will run)."""
+    from pydantic import ValidationError
+
+    from manual import canary
+
+    if plan_file is None:
+        return None, canary.plan_for(phase, time_scale)
+    try:
+        text = plan_file.read_text()
+    except OSError as e:
+        raise CliError(f"cannot read --plan {plan_file}: {e.strerror}", 2) from None
+    try:
+        plan = canary.load_plan(text, phase)
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(x) for x in first.get("loc", ()))
+        raise CliError(f"--plan {plan_file}: {len(e.errors())} error(s); first at {where or '(plan)'}: "
+                       f"{first.get('msg')}", 2) from None
+    except ValueError as e:
+        raise CliError(f"--plan {plan_file}: {e}", 2) from None
+    return plan, plan.scaled(time_scale)
+
+
+async def cmd_plan(args) -> int:
+    from manual import canary
+
+    _, plan = resolve_plan(args.phase, args.plan, args.time_scale)
+    if args.json:
+        print(plan.model_dump_json(indent=2))
+    else:
+        print(canary.describe(plan))
+    return 0
+
+
+# -- starting: one canary per phase ------------------------------------------------------------------
+async def _describe_status(client, wid: str):
+    """The workflow's status name ('RUNNING', 'COMPLETED', ...) or None when there is no such workflow."""
+    from temporalio.service import RPCError, RPCStatusCode
+
+    try:
+        desc = await client.get_workflow_handle(wid).describe()
+    except RPCError as e:
+        if e.status == RPCStatusCode.NOT_FOUND:
+            return None
+        raise
+    return desc.status.name if desc.status else None
+
+
+async def _read_seq(etcd, key: str):
+    kv = await etcd.get(key)
+    return kv, (int(kv.value) if kv else 0)
+
+
+async def _advance(etcd, key: str, to: int) -> None:
+    """Move the counter up to `to` (compare-and-swap; never down)."""
+    from rollbackctl.etcd import Compare, Put
+
+    for _ in range(20):
+        kv, cur = await _read_seq(etcd, key)
+        if cur >= to:
+            return
+        guard = Compare(key, "mod", "==", kv.mod_revision) if kv else Compare(key, "create", "==", 0)
+        ok, _ = await etcd.txn([guard], [Put(key, str(to).encode())])
+        if ok:
+            return
+
+
+async def start_canary(client, store, inp, task_queue: str) -> str:
+    """Start the next canary of `inp.phase`; refuses (exit 4) while one of that phase runs."""
+    from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
+    from temporalio.exceptions import WorkflowAlreadyStartedError
+
+    from workflows.canary import CanaryWorkflow
+    from workflows.canary_models import canary_workflow_id
+
+    key = seq_key(store.prefix, inp.phase)
+    for _ in range(50):
+        _, n = await _read_seq(store.etcd, key)
+        if n:
+            latest = canary_workflow_id(inp.phase, n)
+            if await _describe_status(client, latest) == "RUNNING":
+                raise CliError(f"a {inp.phase} canary is already running: {latest} (one per phase; see "
+                               f"`rollbackctl canary status {inp.phase}`, or abort it first)", 4)
+        wid = canary_workflow_id(inp.phase, n + 1)
+        try:
+            await client.start_workflow(
+                CanaryWorkflow.run, inp, id=wid, task_queue=task_queue,
+                id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
+                id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+            )
+            started = True
+        except WorkflowAlreadyStartedError:
+            started = False  # another starter took n+1 (or it exists, finished): look again
+        await _advance(store.etcd, key, n + 1)
+        if started:
+            return wid
+    raise CliError(f"could not start a {inp.phase} canary: ids contended; try again", 4)
+
+
+def links(wid: str) -> str:
+    from rollbackctl.settings import TemporalSettings
+
+    return f"workflow {wid}\nWeb UI   {TemporalSettings().workflow_url(wid)}"
+
+
+async def cmd_start(args) -> int:
+    from manual import switches
+    from manual.canary import human
+    from rollbackctl.cli.common import switch_store
+    from rollbackctl.settings import TemporalSettings
+    from rollbackctl.temporal_client import connect
+    from workflows.canary_models import CanaryInput
+
+    plan_in, plan = resolve_plan(args.phase, args.plan, args.time_scale)
+    need = plan.owner_role()
+    s = TemporalSettings()
+    async with switch_store() as store:
+        op = await store.operator(args.actor)
+        if op is None:
+            raise CliError(f"unknown operator {args.actor!r} (see `rollbackctl operator list`)", 3)
+        if not op.role.at_least(need):
+            owned = [k for k in plan.touched() if switches.get(k).permission is need]
+            raise CliError(f"{args.actor} is {op.role.value}; starting {args.phase} approves its plan, which changes "
+                           f"{', '.join(owned)} (owned by {need.value}): it needs a {need.value}", 3)
+        inp = CanaryInput(phase=args.phase, requested_by=args.actor, reason=args.reason, plan=plan_in,
+                          time_scale=args.time_scale, drill=args.drill)
+        client = await connect(s)
+        wid = await start_canary(client, store, inp, s.task_queue)
+    print(f"started {plan.title}{plan.scale_note()}, approved by {args.actor} ({op.role.value})")
+    for st in plan.stages:
+        gate = f"; then {st.gate.min_role.value} promotes" if st.gate else ""
+        print(f"  stage {st.number} {st.name:<20} {human(st.duration):>6}  "
+              + (", ".join(f"{k}={switches.get(k).render(v)}" for k, v in st.profile.items()) or "(no switch change)")
+              + gate)
+    print(links(wid))
+    if args.follow:
+        return await follow(client, wid)
+    print(f"follow it with: rollbackctl canary status {wid} --follow")
+    return 0
+
+
+# -- the others ------------------------------------------------------------------------------------------
+async def resolve_target(client, store, target: str, running: bool) -> str:
+    from workflows.canary_models import canary_workflow_id
+
+    if target in PHASES:
+        _, n = await _read_seq(store.etcd, seq_key(store.prefix, target))
+        if n == 0:
+            raise CliError(f"no {target} canary has been started", 2)
+        wid = canary_workflow_id(target, n)
+        if running:
+            st = await _describe_status(client, wid)
+            if st != "RUNNING":
+                raise CliError(f"no {target} canary is running (the latest, {wid}, is {(st or 'gone').lower()})", 4)
+        return wid
+    if re.fullmatch(r"canary-phase[23]-\d+", target):
+        return target
+    raise CliError(f"{target!r}: give a canary id (canary-phase3-2) or a phase ({', '.join(PHASES)})", 2)
+
+
+async def cmd_decision(args) -> int:
+    from temporalio.client import WorkflowUpdateFailedError
+    from temporalio.service import RPCError
+
+    from rollbackctl.cli.common import switch_store
+    from rollbackctl.temporal_client import connect
+    from workflows.canary_models import CanaryDecision
+
+    client = await connect()
+    async with switch_store() as store:
+        wid = await resolve_target(client, store, args.target, running=True)
+    d = CanaryDecision(actor=args.actor, reason=args.reason, extend_by=getattr(args, "by", None))
+    try:
+        ack = await client.get_workflow_handle(wid).execute_update(args.kind, d, result_type=dict)
+    except WorkflowUpdateFailedError as e:
+        msg = str(getattr(e.cause, "message", None) or e.cause or e)
+        code = 3 if re.search(r"needs \w+ or above|not an operator", msg) else 4
+        raise CliError(f"{args.kind} refused by {wid}: {msg}", code) from None
+    except RPCError as e:
+        raise CliError(f"{wid}: {e.message}", 4 if "complete" in e.message.lower() else 5) from None
+    print(f"{ack.get('message', 'accepted')}\n{links(wid)}")
+    return 0
+
+
+def render(s) -> str:
+    from manual.canary import human
+
+    lines = [f"{s.workflow_id}  {s.title}  [run {s.run}]" + (f"  time-scale {s.time_scale:g}" if s.time_scale != 1
+                                                              else "")]
+    if s.stage is not None:
+        lines.append(f"status: {s.status}   stage {s.stage}/{s.stages} {s.stage_name} (days {s.stage_days})"
+                     + (f"   {human(s.time_left)} left of {human(s.stage_duration)}" if s.time_left is not None else ""))
+    else:
+        lines.append(f"status: {s.status}")
+    lines.append(f"why waiting: {s.waiting_for}")
+    for r in s.stage_log:
+        span = f"{r.started_at:%m-%d %H:%M}" + (f" -> {r.ended_at:%m-%d %H:%M}" if r.ended_at else " -> ...")
+        audit = f"  audit {r.applied.audit_id}" if r.applied else ""
+        lines.append(f"  stage {r.stage} {r.name:<20} {r.outcome or 'running':<11} {span}{audit}"
+                     + (f"  {r.detail}" if r.detail and r.outcome not in ("passed",) else ""))
+    for e in s.extensions:
+        lines.append(f"  extended: {e}")
+    if s.recent_checks:
+        lines.append(f"recent checks ({s.failed_in_a_row} failed in a row):")
+        for c in s.recent_checks[-5:]:
+            lines.append(f"  {c.at:%m-%d %H:%M:%S}  " + ("ok" if c.ok else "FAILED " + "; ".join(c.breaches)))
+    if s.detail and s.result:
+        lines.append(f"detail: {s.detail}")
+    return "\n".join(lines)
+
+
+async def _status(client, wid: str):
+    from workflows.canary_models import CanaryStatus
+
+    return await client.get_workflow_handle(wid).query("status", result_type=CanaryStatus)
+
+
+async def follow(client, wid: str) -> int:
+    """Print each change of stage, part or status until the canary ends (exit 0 only if it passed)."""
+    last = None
+    while True:
+        s = await _status(client, wid)
+        key = (s.stage, s.part, s.status, len(s.stage_log))
+        if key != last:
+            last = key
+            where = f"stage {s.stage}/{s.stages} {s.stage_name}" if s.stage else ""
+            print(f"  {s.status:<13} {where:<32} {s.waiting_for}")
+            sys.stdout.flush()
+        if s.result is not None:
+            print(render(s))
+            return 0 if s.result == "passed" else 1
+        await asyncio.sleep(0.5)
+
+
+async def cmd_status(args) -> int:
+    from temporalio.service import RPCError
+
+    from rollbackctl.cli.common import switch_store
+    from rollbackctl.temporal_client import connect
+
+    client = await connect()
+    async with switch_store() as store:
+        wid = await resolve_target(client, store, args.target, running=False)
+    if args.follow:
+        print(links(wid))
+        return await follow(client, wid)
+    try:
+        s = await _status(client, wid)
+    except RPCError as e:
+        raise CliError(f"{wid}: {e.message}", 5 if "not found" not in e.message.lower() else 2) from None
+    if args.json:
+        print_json(s.model_dump(mode="json"))
+    else:
+        print(render(s))
+        print(links(wid))
+    return 0
+
