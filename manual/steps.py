@@ -40,7 +40,10 @@ class HealthCheck(BaseModel):
     @model_validator(mode="after")
     def _known(self) -> "HealthCheck":
         if self.threshold_switch is not None:
-            switches.get(self.threshold_switch)
+            try:
+                switches.get(self.threshold_switch)
+            except switches.UnknownSwitch as e:  # a KeyError: pydantic would not report it as invalid
+                raise ValueError(str(e)) from None
         return self
 
 
@@ -77,7 +80,10 @@ class ApplySwitches(_Step):
         if bool(self.changes) == self.restore:
             raise ValueError(f"step {self.name!r}: give either changes or restore=true, not both or neither")
         for k, v in {**self.changes, **self.overrides}.items():
-            switches.get(k).parse(v)
+            try:
+                switches.get(k).parse(v)
+            except switches.UnknownSwitch as e:
+                raise ValueError(f"step {self.name!r}: {e}") from None
         return self
 
 

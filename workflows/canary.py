@@ -365,6 +365,8 @@ class CanaryWorkflow:
                     except StepFailed as e:
                         return await self._rollback(f"stage {stage.number} ({stage.name}) profile not applied: {e}",
                                                     "failed")
+                if st.abort is not None:  # arrived while the profile was being applied
+                    return await self._abort()
                 st.part = "observe"
                 st.clock = ObserveClock(duration=stage.observe.duration, max_history=self.inp.history_limit,
                                         paused=st.paused)
