@@ -88,7 +88,7 @@ async def test_all_endpoints_dead_is_fast_and_names_each(prefix):
         t = time.monotonic()
         with pytest.raises(EtcdUnavailable) as err:
             await e.get(f"{prefix}x")
-        assert time.monotonic() - t < 1.0
+        assert time.monotonic() - t < 2.0
     msg = str(err.value)
     assert a in msg and b in msg and "refused" in msg.lower()
 
@@ -98,11 +98,11 @@ async def test_silent_endpoint_gives_up_after_the_connect_timeout(silent_endpoin
         t = time.monotonic()
         with pytest.raises(EtcdUnavailable, match="no answer within 0.5s"):
             await e.get(f"{prefix}x")
-        assert time.monotonic() - t < 2.0
+        assert time.monotonic() - t < 3.0
     async with Etcd([silent_endpoint, etcd_server.endpoint], connect_timeout=0.5) as e:
         t = time.monotonic()
         await e.put(f"{prefix}x", b"1")
-        assert time.monotonic() - t < 2.0 and e.endpoint == etcd_server.endpoint
+        assert time.monotonic() - t < 3.0 and e.endpoint == etcd_server.endpoint
 
 
 def test_settings(monkeypatch):
