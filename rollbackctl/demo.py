@@ -151,7 +151,7 @@ def _running() -> set[str]:
 
 
 # Scenario modules that append their steps (in this order) when imported.
-SCENARIOS = ["rollbackctl.demo_rollback"]
+SCENARIOS = ["rollbackctl.demo_rollback", "rollbackctl.demo_canary"]
 
 
 def main() -> int:
