@@ -119,13 +119,24 @@ class DegradationWorkflow:
             self.r.progress.detail = f"closed without restore by {fix.actor}: {fix.reason}"
             return "closed_without_restore"
         undo = tuple((a.undo, {}) for a in lvl.core_actions if a.undo)
+        not_undone: list[str] = []
         if undo:
-            await self.r.run_core_actions(CoreActions(name=f"undo_level_{lvl.level}_actions", actions=undo))
+            done = await self.r.run_core_actions(CoreActions(name=f"undo_level_{lvl.level}_actions", actions=undo))
+            not_undone = [a for a in done if " FAILED (" in a]
         await self.r.run_apply(
             ApplySwitches(name="restore", changes=restore_to, authority="plan",
                           reason=f"restore from degradation level {lvl.level} after fix {fix.reference}: "
                                  + ", ".join(f"{k}={switches.get(k).render(v)}" for k, v in restore_to.items())),
             values=restore_to, expected=changes, approved_by=fix.actor)
+        if not_undone and workflow.patched("undo-failures-paged"):
+            # The switches are back, but the core still holds Level N's controls (HL opens, large
+            # withdrawals paused): say so and keep the page open instead of resolving it.
+            left = "; ".join(not_undone)
+            await self.r.notify(f"{self.r.wid}: switches restored from degradation level {lvl.level}, but the trading "
+                                f"core did not undo: {left}. Undo these by hand.", page=True, severity="critical")
+            self.r.progress.detail = (f"restored after fix {fix.reference} by {fix.actor}; trading-core actions NOT "
+                                      f"undone: {left}")
+            return "restored"
         await self.r.notify(f"{self.r.wid}: restored from degradation level {lvl.level}", page=True, severity="info",
                             event_action="resolve")
         self.r.progress.detail = f"restored after fix {fix.reference} by {fix.actor}"

@@ -42,6 +42,8 @@ def worker_env(sim_env, etcd_server, temporal, task_queue) -> dict[str, str]:
         "ROLLBACKCTL_TASK_QUEUE": task_queue,
         "ROLLBACKCTL_LOG_FORMAT": "json",
         "ROLLBACKCTL_LOG_LEVEL": "INFO",
+        # These tests send unsigned decisions, as a local drill does (signing is tested on its own).
+        "ROLLBACKCTL_SIGNING": "off",
     }
 
 

@@ -188,12 +188,20 @@ class Workers:
         self.started: list[WorkerProc] = []
 
     def start(self, name: str, **settings: str) -> WorkerProc:
+        return self.run(name, [sys.executable, "-m", "worker"], **settings)
+
+    def monitor(self, name: str = "monitor", **settings: str) -> WorkerProc:
+        """`rollbackctl monitor` (the P0 monitor), as `rollbackctl dev up` starts it."""
+        return self.run(name, [sys.executable, "-c", "from rollbackctl.cli import main; main(['monitor'])"],
+                        **settings)
+
+    def run(self, name: str, args: list[str], **settings: str) -> WorkerProc:
         self.dir.mkdir(parents=True, exist_ok=True)
-        log = self.dir / f"worker-{name}.log"
+        log = self.dir / f"{name}.log"
         env = clean_env(**{**self.env, **settings})
         f = open(log, "ab")
         try:
-            p = subprocess.Popen([sys.executable, "-m", "worker"], stdout=f, stderr=subprocess.STDOUT,
+            p = subprocess.Popen(args, stdout=f, stderr=subprocess.STDOUT,
                                  stdin=subprocess.DEVNULL, start_new_session=True, env=env, cwd=REPO)
         finally:
             f.close()
