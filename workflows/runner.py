@@ -593,6 +593,12 @@ class Runner:
         role = self.role_of(d.actor)
         if role is None:
             return f"{d.actor!r} is not an operator"
+        if self._decision is not None and self.progress.awaiting is not None:
+            # Two decisions in the same workflow task (e.g. proceed and cancel at once): the first one
+            # accepted wins; the later one must be refused, not acknowledged and then overwritten.
+            k, prev = self._decision
+            return (f"{k} by {prev.actor} was already accepted at step {self.progress.awaiting.step!r}; "
+                    f"this {kind} by {d.actor} is not applied")
         if kind == "escalate" and self._escalate_open:
             return None if role.at_least(Role.ON_CALL) else f"{d.actor} is {role.value}; escalating needs on_call"
         if kind in self.extra_answers:
