@@ -369,7 +369,7 @@ class CanaryWorkflow:
                     return await self._abort()
                 st.part = "observe"
                 st.clock = ObserveClock(duration=stage.observe.duration, max_history=self.inp.history_limit,
-                                        paused=st.paused)
+                                        paused=st.paused, armed=st.paused_for_rollback is None)
                 await r.notify(f"{self.wid}: stage {stage.number}/{len(plan.stages)} {stage.name} (days {stage.days}) "
                                f"started for {human(stage.duration)}" + (f": {_render(stage.profile)}" if stage.profile
                                                                         else " (no switch change)"),
