@@ -14,16 +14,16 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from temporalio import workflow
 from temporalio.client import WorkflowHistory
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 
+from tests.incident_nondeterministic import PageFirst
 from tests.incident_helpers import GuardStandIn, clear, fire, incident_worker, open_incident, stop_child, until
 from tests.standins import StandIns
 from tests.test_rollback_workflow import set_switches
 from workflows.incident import IncidentWorkflow
-from workflows.incident_models import IncidentInput, IncidentResult, ResolveRequest, TickRequest
+from workflows.incident_models import ResolveRequest, TickRequest
 from workflows.models import Decision
 from workflows.registry import WORKFLOWS
 
@@ -46,17 +46,6 @@ def test_every_incident_branch_has_a_history():
 @pytest.mark.parametrize("name", BRANCHES)
 async def test_incident_history_replays(name):
     await Replayer(workflows=WORKFLOWS, data_converter=pydantic_data_converter).replay_workflow(_history(name))
-
-
-@workflow.defn(name="IncidentWorkflow")
-class PageFirst(IncidentWorkflow):
-    """A deliberate nondeterministic change: page before taking the immediate action."""
-
-    @workflow.run
-    async def run(self, inp: IncidentInput) -> IncidentResult:
-        await self._page_opened(inp)
-        await self._take_actions("immediate")
-        return IncidentResult(incident_id=self.incident_id, rule=inp.rule, status="x")
 
 
 async def test_a_nondeterministic_incident_change_is_caught():

@@ -7,12 +7,14 @@ while an Update result is awaited); time passes with env.sleep.
 from __future__ import annotations
 
 import re
+import time
 import uuid
 from datetime import timedelta
 
 import pytest
 from temporalio import activity
 from temporalio.client import WorkflowUpdateFailedError
+from temporalio.exceptions import ApplicationError
 
 from manual import alerts
 from tests.incident_helpers import (
@@ -28,7 +30,7 @@ from tests.incident_helpers import (
 from tests.standins import StandIns
 from tests.test_rollback_workflow import set_switches, values
 from workflows.incident import IncidentWorkflow
-from workflows.incident_models import ResolveRequest, TickRequest, UndoGuardResult
+from workflows.incident_models import ResolveRequest, TickRequest, Timings, UndoGuardResult
 from workflows.models import Decision
 from workflows.rollback import rollback_workflow_id
 
@@ -354,3 +356,40 @@ async def test_immediate_action_once_across_retries_and_worker_restarts(dev_env,
         await resolve(h)
         await h.result()
     assert len([c for c in si.calls if c["action"] == "pause_large_withdrawals"]) == 2
+
+
+class DownCore(StandIns):
+    """The trading core refuses every action (503) until `down` is cleared."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.down = True
+        self.attempts = 0
+
+    @activity.defn(name="core.action")
+    async def action(self, inp: dict) -> dict:
+        self.attempts += 1
+        if self.down:
+            raise ApplicationError("trading core unavailable: 503", type="CoreUnavailable")
+        return await super().action(inp)
+
+
+async def test_the_page_does_not_wait_for_a_trading_core_that_is_down(dev_env, store, task_queue):
+    # Real time (dev server), page_after shortened to 2 s: the page goes out while the immediate action
+    # is still being retried, which then lands under the same idempotency key.
+    si, guard = DownCore(), GuardStandIn()
+    async with incident_worker(dev_env, store, si, guard, task_queue):
+        t0 = time.monotonic()
+        h = await open_incident(dev_env, task_queue, "hl_disconnection", values={"core_unreachable_for_s": 61},
+                                timings=Timings(page_after=timedelta(seconds=2)))
+        st = await until(h, dev_env, lambda s: s.ready, limit=400)
+        assert time.monotonic() - t0 < 6, "paged without waiting for the core"
+        (page,) = triggers(si)
+        assert "still retrying" in page["summary"]
+        assert st.actions[0].status == "pending"
+        si.down = False
+        st = await until(h, dev_env, lambda s: s.actions[0].status == "ok", limit=600)
+        assert [a["action"] for a in si.actions] == ["pause_new_orders"] and si.attempts >= 2
+        await until(h, dev_env, lambda s: any("now applied" in c["text"] for c in si.chats))
+        await resolve(h, actor="oscar")
+        await h.result()

@@ -25,7 +25,7 @@ from typing import Any
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.exceptions import ApplicationError, FailureError
 
 with workflow.unsafe.imports_passed_through():
     from manual import alerts, escalation, switches
@@ -82,7 +82,7 @@ class IncidentWorkflow:
         self.r.progress.level = self.rule.alert + (f" ({inp.symbol})" if inp.symbol else "")
         self.st = IncidentState(
             workflow_id=info.workflow_id, incident_id=self.incident_id, rule=self.rule.id, alert=self.rule.alert,
-            symbol=inp.symbol, condition_since=workflow.now(), started_at=inp.started_at,
+            symbol=inp.symbol, condition_since=workflow.now(), started_at=inp.started_at, detected_at=inp.detected_at,
             last_values=inp.values, detail=inp.detail, drill=inp.drill,
             checklist=[ChecklistItemState(id=f.id, title=f.title) for f in self.rule.further],
             recovery=(f"automatic {self.clear_hold} after the condition clears" if self.rule.recovery.mode == "auto"
@@ -399,7 +399,7 @@ class IncidentWorkflow:
         if core:
             recs = [self._record(phase, f"core {m.action}", "pending") for m in core]
             done = await self.r.run_core_actions(
-                CoreActions(name=phase, actions=tuple((m.action, m.body_for(self.st.symbol)) for m in core)), local=True)
+                CoreActions(name=phase, actions=tuple((m.action, m.body_for(self.st.symbol)) for m in core)))
             for m, rec, res in zip(core, recs, done):
                 ok = " FAILED (" not in res
                 rec.status, rec.detail, rec.at = ("ok" if ok else "failed"), ("" if ok else res), workflow.now()
@@ -445,8 +445,8 @@ class IncidentWorkflow:
                 "incident.undo_guard", UndoGuardInput(workflow_id=self.st.workflow_id, actions=[m.action for m in undo]),
                 result_type=UndoGuardResult, start_to_close_timeout=timedelta(seconds=20),
                 retry_policy=RetryPolicy(maximum_attempts=3))
-        except ActivityError as e:
-            guard = UndoGuardResult(ok=False, reason=f"could not check who else holds it: {e.cause or e}")
+        except FailureError as e:
+            guard = UndoGuardResult(ok=False, reason=f"could not check who else holds it: {getattr(e, 'cause', None) or e}")
         if not guard.ok:
             self.st.recovery = f"withheld: {guard.reason}; left for a human (`rollbackctl resolve ID --undo`)"
             self._record("auto_recovery", ", ".join(f"core {m.undo}" for m in undo), "skipped", guard.reason)

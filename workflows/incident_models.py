@@ -98,6 +98,7 @@ class IncidentState(BaseModel):
     condition: Literal["firing", "clear"] = "firing"
     condition_since: datetime
     started_at: datetime
+    detected_at: datetime | None = None  # the monitor's read that fired the rule
     last_values: dict[str, Any] = {}
     detail: str = ""
     actions: list[ActionRecord] = []

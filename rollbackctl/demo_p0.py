@@ -1,0 +1,83 @@
+"""Demo steps: a P0 fault injected at the simulator becomes an incident with its action and page.
+
+Appended to rollbackctl.demo's STEPS when the demo imports this module (SCENARIOS). The monitor is
+the one `rollbackctl dev up` started (`rollbackctl monitor`), polling every second.
+"""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+
+from rollbackctl.demo import Demo, DemoError, step
+
+WID = "incident-hot_wallet"
+
+
+def _url(demo: Demo) -> str:
+    return demo.env.get("ROLLBACKCTL_TRADING_CORE_URL", "http://127.0.0.1:8700").rstrip("/")
+
+
+def _wait(what: str, fetch, pred, timeout: float = 30.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = fetch()
+        if pred(v):
+            return v
+        time.sleep(0.1)
+    raise DemoError(f"timed out waiting for {what}")
+
+
+def _incident(demo: Demo) -> dict | None:
+    rows = demo.cli_json("incidents")
+    return next((r for r in rows if r.get("workflow_id") == WID and "rule" in r), None)
+
+
+@step("P0: the hot wallet drops below $100K (injected at the simulator); the monitor opens an incident")
+def p0_fault(demo: Demo) -> None:
+    url = _url(demo)
+    demo.cli("operator", "add", "oscar", "on_call", "--as", demo.super_admin, ok=(0, 4), show=False)
+    demo.cli("monitor", "--status")
+    httpx.delete(f"{url}/sim/actions", timeout=5)
+    t0 = time.time()
+    print(f"$ curl -X POST {url}/sim/faults -d '{{\"hot_wallet_usd\": 60000}}'")
+    httpx.post(f"{url}/sim/faults", json={"hot_wallet_usd": 60_000}, timeout=5).raise_for_status()
+    acts = _wait("the immediate action", lambda: httpx.get(f"{url}/sim/actions", timeout=5).json(),
+                 lambda a: any(x["action"] == "pause_large_withdrawals" for x in a))
+    print(f"\nThe simulator performed {acts[0]['action']} {acts[0]['body']} "
+          f"{_since(acts[0]['at'], t0)} after the fault (3 one-second reads of hold included)")
+    pages = _wait("the page", lambda: httpx.get(f"{url}/sim/pagerduty", timeout=5).json(),
+                  lambda p: any("Hot wallet" in x.get("payload", {}).get("summary", "") for x in p))
+    page = next(x for x in pages if "Hot wallet" in x.get("payload", {}).get("summary", ""))
+    print(f"PagerDuty (the simulator's sink) got a {page['payload']['severity']} {page['event_action']} at "
+          f"escalation level {page['payload']['custom_details']['escalation_level']}:\n  "
+          f"{page['payload']['summary'][:300]}")
+    _wait("the incident to take input", lambda: _incident(demo), lambda r: r is not None and r["ready"])
+    print()
+    demo.cli("incidents")
+
+
+@step("P0: on-call acknowledges (5-min SLA), ticks the further step, the fault clears, on-call resolves")
+def p0_resolve(demo: Demo) -> None:
+    url = _url(demo)
+    oncall = demo.notes.get("on_call", "oscar")
+    demo.cli("ack", WID, "--as", oncall)
+    demo.cli("tick", WID, "cold_transfer", "--as", oncall, "--note", "$2M moved from cold storage")
+    print("\nResolving while the monitor still sees the wallet low is refused:")
+    demo.cli("resolve", WID, "--as", oncall, ok=(4,))
+    print(f"$ curl -X DELETE {url}/sim/faults")
+    httpx.delete(f"{url}/sim/faults", timeout=5)
+    _wait("the monitor to report it clear", lambda: _incident(demo), lambda r: r and r["condition"] == "clear")
+    demo.cli("resolve", WID, "--as", oncall, "--reason", "wallet refilled")
+    pages = httpx.get(f"{url}/sim/pagerduty", timeout=5).json()
+    print("\nPagerDuty events of the incident: " + ", ".join(
+        p["event_action"] for p in pages if p.get("dedup_key", "").startswith("hot_wallet-")))
+    acts = httpx.get(f"{url}/sim/actions", timeout=5).json()
+    print("Trading-core actions: " + ", ".join(a["action"] for a in acts))
+
+
+def _since(at: str, t0: float) -> str:
+    from datetime import datetime
+
+    return f"{datetime.fromisoformat(at.replace('Z', '+00:00')).timestamp() - t0:.2f} s"
