@@ -223,14 +223,12 @@ class Runner:
             retry_policy=policy,
         )
 
-    async def core_action(self, step: str, action: str, body: dict[str, Any], local: bool = False) -> dict[str, Any]:
-        # activities.trading_core.CoreActionInput
+    async def core_action(self, step: str, action: str, body: dict[str, Any]) -> dict[str, Any]:
+        # activities.trading_core.CoreActionInput. A regular activity even on a critical path (a P0
+        # immediate action): as a local activity, a core that is down holds the workflow task open
+        # (no timer, no page meanwhile), and a failed local attempt followed by other commands did
+        # not replay (sdk-core 1.35: nondeterminism on the next worker).
         inp = {"action": action, "body": body, "idempotency_key": f"{self._key(step)}:{action}"}
-        if local:  # on a critical path (a P0 immediate action): no task-queue round trip
-            return await workflow.execute_local_activity(
-                "core.action", inp, result_type=dict, start_to_close_timeout=timedelta(seconds=10),
-                retry_policy=CORE_RETRY,
-            )
         return await workflow.execute_activity(
             "core.action", inp, result_type=dict, start_to_close_timeout=timedelta(seconds=10),
             retry_policy=CORE_RETRY,
@@ -442,13 +440,13 @@ class Runner:
         self._end(rec, "ok", detail)
         return res
 
-    async def run_core_actions(self, step: CoreActions, local: bool = False) -> list[str]:
+    async def run_core_actions(self, step: CoreActions) -> list[str]:
         """Each action once (idempotency key per step occurrence); returns what happened to each."""
         rec = self._begin(step.name, step.kind)
         done = []
         for action, body in step.actions:
             try:
-                await self.core_action(step.name, action, body, local=local)
+                await self.core_action(step.name, action, body)
                 done.append(action)
             except FailureError as e:
                 done.append(f"{action} FAILED ({root_cause(e)})")
