@@ -84,7 +84,9 @@ ACTION_PATH = "/v1/actions/{action}"
 class HealthSnapshot(BaseModel):
     """GET /v1/health. Field names are part of the contract: other tools read them."""
 
-    model_config = ConfigDict(extra="ignore", frozen=True)
+    # NaN / Infinity are not JSON numbers: a NaN margin ratio compares false with every P0 threshold
+    # and would hide the alert, so such a body is a SchemaViolation naming the field.
+    model_config = ConfigDict(extra="ignore", frozen=True, allow_inf_nan=False)
 
     error_rate: float = Field(ge=0, le=1, description="rolling share of failed API requests, 0..1")
     hl_connected: bool = Field(description="WS and REST to Hyperliquid both up")

@@ -15,7 +15,7 @@ from datetime import timedelta
 from enum import Enum
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from manual import approvals, checklist, degradation, switches
 from manual.roles import Role
@@ -69,6 +69,10 @@ OBSERVE_CHECKS: tuple[HealthCheck, ...] = (
 )
 
 
+# The shortest re-page interval a start may ask for (drills use minutes; the manual 10 minutes).
+MIN_REPAGE_INTERVAL = timedelta(seconds=10)
+
+
 class Durations(BaseModel):
     """The manual's timings by default; shorter per start for drills and demos."""
 
@@ -80,6 +84,21 @@ class Durations(BaseModel):
     consecutive_breaches: int = Field(default=3, ge=1, le=50)
     fix_reminder: timedelta = Field(default=timedelta(hours=4), description="re-page while waiting for a fix")
     restore_observe: timedelta = Field(default=timedelta(minutes=5), description="observe the 5% restore")
+
+    @model_validator(mode="after")
+    def _sane(self) -> "Durations":
+        # Refused when the input is built: inside the workflow a zero or negative time fails every
+        # workflow task (the rollback wedges after its change), and a re-page interval near zero
+        # pages every escalation level in a loop.
+        for name in type(self).model_fields:
+            v = getattr(self, name)
+            if isinstance(v, timedelta) and v <= timedelta(0):
+                raise ValueError(f"{name} must be positive, got {v}")
+        for name in ("confirm_sla", "fix_reminder"):
+            if getattr(self, name) < MIN_REPAGE_INTERVAL:
+                raise ValueError(f"{name} is a re-page interval: at least {MIN_REPAGE_INTERVAL.total_seconds():g}s, "
+                                 f"got {getattr(self, name)}")
+        return self
 
     def interval(self, duration: timedelta) -> timedelta:
         return min(self.check_interval, duration)

@@ -50,6 +50,15 @@ class SwitchValueError(ValueError):
     """A value that the switch does not accept; the message says why."""
 
 
+def _shown(raw: Any) -> str:
+    """A value as an error message shows it: its repr, cut to a readable length."""
+    try:
+        text = repr(raw)
+    except ValueError:  # an int too long for str() (sys.get_int_max_str_digits)
+        return "an integer of thousands of digits"
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 class Switch(BaseModel):
     model_config = ConfigDict(frozen=True)
 
@@ -81,22 +90,22 @@ class Switch(BaseModel):
                 return raw
             if isinstance(raw, str) and raw.strip().lower() in ("true", "false"):
                 return raw.strip().lower() == "true"
-            raise SwitchValueError(f"{n}: expected true or false, got {raw!r}")
+            raise SwitchValueError(f"{n}: expected true or false, got {_shown(raw)}")
         if t is SwitchType.ENUM:
             if isinstance(raw, str) and raw.strip() in self.choices:
                 return raw.strip()
-            raise SwitchValueError(f"{n}: expected one of {', '.join(self.choices)}, got {raw!r}")
+            raise SwitchValueError(f"{n}: expected one of {', '.join(self.choices)}, got {_shown(raw)}")
         if t is SwitchType.SYMBOLS:
             if isinstance(raw, str):
                 items = [s.strip() for s in raw.split(",")] if raw.strip() else []
             elif isinstance(raw, (list, tuple)):
                 items = list(raw)
             else:
-                raise SwitchValueError(f"{n}: expected a comma-separated list of tickers, got {raw!r}")
+                raise SwitchValueError(f"{n}: expected a comma-separated list of tickers, got {_shown(raw)}")
             out: list[str] = []
             for s in items:
                 if not isinstance(s, str) or not _SYMBOL.match(s):
-                    raise SwitchValueError(f"{n}: {s!r} is not an upper-case ticker (A-Z, 0-9, 1-15 chars)")
+                    raise SwitchValueError(f"{n}: {_shown(s)} is not an upper-case ticker (A-Z, 0-9, 1-15 chars)")
                 if s in out:
                     raise SwitchValueError(f"{n}: {s} is listed twice")
                 out.append(s)
@@ -105,45 +114,48 @@ class Switch(BaseModel):
             raw = raw.strip()[: -len(self.unit)]  # "1.5x", "10%", "2000ms": what render() shows
         if t is SwitchType.INT:
             if isinstance(raw, bool):
-                raise SwitchValueError(f"{n}: expected an integer, got {raw!r}")
+                raise SwitchValueError(f"{n}: expected an integer, got {_shown(raw)}")
             if isinstance(raw, int):
                 v = raw
             elif isinstance(raw, float) and raw.is_integer():
                 v = int(raw)
             elif isinstance(raw, str) and re.fullmatch(r"\s*-?\d+\s*", raw):
-                v = int(raw)
+                try:
+                    v = int(raw)
+                except ValueError:  # more digits than Python converts (sys.get_int_max_str_digits)
+                    raise SwitchValueError(f"{n}: expected an integer, got {_shown(raw)}") from None
             else:
-                raise SwitchValueError(f"{n}: expected an integer, got {raw!r}")
+                raise SwitchValueError(f"{n}: expected an integer, got {_shown(raw)}")
             self._range(v)
             return v
         # money and float
         if isinstance(raw, bool):
-            raise SwitchValueError(f"{n}: expected a number, got {raw!r}")
+            raise SwitchValueError(f"{n}: expected a number, got {_shown(raw)}")
         try:
             d = Decimal(raw.strip().lstrip("$").replace(",", "") if isinstance(raw, str) else str(raw))
         except (InvalidOperation, TypeError, ValueError):
-            raise SwitchValueError(f"{n}: expected a number, got {raw!r}") from None
+            raise SwitchValueError(f"{n}: expected a number, got {_shown(raw)}") from None
         if not d.is_finite():
-            raise SwitchValueError(f"{n}: expected a finite number, got {raw!r}")
+            raise SwitchValueError(f"{n}: expected a finite number, got {_shown(raw)}")
         if t is SwitchType.MONEY:
             if d < 0:
-                raise SwitchValueError(f"{n}: money must be >= 0, got {raw!r}")
+                raise SwitchValueError(f"{n}: money must be >= 0, got {_shown(raw)}")
             if d > MONEY_MAX:
-                raise SwitchValueError(f"{n}: {raw!r} is above the sanity cap of $1,000,000,000,000")
+                raise SwitchValueError(f"{n}: {_shown(raw)} is above the sanity cap of $1,000,000,000,000")
             if d != d.quantize(Decimal("0.01")):
-                raise SwitchValueError(f"{n}: money has at most 2 decimals (cents), got {raw!r}")
+                raise SwitchValueError(f"{n}: money has at most 2 decimals (cents), got {_shown(raw)}")
             return int(d) if d == d.to_integral_value() else float(d)
         v = float(d)
         if not math.isfinite(v):
-            raise SwitchValueError(f"{n}: expected a finite number, got {raw!r}")
+            raise SwitchValueError(f"{n}: expected a finite number, got {_shown(raw)}")
         self._range(v)
         return v
 
     def _range(self, v: float) -> None:
         if self.minimum is not None and v < self.minimum:
-            raise SwitchValueError(f"{self.name}: {v} is below the minimum {self.minimum:g}{self.unit}")
+            raise SwitchValueError(f"{self.name}: {_shown(v)} is below the minimum {self.minimum:g}{self.unit}")
         if self.maximum is not None and v > self.maximum:
-            raise SwitchValueError(f"{self.name}: {v} is above the maximum {self.maximum:g}{self.unit}")
+            raise SwitchValueError(f"{self.name}: {_shown(v)} is above the maximum {self.maximum:g}{self.unit}")
 
     def render(self, v: Any) -> str:
         """The CLI's text form (the inverse of parse for text)."""
@@ -154,7 +166,10 @@ class Switch(BaseModel):
         if self.type is SwitchType.MONEY:
             return f"${v:,.2f}".replace(".00", "")
         if self.type is SwitchType.FLOAT:
-            return f"{v:g}{self.unit}"
+            # the shortest text that reads back as this very float (`:g` kept 6 digits: 1.2345678 showed as
+            # 1.23457, and `--expect` with what `switch list` showed could never match)
+            text = repr(float(v))
+            return f"{text[:-2] if text.endswith('.0') else text}{self.unit}"
         return str(v)
 
 

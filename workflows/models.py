@@ -5,10 +5,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from activities.changes import ChangeSetResult
-from manual.rollback import Durations, Scope, Severity
+from manual.rollback import Durations, Scope, Severity, target_changes
 
 
 class Decision(BaseModel):
@@ -103,6 +103,16 @@ class RollbackInput(BaseModel):
     reason: str = Field(min_length=1, max_length=2000)
     durations: Durations = Durations()
     drill: bool = False
+
+    @model_validator(mode="after")
+    def _known_target(self) -> "RollbackInput":
+        # Refused at the start: inside the workflow an unknown switch or module fails every workflow
+        # task and the rollback wedges before its change.
+        try:
+            target_changes(self.scope, self.switch)
+        except KeyError as e:  # manual.switches.UnknownSwitch
+            raise ValueError(str(e)) from None
+        return self
 
 
 class DegradeInput(BaseModel):

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -66,3 +67,10 @@ def proxies():
     yield make
     for p in made:
         p.close()
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The count of fuzzed inputs (tests/faults/test_fuzz.py), at the end of the run."""
+    fuzz = sys.modules.get("tests.faults.test_fuzz")
+    if fuzz is not None and sum(fuzz.COUNT.values()):
+        terminalreporter.write_line(fuzz.summary())

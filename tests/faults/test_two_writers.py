@@ -28,7 +28,7 @@ from rollbackctl.etcd import Etcd
 from tests.faults.infra import clean_env
 from tests.faults.store_checks import check_store, dump
 from tests.fixtures_sim import apply_and_wait
-from tests.wf_helpers import incident, poll_progress, values
+from tests.wf_helpers import incident, poll_progress
 from worker import activity_methods, build_worker
 from workflows.models import Decision, RollbackInput
 from workflows.rollback import RollbackWorkflow, rollback_workflow_id
