@@ -1,7 +1,7 @@
 """Models of the switch store's requests and records. Pure data: workflows import these too.
 
-A request is one payload (actor, action, target, values, reason) so that a signature can be added
-to it later without a rewrite.
+A request is one payload (actor, action, target, values, reason); the signed requests behind it
+(rollbackctl/identity.py `Proof`) travel with it and are written into its audit record.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from manual.roles import Role
+from rollbackctl.identity import Proof
 
 
 class Authority(str, Enum):
@@ -25,6 +26,13 @@ class Authority(str, Enum):
 class ActorKind(str, Enum):
     OPERATOR = "operator"
     SERVICE = "service"  # the P0 monitor
+
+
+class BreakGlass(BaseModel):
+    """A super admin forced a two-person change alone: applied, paged to everyone, marked in the audit."""
+
+    by: str
+    reason: str = Field(min_length=1, max_length=2000)
 
 
 class SwitchChange(BaseModel):
@@ -46,6 +54,14 @@ class ChangeSetRequest(BaseModel):
     # Compare-and-swap on values: apply only if each named switch still holds this value.
     expected: dict[str, Any] | None = None
     drill: bool = False
+    # The signed requests behind this change set (recorded in the audit record; their nonces are
+    # recorded in etcd in the same transaction, owned by `nonce_owner`, so none is ever used twice).
+    proofs: list[Proof] = []
+    nonce_owner: str | None = None  # default: `source`; the worker sets "<workflow id>/<run id>"
+    # Compare-and-swap on revisions: apply only if each named switch is still at this mod_revision
+    # (a direct change is signed against the revision its operator read).
+    revisions: dict[str, int] | None = None
+    break_glass: BreakGlass | None = None
 
     @field_validator("reason")
     @classmethod
@@ -94,7 +110,14 @@ class Operator(BaseModel):
     role: Role
     added_at: str
     added_by: str
-    public_key: str | None = None
+    public_key: str | None = None  # base64 Ed25519 (rollbackctl/identity.py); the private key never leaves its owner
+    retired_keys: list[str] = []  # key ids rotated out: a request signed with one is refused as "removed key"
+
+    @property
+    def key_id(self) -> str | None:
+        from rollbackctl.identity import key_id
+
+        return key_id(self.public_key) if self.public_key else None
 
 
 class SwitchState(BaseModel):

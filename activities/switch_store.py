@@ -6,11 +6,13 @@ Key layout (other tools read it directly; keep it exactly):
     <prefix>operators/<name>  {"name", "role", "added_at", "added_by", "public_key"}
     <prefix>changes/<id>      the audit id a change id produced (idempotency marker)
     <prefix>meta/audit_head   {"seq", "hash"}: the last audit record (sequence and hash chain)
+    <prefix>nonces/<nonce>    {"owner", "actor", "at"}: a signed request's nonce, used once
 
 Every write is ONE etcd transaction holding the values, the audit record, the new head and the
-change-id marker, guarded by the mod_revision of each touched key and of the head: a change set is
-applied whole or not at all, no concurrent writer is lost, and retrying the same change id is a
-no-op. Audit ids are a zero-padded sequence, so `audit/` sorts in commit order.
+change-id marker (and the nonces of the signed requests behind it), guarded by the mod_revision of
+each touched key and of the head: a change set is applied whole or not at all, no concurrent writer
+is lost, retrying the same change id is a no-op, and a nonce is never accepted twice. Audit ids are
+a zero-padded sequence, so `audit/` sorts in commit order.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from activities.changes import (
 )
 from manual import approvals, switches
 from manual.roles import MONITOR_IDENTITY, RESERVED_NAMES, Role
+from rollbackctl import identity
 from rollbackctl.etcd import KV, Compare, Etcd, Put
 
 
@@ -101,6 +104,9 @@ class SwitchStore:
     def audit_key(self, seq: int) -> str:
         return f"{self.prefix}audit/{seq:012d}"
 
+    def nonce_key(self, nonce: str) -> str:
+        return f"{self.prefix}nonces/{nonce}"
+
     # -- reads ------------------------------------------------------------------------------
     async def snapshot(self) -> Snapshot:
         kvs, rev = await self.etcd.get_prefix(f"{self.prefix}switches/")
@@ -157,6 +163,40 @@ class SwitchStore:
             changes=[ChangeRecord(**c) for c in rec["changes"]],
             replayed=True,
         )
+
+    async def nonce_owner(self, nonce: str) -> str | None:
+        kv = await self.etcd.get(self.nonce_key(nonce))
+        return json.loads(kv.value).get("owner") if kv else None
+
+    async def _nonce_ops(self, proofs: list[identity.Proof], owner: str, at: str) -> tuple[list[Put], list[Compare]]:
+        """Record each proof's nonce (guarded: created by this transaction) unless `owner` recorded it
+        already (a retry, or a later change set of the same workflow run); another owner's: refused."""
+        puts: list[Put] = []
+        guards: list[Compare] = []
+        for p in proofs:
+            n = p.request.nonce
+            if any(x.key == self.nonce_key(n) for x in puts):
+                continue
+            have = await self.nonce_owner(n)
+            if have == owner:
+                continue
+            if have is not None:
+                raise PermissionDenied(str(identity.Refused(
+                    identity.Refusal.REUSED_NONCE, f"nonce {n} of {p.request.actor}'s {p.request.action} was used "
+                                                   f"by {have}: a replayed request")))
+            puts.append(Put(self.nonce_key(n), _dumps({"owner": owner, "actor": p.request.actor, "at": at})))
+            guards.append(Compare(self.nonce_key(n), "create", "==", 0))
+        return puts, guards
+
+    @staticmethod
+    def _signed_fields(proofs: list[identity.Proof], break_glass: Any = None) -> dict[str, Any]:
+        """What an audit record says about the signed requests behind it."""
+        out: dict[str, Any] = {}
+        if proofs:
+            out["signatures"] = [p.model_dump(mode="json") for p in proofs]
+        if break_glass is not None:
+            out["break_glass"] = break_glass.model_dump() if hasattr(break_glass, "model_dump") else break_glass
+        return out
 
     # -- the one write path -----------------------------------------------------------------
     async def _commit(
@@ -276,6 +316,13 @@ class SwitchStore:
             if missing:
                 raise NotInitialised(f"switch store not initialised ({', '.join(missing)} missing): run `rollbackctl init`")
             current = {n: json.loads(kv.value) for n, kv in kvs.items()}
+            for n, rev in (req.revisions or {}).items():
+                if n in kvs and kvs[n].mod_revision != rev:
+                    raise Conflict(str(identity.Refused(
+                        identity.Refusal.STALE,
+                        f"{n} is at etcd revision {kvs[n].mod_revision} (set by {current[n].get('updated_by')} at "
+                        f"{current[n].get('updated_at')}); the request was signed at revision {rev}: read it again "
+                        "and sign a new request")))
             if req.expected:
                 for n, want in req.expected.items():
                     have = current[n]["value"]
@@ -292,6 +339,9 @@ class SwitchStore:
                 for n, v in parsed.items()
             ]
             guards = [Compare(self.switch_key(n), "mod", "==", kv.mod_revision) for n, kv in kvs.items()]
+            nonce_puts, nonce_guards = await self._nonce_ops(req.proofs, req.nonce_owner or req.source, at)
+            puts += nonce_puts
+            guards += nonce_guards
             record = {
                 "at": at,
                 "actor": req.actor,
@@ -305,6 +355,7 @@ class SwitchStore:
                 "drill": req.drill,
                 "changes": [r.model_dump() for r in recs],
                 "attempts": attempt + 1,  # > 1: lost a compare-and-swap to a concurrent writer, re-read, retried
+                **self._signed_fields(req.proofs, req.break_glass),
             }
             ok, rev, audit_id = await self._commit(record, puts, guards, req.change_id)
             if ok:
@@ -316,8 +367,10 @@ class SwitchStore:
         raise Conflict(f"change set {req.change_id}: still contended after {MAX_ATTEMPTS} attempts; try again")
 
     # -- init and operators -------------------------------------------------------------------
-    async def init(self, super_admin: str | None = None, actor: str = "system") -> dict[str, Any]:
-        """Write every missing default (never overwrite); bootstrap the first super admin."""
+    async def init(self, super_admin: str | None = None, actor: str = "system",
+                   public_key: str | None = None) -> dict[str, Any]:
+        """Write every missing default (never overwrite); bootstrap the first super admin (and their
+        public key, if they have none yet: an existing key is never replaced here)."""
         ops = await self.operators()
         if super_admin is not None:
             existing = next((o for o in ops if o.name == super_admin), None)
@@ -328,13 +381,16 @@ class SwitchStore:
                 )
             if existing is None:
                 try:
-                    await self.add_operator(super_admin, Role.SUPER_ADMIN, actor="system", bootstrap=True)
+                    await self.add_operator(super_admin, Role.SUPER_ADMIN, actor="system", bootstrap=True,
+                                            public_key=public_key)
                 except Conflict:  # a concurrent `init --super-admin` with the same name got there first
                     existing = await self.operator(super_admin)
                     if existing is None or existing.role is not Role.SUPER_ADMIN:
                         raise
             elif existing.role is not Role.SUPER_ADMIN:
                 raise PermissionDenied(f"{super_admin} exists with role {existing.role.value}, not super_admin")
+            elif public_key is not None and existing.public_key is None:
+                await self.rotate_key(super_admin, public_key, actor="system", bootstrap=True)
         elif not ops:
             raise InvalidChange("no operators yet: run `rollbackctl init --super-admin NAME` to bootstrap the first one")
         written: list[str] = []
@@ -363,35 +419,98 @@ class SwitchStore:
             await self._backoff(attempt)
         return {"initialised": written, "existing": len(switches.SWITCHES) - len(written)}
 
+    @staticmethod
+    def _check_public_key(public_key: str | None) -> None:
+        if public_key is None:
+            return
+        try:
+            identity.parse_public_key(public_key)
+        except ValueError as e:
+            raise InvalidChange(f"public key: {e} (expected the base64 printed by `rollbackctl keygen`)") from None
+
+    async def _super_admin(self, actor: str) -> Operator:
+        who = await self.operator(actor)
+        if who is None:
+            raise PermissionDenied(f"unknown operator {actor!r}")
+        if who.role is not Role.SUPER_ADMIN:
+            raise PermissionDenied(f"{actor} is {who.role.value}; only a super_admin manages operators")
+        return who
+
     async def add_operator(
-        self, name: str, role: Role, actor: str, public_key: str | None = None, bootstrap: bool = False
+        self, name: str, role: Role, actor: str, public_key: str | None = None, bootstrap: bool = False,
+        proofs: list[identity.Proof] = (), nonce_owner: str = "cli",
     ) -> Operator:
         if name in RESERVED_NAMES:
             raise InvalidChange(f"{name!r} is reserved for a service identity")
+        self._check_public_key(public_key)
         try:
             op = Operator(name=name, role=role, added_at=utcnow(), added_by=actor, public_key=public_key)
         except ValueError as e:
             raise InvalidChange(f"operator name {name!r}: lower-case letters, digits, '_', '.', '-', 1-32 chars") from e
         if not bootstrap:
-            who = await self.operator(actor)
-            if who is None:
-                raise PermissionDenied(f"unknown operator {actor!r}")
-            if who.role is not Role.SUPER_ADMIN:
-                raise PermissionDenied(f"{actor} is {who.role.value}; only a super_admin manages operators")
+            await self._super_admin(actor)
         record = {
             "at": op.added_at, "actor": actor, "role": "system" if bootstrap else Role.SUPER_ADMIN.value,
             "reason": f"add operator {name} as {role.value}", "source": "cli", "action": "operator.add",
             "change_id": None, "authority": "owner", "approved_by": None, "drill": False, "changes": [],
-            "operator": {"name": name, "role": role.value},
+            # the public key is in the trail, so `audit verify` can check later signatures from it alone
+            "operator": {"name": name, "role": role.value, "public_key": public_key, "key_id": op.key_id},
+            **self._signed_fields(list(proofs)),
         }
         for attempt in range(MAX_ATTEMPTS):
+            nonce_puts, nonce_guards = await self._nonce_ops(list(proofs), nonce_owner, op.added_at)
             ok, _, _ = await self._commit(
-                record, [Put(self.operator_key(name), op.model_dump_json().encode())],
-                [Compare(self.operator_key(name), "create", "==", 0)], None,
+                record, [Put(self.operator_key(name), op.model_dump_json().encode()), *nonce_puts],
+                [Compare(self.operator_key(name), "create", "==", 0), *nonce_guards], None,
             )
             if ok:
                 return op
             if await self.operator(name) is not None:
                 raise Conflict(f"operator {name!r} already exists")
+            await self._backoff(attempt)
+        raise Conflict(f"operator {name}: still contended; try again")
+
+    async def rotate_key(
+        self, name: str, public_key: str, actor: str, bootstrap: bool = False, proofs: list[identity.Proof] = (),
+        nonce_owner: str = "cli", revision: int | None = None, reason: str | None = None,
+    ) -> Operator:
+        """Replace `name`'s public key (a super admin's act; audited). The old key is retired: a request
+        signed with it is refused as "removed key". `bootstrap` (init) only sets a first key."""
+        self._check_public_key(public_key)
+        if not bootstrap:
+            await self._super_admin(actor)
+        for attempt in range(MAX_ATTEMPTS):
+            kv = await self.etcd.get(self.operator_key(name))
+            if kv is None:
+                raise InvalidChange(f"unknown operator {name!r} (see `rollbackctl operator list`)")
+            if revision is not None and kv.mod_revision != revision:
+                raise Conflict(str(identity.Refused(
+                    identity.Refusal.STALE, f"operator {name} changed since the request was signed (revision "
+                                            f"{kv.mod_revision}, signed at {revision}): sign a new request")))
+            op = Operator.model_validate_json(kv.value)
+            if bootstrap and op.public_key is not None:
+                return op
+            if op.public_key == public_key:
+                raise InvalidChange(f"{name} already has key {op.key_id}")
+            old = op.key_id
+            new = op.model_copy(update={"public_key": public_key,
+                                        "retired_keys": [*op.retired_keys, *([old] if old else [])]})
+            at = utcnow()
+            record = {
+                "at": at, "actor": actor, "role": "system" if bootstrap else Role.SUPER_ADMIN.value,
+                "reason": reason or f"{'set' if old is None else 'rotate'} the public key of {name}",
+                "source": "cli", "action": "operator.rotate_key", "change_id": None, "authority": "owner",
+                "approved_by": None, "drill": False, "changes": [],
+                "operator": {"name": name, "role": op.role.value, "public_key": public_key, "key_id": new.key_id,
+                             "old_key_id": old},
+                **self._signed_fields(list(proofs)),
+            }
+            nonce_puts, nonce_guards = await self._nonce_ops(list(proofs), nonce_owner, at)
+            ok, _, _ = await self._commit(
+                record, [Put(self.operator_key(name), new.model_dump_json().encode()), *nonce_puts],
+                [Compare(self.operator_key(name), "mod", "==", kv.mod_revision), *nonce_guards], None,
+            )
+            if ok:
+                return new
             await self._backoff(attempt)
         raise Conflict(f"operator {name}: still contended; try again")

@@ -7,6 +7,10 @@
 - Level 3 (`global_api_enabled`) needs a super admin in both directions, whoever asks.
 - A plan that moves switches elsewhere (a canary stage, a restore) is approved at its start by an
   operator holding the owner role of every switch it touches.
+- Two-person rule (with signing on): Level 3 (`global_api_enabled`, either way), re-enabling any
+  super-admin switch, and so `global_betting_enabled=true`, need signed approvals from two different
+  operators holding the owner role; a single super admin may force it with a break-glass reason
+  (applied, paged to everyone, marked in the audit).
 """
 
 from __future__ import annotations
@@ -45,6 +49,19 @@ PREAPPROVED: dict[str, list[Any]] = _preapproved()
 
 def is_preapproved(name: str, value: Any) -> bool:
     return value in PREAPPROVED.get(name, [])
+
+
+def needs_two_people(name: str, value: Any) -> bool:
+    """Whether setting `name` to `value` falls under the two-person rule."""
+    sw = switches.get(name)
+    if name in SUPER_ADMIN_ONLY:
+        return True
+    return sw.permission is Role.SUPER_ADMIN and value != sw.rollback_value
+
+
+def two_person_changes(values: dict[str, Any]) -> list[str]:
+    """The switches of a change set that fall under the two-person rule."""
+    return [n for n, v in values.items() if needs_two_people(n, v)]
 
 
 def required_role(name: str) -> Role:

@@ -128,6 +128,7 @@ class AwaitConfirmation(_Step):
     timeout: timedelta
     on_timeout: Literal["repage_and_wait", "proceed", "fail"] = "repage_and_wait"
     prompt: str
+    approvals: int = Field(default=1, ge=1, le=2)  # 2: two different operators (two-person rule)
 
 
 class Notify(_Step):

@@ -96,6 +96,25 @@ class PagingSettings(BaseSettings):
     paging_timeout_s: float = Field(default=5.0, gt=0, le=60)
 
 
+class SigningSettings(BaseSettings):
+    """ROLLBACKCTL_SIGNING: signed requests and approvals, and the two-person rule (rollbackctl/identity.py).
+
+    On unless set `off`: the CLI signs every change and approval and sends switch changes to the
+    worker; the worker refuses what is unsigned. `off` is for local drills only (loudly warned):
+    the CLI then writes etcd itself, which production etcd credentials for operators do not allow.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="ROLLBACKCTL_", extra="ignore")
+
+    signing: bool = True
+    # How long a two-person change request waits for its second approval.
+    approval_timeout_s: float = Field(default=900.0, gt=0)
+
+
+SIGNING_OFF_WARNING = ("WARNING: ROLLBACKCTL_SIGNING=off: requests and approvals are NOT signed and the two-person "
+                       "rule is OFF. For local drills only, never in production.")
+
+
 class DevStackSettings(BaseSettings):
     """ROLLBACKCTL_DEV_*: ports and data dir of `rollbackctl dev up`."""
 
