@@ -99,7 +99,25 @@ async def until(env, wid, pred, step=6 * H, limit=200) -> CanaryStatus:
     raise AssertionError(f"condition not reached; last status: {s}")
 
 
+async def off_beat(env, wid) -> None:
+    """Move workflow time away from the canary's next timer before a signal or an Update.
+
+    The time-skipping test server refuses a workflow task that both sees a timer fire and cancels it
+    ("invalid history builder state for action"), which an Update or signal arriving on the very
+    instant of a health check or a stage's end causes there (the real server does not); the test
+    then hangs. So a decision is never sent within a minute of the next check or the stage's end."""
+    for _ in range(5):
+        s = await status(env, wid)
+        now = await env.get_current_time()
+        soon = [t for t in (s.next_check_at, now + s.time_left if s.time_left is not None and not s.paused else None)
+                if t is not None]
+        if not any(abs(t - now) < timedelta(minutes=1) for t in soon):
+            return
+        await env.sleep(timedelta(minutes=2))
+
+
 async def decide(env, wid, kind, actor, **kw):
+    await off_beat(env, wid)
     return await env.client.get_workflow_handle(wid).execute_update(kind, CanaryDecision(actor=actor, **kw))
 
 
@@ -256,6 +274,7 @@ async def test_promote_abort_extend_by_role_and_moment(ts_env, store, task_queue
         assert "vic is viewer" in await refused(ts_env, h.id, "extend", "vic", extend_by=DAY)
         assert "not an operator" in await refused(ts_env, h.id, "pause", "mallory")
         assert "positive --by" in await refused(ts_env, h.id, "extend", "oscar")
+        await off_beat(ts_env, h.id)
         before = (await status(ts_env, h.id)).time_left
         await decide(ts_env, h.id, "extend", "oscar", extend_by=DAY, reason="weekend")
         s = await status(ts_env, h.id)
@@ -380,10 +399,7 @@ async def test_a_rollback_pauses_the_canary_and_breaches_wait_for_a_human(ts_env
     async with make_worker(ts_env, store, si, task_queue):
         h = await start(ts_env, task_queue, plan=P3)
         await until(ts_env, h.id, lambda s: s.stage == 1 and len(s.recent_checks) >= 2, step=H)
-        # off the hourly check: the time-skipping test server refuses a workflow task that cancels a timer
-        # fired in the same task ("invalid history builder state for action"), which a signal landing on
-        # the very instant of a check can cause there
-        await ts_env.sleep(timedelta(minutes=7))
+        await off_beat(ts_env, h.id)
         await h.signal(CanaryWorkflow.pause_for_rollback, "rollback-inc-42")
         si.health["error_rate"] = 0.05
         await ts_env.sleep(6 * H)

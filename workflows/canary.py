@@ -110,6 +110,7 @@ class CanaryWorkflow:
             out.stage_duration = c.duration
             out.time_left = c.left(now)
             out.observed = c.duration - out.time_left
+            out.next_check_at = c.next_check_at
         return out
 
     def _status_word(self) -> str:

@@ -92,6 +92,7 @@ class CanaryStatus(BaseModel):
     observed: timedelta | None = None
     time_left: timedelta | None = None
     check_interval: timedelta | None = None
+    next_check_at: datetime | None = None
     failed_in_a_row: int = 0
     paused: bool = False
     paused_by: str | None = None
