@@ -93,15 +93,16 @@ def triggers(si: StandIns) -> list[dict]:
 
 
 async def stop_child(env, wid: str) -> None:
-    """Terminate a child rollback/degradation once it idles in a wait.
+    """Terminate a child rollback/degradation once it idles in a wait with no activity in flight.
 
-    Terminating it while its first activities are in flight leaks a time-skipping lock in the test
-    server (1.40): every later env.sleep times out.
+    Terminating it while activities are in flight leaks a time-skipping lock in the test server
+    (1.40): from then on env.sleep runs in real time, and later tests time out.
     """
     child = env.client.get_workflow_handle(wid)
-    for _ in range(200):
+    for _ in range(500):
         p = await child.query("progress")
-        if p["awaiting"] is not None or p["current_step"] == "observe":
+        idle = p["awaiting"] is not None or p["current_step"] == "observe"
+        if idle and not (await child.describe()).raw_description.pending_activities:
             break
         await asyncio.sleep(0.02)  # polling the child's query (real time; no timer of ours involved)
     await child.terminate("test over")

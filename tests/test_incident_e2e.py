@@ -163,3 +163,23 @@ async def test_monitor_rides_out_trading_core_500s_and_timeouts(dev_env, store, 
                            10, what="action after the outage")
         assert mon.state.unreachable_since is None
     await dev_env.client.get_workflow_handle(incident_workflow_id("asset_mismatch", None, ns)).terminate("test over")
+
+
+async def test_auto_mode_switch_through_the_simulator(dev_env, store, sim, core_settings, paging_settings, task_queue):
+    from tests.fixtures_sim import apply_and_wait
+
+    ns = uuid.uuid4().hex[:8]
+    await apply_and_wait(sim, store, global_betting_enabled=True, routing_mode="NORMAL_MODE", auto_mode_switch=True)
+    async with p0_stack(dev_env, store, core_settings, paging_settings, task_queue, ns) as mon:
+        await sim.inject(volatility_pct={"ETH": 8.0})
+        sw = await sim.wait_for(sim.switches, lambda s: s["switches"]["routing_mode"]["value"] == "HL_MODE", 10,
+                                what="HL_MODE forced")
+        assert "forced HL_MODE" in mon.state.auto.last
+        await sim.clear_faults()
+        # released after 30 calm reads (1.5 s at 50 ms), checked against Temporal visibility
+        await sim.wait_for(sim.switches, lambda s: s["switches"]["routing_mode"]["value"] == "NORMAL_MODE", 15,
+                           what="released to NORMAL_MODE")
+        assert "released" in mon.state.auto.last
+    audit = [a for a in await store.audit() if a.actor == "monitor"]
+    assert [(a.changes[0].old, a.changes[0].new) for a in audit] == [("NORMAL_MODE", "HL_MODE"), ("HL_MODE", "NORMAL_MODE")]
+    assert sw["switches"]["routing_mode"]["applied_at"]

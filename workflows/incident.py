@@ -288,11 +288,18 @@ class IncidentWorkflow:
         except asyncio.TimeoutError:
             pass
         await self._page_opened(inp)
+        self._ack_task = asyncio.create_task(self._await_ack())  # escalates even if etcd is slow for the roster
         await roster
-        self._ack_task = asyncio.create_task(self._await_ack())
         self._ready = self.st.ready = True
         await self._loop()
-        await immediate
+        if not immediate.done():  # resolved while the trading core never took the action: stop trying
+            immediate.cancel()
+        try:
+            await immediate
+        except (asyncio.CancelledError, FailureError):
+            for a in self.st.actions:
+                if a.status == "pending":
+                    a.status, a.detail = "failed", "not taken: resolved before the trading core answered"
         await self._close()
         await self.r.drain()
         await workflow.wait_condition(workflow.all_handlers_finished)
