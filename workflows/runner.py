@@ -17,7 +17,7 @@ from pydantic import BaseModel
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError, ApplicationError, FailureError
+from temporalio.exceptions import ActivityError, ApplicationError, CancelledError, FailureError
 
 with workflow.unsafe.imports_passed_through():
     from activities import errors
@@ -449,6 +449,9 @@ class Runner:
                 await self.core_action(step.name, action, body)
                 done.append(action)
             except FailureError as e:
+                if isinstance(root_cause(e), CancelledError):  # the step itself was cancelled: stop here
+                    self._end(rec, "cancelled", ", ".join(done))
+                    raise
                 done.append(f"{action} FAILED ({root_cause(e)})")
         self._end(rec, "ok", ", ".join(done))
         return done
