@@ -101,7 +101,7 @@ async def test_switch_changes_and_watches_go_on_with_a_member_down(cluster, tmp_
             await change(f"leader (m{lead}) down, change {i + 1}")
         r = run_cli("switch", "set", "liquidation_check_interval_ms", "5000", "--as", "rita", "--reason", "cli",
                     env={"ROLLBACKCTL_ETCD_ENDPOINTS": ",".join(eps), "ROLLBACKCTL_ETCD_PREFIX": prefix,
-                         "ROLLBACKCTL_ETCD_CONNECT_TIMEOUT_S": "1"})
+                         "ROLLBACKCTL_ETCD_CONNECT_TIMEOUT_S": "1", "ROLLBACKCTL_SIGNING": "off"})
         assert r.code == 0, r.err
         await wait_until(lambda: watcher.values.get("liquidation_check_interval_ms") == 5000, 15, "the CLI's change")
 

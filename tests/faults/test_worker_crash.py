@@ -215,3 +215,53 @@ async def test_degradation_level_2_survives_sigkills_around_its_change_set_and_c
     replayed = [ln for w in (c, d) for ln in w.w.json_lines() if "replayed: done before" in str(ln.get("event", ""))]
     assert len(replayed) == 2, replayed
     assert await patched(h, "snapshot-before-own-write")
+
+
+async def test_canary_survives_sigkills_in_its_first_change_set_and_its_observation(
+        tclient, temporal, etcd_server, store, sim, workers, proxies, task_queue):
+    """A Phase 2 canary (14400x faster): SIGKILL right after its first stage's change set committed
+    (the Phase 1 snapshot is read again by the successor, after that write), then during the stage's
+    observation; an abort then puts back the Phase 1 snapshot, the values from before the canary."""
+    from workflows.canary import CanaryWorkflow
+    from workflows.canary_models import CanaryDecision, CanaryInput
+
+    before = {"routing_mode": "NORMAL_MODE", "betting_traffic_pct": 100, "hedge_enabled": True,
+              "auto_mode_switch": False}
+    await apply_and_wait(sim, store, **before)
+    crew = Crew(workers, proxies, etcd_server.endpoint, temporal.address, tclient, task_queue)
+    wid = f"canary-phase2-{incident()}"
+    rows: list[tuple[str, float]] = []
+
+    a = await crew.start("a", hold_etcd=True)
+    h = await tclient.start_workflow(CanaryWorkflow.run, CanaryInput(phase="phase2", requested_by="rita",
+                                                                     reason="fault test", time_scale=14400),
+                                     id=wid, task_queue=task_queue)
+    await crew.holder([a])
+    b = await crew.start("b")
+    a.temporal.freeze()
+    a.etcd.open()
+    await wait_until(lambda: audited(store, f"{wid}:s1_apply_full_hl_routing"), 20, "stage 1's audit record")
+    killed = a.w.sigkill()
+    a.temporal.cut()
+    st = await wait_until(lambda: _canary_at(h, CanaryWorkflow, 1, "observe"), 60, "stage 1 observing")
+    rows.append(("mid stage change set: SIGKILL -> successor starts the task", await takeover_s(h, killed, b.w)))
+    assert await values(store, *before) == {"routing_mode": "HL_MODE", "betting_traffic_pct": 0,
+                                            "hedge_enabled": False, "auto_mode_switch": False}
+
+    c = await crew.start("c")
+    killed = b.w.sigkill()
+    await h.execute_update(CanaryWorkflow.abort, CanaryDecision(actor="rita", reason="fault test over"))
+    res = await h.result()
+    rows.append(("stage observation: SIGKILL -> abort accepted", await takeover_s(h, killed, c.w)))
+    report(f"canary {wid}: takeover after SIGKILL", rows)
+    assert res.status == "aborted", res
+    assert await values(store, *before) == before, "the abort did not put back the Phase 1 snapshot"
+    ids = Counter(r.change_id for r in await audit_of(store, wid))
+    assert ids[f"{wid}:s1_apply_full_hl_routing"] == 1 and all(n == 1 for n in ids.values()), ids
+    assert await patched(h, "snapshot-before-own-write")
+    assert st.stage == 1
+
+
+async def _canary_at(h, wf, stage: int, part: str):
+    st = await h.query(wf.status)
+    return st if st.stage == stage and st.part == part else None
