@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench venv clean down
+.PHONY: demo test test-faults bench venv clean down
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# The fault tests alone (tests/faults/: crashes, outages, bad input; ~3 min). `make test` runs them too.
+test-faults: $(STAMP)
+	$(BIN)/python -m pytest -q tests/faults
 
 bench: $(STAMP)
 	$(BIN)/python -m bench
