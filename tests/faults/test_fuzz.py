@@ -73,6 +73,7 @@ SCALARS = st.one_of(st.none(), st.booleans(), st.integers(), st.integers(-(10 **
                     st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=25), st.sampled_from(EDGE_TEXT))
 JSON = st.recursive(SCALARS, lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=8), c, max_size=4),
                     max_leaves=10)
+VALID_OF = {sw.name: [sw.default, sw.rollback_value, other_value(sw)] for sw in switches.SWITCHES}
 VALID = st.sampled_from([v for sw in switches.SWITCHES for v in (sw.default, sw.rollback_value, other_value(sw))])
 VALUE = st.one_of(VALID, JSON, st.from_regex(r"\s?[-$]?[0-9]{1,8}([.][0-9]{1,5})?(x|%|ms)?\s?", fullmatch=True),
                   st.lists(st.from_regex(r"[A-Z0-9]{1,16}", fullmatch=True), max_size=4))
@@ -82,6 +83,14 @@ ACTORS = ["alice", "rita", "oscar", "vic", "sam", "monitor", "mallory", "", "ALI
 ACTOR = st.one_of(st.sampled_from(ACTORS), st.text(max_size=70))
 CHANGE_ID = st.one_of(st.sampled_from(["dup-1", "dup-2", "a/b", "x:y", "..", "-"]), st.text(max_size=40),
                       st.from_regex(r"[A-Za-z0-9_.:@/+-]{1,60}", fullmatch=True))
+# Mostly well-formed, so that the store's own rules (roles, pre-approved moves, plans, compare-and-swap,
+# replays) are reached, not only the request model's: one_of picks its branches about evenly.
+OPERATORS = st.sampled_from(["alice", "rita", "oscar", "vic", "sam"])
+NAME_MOSTLY = st.one_of(st.sampled_from(NAMES), st.sampled_from(NAMES), st.sampled_from(NAMES), SWITCH_NAME)
+VALUE_MOSTLY = st.one_of(VALID, VALID, VALUE)
+ACTOR_MOSTLY = st.one_of(OPERATORS, OPERATORS, OPERATORS, ACTOR)
+ID_MOSTLY = st.one_of(st.uuids().map(lambda u: f"fz-{u.hex}"), st.sampled_from(["dup-1", "dup-2"]),
+                      CHANGE_ID)
 
 
 # -- 1. switch values --------------------------------------------------------------------------------------
@@ -111,23 +120,31 @@ def test_switch_values_parse_or_refuse(name, raw):
 # -- 2. change sets through the audited store -----------------------------------------------------------
 @st.composite
 def change_sets(draw) -> dict[str, Any]:
-    changes = draw(st.lists(st.fixed_dictionaries({"switch": SWITCH_NAME, "value": VALUE}), min_size=0, max_size=3))
+    if draw(st.booleans()):  # well-formed: each change a valid value of its switch
+        changes = [{"switch": n, "value": draw(st.sampled_from(VALID_OF[n]))}
+                   for n in draw(st.lists(st.sampled_from(NAMES), min_size=1, max_size=3, unique=True))]
+    else:
+        changes = draw(st.lists(st.fixed_dictionaries({"switch": NAME_MOSTLY, "value": VALUE_MOSTLY}), max_size=3))
     d = {
-        "change_id": draw(CHANGE_ID),
-        "actor": draw(ACTOR),
+        "change_id": draw(ID_MOSTLY),
+        "actor": draw(ACTOR_MOSTLY),
         "changes": changes,
-        "reason": draw(st.one_of(st.just("fuzz"), st.text(max_size=30))),
-        "authority": draw(st.one_of(st.sampled_from([a.value for a in Authority]), st.text(max_size=8))),
-        "actor_kind": draw(st.sampled_from([k.value for k in ActorKind] + ["robot"])),
+        "reason": draw(st.one_of(st.just("fuzz"), st.just("fuzz"), st.text(max_size=30))),
+        "authority": draw(st.one_of(*[st.sampled_from([a.value for a in Authority]) for _ in range(3)],
+                                    st.text(max_size=8))),
+        "actor_kind": draw(st.sampled_from([k.value for k in ActorKind] * 3 + ["robot"])),
     }
+    if d["actor_kind"] == "service" and draw(st.booleans()):
+        d["actor"] = "monitor"
     if draw(st.booleans()):
-        d["approved_by"] = draw(st.one_of(st.sampled_from(ACTORS), st.none()))
-    if draw(st.booleans()):
-        d["expected"] = draw(st.dictionaries(SWITCH_NAME, VALUE, max_size=2))
+        d["approved_by"] = draw(st.one_of(OPERATORS, st.sampled_from(ACTORS), st.none()))
+    if draw(st.booleans()):  # compare-and-swap on some of the switches it touches (or others)
+        names = [c["switch"] for c in changes] or NAMES[:1]
+        d["expected"] = draw(st.dictionaries(st.one_of(st.sampled_from(names), SWITCH_NAME), VALUE_MOSTLY, max_size=2))
     return d
 
 
-@IO
+@settings(IO, max_examples=400)
 @given(data=change_sets())
 async def test_change_sets_apply_or_are_refused_without_a_trace(store, etcd, prefix, data):
     COUNT["change sets"] += 1
@@ -169,11 +186,17 @@ WORDS = ["init", "switch", "list", "get", "set", "audit", "operator", "add", "ro
          "--breaches", "--level", "--reference", "--tests-passed", "--no-restore", "--drill", "--wait", "--follow",
          "critical_path_failure", "cross_module", "single_module", "full_system", "on_call", "viewer", "super_admin",
          "0", "-1", "3", "5m", "0s", "-5s", "500ms", "1x", "", "--", "-h"]
+RENDERED = st.sampled_from([sw.render(v) for sw in switches.SWITCHES for v in (sw.default, sw.rollback_value,
+                                                                                 other_value(sw))])
+CLI_VALUE = st.one_of(RENDERED, RENDERED, st.sampled_from(EDGE_TEXT), st.text(max_size=12))
 SETS = st.builds(lambda n, v, a, r, e: ["switch", "set", n, v, "--as", a, "--reason", r] + (["--expect", e] if e else []),
-                 SWITCH_NAME, st.one_of(st.sampled_from(EDGE_TEXT), st.text(max_size=12)), st.sampled_from(ACTORS),
-                 st.sampled_from(["fuzz", "", " "]), st.one_of(st.none(), st.sampled_from(EDGE_TEXT)))
+                 NAME_MOSTLY, CLI_VALUE, ACTOR_MOSTLY, st.sampled_from(["fuzz", "fuzz", "", " "]),
+                 st.one_of(st.none(), st.none(), CLI_VALUE))
 ARGV = st.one_of(st.lists(st.one_of(st.sampled_from(WORDS), st.sampled_from(NAMES), st.text(max_size=10)), max_size=8),
-                 SETS, st.builds(lambda n, r, a: ["operator", "add", n, r, "--as", a], st.text(max_size=12),
+                 SETS, SETS, st.builds(lambda n, j: ["switch", "get", n] + (["--json"] if j else []), NAME_MOSTLY,
+                                        st.booleans()),
+                 st.builds(lambda n: ["audit", "--limit", n], st.sampled_from(["0", "1", "-1", "5", "x", "99999999999"])),
+                 st.builds(lambda n, r, a: ["operator", "add", n, r, "--as", a], st.text(max_size=12),
                                  st.sampled_from(["viewer", "on_call", "god"]), st.sampled_from(ACTORS)))
 ETCD_ONLY = {"switch", "audit", "operator", "init"}
 
