@@ -37,7 +37,7 @@ def _incident(demo: Demo) -> dict | None:
 @step("P0: the hot wallet drops below $100K (injected at the simulator); the monitor opens an incident")
 def p0_fault(demo: Demo) -> None:
     url = _url(demo)
-    demo.cli("operator", "add", "oscar", "on_call", "--as", demo.super_admin, ok=(0, 4), show=False)
+    demo.cli("operator", "add", "oscar", "on_call", "--as", demo.super_admin, ok=(0, 3, 4), show=False)
     demo.cli("monitor", "--status")
     httpx.delete(f"{url}/sim/actions", timeout=5)
     t0 = time.time()

@@ -20,8 +20,11 @@ from workflows.incident_models import incident_workflow_id
 
 
 def cli_env(dev_env, etcd_server, prefix, **extra) -> dict[str, str]:
+    # signing off like the in-process workers of the suite (tests/conftest.py); signed decisions are
+    # the identity tests' subject
     return {"ROLLBACKCTL_ETCD_ENDPOINTS": etcd_server.endpoint, "ROLLBACKCTL_ETCD_PREFIX": prefix,
-            "TEMPORAL_ADDRESS": dev_env.client.service_client.config.target_host, **extra}
+            "TEMPORAL_ADDRESS": dev_env.client.service_client.config.target_host, "ROLLBACKCTL_SIGNING": "off",
+            **extra}
 
 
 async def cli(*args: str, env: dict[str, str]):

@@ -98,7 +98,8 @@ def _sla_text(st, now: datetime) -> tuple[str, str]:
     return ack, act
 
 
-async def _update(name: str, ident: str, arg) -> str:
+async def _update(name: str, ident: str, arg, sign_as: str | None = None) -> str:
+    """Send Update `name`; a Decision is signed for decision kind `sign_as` when signing is on."""
     from temporalio.client import WorkflowUpdateFailedError
     from temporalio.service import RPCError
 
@@ -107,6 +108,13 @@ async def _update(name: str, ident: str, arg) -> str:
     client = await connect()
     wid = workflow_id(ident)
     try:
+        if sign_as is not None:
+            try:
+                from rollbackctl.cli.signing import signed_decision
+            except ImportError:  # a build without signed requests
+                signed_decision = None
+            if signed_decision is not None:
+                arg = await signed_decision(client, wid, sign_as, arg)
         res = await client.get_workflow_handle(wid).execute_update(name, arg)
     except WorkflowUpdateFailedError as e:
         msg = str(getattr(e.cause, "message", None) or e.cause or e)
@@ -179,7 +187,8 @@ async def cmd_incidents(args) -> int:
 async def cmd_ack(args) -> int:
     from workflows.models import Decision
 
-    print(await _update("acknowledge", args.id, Decision(actor=args.actor, reason=args.reason)))
+    # signed (signing on) like `rollbackctl confirm`: the manual's "5-min confirm" is this acknowledgement
+    print(await _update("acknowledge", args.id, Decision(actor=args.actor, reason=args.reason), sign_as="confirm"))
     return 0
 
 
