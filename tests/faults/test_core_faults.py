@@ -96,7 +96,7 @@ async def test_rollback_and_monitor_ride_out_every_class_of_core_fault(tclient, 
     st = await wait_until(lambda: _status(tclient, mid, lambda s: s.get("polls", 0) >= 3), 60, "the monitor polling")
     assert st["failed_polls"] == 0, st
     inc = incident()
-    d = Durations(observe=timedelta(seconds=25), check_interval=timedelta(milliseconds=500),
+    d = Durations(observe=timedelta(seconds=35), check_interval=timedelta(milliseconds=500),
                   restore_observe=timedelta(seconds=1), consecutive_breaches=50, confirm_sla=timedelta(minutes=10))
     try:
         # 1. 500s on every /v1/ route from the start: the flip is not delayed by the failing core

@@ -31,7 +31,7 @@ from workflows.rollback import RollbackWorkflow, rollback_workflow_id
 
 pytestmark = pytest.mark.timeout(420)
 
-QUICK = Durations(decision_window=timedelta(minutes=10), observe=timedelta(seconds=4),
+QUICK = Durations(decision_window=timedelta(minutes=10), observe=timedelta(seconds=8),
                   check_interval=timedelta(milliseconds=500), restore_observe=timedelta(seconds=2),
                   confirm_sla=timedelta(minutes=10))
 
