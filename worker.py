@@ -23,7 +23,14 @@ from activities.switch_activities import SwitchActivities
 from activities.switch_store import SwitchStore
 from activities.temporal_ops import TemporalOps
 from rollbackctl.etcd import Etcd
-from rollbackctl.settings import EtcdSettings, PagingSettings, TemporalSettings, TradingCoreSettings
+from rollbackctl.settings import (
+    SIGNING_OFF_WARNING,
+    EtcdSettings,
+    PagingSettings,
+    SigningSettings,
+    TemporalSettings,
+    TradingCoreSettings,
+)
 from workflows.registry import WORKFLOWS
 
 log = structlog.get_logger("rollbackctl.worker")
@@ -32,11 +39,13 @@ log = structlog.get_logger("rollbackctl.worker")
 def activity_objects(store: SwitchStore, http: httpx.AsyncClient, client: Client,
                      core: TradingCoreSettings, paging: PagingSettings) -> list:
     from activities.paging import PagingActivities
+    from activities.requests import RequestActivities
     from activities.trading_core import TradingCoreActivities
     from activities.monitor import IncidentOps
 
     return [
         SwitchActivities(store),
+        RequestActivities(store),  # signed direct changes (switch set, operator add|rotate-key)
         TradingCoreActivities.from_settings(core, http),
         PagingActivities.from_settings(paging, http),
         TemporalOps(client),
@@ -80,7 +89,9 @@ async def run(stop: asyncio.Event | None = None) -> None:
         objs = activity_objects(SwitchStore(etcd, eset.prefix), http, client, TradingCoreSettings(), paging)
         worker = build_worker(client, tset.task_queue, activity_methods(objs))
         log.info("worker started", task_queue=tset.task_queue, temporal=tset.temporal_address,
-                 namespace=tset.temporal_namespace, etcd=eset.endpoints)
+                 namespace=tset.temporal_namespace, etcd=eset.endpoints, signing=SigningSettings().signing)
+        if not SigningSettings().signing:
+            log.warning(SIGNING_OFF_WARNING)
         stop = stop or asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):

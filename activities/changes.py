@@ -111,7 +111,9 @@ class Operator(BaseModel):
     added_at: str
     added_by: str
     public_key: str | None = None  # base64 Ed25519 (rollbackctl/identity.py); the private key never leaves its owner
-    retired_keys: list[str] = []  # key ids rotated out: a request signed with one is refused as "removed key"
+    # Public keys rotated out: a request signed with one is refused as "removed key"; a workflow
+    # decision accepted before the rotation still verifies when its change set is written.
+    retired_keys: list[str] = []
 
     @property
     def key_id(self) -> str | None:

@@ -15,13 +15,19 @@ from temporalio.exceptions import ApplicationError
 from activities import errors
 from activities.changes import ChangeSetRequest, ChangeSetResult, Snapshot
 from activities.switch_store import Conflict, InvalidChange, NotInitialised, PermissionDenied, SwitchStore
+from rollbackctl import identity
 from rollbackctl.etcd import EtcdAuthError, EtcdUnavailable
 
 
 class Roster(BaseModel):
-    """Operators and their roles, as the workflow's validators see them."""
+    """Operators, their roles and public keys, as the workflow's validators see them (they verify
+    signatures without I/O). `signing` is the worker's setting: a workflow follows the worker's, never
+    its starter's. Histories recorded before keys existed replay with the defaults (signing off)."""
 
     roles: dict[str, str]
+    keys: dict[str, str] = {}  # operator -> public key (base64)
+    retired: dict[str, list[str]] = {}  # operator -> ids of rotated-out keys
+    signing: bool = False
 
 
 _TYPES = {
@@ -38,6 +44,9 @@ def _classify(e: Exception) -> Exception:
             # A contended store (not a value mismatch) is worth another try.
             retry = isinstance(e, Conflict) and "still contended" in str(e)
             return ApplicationError(str(e), type=type_name, non_retryable=not retry)
+    if isinstance(e, identity.Refused):
+        return ApplicationError(str(e), type=errors.CONFLICT if e.kind is identity.Refusal.STALE
+                                else errors.PERMISSION_DENIED, non_retryable=True)
     if isinstance(e, EtcdAuthError):
         return ApplicationError(str(e), type=errors.PERMISSION_DENIED, non_retryable=True)
     if isinstance(e, EtcdUnavailable):
@@ -45,13 +54,30 @@ def _classify(e: Exception) -> Exception:
     return e
 
 
+def signing_setting(signing: bool | None) -> bool:
+    if signing is not None:
+        return signing
+    from rollbackctl.settings import SigningSettings
+
+    return SigningSettings().signing
+
+
 class SwitchActivities:
-    def __init__(self, store: SwitchStore):
+    def __init__(self, store: SwitchStore, signing: bool | None = None):
+        """`signing` None: ROLLBACKCTL_SIGNING (on unless set off)."""
         self.store = store
+        self.signing = signing_setting(signing)
 
     @activity.defn(name="switch.apply")
     async def apply(self, req: ChangeSetRequest) -> ChangeSetResult:
+        from activities import requests
+
         try:
+            if self.signing and req.proofs:
+                info = activity.info()
+                # Nonces belong to this run (a retry or a later change set of it may carry them again).
+                req = req.model_copy(update={"nonce_owner": f"{info.workflow_id}/{info.workflow_run_id}"})
+                await requests.verify_workflow_change(self.store, req, info.workflow_id)
             res = await self.store.apply(req)
         except Exception as e:
             raise _classify(e) from e
@@ -71,4 +97,7 @@ class SwitchActivities:
             ops = await self.store.operators()
         except Exception as e:
             raise _classify(e) from e
-        return Roster(roles={o.name: o.role.value for o in ops})
+        return Roster(roles={o.name: o.role.value for o in ops},
+                      keys={o.name: o.public_key for o in ops if o.public_key},
+                      retired={o.name: [identity.key_id(k) for k in o.retired_keys] for o in ops if o.retired_keys},
+                      signing=self.signing)

@@ -493,8 +493,8 @@ class SwitchStore:
             if op.public_key == public_key:
                 raise InvalidChange(f"{name} already has key {op.key_id}")
             old = op.key_id
-            new = op.model_copy(update={"public_key": public_key,
-                                        "retired_keys": [*op.retired_keys, *([old] if old else [])]})
+            new = op.model_copy(update={"public_key": public_key, "retired_keys": [
+                *op.retired_keys, *([op.public_key] if op.public_key else [])]})
             at = utcnow()
             record = {
                 "at": at, "actor": actor, "role": "system" if bootstrap else Role.SUPER_ADMIN.value,

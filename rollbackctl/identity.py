@@ -148,6 +148,25 @@ def signature_valid(proof: Proof, public_key: str) -> bool:
         return False
 
 
+def _prime_invalid_signature() -> None:
+    """Raise and catch InvalidSignature once, here, at import.
+
+    cryptography's Rust core imports `cryptography.exceptions` lazily, the first time it raises
+    InvalidSignature. Inside Temporal's workflow sandbox (a validator verifying a forged signature)
+    that import goes through the sandbox's builtins and aborts the whole worker process (a pyo3
+    panic: "failed to import exception ... InvalidSignature"). Once imported, pyo3 keeps the type for
+    the life of the process; this module is imported by workers outside the sandbox first.
+    """
+    key = Ed25519PrivateKey.from_private_bytes(bytes(32)).public_key()
+    try:
+        key.verify(bytes(64), b"prime")
+    except InvalidSignature:
+        pass
+
+
+_prime_invalid_signature()
+
+
 def check_key(proof: Proof, actor: str, public_key: str | None, retired: Iterable[str] = ()) -> None:
     """Signed by `actor`, with their current key, and genuinely: or raise Refused."""
     if proof.request.actor != actor:

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import tempfile
@@ -23,6 +24,11 @@ from activities.switch_store import SwitchStore
 from manual.roles import Role
 from rollbackctl import procs
 from rollbackctl.etcd import Etcd
+
+# Workers and activities built in-process read ROLLBACKCTL_SIGNING when not told: the suite's workflow
+# tests send unsigned decisions (signing off, as in a local drill); tests of signing pass signing=True
+# (tests/test_identity*.py) or set it in a subprocess's environment.
+os.environ["ROLLBACKCTL_SIGNING"] = "off"
 
 OPERATORS = {"rita": Role.RISK_MANAGER, "oscar": Role.ON_CALL, "vic": Role.VIEWER, "sam": Role.SUPER_ADMIN}
 

@@ -3,6 +3,11 @@
 checklist -> level's switch set (+ the trading-core actions of Level 2) -> verify applied ->
 observe -> confirm -> restore decision (owner roles of every re-enabled switch) -> undo core
 actions -> restore the snapshot (compare-and-swap against what this workflow set).
+
+With signing on, the start must carry the requester's signature, and Level 3 (and a restore that
+re-enables a super-admin switch) waits for a second super admin's signed approval (two-person
+rule; `not_applied` when none comes within confirm_sla), unless a super admin breaks glass: then it
+is applied, paged to every escalation level and marked in the audit record.
 """
 
 from __future__ import annotations
@@ -14,9 +19,10 @@ from temporalio.exceptions import ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     from manual import checklist, degradation, rollback, switches
+    from activities.changes import BreakGlass
     from manual.steps import ApplySwitches, AwaitConfirmation, Checklist, CoreActions, Observe
     from workflows.models import Decision, DecisionAck, DegradeInput, Progress, RunResult
-    from workflows.runner import Runner, StepFailed
+    from workflows.runner import Runner, StartRefused, StepFailed
 
 
 def degrade_workflow_id(level: int, incident_id: str) -> str:
@@ -71,9 +77,13 @@ class DegradationWorkflow:
         self.r.flip_first = workflow.patched("flip-first")
         await self.r.load_roster()
         try:
+            refused = self.r.accept_start("degrade.start", inp.proof, inp.signed_values())
+            if refused:
+                raise StartRefused(refused)
             status = await self._run(inp)
         except StepFailed as e:
-            status = "restore_blocked" if str(e).startswith("conflict") else "failed"
+            status = ("refused" if isinstance(e, StartRefused)
+                      else "restore_blocked" if str(e).startswith("conflict") else "failed")
             self.r.progress.detail = str(e)
             await self.r.notify(f"{self.r.wid} stopped: {e}", page=True, severity="critical")
         self.r.progress.status = self.r.progress.result = status
@@ -92,10 +102,30 @@ class DegradationWorkflow:
         if outcome == "role_needs_approval":
             raise StepFailed(f"degradation level {lvl.level} needs {lvl.permission.value}; "
                              f"{inp.requested_by} is {self.r.roster.get(inp.requested_by)}")
+        glass = None
+        if self.r.two_person(changes) > 1:
+            if inp.break_glass:
+                glass = BreakGlass(by=inp.requested_by, reason=inp.break_glass)
+            else:
+                _, ok = await self.r.run_await(AwaitConfirmation(
+                    name="second_approval", expects="confirm", min_role=lvl.permission, timeout=d.confirm_sla,
+                    on_timeout="fail", approvals=2,
+                    prompt=f"Degradation level {lvl.level} ({lvl.name}) requested by {inp.requested_by}: a second "
+                           f"{lvl.permission.value} must approve (`rollbackctl confirm ID --as OTHER`)."),
+                    approved_by=(inp.requested_by,))
+                if ok is None:
+                    self.r.progress.detail = (f"no second {lvl.permission.value} approved level {lvl.level} within "
+                                              f"{d.confirm_sla}: nothing applied")
+                    await self.r.notify(f"{self.r.wid}: {self.r.progress.detail}", page=True, severity="critical")
+                    return "not_applied"
+                glass = BreakGlass(by=ok.actor, reason=ok.break_glass) if ok.break_glass else None
         authority = "preapproved" if lvl.preapproved else "owner"
         await self.r.run_apply(ApplySwitches(
             name=f"apply_level_{lvl.level}", changes=changes, authority=authority,
-            reason=f"degradation level {lvl.level} ({lvl.name}): {inp.reason}"))
+            reason=f"degradation level {lvl.level} ({lvl.name}): {inp.reason}"), break_glass=glass)
+        if glass is not None:
+            await self.r.page_everyone(f"BREAK-GLASS: {self.r.wid}: degradation level {lvl.level} applied by "
+                                       f"{glass.by} without a second approval: {glass.reason}")
         if lvl.core_actions:
             await self.r.run_core_actions(CoreActions(
                 name=f"level_{lvl.level}_actions", actions=tuple((a.action, a.body) for a in lvl.core_actions)))
@@ -114,7 +144,8 @@ class DegradationWorkflow:
         if not reenabled:
             self.r.progress.detail = "nothing to restore"
             return "closed_without_restore"
-        _, fix = await self.r.run_await(rollback.fix_step(d, rollback.restore_role(reenabled)))
+        fix_step = rollback.fix_step(d, rollback.restore_role(reenabled))
+        _, fix = await self.r.run_await(fix_step.model_copy(update={"approvals": self.r.two_person(restore_to)}))
         if not fix.restore:
             self.r.progress.detail = f"closed without restore by {fix.actor}: {fix.reason}"
             return "closed_without_restore"
@@ -127,7 +158,11 @@ class DegradationWorkflow:
             ApplySwitches(name="restore", changes=restore_to, authority="plan",
                           reason=f"restore from degradation level {lvl.level} after fix {fix.reference}: "
                                  + ", ".join(f"{k}={switches.get(k).render(v)}" for k, v in restore_to.items())),
-            values=restore_to, expected=changes, approved_by=fix.actor)
+            values=restore_to, expected=changes, approved_by=fix.actor,
+            break_glass=BreakGlass(by=fix.actor, reason=fix.break_glass) if fix.break_glass else None)
+        if fix.break_glass:
+            await self.r.page_everyone(f"BREAK-GLASS: {self.r.wid}: restore from degradation level {lvl.level} by "
+                                       f"{fix.actor} without a second approval: {fix.break_glass}")
         if not_undone and workflow.patched("undo-failures-paged"):
             # The switches are back, but the core still holds Level N's controls (HL opens, large
             # withdrawals paused): say so and keep the page open instead of resolving it.

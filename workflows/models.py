@@ -9,10 +9,18 @@ from pydantic import BaseModel, Field, model_validator
 
 from activities.changes import ChangeSetResult
 from manual.rollback import Durations, Scope, Severity, target_changes
+from rollbackctl.identity import Proof, SignedRequest
+
+# Decision fields that carry the signature itself rather than the decision's content.
+_SIGNATURE_FIELDS = frozenset({"actor", "signature", "nonce", "action", "workflow_id", "step", "key_id"})
 
 
 class Decision(BaseModel):
-    """Every human input to a workflow: one payload with the actor in it (signable later)."""
+    """Every human input to a workflow: one payload with the actor in it, signed by the CLI.
+
+    The signature binds the decision's content to (action, workflow id, step awaited, nonce):
+    rollbackctl/identity.py. Unsigned (signature None) when signing is off, or from the Web UI.
+    """
 
     actor: str = Field(min_length=1, max_length=64)
     reason: str = ""
@@ -20,8 +28,33 @@ class Decision(BaseModel):
     tests_passed: bool = False  # fix: the fix's tests passed
     restore: bool = True  # fix: restore through the 5% canary (false: close without restore)
     level: int | None = None  # escalate / level choice: degradation level 2 or 3
+    break_glass: str | None = None  # a super admin forces a two-person step alone (the reason; audited, paged)
     signature: str | None = None
     nonce: str | None = None
+    # What the signature is bound to (set by the CLI when it signs)
+    action: str | None = None  # the decision kind: confirm, fix, escalate, ...
+    workflow_id: str | None = None
+    step: str | None = None  # the step the workflow waited at
+    key_id: str | None = None
+
+    def signed_values(self) -> dict[str, Any]:
+        """The decision's content as signed: every field not at its default, the signature fields aside."""
+        return self.model_dump(mode="json", exclude_defaults=True, exclude=set(_SIGNATURE_FIELDS))
+
+    def signed_request(self) -> SignedRequest:
+        return SignedRequest(action=self.action or "-", actor=self.actor, target=self.workflow_id or "-",
+                             values=self.signed_values(), workflow_id=self.workflow_id, step=self.step,
+                             nonce=self.nonce or "")
+
+    def proof(self) -> Proof | None:
+        """The signed request this decision carries (None: unsigned; a malformed one fails as a bad signature)."""
+        if self.signature is None:
+            return None
+        try:
+            req = self.signed_request()
+        except ValueError:  # a malformed nonce: the signature cannot be for this decision
+            req = SignedRequest(action=self.action or "-", actor=self.actor, target="-", nonce="malformed-nonce-0000")
+        return Proof(request=req, key_id=self.key_id or "-", signature=self.signature)
 
 
 class DecisionAck(BaseModel):
@@ -48,6 +81,10 @@ class Awaiting(BaseModel):
     deadline: datetime | None
     prompt: str
     repages: int = 0
+    # Two-person rule: how many different operators must approve, who has, who may still
+    approvals_needed: int = 1
+    approved_by: list[str] = []
+    still_needed: list[str] = []
 
 
 class ChecklistResult(BaseModel):
@@ -71,6 +108,8 @@ class DecisionRecord(BaseModel):
     actor: str
     accepted: bool
     detail: str = ""
+    key_id: str | None = None  # signed with this key
+    break_glass: str | None = None
 
 
 class Progress(BaseModel):
@@ -91,6 +130,7 @@ class Progress(BaseModel):
     page_level: int = 1
     result: str | None = None
     detail: str = ""
+    roster_at: datetime | None = None  # when the roles and keys the validators check against were read
 
 
 class RollbackInput(BaseModel):
@@ -103,6 +143,11 @@ class RollbackInput(BaseModel):
     reason: str = Field(min_length=1, max_length=2000)
     durations: Durations = Durations()
     drill: bool = False
+    break_glass: str | None = None  # a super admin forces a two-person step (Level 3) alone: the reason
+    proof: Proof | None = None  # the requester's signed start (None: signing off, or a parent workflow started it)
+
+    def signed_values(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude_defaults=True, exclude={"proof"})
 
     @model_validator(mode="after")
     def _known_target(self) -> "RollbackInput":
@@ -122,11 +167,17 @@ class DegradeInput(BaseModel):
     reason: str = Field(min_length=1, max_length=2000)
     durations: Durations = Durations()
     drill: bool = False
+    break_glass: str | None = None  # a super admin forces Level 3 alone: the reason (audited, paged to everyone)
+    proof: Proof | None = None  # the requester's signed start
+
+    def signed_values(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude_defaults=True, exclude={"proof"})
 
 
 class RunResult(BaseModel):
     workflow_id: str
     status: str  # restored | closed_without_restore | monitored | cancelled | restore_blocked | restore_failed | failed
+    # | refused (the start request's signature) | not_applied (no second approval in time)
     detail: str = ""
     level: str | None = None
     applied: list[ChangeSetResult] = []

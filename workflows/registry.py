@@ -1,9 +1,11 @@
 """Every workflow the worker runs (one list, imported by worker.py and the tests)."""
 
 from workflows.canary import CanaryWorkflow
+from workflows.change_request import ChangeRequestWorkflow
 from workflows.degradation import DegradationWorkflow
 from workflows.incident import IncidentWorkflow
 from workflows.monitor import MonitorWorkflow
 from workflows.rollback import RollbackWorkflow
 
-WORKFLOWS: list[type] = [RollbackWorkflow, DegradationWorkflow, IncidentWorkflow, MonitorWorkflow, CanaryWorkflow]
+WORKFLOWS: list[type] = [RollbackWorkflow, DegradationWorkflow, IncidentWorkflow, MonitorWorkflow, CanaryWorkflow,
+                        ChangeRequestWorkflow]

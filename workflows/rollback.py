@@ -3,6 +3,11 @@
 severity -> level -> checklist -> change set -> verify applied -> observe 5 min (a breach escalates
 one level) -> human confirmation (re-page every 10 min) -> fix deployed -> restore through the 5%
 canary -> full. Every step is built from manual/rollback.py and run by workflows/runner.py.
+
+With signing on: the start carries the requester's signature (checked once the roster is in, before
+any change); Level 3 and a restore that re-enables a super-admin switch need two different super
+admins' signed approvals (the requester's signed start counts as one), or one super admin's
+break-glass (applied, paged to every escalation level, marked in the audit record).
 """
 
 from __future__ import annotations
@@ -16,9 +21,10 @@ with workflow.unsafe.imports_passed_through():
     from manual import degradation, rollback, switches
     from manual.rollback import Scope, Severity
     from manual.roles import Role
-    from manual.steps import ApplySwitches, CoreActions, Observe
+    from activities.changes import BreakGlass
+    from manual.steps import ApplySwitches, AwaitConfirmation, CoreActions, Observe
     from workflows.models import Decision, DecisionAck, Progress, RollbackInput, RunResult
-    from workflows.runner import Runner, StepFailed
+    from workflows.runner import Runner, StartRefused, StepFailed
 
 
 def rollback_workflow_id(incident_id: str) -> str:
@@ -37,6 +43,7 @@ class RollbackWorkflow:
         self.set_by_rollback: dict[str, Any] = {}  # what this rollback wrote last, per switch
         self.approver: str | None = None  # a super admin who approved Level 3 for an on-call requester
         self.human_chose_level = False  # HL down: a human picked the level; breaches are reported, not escalated
+        self.glass: BreakGlass | None = None  # a super admin forced a two-person step alone
 
     # -- queries and human input ---------------------------------------------------------------
     @workflow.query
@@ -106,9 +113,12 @@ class RollbackWorkflow:
             await self.r.load_roster()  # validators need it while the window/monitoring waits
         # (critical: the checklist loads it beside the snapshot, so nothing delays the flip)
         try:
+            if self.r.roster:
+                self._check_start()
             status = await self._tree(inp, d)
         except StepFailed as e:
-            status = "restore_blocked" if str(e).startswith("conflict") else "failed"
+            status = ("refused" if isinstance(e, StartRefused)
+                      else "restore_blocked" if str(e).startswith("conflict") else "failed")
             self.r.progress.detail = str(e)
             await self.r.notify(f"{self.r.wid} stopped: {e}", page=True, severity="critical")
         self.r.progress.status = status
@@ -141,13 +151,18 @@ class RollbackWorkflow:
         critical = inp.severity is not Severity.DATA
         outcome = await self.r.run_checklist(rollback.checklist_step(changes, critical),
                                              required=rollback.required_role(self.scope), changes=changes)
+        self._check_start()
         if outcome == "role_needs_approval":
             await self.r.notify(f"{self.r.wid}: level {self.scope.value} needs a super admin's confirmation", page=True,
                                 severity="critical")
             _, ok = await self.r.run_await(rollback.AwaitConfirmation(
                 name="super_admin_approval", expects="confirm", min_role=Role.SUPER_ADMIN, timeout=d.confirm_sla,
-                prompt="Level 3 (maintenance mode) needs a super admin: `rollbackctl confirm ID --as SUPERADMIN`"))
+                prompt="Level 3 (maintenance mode) needs a super admin: `rollbackctl confirm ID --as SUPERADMIN`",
+                approvals=self.r.two_person(changes)))
             self.approver = ok.actor
+            self._glass(ok)
+        elif outcome == "ok" and self.r.two_person(changes) > 1:
+            await self._second_approval(inp.requested_by, inp.break_glass, d)
         elif outcome == "hl_down":
             # HL itself is down: HL_MODE would strand every order. Pause new orders (the P0 move), page, ask.
             await self.r.run_core_actions(CoreActions(name="pause_new_orders", actions=(("pause_new_orders", {}),)))
@@ -158,6 +173,8 @@ class RollbackWorkflow:
             self.human_chose_level = True
             if dec.level == 3:
                 self.approver = dec.actor
+                if self.r.two_person(dict(lvl.switch_set)) > 1:
+                    await self._second_approval(dec.actor, None, d)
             self.scope = Scope.FULL if dec.level == 3 else self.scope
             changes = dict(lvl.switch_set)
             self.r.progress.level = f"degradation level {dec.level}"
@@ -183,8 +200,10 @@ class RollbackWorkflow:
             if rollback.required_role(nxt) is Role.SUPER_ADMIN:
                 _, ok = await self.r.run_await(rollback.AwaitConfirmation(
                     name="approve_level_3", expects="escalate", min_role=Role.SUPER_ADMIN, timeout=d.confirm_sla,
-                    prompt="Breach persists: approve Level 3 maintenance mode (`rollbackctl escalate ID --as SUPERADMIN`)"))
+                    prompt="Breach persists: approve Level 3 maintenance mode (`rollbackctl escalate ID --as SUPERADMIN`)",
+                    approvals=self.r.two_person(rollback.target_changes(nxt, inp.switch))))
                 self.approver = ok.actor
+                self._glass(ok)
             self.scope = nxt
             self.r.progress.level = nxt.value
             changes = rollback.target_changes(nxt, inp.switch)
@@ -199,23 +218,55 @@ class RollbackWorkflow:
         if not reenabled:
             self.r.progress.detail = "nothing to restore: the rollback left every switch at its snapshot value"
             return "closed_without_restore"
-        _, fix = await self.r.run_await(rollback.fix_step(d, rollback.restore_role(reenabled)))
+        fix_step = rollback.fix_step(d, rollback.restore_role(reenabled))
+        _, fix = await self.r.run_await(fix_step.model_copy(update={"approvals": self.r.two_person(restore_to)}))
         if not fix.restore:
             self.r.progress.detail = f"closed without restore by {fix.actor}: {fix.reason}"
             return "closed_without_restore"
         return await self._restore(restore_to, fix, d)
 
+    def _check_start(self) -> None:
+        refused = self.r.accept_start("rollback.start", self.inp.proof, self.inp.signed_values())
+        if refused:
+            raise StartRefused(refused)
+
+    def _glass(self, d: Decision) -> None:
+        if d.break_glass:
+            self.glass = BreakGlass(by=d.actor, reason=d.break_glass)
+
+    async def _second_approval(self, first: str, break_glass: str | None, d: rollback.Durations) -> None:
+        """Two-person rule: `first` asked for Level 3; a different super admin must approve (or `first` broke glass)."""
+        if break_glass:
+            self.glass = BreakGlass(by=first, reason=break_glass)
+            return
+        await self.r.notify(f"{self.r.wid}: {first} asks for Level 3 (maintenance mode); a second super admin must "
+                            "approve", page=True, severity="critical")
+        _, ok = await self.r.run_await(AwaitConfirmation(
+            name="second_approval", expects="confirm", min_role=Role.SUPER_ADMIN, timeout=d.confirm_sla,
+            approvals=2, prompt=f"{first} asks for Level 3 (maintenance mode): a second super admin must approve "
+                                "(`rollbackctl confirm ID --as OTHER`)."), approved_by=(first,))
+        self.approver = ok.actor
+        self._glass(ok)
+
     async def _apply(self, changes: dict[str, Any], name: str) -> None:
         step = rollback.apply_step(changes, name, self.scope)
+        glass, self.glass = self.glass, None
         if self.approver and self.approver != self.inp.requested_by:
             # Level 3 for an on-call requester: applied under the approving super admin.
             step = step.model_copy(update={"authority": "plan", "reason": f"{step.reason} (approved by {self.approver})"})
-            await self.r.run_apply(step, approved_by=self.approver)
+            await self.r.run_apply(step, approved_by=self.approver, break_glass=glass)
         else:
-            await self.r.run_apply(step)
+            await self.r.run_apply(step, break_glass=glass)
+        if glass is not None:
+            await self.r.page_everyone(f"BREAK-GLASS: {self.r.wid}: {name} ({', '.join(changes)}) applied by "
+                                       f"{glass.by} without a second approval: {glass.reason}")
         self.set_by_rollback.update(changes)
 
     async def _restore(self, restore_to: dict[str, Any], fix: Decision, d: rollback.Durations) -> str:
+        glass = BreakGlass(by=fix.actor, reason=fix.break_glass) if fix.break_glass else None
+        if glass is not None:
+            await self.r.page_everyone(f"BREAK-GLASS: {self.r.wid}: restore by {fix.actor} without a second "
+                                       f"approval: {glass.reason}")
         snap = self.r.snapshot.values()
         expected = dict(self.set_by_rollback)
         pct = rollback.RESTORE_CANARY_SWITCH
@@ -226,7 +277,7 @@ class RollbackWorkflow:
             stage1 = {**restore_to, pct: rollback.RESTORE_CANARY_VALUE}
             exp1 = {**expected, pct: expected.get(pct, snap.get(pct))}
             await self.r.run_apply(self._restore_step("restore_5pct", stage1, fix), values=stage1, expected=exp1,
-                                   approved_by=fix.actor)
+                                   approved_by=fix.actor, break_glass=glass)
             self.set_by_rollback.update(stage1)
             res = await self.r.run_observe(Observe(
                 name="observe_5pct", duration=d.restore_observe, interval=d.interval(d.restore_observe),
@@ -242,7 +293,8 @@ class RollbackWorkflow:
             expected = dict(self.set_by_rollback)
             restore_to = {**restore_to, pct: snap.get(pct)}
         await self.r.run_apply(self._restore_step("restore_full", restore_to, fix), values=restore_to,
-                               expected={k: expected[k] for k in restore_to if k in expected}, approved_by=fix.actor)
+                               expected={k: expected[k] for k in restore_to if k in expected}, approved_by=fix.actor,
+                               break_glass=glass)
         await self.r.notify(f"{self.r.wid}: restored to the pre-incident configuration (fix {fix.reference})",
                             page=True, severity="info", event_action="resolve")
         self.r.progress.detail = f"restored after fix {fix.reference} by {fix.actor}"

@@ -4,7 +4,12 @@ It decides per step kind; activities touch the world. Progress (current step, hi
 awaited, checklist results, recent checks) lives here and is exposed by the workflows' queries.
 Human decisions arrive through the workflows' Updates: `validate` (pure, synchronous, no state
 change) refuses the wrong person or the wrong moment; `accept` delivers the decision to the step
-that waits for it.
+that waits for it. With signing on (the worker's setting, carried by the roster) a decision must
+also carry a valid signature of its actor's current key, bound to this workflow, the step awaited
+and the decision kind, with a nonce this workflow has not seen (rollbackctl/identity.py). The
+roster (roles and keys) is refreshed every ROSTER_REFRESH while a step waits for a human, so a
+rotated or removed key stops working for approvals within that interval. Steps under the
+two-person rule (`AwaitConfirmation.approvals == 2`) wait for a second, different operator.
 """
 
 from __future__ import annotations
@@ -24,8 +29,10 @@ with workflow.unsafe.imports_passed_through():
     from activities.changes import ChangeSetRequest, ChangeSetResult, Snapshot, SwitchChange
     from activities.switch_activities import Roster
     from activities.trading_core import ExposureReport, exposure_mismatches
-    from manual import switches
+    from manual import approvals, escalation, switches
     from manual.roles import Role
+    from rollbackctl import identity
+    from activities.changes import BreakGlass
     from manual.steps import (
         ApplySwitches,
         AwaitConfirmation,
@@ -59,6 +66,9 @@ CORE_RETRY = RetryPolicy(
 NOTIFY_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30),
                            maximum_attempts=20, non_retryable_error_types=["BadRequest", "NotConfigured"])
 MAX_CHECKS_KEPT = 20
+# While a step waits for a human (signing on), the roster and its keys are re-read at least this often:
+# a rotated or removed key stops working for approvals within this interval.
+ROSTER_REFRESH = timedelta(seconds=30)
 
 # Which Update kinds answer which awaited step.
 ANSWERS: dict[str, tuple[str, ...]] = {
@@ -80,6 +90,10 @@ def root_cause(e: BaseException) -> BaseException:
 
 class StepFailed(Exception):
     """A step could not complete; the workflow ends with this message."""
+
+
+class StartRefused(StepFailed):
+    """The requester's signed start was refused (signing on): nothing was changed."""
 
 
 def metric_value(health: dict[str, Any], metric: str) -> Any:
@@ -167,6 +181,14 @@ class Runner:
         # Patch "flip-first" (workflows set it from workflow.patched): the roster loads beside the
         # snapshot and canaries are paused beside the change, so nothing delays a critical flip.
         self.flip_first = False
+        # Identity (from the roster activity: the worker's setting and the operators' public keys)
+        self.signing = False
+        self.keys: dict[str, str] = {}
+        self.retired: dict[str, list[str]] = {}
+        self.roster_at: datetime | None = None
+        self.used_nonces: list[str] = []  # of every signed request this workflow accepted
+        self.proofs: list[identity.Proof] = []  # the signed requests behind its change sets
+        self._start_checked = False
 
     # -- helpers ----------------------------------------------------------------------------
     @property
@@ -196,12 +218,48 @@ class Runner:
         return Role(r) if r else None
 
     # -- activities ------------------------------------------------------------------------------
-    async def load_roster(self) -> None:
-        r: Roster = await workflow.execute_local_activity(
+    async def load_roster(self, local: bool = True) -> None:
+        """`local` on the critical path (start); a refresh while waiting is a regular activity: it holds
+        no workflow task open (and time-skipping tests skip through it)."""
+        run = workflow.execute_local_activity if local else workflow.execute_activity
+        r: Roster = await run(
             "switch.roster", result_type=Roster, start_to_close_timeout=timedelta(seconds=10),
             retry_policy=SWITCH_RETRY,
         )
         self.roster = r.roles
+        self.keys, self.retired, self.signing = r.keys, r.retired, r.signing
+        self.roster_at = self.progress.roster_at = workflow.now()
+
+    def two_person(self, values: dict[str, Any]) -> int:
+        """How many different operators must approve a step leading to `values` (two-person rule)."""
+        if not self.signing or not approvals.two_person_changes(values):
+            return 1
+        return 2 if workflow.patched("two-person") else 1
+
+    def accept_start(self, action: str, proof: identity.Proof | None, values: dict[str, Any]) -> str | None:
+        """Check the requester's signed start (once; signing on). A refusal, or None (then the proof
+        goes with this workflow's change sets). A start by a parent workflow carries the parent's
+        authority: its human decision was checked there (a client cannot set a parent)."""
+        if not self.signing or self._start_checked:
+            return None
+        self._start_checked = True
+        if workflow.info().parent is not None:
+            return None
+        try:
+            identity.check(proof, actor=self.requested_by, public_key=self.keys.get(self.requested_by),
+                           retired=self.retired.get(self.requested_by, ()), workflow_id=self.wid, action=action,
+                           target=self.wid, values=values)
+        except identity.Refused as e:
+            hint = " (start it with the rollbackctl CLI, which signs)" if e.kind is identity.Refusal.UNSIGNED else ""
+            return f"start of {self.wid} by {self.requested_by} {e}{hint}"
+        self.used_nonces.append(proof.request.nonce)
+        self.proofs.append(proof)
+        return None
+
+    async def page_everyone(self, text: str) -> None:
+        """A break-glass: every escalation level is paged, under its own dedup key (never merged)."""
+        await asyncio.gather(*(self.notify(text, page=True, severity="critical", level=lv.level, dedup="break-glass")
+                               for lv in escalation.LEVELS))
 
     async def take_snapshot(self) -> Snapshot:
         snap: Snapshot = await workflow.execute_local_activity(
@@ -235,7 +293,7 @@ class Runner:
         )
 
     async def notify(self, text: str, *, page: bool, severity: str = "warning", event_action: str = "trigger",
-                     wait: bool = True, level: int | None = None) -> None:
+                     wait: bool = True, level: int | None = None, dedup: str | None = None) -> None:
         """Chat always; a PagerDuty event too when `page`. With wait=False it runs beside the caller.
 
         `level`: the escalation level to address (default the current one), e.g. to acknowledge or
@@ -253,7 +311,8 @@ class Runner:
                 if page:
                     calls.append(workflow.execute_activity(
                         "paging.page", {  # activities.paging.PageInput
-                            "event_action": event_action, "dedup_key": f"{self.key_base}:L{level}",
+                            "event_action": event_action,
+                            "dedup_key": f"{self.key_base}:L{level}" + (f":{dedup}" if dedup else ""),
                             "summary": f"{prefix}{text}"[:1000], "severity": severity, "source": "rollbackctl",
                             "escalation_level": level,
                             "custom_details": {"workflow_id": self.wid, "incident": self.incident, "drill": self.drill}},
@@ -275,7 +334,8 @@ class Runner:
 
     async def apply(self, step: ApplySwitches, *, expected: dict[str, Any] | None = None,
                     values: dict[str, Any] | None = None, approved_by: str | None = None,
-                    actor: str | None = None, action: str | None = None) -> ChangeSetResult:
+                    actor: str | None = None, action: str | None = None,
+                    break_glass: BreakGlass | None = None) -> ChangeSetResult:
         changes = values if values is not None else step.changes
         req = ChangeSetRequest(
             change_id=self._key(step.name),
@@ -289,6 +349,8 @@ class Runner:
             approved_by=approved_by,
             expected=expected,
             drill=self.drill,
+            proofs=list(self.proofs),
+            break_glass=break_glass,
         )
         res: ChangeSetResult = await workflow.execute_local_activity(
             "switch.apply", req, result_type=ChangeSetResult, start_to_close_timeout=timedelta(seconds=15),
@@ -511,6 +573,9 @@ class Runner:
                     self._end(rec, c.stop, f"after {c.observed} observed, {c.checks} checks")
                     return c.stop
                 if due:
+                    if (self._escalate_open and self.signing and self.roster_at is not None
+                            and workflow.now() - self.roster_at >= ROSTER_REFRESH and workflow.patched("roster-refresh")):
+                        await self.load_roster(local=False)  # an escalation may arrive meanwhile: keep keys fresh
                     check, verdicts = await self._check(step, values)
                     c.tick(workflow.now())
                     c.checks += 1
@@ -554,17 +619,64 @@ class Runner:
         self._end(rec, "ok", f"{c.duration} observed, last check {'ok' if self.progress.checks[-1].ok else 'failed'}")
         return "ok"
 
-    async def run_await(self, step: AwaitConfirmation) -> tuple[str, Decision | None]:
-        """Wait for a decision. Returns (kind, decision); kind "timeout" when it proceeds/fails on time."""
+    def _still_needed(self, aw: Awaiting) -> list[str]:
+        """Operators who could still approve `aw` (role, a key when signing on, not yet approved)."""
+        need = Role(aw.min_role)
+        return sorted(n for n, r in self.roster.items()
+                      if Role(r).at_least(need) and n not in aw.approved_by and (not self.signing or n in self.keys))
+
+    def _approval_prompt(self, aw: Awaiting, base: str) -> str:
+        if aw.approvals_needed < 2:
+            return base
+        got = ", ".join(aw.approved_by) or "nobody yet"
+        who = ", ".join(aw.still_needed) or "nobody: no other operator holds that role with a key"
+        return (f"{base} Two-person rule: {aw.approvals_needed} different {aw.min_role}s must approve; approved by "
+                f"{got}; still needed: one of {who} (a single super admin may force it with --break-glass REASON).")
+
+    async def _wait_decision(self, timeout: timedelta, refresh: bool) -> None:
+        """Wait up to `timeout` for a decision; with `refresh`, re-read the roster every ROSTER_REFRESH
+        meanwhile (raises asyncio.TimeoutError when the whole timeout has passed)."""
+        if not refresh:
+            await workflow.wait_condition(lambda: self._decision is not None, timeout=timeout)
+            return
+        deadline = workflow.now() + timeout
+        while True:
+            left = deadline - workflow.now()
+            if left <= timedelta(0):
+                raise asyncio.TimeoutError()
+            try:
+                await workflow.wait_condition(lambda: self._decision is not None, timeout=min(left, ROSTER_REFRESH))
+                return
+            except asyncio.TimeoutError:
+                if workflow.now() >= deadline:
+                    raise
+                await self.load_roster(local=False)
+                if self.progress.awaiting is not None:
+                    self.progress.awaiting.still_needed = self._still_needed(self.progress.awaiting)
+
+    async def run_await(self, step: AwaitConfirmation, approved_by: tuple[str, ...] = ()) -> tuple[str, Decision | None]:
+        """Wait for a decision. Returns (kind, decision); kind "timeout" when it proceeds/fails on time.
+
+        `step.approvals == 2` (two-person rule): the step ends when a second, different operator of
+        `step.min_role` approves (`approved_by`: who approved already, e.g. the signed requester), or a
+        super admin's break-glass decision forces it.
+        """
         rec = self._begin(step.name, step.kind)
         self._decision = None
         since = workflow.now()
         self.progress.awaiting = Awaiting(step=step.name, expects=step.expects, min_role=step.min_role.value,
-                                          since=since, deadline=since + step.timeout, prompt=step.prompt)
+                                          since=since, deadline=since + step.timeout, prompt=step.prompt,
+                                          approvals_needed=step.approvals, approved_by=list(approved_by))
+        aw = self.progress.awaiting
+        if step.approvals > 1:
+            aw.still_needed = self._still_needed(aw)
+            aw.prompt = self._approval_prompt(aw, step.prompt)
+        # Patch "roster-refresh": with signing on, keys are re-read while a human is awaited.
+        refresh = self.signing and workflow.patched("roster-refresh")
         try:
             while True:
                 try:
-                    await workflow.wait_condition(lambda: self._decision is not None, timeout=step.timeout)
+                    await self._wait_decision(step.timeout, refresh)
                 except asyncio.TimeoutError:
                     if step.on_timeout == "proceed":
                         self._end(rec, "timeout", f"no decision in {step.timeout}: proceeding")
@@ -582,13 +694,45 @@ class Runner:
                                       f"({step.min_role.value}+). {step.prompt}", page=True, severity="critical")
                     continue
                 kind, d = self._decision
-                self._end(rec, kind, f"{kind} by {d.actor}" + (f": {d.reason}" if d.reason else ""))
+                if aw.approvals_needed > 1 and self._counts_as_approval(kind, d) and not d.break_glass:
+                    aw.approved_by.append(d.actor)
+                    if len(aw.approved_by) < aw.approvals_needed:  # the first of two: keep waiting
+                        self._decision = None
+                        aw.still_needed = self._still_needed(aw)
+                        aw.prompt = self._approval_prompt(aw, step.prompt)
+                        await self.notify(f"{self.wid}: {d.actor} approved {step.name}; a second {aw.min_role} must "
+                                          f"approve too (one of {', '.join(aw.still_needed) or 'nobody'}): "
+                                          f"`rollbackctl {kind} {self.wid} --as OP`", page=True, severity="critical")
+                        continue
+                who = " and ".join(aw.approved_by) if len(aw.approved_by) > 1 else d.actor
+                glass = f" [BREAK-GLASS: {d.break_glass}]" if d.break_glass else ""
+                self._end(rec, kind, f"{kind} by {who}{glass}" + (f": {d.reason}" if d.reason else ""))
                 return kind, d
         finally:
             self.progress.awaiting = None
             self._decision = None
 
     # -- human decisions -----------------------------------------------------------------------
+    @staticmethod
+    def _counts_as_approval(kind: str, d: Decision) -> bool:
+        """A decision that changes nothing (`fix --no-restore`) needs no second person."""
+        return not (kind == "fix" and not d.restore)
+
+    def signature_refusal(self, kind: str, d: Decision) -> str | None:
+        """Why this decision's signature is refused (signing on), or None. Pure."""
+        aw = self.progress.awaiting
+        step = aw.step if aw is not None else self.progress.current_step
+        try:
+            identity.check(d.proof(), actor=d.actor, public_key=self.keys.get(d.actor),
+                           retired=self.retired.get(d.actor, ()), workflow_id=self.wid, action=kind,
+                           step=step or "-", used_nonces=self.used_nonces)
+        except identity.Refused as e:
+            if e.kind is identity.Refusal.UNSIGNED:
+                return (f"{e}: signing is on, and the Web UI or `temporal workflow signal` cannot sign; use "
+                        f"`rollbackctl {kind} {self.wid} --as {d.actor}`")
+            return str(e)
+        return None
+
     def check_decision(self, kind: str, d: Decision) -> str | None:
         """Why this decision is refused now, or None. Pure: no state change, no I/O."""
         role = self.role_of(d.actor)
@@ -600,6 +744,18 @@ class Runner:
             k, prev = self._decision
             return (f"{k} by {prev.actor} was already accepted at step {self.progress.awaiting.step!r}; "
                     f"this {kind} by {d.actor} is not applied")
+        if self.signing:
+            why = self.signature_refusal(kind, d)
+            if why:
+                return why
+        if d.break_glass is not None:
+            aw = self.progress.awaiting
+            if aw is None or aw.approvals_needed < 2:
+                return "--break-glass forces a two-person approval alone; this step does not need two"
+            if not role.at_least(Role.SUPER_ADMIN):
+                return f"{d.actor} is {role.value}; break-glass needs a super_admin"
+            if not d.break_glass.strip():
+                return "--break-glass needs a reason"
         if kind == "escalate" and self._escalate_open:
             return None if role.at_least(Role.ON_CALL) else f"{d.actor} is {role.value}; escalating needs on_call"
         if kind in self.extra_answers:
@@ -622,6 +778,9 @@ class Runner:
             return "choose degradation level 2 or 3 (--level 2|3)"
         if aw.expects == "level_choice" and d.level == 3 and not role.at_least(Role.SUPER_ADMIN):
             return f"{d.actor} is {role.value}; level 3 needs super_admin"
+        if aw.approvals_needed > 1 and d.actor in aw.approved_by and self._counts_as_approval(kind, d):
+            return (f"{d.actor} already approved step {aw.step!r}: the two-person rule needs a different "
+                    f"{aw.min_role} (still needed: one of {', '.join(aw.still_needed) or 'nobody'})")
         return None
 
     def accept(self, kind: str, d: Decision) -> DecisionAck:
@@ -630,8 +789,13 @@ class Runner:
             self._escalation = d
         else:
             self._decision = (kind, d)
+        proof = d.proof() if self.signing else None
+        if proof is not None:
+            self.used_nonces.append(proof.request.nonce)
+            self.proofs.append(proof)
         self.progress.decisions.append(DecisionRecord(at=workflow.now(), kind=kind, actor=d.actor, accepted=True,
-                                                      detail=d.reason))
+                                                      detail=d.reason, key_id=d.key_id if proof else None,
+                                                      break_glass=d.break_glass))
         return DecisionAck(accepted=True, step=step, message=f"{kind} by {d.actor} accepted at step {step}")
 
     def refuse(self, kind: str, d: Decision, why: str) -> None:

@@ -1,0 +1,85 @@
+"""Helpers for tests of signed requests: operators' keys, signing like the CLI, a worker with signing on."""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from temporalio.worker import Worker
+
+from activities.requests import RequestActivities
+from activities.switch_activities import SwitchActivities
+from rollbackctl import identity
+from tests.test_store_helpers import dump
+from workflows.models import Decision
+from workflows.registry import WORKFLOWS
+
+NAMES = ("alice", "sam", "rita", "oscar", "vic")
+SIGNED_HISTORIES = __import__("pathlib").Path(__file__).parent / "histories" / "signed"
+
+
+async def save_signed_history(handle, name: str) -> None:
+    """With RECORD_HISTORIES=1, write tests/histories/signed/<name>.json with the workflow id beside the
+    events: signed decisions are bound to it, so a replay must use the original id (test_signed_replay.py)."""
+    import json
+    import os
+
+    if os.environ.get("RECORD_HISTORIES") != "1":
+        return
+    SIGNED_HISTORIES.mkdir(parents=True, exist_ok=True)
+    hist = await handle.fetch_history()
+    (SIGNED_HISTORIES / f"{name}.json").write_text(json.dumps({"workflowId": handle.id, **json.loads(hist.to_json())}))
+
+
+class Signers:
+    """One Ed25519 key per operator of the `store` fixture; signs what the CLI would sign."""
+
+    def __init__(self) -> None:
+        self.keys: dict[str, Ed25519PrivateKey] = {n: Ed25519PrivateKey.generate() for n in NAMES}
+
+    def public(self, name: str) -> str:
+        return identity.public_key_text(self.keys[name])
+
+    async def register(self, store) -> None:
+        for name in NAMES:
+            await store.rotate_key(name, self.public(name), actor="system", bootstrap=True)
+
+    def request(self, actor: str, key: Ed25519PrivateKey | None = None, **fields: Any) -> identity.Proof:
+        fields.setdefault("nonce", secrets.token_urlsafe(18))
+        return identity.sign(key or self.keys[actor], identity.SignedRequest(actor=actor, **fields))
+
+    def decision(self, wid: str, kind: str, step: str, d: Decision, key: Ed25519PrivateKey | None = None,
+                 **override: Any) -> Decision:
+        """`d` signed as the CLI signs it (for workflow `wid`, decision `kind`, at `step`)."""
+        d = d.model_copy(update={"action": kind, "workflow_id": wid, "step": step,
+                                 "nonce": secrets.token_urlsafe(18), **override})
+        p = self.request(d.actor, key=key, **d.signed_request().model_dump(exclude={"actor"}))
+        return d.model_copy(update={"signature": p.signature, "key_id": p.key_id})
+
+    def start(self, inp, action: str, wid: str, key: Ed25519PrivateKey | None = None):
+        inp.proof = self.request(inp.requested_by, key=key, action=action, target=wid, values=inp.signed_values(),
+                                 workflow_id=wid)
+        return inp
+
+
+def signing_worker(env, store, standins, task_queue: str) -> Worker:
+    """A worker as production runs it: signing on, signed direct requests, stand-in core and paging."""
+    sa = SwitchActivities(store, signing=True)
+    ra = RequestActivities(store)
+    return Worker(env.client, task_queue=task_queue, workflows=WORKFLOWS,
+                  activities=[sa.apply, sa.snapshot, sa.roster, ra.apply, *standins.methods()])
+
+
+class Unchanged:
+    """`async with Unchanged(etcd, prefix):` asserts the prefix is byte-for-byte the same after the block."""
+
+    def __init__(self, etcd, prefix: str):
+        self.etcd, self.prefix = etcd, prefix
+
+    async def __aenter__(self):
+        self.before = await dump(self.etcd, self.prefix)
+
+    async def __aexit__(self, *exc):
+        if exc[0] is None:
+            assert await dump(self.etcd, self.prefix) == self.before, "a refused request changed etcd"

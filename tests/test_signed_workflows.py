@@ -1,0 +1,228 @@
+"""Signed approvals in workflows (signing on): refusals that say which, nothing written after one, the
+two-person rule, break-glass, key rotation within the roster refresh. Time-skipping server; Updates
+are sent while the workflow waits in a step (idle), the real etcd store is asserted."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from temporalio.client import WorkflowUpdateFailedError
+
+from manual.rollback import Durations, Scope, Severity
+from rollbackctl import identity
+from tests.identity_helpers import Signers, Unchanged, save_signed_history, signing_worker
+from tests.standins import StandIns
+from tests.wf_helpers import awaiting, incident, set_switches, values, wait_for
+from workflows.degradation import DegradationWorkflow, degrade_workflow_id
+from workflows.models import Decision, DegradeInput, RollbackInput
+from workflows.rollback import RollbackWorkflow, rollback_workflow_id
+
+D = Durations(observe=timedelta(minutes=1), check_interval=timedelta(seconds=30))
+
+
+@pytest.fixture
+async def signers(store) -> Signers:
+    s = Signers()
+    await s.register(store)
+    return s
+
+
+async def refused(call, *fragments: str) -> str:
+    with pytest.raises(WorkflowUpdateFailedError) as e:
+        await call
+    msg = str(e.value.cause)
+    for f in fragments:
+        assert f in msg, msg
+    return msg
+
+
+def rollback_input(inc, by="oscar", scope=Scope.CROSS, **kw) -> RollbackInput:
+    return RollbackInput(incident_id=inc, summary="s", severity=Severity.CRITICAL, scope=scope, requested_by=by,
+                         reason="test", durations=D, **kw)
+
+
+async def test_decisions_are_refused_unless_signed_for_this_workflow_step_and_action(
+        ts_env, store, etcd, prefix, signers, task_queue):
+    await set_switches(store, "alice", global_betting_enabled=True, routing_mode="NORMAL_MODE")
+    si, inc = StandIns(), incident()
+    wid = rollback_workflow_id(inc)
+    async with signing_worker(ts_env, store, si, task_queue):
+        h = await ts_env.client.start_workflow(
+            RollbackWorkflow.run, signers.start(rollback_input(inc), "rollback.start", wid), id=wid,
+            task_queue=task_queue)
+        await wait_for(h, ts_env, awaiting("confirm"))
+        assert await values(store, "routing_mode") == {"routing_mode": "HL_MODE"}
+        audit = [a for a in await store.audit() if a.source == wid]
+        assert [s["request"]["action"] for s in audit[0].model_extra["signatures"]] == ["rollback.start"]
+
+        ok = Decision(actor="oscar", reason="holds")
+        mallory = Ed25519PrivateKey.generate()
+        async with Unchanged(etcd, prefix):
+            await refused(h.execute_update(RollbackWorkflow.confirm, ok), "refused (unsigned)",
+                          f"use `rollbackctl confirm {wid}")
+            forged = signers.decision(wid, "confirm", "confirm", ok).model_copy(update={"reason": "something else"})
+            await refused(h.execute_update(RollbackWorkflow.confirm, forged), "refused (bad signature)")
+            await refused(h.execute_update(RollbackWorkflow.confirm,
+                                           signers.decision(wid, "confirm", "confirm", ok, key=mallory)),
+                          "refused (unknown key)")
+            await refused(h.execute_update(RollbackWorkflow.confirm,
+                                           signers.decision("rollback-other", "confirm", "confirm", ok)),
+                          "refused (other workflow)", "rollback-other")
+            await refused(h.execute_update(RollbackWorkflow.confirm, signers.decision(wid, "confirm", "observe", ok)),
+                          "refused (other step)", "signed at step 'observe'")
+            await refused(h.execute_update(RollbackWorkflow.confirm, signers.decision(wid, "proceed", "confirm", ok)),
+                          "refused (other action)")
+            await h.signal("confirm", Decision(actor="oscar"))  # the Web UI's signal cannot sign
+            p = await wait_for(h, ts_env, lambda p: any(not d.accepted for d in p.decisions), step=timedelta(seconds=1))
+            assert p.awaiting.step == "confirm"
+            assert "refused (unsigned)" in p.decisions[-1].detail and "rollbackctl confirm" in p.decisions[-1].detail
+
+        good = signers.decision(wid, "confirm", "confirm", ok)
+        await h.execute_update(RollbackWorkflow.confirm, good)
+        p = await wait_for(h, ts_env, awaiting("fix"))
+        assert p.decisions[-1].key_id == identity.key_id(signers.public("oscar"))
+        async with Unchanged(etcd, prefix):  # the same signed confirm again, now at the fix step
+            await refused(h.execute_update(RollbackWorkflow.confirm, good), "refused (other")
+        await h.terminate("test done")
+
+
+async def test_level_3_needs_two_super_admins_one_person_twice_is_refused(ts_env, store, etcd, prefix, signers,
+                                                                         task_queue):
+    si, inc = StandIns(), incident()
+    wid = degrade_workflow_id(3, inc)
+    inp = DegradeInput(level=3, incident_id=inc, requested_by="alice", reason="db down", durations=D)
+    async with signing_worker(ts_env, store, si, task_queue):
+        h = await ts_env.client.start_workflow(DegradationWorkflow.run, signers.start(inp, "degrade.start", wid),
+                                               id=wid, task_queue=task_queue)
+        p = await wait_for(h, ts_env, lambda p: p.awaiting is not None and p.awaiting.step == "second_approval",
+                           step=timedelta(seconds=1))
+        aw = p.awaiting
+        assert (aw.approvals_needed, aw.approved_by, aw.still_needed) == (2, ["alice"], ["sam"])
+        assert "still needed: one of sam" in aw.prompt
+        assert (await values(store, "global_api_enabled"))["global_api_enabled"] is True
+        async with Unchanged(etcd, prefix):
+            await refused(h.execute_update(DegradationWorkflow.confirm, signers.decision(
+                wid, "confirm", "second_approval", Decision(actor="alice"))), "alice already approved",
+                "still needed: one of sam")
+            await refused(h.execute_update(DegradationWorkflow.confirm, signers.decision(
+                wid, "confirm", "second_approval", Decision(actor="rita"))), "needs super_admin")
+            await refused(h.execute_update(DegradationWorkflow.confirm, signers.decision(
+                wid, "confirm", "second_approval", Decision(actor="rita", break_glass="now"))),
+                "break-glass needs a super_admin")
+        await h.execute_update(DegradationWorkflow.confirm, signers.decision(
+            wid, "confirm", "second_approval", Decision(actor="sam", reason="agreed")))
+        await wait_for(h, ts_env, lambda p: p.awaiting is not None and p.awaiting.step == "confirm")
+        assert (await values(store, "global_api_enabled"))["global_api_enabled"] is False
+        await save_signed_history(h, "degradation_level_3_two_person")
+        await h.terminate("test done")
+    rec = [a for a in await store.audit() if a.source == wid][0]
+    assert [(s["request"]["actor"], s["request"]["action"]) for s in rec.model_extra["signatures"]] == [
+        ("alice", "degrade.start"), ("sam", "confirm")]
+    assert rec.model_extra.get("break_glass") is None
+
+
+async def test_no_second_approval_in_time_applies_nothing(ts_env, store, signers, task_queue):
+    si, inc = StandIns(), incident()
+    wid = degrade_workflow_id(3, inc)
+    inp = DegradeInput(level=3, incident_id=inc, requested_by="alice", reason="db down", durations=D)
+    async with signing_worker(ts_env, store, si, task_queue):
+        h = await ts_env.client.start_workflow(DegradationWorkflow.run, signers.start(inp, "degrade.start", wid),
+                                               id=wid, task_queue=task_queue)
+        await wait_for(h, ts_env, lambda p: p.result is not None, step=timedelta(minutes=1))  # roster re-read every 30 s
+        res = await h.result()
+    assert res.status == "not_applied" and "no second super_admin" in res.detail
+    assert (await values(store, "global_api_enabled"))["global_api_enabled"] is True
+    assert [a for a in await store.audit() if a.source == wid] == []
+
+
+async def test_break_glass_applies_level_3_alone_pages_everyone_and_is_marked(ts_env, store, signers, task_queue):
+    si, inc = StandIns(), incident()
+    wid = degrade_workflow_id(3, inc)
+    inp = DegradeInput(level=3, incident_id=inc, requested_by="alice", reason="db down", durations=D,
+                       break_glass="exchange draining, sam unreachable")
+    async with signing_worker(ts_env, store, si, task_queue):
+        h = await ts_env.client.start_workflow(DegradationWorkflow.run, signers.start(inp, "degrade.start", wid),
+                                               id=wid, task_queue=task_queue)
+        await wait_for(h, ts_env, awaiting("confirm"))
+        assert (await values(store, "global_api_enabled"))["global_api_enabled"] is False
+        await h.terminate("test done")
+    glass = [pg for pg in si.pages if "BREAK-GLASS" in pg["summary"]]
+    assert sorted(pg["escalation_level"] for pg in glass) == [1, 2, 3]
+    assert all(pg["dedup_key"].endswith(":break-glass") for pg in glass)
+    rec = [a for a in await store.audit() if a.source == wid][0]
+    assert rec.model_extra["break_glass"] == {"by": "alice", "reason": "exchange draining, sam unreachable"}
+
+
+async def test_a_forged_or_unsigned_start_changes_nothing(ts_env, store, etcd, prefix, signers, task_queue):
+    si = StandIns()
+    async with signing_worker(ts_env, store, si, task_queue):
+        for how in ("unsigned", "forged", "other workflow"):
+            inc = incident()
+            wid = rollback_workflow_id(inc)
+            inp = rollback_input(inc)
+            if how == "forged":  # oscar signed a single-module rollback; the input says cross-module
+                inp = signers.start(rollback_input(inc, scope=Scope.SINGLE, switch="hedging"), "rollback.start", wid)
+                inp = rollback_input(inc, proof=inp.proof)
+            elif how == "other workflow":
+                inp = signers.start(inp, "rollback.start", "rollback-elsewhere")
+            async with Unchanged(etcd, prefix):
+                h = await ts_env.client.start_workflow(RollbackWorkflow.run, inp, id=wid, task_queue=task_queue)
+                res = await h.result()
+            assert res.status == "refused", (how, res)
+            assert {"unsigned": "refused (unsigned)", "forged": "refused (other values)",
+                    "other workflow": "refused (other workflow)"}[how] in res.detail
+
+
+async def test_a_rotated_key_stops_working_within_the_roster_refresh(ts_env, store, signers, task_queue):
+    si, inc = StandIns(), incident()
+    wid = rollback_workflow_id(inc)
+    async with signing_worker(ts_env, store, si, task_queue):
+        h = await ts_env.client.start_workflow(
+            RollbackWorkflow.run, signers.start(rollback_input(inc, scope=Scope.SINGLE, switch="hedging"),
+                                                "rollback.start", wid), id=wid, task_queue=task_queue)
+        await wait_for(h, ts_env, awaiting("confirm"))
+        old = signers.keys["oscar"]
+        signers.keys["oscar"] = Ed25519PrivateKey.generate()
+        rotated = (await h.query(RollbackWorkflow.progress)).roster_at
+        await store.rotate_key("oscar", signers.public("oscar"), actor="alice")
+        p = await wait_for(h, ts_env, lambda p: p.roster_at > rotated, step=timedelta(seconds=10))
+        assert p.roster_at - p.awaiting.since < timedelta(seconds=31)  # ROSTER_REFRESH (30 s) + the read
+        await refused(h.execute_update(RollbackWorkflow.confirm, signers.decision(
+            wid, "confirm", "confirm", Decision(actor="oscar"), key=old)), "refused (removed key)")
+        await h.execute_update(RollbackWorkflow.confirm, signers.decision(wid, "confirm", "confirm",
+                                                                          Decision(actor="oscar")))
+        await wait_for(h, ts_env, awaiting("fix"))
+        await h.terminate("test done")
+
+
+async def test_restore_re_enabling_betting_needs_two_fixes(ts_env, store, signers, task_queue):
+    await set_switches(store, "alice", global_betting_enabled=True, routing_mode="NORMAL_MODE")
+    si, inc = StandIns(), incident()
+    wid = rollback_workflow_id(inc)
+    async with signing_worker(ts_env, store, si, task_queue):
+        h = await ts_env.client.start_workflow(
+            RollbackWorkflow.run, signers.start(rollback_input(inc), "rollback.start", wid), id=wid,
+            task_queue=task_queue)
+        await wait_for(h, ts_env, awaiting("confirm"))
+        await h.execute_update(RollbackWorkflow.confirm, signers.decision(wid, "confirm", "confirm",
+                                                                          Decision(actor="oscar")))
+        await wait_for(h, ts_env, awaiting("fix"))
+        fix = Decision(actor="alice", reference="pr-1", tests_passed=True)
+        first = signers.decision(wid, "fix", "fix", fix)
+        await h.execute_update(RollbackWorkflow.fix, first)
+        p = await wait_for(h, ts_env, lambda p: p.awaiting is not None and p.awaiting.approved_by == ["alice"])
+        assert p.awaiting.step == "fix" and "sam" in p.awaiting.still_needed
+        assert (await values(store, "global_betting_enabled"))["global_betting_enabled"] is False
+        await refused(h.execute_update(RollbackWorkflow.fix, first), "refused (reused nonce)")
+        await refused(h.execute_update(RollbackWorkflow.fix, signers.decision(wid, "fix", "fix", fix)),
+                      "alice already approved")
+        await h.execute_update(RollbackWorkflow.fix, signers.decision(
+            wid, "fix", "fix", Decision(actor="sam", reference="pr-1", tests_passed=True)))
+        res = await h.result()
+        await save_signed_history(h, "rollback_two_person_restore")
+    assert res.status == "restored"
+    assert await values(store, "global_betting_enabled") == {"global_betting_enabled": True}
+    last = [a for a in await store.audit() if a.source == wid][-1]
+    assert {s["request"]["actor"] for s in last.model_extra["signatures"]} >= {"alice", "sam"}
