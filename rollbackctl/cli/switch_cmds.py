@@ -1,17 +1,34 @@
-"""`init`, `switch list|get|set`, `audit`, `operator add|list`: the control matrix in etcd."""
+"""`init`, `switch list|get|set`, `audit [verify]`, `operator add|list|rotate-key`, `keygen`.
+
+With signing on (the default), `switch set` and `operator add|rotate-key` are signed with the
+operator's private key and carried out by the worker (ChangeRequestWorkflow), which alone holds
+etcd's write credentials; with ROLLBACKCTL_SIGNING=off (local drills) they write etcd directly.
+"""
 
 from __future__ import annotations
 
 import argparse
+import sys
 import uuid
 
 from rollbackctl.cli.common import CliError, print_json, switch_store, table
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("init", help="write every missing switch default (never overwrites); bootstrap the first super admin")
+    p = sub.add_parser("init", help="write every missing switch default (never overwrites); bootstrap the first super admin",
+                       description="Run once per prefix with etcd write credentials (an administrator's).")
     p.add_argument("--super-admin", metavar="NAME", help="create this super admin if no operator exists yet")
+    _key_args(p, "the super admin's")
     p.set_defaults(func=cmd_init)
+
+    p = sub.add_parser("keygen", help="create an Ed25519 key pair; the private key stays in a 0600 file here",
+                       description="Writes the private key (PKCS#8 PEM, mode 0600) to ROLLBACKCTL_KEY_FILE, or "
+                                   "ROLLBACKCTL_KEY_DIR/NAME.key, or ~/.config/rollbackctl/keys/NAME.key, and prints "
+                                   "the public key for `operator add --public-key`.")
+    p.add_argument("--operator", metavar="NAME", help="whose key (names the file)")
+    p.add_argument("--out", metavar="PATH", help="write the private key here instead")
+    p.add_argument("--force", action="store_true", help="replace an existing key file")
+    p.set_defaults(func=cmd_keygen)
 
     sw = sub.add_parser("switch", help="read and change the control matrix").add_subparsers(
         dest="switch_cmd", metavar="SUBCOMMAND", required=True
@@ -32,11 +49,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--as", dest="actor", required=True, metavar="OPERATOR")
     p.add_argument("--reason", required=True)
     p.add_argument("--expect", metavar="VALUE", help="only if the switch still holds this value (compare-and-swap)")
+    p.add_argument("--break-glass", metavar="REASON",
+                   help="super admin: apply a two-person change alone (paged to everyone, marked in the audit)")
+    p.add_argument("--wait", action="store_true", help="a two-person change: wait for the second approval")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_set)
 
-    p = sub.add_parser("audit", help="the audit trail, newest last")
+    p = sub.add_parser("audit", help="the audit trail, newest last; `audit verify` checks its hash chain and signatures")
+    p.add_argument("verify", nargs="?", choices=["verify"],
+                   help="walk the chain and the signatures; report the first broken link (exit 7)")
     p.add_argument("--limit", type=int, default=20, help="how many records (default 20; 0 = all)")
+    p.add_argument("--expect-head", metavar="SEQ:HASH",
+                   help="verify: the record SEQ must still have this hash (a head noted earlier, kept outside etcd)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_audit)
 
@@ -47,10 +71,40 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("name")
     p.add_argument("role", choices=["super_admin", "risk_manager", "on_call", "viewer"])
     p.add_argument("--as", dest="actor", required=True, metavar="OPERATOR")
+    _key_args(p, "the new operator's")
     p.set_defaults(func=cmd_operator_add)
+    p = op.add_parser("rotate-key", help="replace an operator's public key (super admin; audited): the old key stops working")
+    p.add_argument("name")
+    p.add_argument("--as", dest="actor", required=True, metavar="SUPERADMIN")
+    _key_args(p, "the new")
+    p.add_argument("--reason", default="")
+    p.set_defaults(func=cmd_operator_rotate_key)
     p = op.add_parser("list", help="operators and roles")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_operator_list)
+
+
+def _key_args(p: argparse.ArgumentParser, whose: str) -> None:
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--public-key", metavar="B64", help=f"{whose} public key (printed by `rollbackctl keygen`)")
+    g.add_argument("--generate-key", action="store_true",
+                   help=f"generate {whose} key pair here (the private key goes to that operator's key file)")
+
+
+def _public_key(args, name: str, temp: bool = False) -> tuple[str | None, object]:
+    """The public key the arguments give (generating one if asked) and the key file written (or None)."""
+    from rollbackctl import keys
+
+    if args.public_key:
+        return args.public_key.strip(), None
+    if not args.generate_key:
+        return None, None
+    path = keys.key_path(name)
+    if temp:  # a rotation: the new key replaces the old file only once the rotation is applied
+        path = path.with_name(path.name + ".new")
+    pub = keys.generate(path, force=temp)
+    print(f"private key for {name} written to {path} (mode 0600)")
+    return pub, path
 
 
 def _row(sw, st) -> dict:
@@ -71,14 +125,39 @@ def _row(sw, st) -> dict:
 
 
 async def cmd_init(args) -> int:
+    pub = None
+    if args.super_admin and (args.public_key or args.generate_key):
+        from rollbackctl import identity, keys
+
+        if args.generate_key and keys.key_path(args.super_admin).exists():  # a re-run: keep the key
+            pub = identity.public_key_text(keys.load(args.super_admin))
+            print(f"using the existing key of {args.super_admin} at {keys.key_path(args.super_admin)}")
+        else:
+            pub, _ = _public_key(args, args.super_admin)
     async with switch_store() as store:
-        r = await store.init(super_admin=args.super_admin, actor=args.super_admin or "system")
+        r = await store.init(super_admin=args.super_admin, actor=args.super_admin or "system", public_key=pub)
     if r["initialised"]:
         print(f"initialised {len(r['initialised'])} switches to their defaults: {', '.join(r['initialised'])}")
     else:
         print(f"all {r['existing']} switches already present; nothing overwritten")
     if args.super_admin:
-        print(f"super admin: {args.super_admin}")
+        async with switch_store() as store:
+            op = await store.operator(args.super_admin)
+        print(f"super admin: {args.super_admin}" + (f" (key {op.key_id})" if op and op.key_id else " (no key yet)"))
+    return 0
+
+
+async def cmd_keygen(args) -> int:
+    from pathlib import Path
+
+    from rollbackctl import identity, keys
+
+    path = Path(args.out).expanduser() if args.out else keys.key_path(args.operator)
+    pub = keys.generate(path, force=args.force)
+    print(f"private key: {path} (mode 0600; it never leaves this machine)")
+    print(f"public key:  {pub}")
+    print(f"key id:      {identity.key_id(pub)}")
+    print(f"register it: rollbackctl operator add {args.operator or 'NAME'} ROLE --as SUPERADMIN --public-key {pub}")
     return 0
 
 
@@ -141,6 +220,12 @@ async def cmd_set(args) -> int:
         raise CliError(str(e), 2) from None
     if not args.reason.strip():
         raise CliError("--reason must not be empty", 2)
+    from rollbackctl.cli import signing
+
+    if signing.signing_on():
+        return await _set_signed(args, sw, value, expected)
+    if args.break_glass:
+        raise CliError("--break-glass needs signing on (the two-person rule is off with ROLLBACKCTL_SIGNING=off)", 2)
     req = ChangeSetRequest(
         change_id=f"cli-{uuid.uuid4()}",
         actor=args.actor,
@@ -159,9 +244,38 @@ async def cmd_set(args) -> int:
     return 0
 
 
+async def _set_signed(args, sw, value, expected) -> int:
+    """Sign the change against the revision read now; the worker verifies and applies it."""
+    from rollbackctl.cli import signing
+
+    async with switch_store() as store:
+        st = await store.get(sw.name)
+    if st.revision == 0:
+        raise CliError(f"switch store not initialised ({sw.name} missing): run `rollbackctl init`", 2)
+    values = {"value": value, "reason": args.reason.strip()}
+    if expected is not None:
+        values["expected"] = expected[sw.name]
+    if args.break_glass:
+        values["break_glass"] = args.break_glass
+    proof = signing.sign(args.actor, action="switch.set", target=f"switch:{sw.name}", values=values,
+                         revision=st.revision)
+    res, pending = await signing.submit(proof, wait=args.wait)
+    code = signing.report(res, pending, f"{sw.name}={sw.render(value)}", args.json)
+    if code == 0 and not args.json:
+        r = res.outcome.result
+        for c in r.changes:
+            print(f"{c.switch}: {sw.render(c.old)} -> {sw.render(c.new)}  (audit {r.audit_id}, etcd revision "
+                  f"{r.revision}; signed by {args.actor}, key {proof.key_id}"
+                  + (f"; approved by {', '.join(res.approved_by[1:])}" if len(res.approved_by) > 1 else "")
+                  + (f"; BREAK-GLASS: {args.break_glass}" if args.break_glass else "") + ")")
+    return code
+
+
 async def cmd_audit(args) -> int:
     from manual import switches
 
+    if args.verify:
+        return await cmd_audit_verify(args)
     async with switch_store() as store:
         recs = await store.audit(limit=args.limit or None)
     if args.json:
@@ -177,17 +291,94 @@ async def cmd_audit(args) -> int:
         if r.action.startswith("operator."):
             what = r.reason
         actor = f"{r.actor} ({r.role})" + (f" approved by {r.approved_by}" if r.approved_by else "")
+        extra = r.model_extra or {}
+        if extra.get("signatures"):
+            actor += " [signed]"
+        if extra.get("break_glass"):
+            actor += f" [BREAK-GLASS: {extra['break_glass'].get('reason')}]"
         rows.append([r.id, r.at, actor, r.source + (" [DRILL]" if r.drill else ""), what, r.reason])
     print(table(rows, ["ID", "AT", "ACTOR", "SOURCE", "CHANGES", "REASON"]) if rows else "(no audit records)")
     return 0
 
 
-async def cmd_operator_add(args) -> int:
-    from manual.roles import Role
+async def cmd_audit_verify(args) -> int:
+    from rollbackctl import audit_verify
 
     async with switch_store() as store:
-        op = await store.add_operator(args.name, Role(args.role), actor=args.actor)
-    print(f"operator {op.name} added as {op.role.value} by {args.actor}")
+        rep = await audit_verify.verify_store(store, expect_head=args.expect_head)
+    if args.json:
+        print_json(rep.model_dump(mode="json"))
+    else:
+        print(rep.text())
+    return 0 if rep.ok else audit_verify.BROKEN_EXIT
+
+
+async def cmd_operator_add(args) -> int:
+    from manual.roles import Role
+    from rollbackctl.cli import signing
+
+    if signing.signing_on():
+        if args.actor == args.name:
+            raise CliError("an operator is added by another, existing super admin", 3)
+        pub, path = _public_key(args, args.name)
+        if pub is None:
+            print(f"note: {args.name} has no key yet: they cannot sign until a super admin runs "
+                  f"`rollbackctl operator rotate-key {args.name} --public-key ...`", file=sys.stderr)
+        try:
+            proof = signing.sign(args.actor, action="operator.add", target=f"operator:{args.name}",
+                                 values={"role": args.role, **({"public_key": pub} if pub else {})}, revision=0)
+            res, _ = await signing.submit(proof)
+            code = signing.report(res, None, f"operator add {args.name}", False)
+        except BaseException:
+            if path is not None:  # not registered: do not leave a key nobody knows
+                path.unlink(missing_ok=True)
+            raise
+        op = res.outcome.operator
+        print(f"operator {args.name} added as {args.role} by {args.actor} (key {op.get('key_id') or 'none'}; "
+              f"signed, key {proof.key_id})")
+        return code
+    pub, _ = _public_key(args, args.name)
+    async with switch_store() as store:
+        op = await store.add_operator(args.name, Role(args.role), actor=args.actor, public_key=pub)
+    print(f"operator {op.name} added as {op.role.value} by {args.actor}" + (f" (key {op.key_id})" if op.key_id else ""))
+    return 0
+
+
+async def cmd_operator_rotate_key(args) -> int:
+    import os
+
+    from rollbackctl.cli import signing
+
+    if not (args.public_key or args.generate_key):
+        raise CliError("give the new key: --public-key B64 (from `rollbackctl keygen`) or --generate-key", 2)
+    async with switch_store() as store:
+        kv = await store.etcd.get(store.operator_key(args.name))
+        if kv is None:
+            raise CliError(f"unknown operator {args.name!r} (see `rollbackctl operator list`)", 2)
+        before = await store.operator(args.name)
+    pub, path = _public_key(args, args.name, temp=True)
+    try:
+        if signing.signing_on():
+            proof = signing.sign(args.actor, action="operator.rotate_key", target=f"operator:{args.name}",
+                                 values={"public_key": pub, **({"reason": args.reason} if args.reason else {})},
+                                 revision=kv.mod_revision)
+            res, _ = await signing.submit(proof)
+            signing.report(res, None, f"rotate-key {args.name}", False)
+            new_id = res.outcome.operator.get("key_id")
+        else:
+            async with switch_store() as store:
+                new_id = (await store.rotate_key(args.name, pub, actor=args.actor, reason=args.reason or None)).key_id
+    except BaseException:
+        if path is not None:
+            path.unlink(missing_ok=True)
+        raise
+    if path is not None:  # applied: the new private key takes the old one's place
+        from rollbackctl import keys
+
+        os.replace(path, keys.key_path(args.name))
+        print(f"{keys.key_path(args.name)} now holds the new private key")
+    print(f"key of {args.name} rotated by {args.actor}: {before.key_id or 'none'} -> {new_id} "
+          "(the old key stops working for changes now, for workflow approvals within 30 s)")
     return 0
 
 
@@ -197,5 +388,6 @@ async def cmd_operator_list(args) -> int:
     if args.json:
         print_json([o.model_dump() for o in ops])
     else:
-        print(table([[o.name, o.role.value, o.added_by, o.added_at] for o in ops], ["NAME", "ROLE", "ADDED BY", "ADDED AT"]))
+        print(table([[o.name, o.role.value, o.key_id or "(no key)", o.added_by, o.added_at] for o in ops],
+                    ["NAME", "ROLE", "KEY", "ADDED BY", "ADDED AT"]))
     return 0

@@ -1,6 +1,8 @@
 """On-call commands: `rollback start`, `degrade`, `confirm|proceed|cancel|escalate|fix`, `status`.
 
 Each prints the workflow id and its Web UI link. ID arguments take a workflow id or an incident id.
+With signing on (the default) starts and decisions are signed with the operator's private key
+(rollbackctl/cli/signing.py): a decision is bound to the workflow, the step it waits at and its kind.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from rollbackctl.cli.common import CliError, print_json
 
 _DUR = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h|d)$")
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
-WORKFLOW_PREFIXES = ("rollback-", "degrade-", "canary-", "incident-", "monitor")
+WORKFLOW_PREFIXES = ("rollback-", "degrade-", "canary-", "incident-", "monitor", "change-")
 
 
 def duration(text: str) -> timedelta:
@@ -61,6 +63,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--as", dest="actor", required=True, metavar="OPERATOR")
     p.add_argument("--reason", required=True)
     p.add_argument("--summary", help="one line for pages (default: the reason)")
+    p.add_argument("--break-glass", metavar="REASON",
+                   help="super admin, full_system: apply Level 3 without a second approval (paged to everyone, audited)")
     p.add_argument("--wait", action="store_true", help="follow progress until the workflow ends")
     _durations_args(p)
     p.set_defaults(func=cmd_rollback_start)
@@ -70,6 +74,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--incident", required=True)
     p.add_argument("--as", dest="actor", required=True, metavar="OPERATOR")
     p.add_argument("--reason", required=True)
+    p.add_argument("--break-glass", metavar="REASON",
+                   help="super admin, level 3: apply it without a second approval (paged to everyone, audited)")
     p.add_argument("--wait", action="store_true")
     _durations_args(p)
     p.set_defaults(func=cmd_degrade)
@@ -85,6 +91,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         p.add_argument("id", help="workflow id or incident id")
         p.add_argument("--as", dest="actor", required=True, metavar="OPERATOR")
         p.add_argument("--reason", default="")
+        if name in ("confirm", "escalate", "fix"):
+            p.add_argument("--break-glass", metavar="REASON",
+                           help="super admin: force a two-person step alone (paged to everyone, audited)")
         if name == "escalate":
             p.add_argument("--level", type=int, choices=[2, 3])
         if name == "fix":
@@ -156,9 +165,13 @@ async def cmd_rollback_start(args) -> int:
         raise CliError(str(e).strip('"'), 2) from None
     inp = RollbackInput(incident_id=args.incident, summary=args.summary or args.reason,
                         severity=rollback.Severity(args.severity), scope=scope, switch=args.switch,
-                        requested_by=args.actor, reason=args.reason, durations=_durations(args), drill=args.drill)
+                        requested_by=args.actor, reason=args.reason, durations=_durations(args), drill=args.drill,
+                        break_glass=args.break_glass)
     from manual.roles import Role
+    from rollbackctl.cli import signing
     from rollbackctl.temporal_client import connect
+
+    inp.proof = signing.start_proof(inp, "rollback.start", f"rollback-{args.incident}")  # ~0.1 ms: not on the clock
 
     # The role check (etcd) and the Temporal connection go in parallel: both are on the critical path.
     role, client = await asyncio.gather(_operator_role(args.actor), connect())
@@ -179,8 +192,11 @@ async def cmd_degrade(args) -> int:
     role = await _operator_role(args.actor)
     if not role.at_least(lvl.permission):
         raise CliError(f"degradation level {lvl.level} needs {lvl.permission.value}; {args.actor} is {role.value}", 3)
+    from rollbackctl.cli import signing
+
     inp = DegradeInput(level=args.level, incident_id=args.incident, requested_by=args.actor, reason=args.reason,
-                       durations=_durations(args), drill=args.drill)
+                       durations=_durations(args), drill=args.drill, break_glass=args.break_glass)
+    inp.proof = signing.start_proof(inp, "degrade.start", degrade_workflow_id(args.level, args.incident))
     print(f"level {lvl.level}: {lvl.name}\nswitches: " + ", ".join(f"{k}={v}" for k, v in lvl.switch_set.items()))
     print("still available: " + "; ".join(lvl.available))
     return await _start(DegradationWorkflow.run, inp, degrade_workflow_id(args.level, args.incident), "degradation",
@@ -209,16 +225,19 @@ async def cmd_decision(args) -> int:
     from rollbackctl.temporal_client import connect
     from workflows.models import Decision
 
+    from rollbackctl.cli.signing import signed_decision
+
     d = Decision(actor=args.actor, reason=args.reason, reference=getattr(args, "reference", None),
                  tests_passed=getattr(args, "tests_passed", False), restore=getattr(args, "restore", True),
-                 level=getattr(args, "level", None))
+                 level=getattr(args, "level", None), break_glass=getattr(args, "break_glass", None))
     client = await connect()
     wid = await resolve_id(client, args.id)
     try:
+        d = await signed_decision(client, wid, args.decision, d)
         ack = await client.get_workflow_handle(wid).execute_update(args.decision, d, result_type=dict)
     except WorkflowUpdateFailedError as e:
         msg = str(getattr(e.cause, "message", None) or e.cause or e)
-        code = 3 if re.search(r"needs|not an operator|is (viewer|on_call|risk_manager)", msg) else 4
+        code = 3 if re.search(r"needs|not an operator|is (viewer|on_call|risk_manager)|refused \((?!other step)", msg) else 4
         raise CliError(f"{args.decision} refused by {wid}: {msg}", code) from None
     except RPCError as e:
         raise CliError(f"{wid}: {e.message}", 4 if "completed" in e.message.lower() else 5) from None

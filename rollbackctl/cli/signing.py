@@ -1,0 +1,131 @@
+"""The CLI side of signed requests: sign with the operator's private key, submit to the worker.
+
+Every command that changes or approves something goes through here. With ROLLBACKCTL_SIGNING=off
+(local drills only) nothing is signed and a warning is printed on stderr; the caller then writes
+etcd itself, or sends an unsigned decision.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import sys
+from typing import Any
+
+from rollbackctl import identity
+from rollbackctl.cli.common import CliError
+
+_warned = False
+
+
+def signing_on() -> bool:
+    """ROLLBACKCTL_SIGNING (on unless `off`); off is announced, loudly, once per command."""
+    global _warned
+    from rollbackctl.settings import SIGNING_OFF_WARNING, SigningSettings
+
+    on = SigningSettings().signing
+    if not on and not _warned:
+        _warned = True
+        print(f"rollbackctl: {SIGNING_OFF_WARNING}", file=sys.stderr, flush=True)
+    return on
+
+
+def new_nonce() -> str:
+    return secrets.token_urlsafe(18)  # 24 characters of [A-Za-z0-9_-]
+
+
+def sign(actor: str, **fields: Any) -> identity.Proof:
+    """Sign a request as `actor` with their private key (rollbackctl/keys.py)."""
+    from rollbackctl import keys
+
+    key = keys.load(actor)
+    return identity.sign(key, identity.SignedRequest(actor=actor, nonce=fields.pop("nonce", None) or new_nonce(),
+                                                     **fields))
+
+
+async def signed_decision(client, wid: str, kind: str, d):
+    """`d` signed for workflow `wid`, decision `kind` and the step the workflow waits at now."""
+    from workflows.models import Progress
+
+    if not signing_on():
+        return d
+    p = await client.get_workflow_handle(wid).query("progress", result_type=Progress)
+    step = p.awaiting.step if p.awaiting is not None else p.current_step
+    d = d.model_copy(update={"action": kind, "workflow_id": wid, "step": step or "-", "nonce": new_nonce()})
+    proof = sign(d.actor, **d.signed_request().model_dump(exclude={"actor"}))
+    return d.model_copy(update={"signature": proof.signature, "key_id": proof.key_id})
+
+
+def start_proof(inp, action: str, wid: str) -> identity.Proof | None:
+    """The requester's signed start of workflow `wid` (None when signing is off)."""
+    if not signing_on():
+        return None
+    return sign(inp.requested_by, action=action, target=wid, values=inp.signed_values(), workflow_id=wid)
+
+
+# -- direct changes through the worker (ChangeRequestWorkflow) ----------------------------------------
+EXIT_FOR_REFUSAL = {"PermissionDenied": 3, "Conflict": 4, "InvalidChange": 2, "NotInitialised": 2}
+PENDING_EXIT = 6
+
+
+async def submit(proof: identity.Proof, wait: bool = False, wait_s: float = 30.0):
+    """Start ChangeRequestWorkflow for `proof`; return its result, or (status "pending", progress) when it
+    waits for a second approval and `wait` is False."""
+    from datetime import timedelta
+
+    from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
+
+    from rollbackctl.settings import SigningSettings, TemporalSettings
+    from rollbackctl.temporal_client import connect
+    from workflows.models import Progress
+    from workflows.request_models import ChangeRequestInput, ChangeRequestResult, change_request_workflow_id
+
+    s = TemporalSettings()
+    client = await connect(s)
+    wid = change_request_workflow_id(proof.request.nonce)
+    inp = ChangeRequestInput(proof=proof, approval_timeout=timedelta(seconds=SigningSettings().approval_timeout_s))
+    h = await client.start_workflow(
+        "ChangeRequestWorkflow", inp, id=wid, task_queue=s.task_queue,
+        id_conflict_policy=WorkflowIDConflictPolicy.FAIL, id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+        request_eager_start=True, result_type=ChangeRequestResult)
+    result = asyncio.ensure_future(h.result())
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait_s
+    try:
+        while True:
+            done, _ = await asyncio.wait({result}, timeout=0.05)
+            if done:
+                return result.result(), None
+            if not wait:
+                p = await h.query("progress", result_type=Progress)
+                if p.awaiting is not None:
+                    return None, p
+                if loop.time() > deadline:
+                    raise CliError(f"{wid} has not answered in {wait_s:.0f}s: is the worker running? "
+                                   f"(`rollbackctl status {wid}`)", 5)
+    finally:
+        if not result.done():
+            result.cancel()
+
+
+def report(res, pending, what: str, as_json: bool) -> int:
+    """Print a change request's outcome; the exit code."""
+    from rollbackctl.cli.common import print_json
+    from rollbackctl.settings import TemporalSettings
+
+    if pending is not None:
+        aw = pending.awaiting
+        if as_json:
+            print_json({"workflow_id": pending.workflow_id, "status": "pending", "awaiting": aw.model_dump(mode="json")})
+        else:
+            print(f"PENDING {what}: {aw.prompt}\n"
+                  f"approve: rollbackctl confirm {pending.workflow_id} --as OTHER   (until {aw.deadline:%H:%M:%S} UTC)\n"
+                  f"Web UI   {TemporalSettings().workflow_url(pending.workflow_id)}")
+        return PENDING_EXIT
+    if res.status == "refused":
+        raise CliError(f"{what} refused by the worker: {res.detail}", EXIT_FOR_REFUSAL.get(res.refusal_type or "", 3))
+    if res.status == "expired":
+        raise CliError(f"{what}: {res.detail}", 4)
+    if as_json:
+        print_json(res.model_dump(mode="json"))
+    return 0
