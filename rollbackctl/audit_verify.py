@@ -53,8 +53,9 @@ class Report(BaseModel):
         if self.break_glass:
             lines.append("BREAK-GLASS records: " + "; ".join(self.break_glass))
         if self.unsigned:
-            lines.append(f"{len(self.unsigned)} records by people carry no signature (made with signing off, or "
-                         "before keys): " + ", ".join(self.unsigned[:10]) + (" ..." if len(self.unsigned) > 10 else ""))
+            lines.append(f"{len(self.unsigned)} records by people carry no signature (signing off, before keys, or "
+                         "from a workflow that does not attach them yet): " + ", ".join(self.unsigned[:10])
+                         + (" ..." if len(self.unsigned) > 10 else ""))
         return "\n".join(lines)
 
 

@@ -44,14 +44,16 @@ class Demo:
     env: dict[str, str]
     super_admin: str = "alice"
     risk_manager: str = "rita"
+    second_super_admin: str = "sam"  # the two-person rule's other super admin
     started: list[str] = field(default_factory=list)
     notes: dict[str, Any] = field(default_factory=dict)
 
-    def cli(self, *args: str, ok: tuple[int, ...] = (0,), show: bool = True) -> subprocess.CompletedProcess:
+    def cli(self, *args: str, ok: tuple[int, ...] = (0,), show: bool = True,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
         """Run `rollbackctl ARGS` as a user would; print the command line and its output."""
         if show:
             print(f"$ rollbackctl {' '.join(_quote(a) for a in args)}", flush=True)
-        p = subprocess.run([ROLLBACKCTL, *args], env=self.env, capture_output=True, text=True,
+        p = subprocess.run([ROLLBACKCTL, *args], env={**self.env, **(env or {})}, capture_output=True, text=True,
                            stdin=subprocess.DEVNULL, timeout=120)
         if show:
             sys.stdout.write(p.stdout)
@@ -63,6 +65,44 @@ class Demo:
 
     def cli_json(self, *args: str) -> Any:
         return json.loads(self.cli(*args, "--json", show=False).stdout)
+
+    def key_file(self, name: str) -> Path:
+        return Path(self.env["ROLLBACKCTL_KEY_DIR"]) / f"{name}.key"
+
+    def ensure_operator(self, name: str, role: str, show: bool = True) -> None:
+        """`name` is an operator of `role` whose public key matches their key file under the demo's key
+        directory (a stack kept from an earlier run keeps its operators and keys)."""
+        from rollbackctl import identity, keys
+
+        path = self.key_file(name)
+        pub = identity.public_key_text(keys.load_file(path, name)) if path.exists() else None
+        key_args = ["--public-key", pub] if pub else ["--generate-key"]
+        ops = {o["name"]: o for o in self.cli_json("operator", "list")}
+        if name not in ops:
+            self.cli("operator", "add", name, role, "--as", self.super_admin, *key_args, show=show)
+        elif pub is None or ops[name].get("public_key") != pub:
+            self.cli("operator", "rotate-key", name, "--as", self.super_admin, *key_args, show=show)
+        elif show:
+            print(f"({name} is already an operator ({ops[name]['role']}) with the key in {path})")
+
+    def approve_change(self, pending: subprocess.CompletedProcess, approver: str, reason: str) -> None:
+        """A two-person change printed PENDING: the other super admin approves it; wait until applied."""
+        import re
+
+        m = re.search(r"rollbackctl confirm (change-\S+)", pending.stdout)
+        if m is None:
+            raise DemoError("expected a pending two-person change")
+        self.cli("confirm", m.group(1), "--as", approver, "--reason", reason)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            p = json.loads(self.cli("status", m.group(1), "--json", show=False).stdout)
+            if p.get("result"):
+                print(f"{m.group(1)}: {p['result']} ({p.get('detail')})")
+                if p["result"] != "applied":
+                    raise DemoError(f"{m.group(1)} {p['result']}: {p.get('detail')}")
+                return
+            time.sleep(0.1)
+        raise DemoError(f"{m.group(1)} was not applied in 30 s")
 
     def etcdctl(self, *args: str) -> None:
         from rollbackctl import procs
@@ -98,16 +138,24 @@ def header(text: str, char: str = "=") -> None:
 
 # -- the scenario ------------------------------------------------------------------------------------
 
-@step("Initialise the control matrix in etcd (never overwrites; bootstraps the first super admin)")
+@step("Initialise the control matrix in etcd (never overwrites; bootstraps the first super admin and her key)")
 def initialise(demo: Demo) -> None:
-    demo.cli("init", "--super-admin", demo.super_admin)
+    demo.cli("init", "--super-admin", demo.super_admin, "--generate-key")
+    from rollbackctl import identity, keys
+
+    ops = {o["name"]: o for o in demo.cli_json("operator", "list")}
+    mine = identity.public_key_text(keys.load_file(demo.key_file(demo.super_admin)))
+    if ops[demo.super_admin].get("public_key") != mine:
+        raise DemoError(f"{demo.super_admin}'s key in etcd is not the one in {demo.key_file(demo.super_admin)}: "
+                        "the stack's data and keys were separated (`rollbackctl dev down` and remove .dev/ to start over)")
 
 
-@step("Add a risk manager (only a super admin may)")
+@step("Add a risk manager and a second super admin, each with a key pair (only a super admin may)")
 def add_risk_manager(demo: Demo) -> None:
-    p = demo.cli("operator", "add", demo.risk_manager, "risk_manager", "--as", demo.super_admin, ok=(0, 4))
-    if p.returncode == 4:
-        print(f"({demo.risk_manager} is already an operator: kept from an earlier run)")
+    print("Every change and approval is signed with its operator's Ed25519 key; the private keys stay in\n"
+          f"{demo.env['ROLLBACKCTL_KEY_DIR']} (mode 0600), the public keys go into etcd with the operators.")
+    demo.ensure_operator(demo.risk_manager, "risk_manager")
+    demo.ensure_operator(demo.second_super_admin, "super_admin")
     demo.cli("operator", "list")
 
 
@@ -124,7 +172,8 @@ def audited_change(demo: Demo) -> None:
     demo.notes["change"] = ("hedge_max_leverage", target)
     print("A value outside the switch's bounds is refused with exit code 2, and nothing is written:")
     demo.cli("switch", "set", "hedge_max_leverage", "25", "--as", demo.risk_manager, "--reason", "typo", ok=(2,))
-    print("\nThe owner role (risk_manager) sets a valid value; the change and its audit record are one etcd transaction:")
+    print("\nThe owner role (risk_manager) sets a valid value: the CLI signs it, the worker checks the signature and\n"
+          "applies it; the change, its audit record (with the signature) and the nonce are one etcd transaction:")
     demo.cli("switch", "set", "hedge_max_leverage", target, "--as", demo.risk_manager,
              "--reason", why)
     demo.cli("switch", "get", "hedge_max_leverage")
@@ -151,7 +200,7 @@ def _running() -> set[str]:
 
 
 # Scenario modules that append their steps (in this order) when imported.
-SCENARIOS = ["rollbackctl.demo_rollback", "rollbackctl.demo_canary"]
+SCENARIOS = ["rollbackctl.demo_rollback", "rollbackctl.demo_canary", "rollbackctl.demo_identity"]
 
 
 def main() -> int:
@@ -181,7 +230,8 @@ def main() -> int:
         finally:
             started = sorted(_running() - before)
         print(f"\nWeb UI: {st.ui_url}    data and logs: {st.dir}")
-        demo = Demo(env={**os.environ, **st.env()}, started=started)
+        # The operators' private keys live with the stack's data (in production: each on its own machine).
+        demo = Demo(env={"ROLLBACKCTL_KEY_DIR": str(st.dir / "keys"), **os.environ, **st.env()}, started=started)
         for i, (title, fn) in enumerate(STEPS, start=1):
             header(f"Step {i}/{len(STEPS)}: {title}", "-")
             fn(demo)

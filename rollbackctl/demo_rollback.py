@@ -39,11 +39,13 @@ def _progress(demo: Demo, wid: str) -> dict:
     return json.loads(demo.cli("status", wid, "--json", show=False).stdout)
 
 
-@step("The on-call engineer, and the launch state: internalization on, NORMAL_MODE")
+@step("The on-call engineer, and the launch state: internalization on (two super admins), NORMAL_MODE")
 def launch_state(demo: Demo) -> None:
-    demo.cli("operator", "add", "oscar", "on_call", "--as", demo.super_admin, ok=(0, 4))
-    demo.cli("switch", "set", "global_betting_enabled", "true", "--as", demo.super_admin,
-             "--reason", "demo: Phase 3 launched, internalization on")
+    demo.ensure_operator("oscar", "on_call")
+    print("Turning internalization on falls under the two-person rule: the change waits for a second super admin.")
+    p = demo.cli("switch", "set", "global_betting_enabled", "true", "--as", demo.super_admin,
+                 "--reason", "demo: Phase 3 launched, internalization on", ok=(6,))
+    demo.approve_change(p, demo.second_super_admin, "demo: launch approved")
     demo.cli("switch", "set", "routing_mode", "NORMAL_MODE", "--as", demo.risk_manager,
              "--reason", "demo: internalize orders up to normal_threshold")
     _wait("the simulator to apply NORMAL_MODE", lambda: _sim_switch(demo, "routing_mode"),
@@ -90,7 +92,7 @@ def watch(demo: Demo) -> None:
     demo.cli("status", wid)
 
 
-@step("On-call confirms; a risk manager may not re-enable internalization, a super admin may")
+@step("On-call confirms (signed); a risk manager may not re-enable internalization; two super admins do")
 def confirm_and_fix(demo: Demo) -> None:
     wid = demo.notes["rollback"]
     demo.cli("confirm", wid, "--as", "oscar", "--reason", "error rate back under 0.2% on HL")
@@ -99,6 +101,11 @@ def confirm_and_fix(demo: Demo) -> None:
     print("\nThe fix is deployed. Restoring re-enables global_betting_enabled (a Super Admin switch):")
     demo.cli("fix", wid, "--as", demo.risk_manager, "--reference", "PR-4711", "--tests-passed", ok=(3,))
     demo.cli("fix", wid, "--as", demo.super_admin, "--reference", "PR-4711", "--tests-passed")
+    p = _wait("the second approval to be asked", lambda: _progress(demo, wid),
+              lambda p: (p.get("awaiting") or {}).get("approved_by") == [demo.super_admin], 10)
+    print(f"\nTwo-person rule: {p['awaiting']['prompt']}")
+    demo.cli("fix", wid, "--as", demo.super_admin, "--reference", "PR-4711", "--tests-passed", ok=(3,))
+    demo.cli("fix", wid, "--as", demo.second_super_admin, "--reference", "PR-4711", "--tests-passed")
 
 
 @step("Restore through the 5% canary, then full")

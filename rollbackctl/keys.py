@@ -60,7 +60,10 @@ def generate(path: Path, force: bool = False) -> str:
 
 
 def load(operator: str | None) -> Ed25519PrivateKey:
-    path = key_path(operator)
+    return load_file(key_path(operator), operator)
+
+
+def load_file(path: Path, operator: str | None = None) -> Ed25519PrivateKey:
     try:
         st = path.stat()
     except FileNotFoundError:

@@ -101,7 +101,8 @@ class ChangeRequestWorkflow:
                 kind, d = await self.r.run_await(AwaitConfirmation(
                     name=SECOND_APPROVAL_STEP, expects="confirm", min_role=Role(out.owner_role),
                     timeout=inp.approval_timeout, on_timeout="fail", approvals=2,
-                    prompt=f"{req.actor} asks {req.action} {req.target}; {out.detail}."), approved_by=(req.actor,))
+                    prompt=f"{req.actor} asks {req.action} {req.target} = {req.values.get('value')!r}."),
+                    approved_by=(req.actor,))
                 if d is None:
                     await self.r.drain()
                     await workflow.wait_condition(workflow.all_handlers_finished)

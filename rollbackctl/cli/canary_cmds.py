@@ -267,6 +267,9 @@ async def cmd_decision(args) -> int:
         wid = await resolve_target(client, store, args.target, running=True)
     d = CanaryDecision(actor=args.actor, reason=args.reason, extend_by=getattr(args, "by", None))
     try:
+        from rollbackctl.cli.signing import signed_decision
+
+        d = await signed_decision(client, wid, args.kind, d)  # signing on: bound to the canary, its step and kind
         ack = await client.get_workflow_handle(wid).execute_update(args.kind, d, result_type=dict)
     except WorkflowUpdateFailedError as e:
         msg = str(getattr(e.cause, "message", None) or e.cause or e)
