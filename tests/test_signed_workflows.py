@@ -226,3 +226,28 @@ async def test_restore_re_enabling_betting_needs_two_fixes(ts_env, store, signer
     assert await values(store, "global_betting_enabled") == {"global_betting_enabled": True}
     last = [a for a in await store.audit() if a.source == wid][-1]
     assert {s["request"]["actor"] for s in last.model_extra["signatures"]} >= {"alice", "sam"}
+
+
+async def test_full_system_rollback_by_on_call_needs_two_super_admins(ts_env, store, signers, task_queue):
+    si, inc = StandIns(), incident()
+    wid = rollback_workflow_id(inc)
+    async with signing_worker(ts_env, store, si, task_queue):
+        h = await ts_env.client.start_workflow(
+            RollbackWorkflow.run, signers.start(rollback_input(inc, scope=Scope.FULL), "rollback.start", wid), id=wid,
+            task_queue=task_queue)
+        p = await wait_for(h, ts_env, awaiting("confirm"), step=timedelta(seconds=1))
+        assert (p.awaiting.step, p.awaiting.approvals_needed, p.awaiting.still_needed) == (
+            "super_admin_approval", 2, ["alice", "sam"])
+        await h.execute_update(RollbackWorkflow.confirm, signers.decision(
+            wid, "confirm", "super_admin_approval", Decision(actor="alice", reason="L3")))
+        p = await wait_for(h, ts_env, lambda p: p.awaiting is not None and p.awaiting.approved_by == ["alice"])
+        assert p.awaiting.still_needed == ["sam"]
+        assert (await values(store, "global_api_enabled"))["global_api_enabled"] is True
+        await h.execute_update(RollbackWorkflow.confirm, signers.decision(
+            wid, "confirm", "super_admin_approval", Decision(actor="sam", reason="agreed")))
+        await wait_for(h, ts_env, lambda p: p.awaiting is not None and p.awaiting.step == "confirm")
+        assert (await values(store, "global_api_enabled"))["global_api_enabled"] is False
+        await h.terminate("test done")
+    rec = [a for a in await store.audit() if a.source == wid][0]
+    assert [s["request"]["actor"] for s in rec.model_extra["signatures"]] == ["oscar", "alice", "sam"]
+    assert rec.approved_by == "sam"
