@@ -251,3 +251,72 @@ async def test_full_system_rollback_by_on_call_needs_two_super_admins(ts_env, st
     rec = [a for a in await store.audit() if a.source == wid][0]
     assert [s["request"]["actor"] for s in rec.model_extra["signatures"]] == ["oscar", "alice", "sam"]
     assert rec.approved_by == "sam"
+
+
+# -- P0 incidents: ack, tick, escalate (level choice) and resolve are signed decisions too -----------------
+async def _step_now(h) -> str:
+    """The step a decision is bound to, read as the CLI reads it (rollbackctl/cli/signing.py)."""
+    p = await h.query("progress", result_type=__import__("workflows.models", fromlist=["Progress"]).Progress)
+    return (p.awaiting.step if p.awaiting is not None else p.current_step) or "-"
+
+
+async def test_incident_tick_and_resolve_are_refused_unless_signed(ts_env, store, etcd, prefix, signers, task_queue):
+    from temporalio.worker import Worker
+
+    from activities.switch_activities import SwitchActivities
+    from tests.incident_helpers import GuardStandIn, clear, open_incident, until
+    from workflows.incident import IncidentWorkflow
+    from workflows.incident_models import ResolveRequest, TickRequest
+    from workflows.registry import WORKFLOWS
+
+    si, guard = StandIns(), GuardStandIn()
+    sa = SwitchActivities(store, signing=True)
+    async with Worker(ts_env.client, task_queue=task_queue, workflows=WORKFLOWS,
+                      activities=[sa.apply, sa.snapshot, sa.roster, *si.methods(), guard.undo_guard]):
+        h = await open_incident(ts_env, task_queue, "liquidation_failure")
+        wid = h.id
+        await until(h, ts_env, lambda s: s.ready)
+        ack = Decision(actor="oscar", reason="on it")
+        await refused(h.execute_update(IncidentWorkflow.acknowledge, ack), "refused (unsigned)")
+        await h.execute_update(IncidentWorkflow.acknowledge, signers.decision(wid, "confirm", await _step_now(h), ack))
+
+        tick = TickRequest(actor="oscar", item="manual_liquidation", note="3 accounts closed")
+        await refused(h.execute_update(IncidentWorkflow.tick, tick), "refused (unsigned)", f"rollbackctl tick {wid}")
+        forged = signers.decision(wid, "tick", await _step_now(h), tick).model_copy(update={"note": "nothing done"})
+        await refused(h.execute_update(IncidentWorkflow.tick, forged), "refused (bad signature)")
+        await refused(h.execute_update(IncidentWorkflow.tick, signers.decision(wid, "resolve", await _step_now(h), tick)),
+                      "refused (other action)")
+        good = signers.decision(wid, "tick", await _step_now(h), tick)
+        await h.execute_update(IncidentWorkflow.tick, good)
+        await refused(h.execute_update(IncidentWorkflow.tick, good), "refused (reused nonce)")
+        st = await h.query(IncidentWorkflow.state)
+        assert next(i for i in st.checklist if i.id == "manual_liquidation").by == "oscar"
+
+        await clear(h)
+        await until(h, ts_env, lambda s: s.condition == "clear")
+        res = ResolveRequest(actor="alice", undo=True, reason="engine fixed")
+        async with Unchanged(etcd, prefix):
+            await refused(h.execute_update(IncidentWorkflow.resolve, res), "refused (unsigned)")
+            await refused(h.execute_update(IncidentWorkflow.resolve,
+                                           signers.decision("incident-other", "resolve", await _step_now(h), res)),
+                          "refused (other workflow)")
+            await refused(h.execute_update(IncidentWorkflow.resolve,
+                                           signers.decision(wid, "resolve", await _step_now(h), res,
+                                                            key=Ed25519PrivateKey.generate())),
+                          "refused (unknown key)")
+        await h.execute_update(IncidentWorkflow.resolve, signers.decision(wid, "resolve", await _step_now(h), res))
+        # liquidation_enabled back on re-enables a super admin's switch: a second super admin must approve
+        p = await wait_for(h, ts_env, lambda p: p.awaiting is not None and p.awaiting.step == "second_approval",
+                           step=timedelta(seconds=1))
+        assert "sam" in p.awaiting.still_needed and await values(store, "liquidation_enabled") == {
+            "liquidation_enabled": False}
+        again = Decision(actor="alice", reason="me again")
+        await refused(h.execute_update(IncidentWorkflow.confirm, signers.decision(wid, "confirm", "second_approval", again)),
+                      "alice")
+        await h.execute_update(IncidentWorkflow.confirm,
+                               signers.decision(wid, "confirm", "second_approval", Decision(actor="sam", reason="ok")))
+        assert (await h.result()).status == "resolved"
+    assert await values(store, "liquidation_enabled") == {"liquidation_enabled": True}
+    undo = [a for a in await store.audit() if a.action == "p0.undo"]
+    assert [(s["request"]["actor"], s["request"]["action"]) for s in undo[-1].model_extra["signatures"]][-2:] == [
+        ("alice", "resolve"), ("sam", "confirm")]

@@ -28,6 +28,7 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ApplicationError, FailureError
 
 with workflow.unsafe.imports_passed_through():
+    from activities.changes import BreakGlass
     from manual import alerts, escalation, switches
     from manual.roles import MONITOR_IDENTITY, Role
     from manual.rollback import Scope, Severity
@@ -151,6 +152,12 @@ class IncidentWorkflow:
         return self.r.role_of(actor)
 
     def _check_ack(self, d: Decision) -> None:
+        aw = self.r.progress.awaiting
+        if aw is not None and aw.step == "second_approval":  # a resolve's undo under the two-person rule
+            why = self.r.check_decision("confirm", d)
+            if why:
+                _refuse(why)
+            return
         if self.st.sla.acked_at is not None:
             _refuse(f"{self.st.workflow_id} was acknowledged by {self.st.sla.acked_by} at {self.st.sla.acked_at:%H:%M:%S}")
         why = self.r.check_decision("confirm", d)
@@ -188,8 +195,20 @@ class IncidentWorkflow:
         self.r.accept("confirm", d)
         self._wake += 1
 
+    def _check_signed(self, kind: str, d: Decision) -> None:
+        """Signing on: `d` must be signed by its actor for this incident, the step it is at and `kind`."""
+        if self.r.signing:
+            why = self.r.signature_refusal(kind, d)
+            if why:
+                _refuse(why)
+
+    def _used_nonce(self, d: Decision) -> None:
+        if d.signature is not None and d.nonce:
+            self.r.used_nonces.append(d.nonce)
+
     @workflow.update
     def tick(self, req: TickRequest) -> str:
+        self._used_nonce(req)
         item = next(i for i in self.st.checklist if i.id == req.item)
         item.done, item.by, item.at, item.note = req.done, req.actor, workflow.now(), req.note
         if req.done:
@@ -207,10 +226,12 @@ class IncidentWorkflow:
             _refuse(f"no checklist item {req.item!r}; items: {', '.join(ids)}")
         if self.st.status == "resolved":
             _refuse(f"{self.st.workflow_id} is resolved")
+        self._check_signed("tick", req)
 
     @workflow.update
     def escalate(self, d: Decision) -> DecisionAck:
         """HL still down after 5 minutes: the human's choice of degradation level 2 or 3."""
+        self._used_nonce(d)
         self._level_choice = d
         self.st.level_choice = f"level {d.level} by {d.actor}"
         for i in self.st.checklist:
@@ -235,9 +256,14 @@ class IncidentWorkflow:
             _refuse("choose degradation level 2 or 3 (--level 2|3)")
         if d.level == 3 and not role.at_least(Role.SUPER_ADMIN):
             _refuse(f"{d.actor} is {role.value}; level 3 needs super_admin")
+        self._check_signed("escalate", d)
 
     @workflow.update
     def resolve(self, req: ResolveRequest) -> str:
+        self._used_nonce(req)
+        proof = req.proof() if self.r.signing else None
+        if proof is not None and req.undo:  # the signed resolve goes with the undo's change sets
+            self.r.proofs.append(proof)
         self._resolve = req
         aw = self.r.progress.awaiting
         if aw is not None and aw.step == "acknowledge":  # resolving acknowledges too
@@ -264,6 +290,7 @@ class IncidentWorkflow:
                         "(a super admin may --force with a reason)")
             if not role.at_least(Role.SUPER_ADMIN) or not req.reason.strip():
                 _refuse("--force needs a super_admin and a --reason")
+        self._check_signed("resolve", req)
 
     def _acted(self, actor: str, what: str) -> None:
         if self.st.sla.action_at is None:
@@ -478,13 +505,15 @@ class IncidentWorkflow:
                 if ok:
                     self._in_force.remove(m.action)
         if phase == "human_undo":
+            glass = await self._second_approval(actor)
             for name, (before, set_to) in list(self._set_by_incident.items()):
                 sw = switches.get(name)
                 step = ApplySwitches(name=f"{phase}_{name}", changes={name: before}, authority="owner",
                                      reason=f"undo P0 {self.rule.alert} (incident {self.incident_id}): "
                                             f"{name} back to {sw.render(before)}", verify_timeout=timedelta(seconds=5))
                 try:
-                    res = await self.r.run_apply(step, expected={name: set_to}, actor=actor, action="p0.undo")
+                    res = await self.r.run_apply(step, expected={name: set_to}, actor=actor, action="p0.undo",
+                                                 break_glass=glass)
                     self._record(phase, f"switch {name}", "ok", f"{sw.render(set_to)} -> {sw.render(before)} "
                                                                 f"(audit {res.audit_id})", by=actor)
                     del self._set_by_incident[name]
@@ -494,6 +523,26 @@ class IncidentWorkflow:
                                  ("changed by someone since the incident set it: left as is. " if status == "conflict"
                                   else "") + str(e), by=actor)
         self._undone = True
+
+    async def _second_approval(self, actor: str) -> BreakGlass | None:
+        """Two-person rule (signing on): an undo that re-enables a super admin's switch (e.g.
+        `liquidation_enabled`) waits for a second super admin's signed approval, re-paging while nobody
+        answers; a break-glass confirm by the resolver forces it alone (paged to every level)."""
+        back = {name: before for name, (before, _) in self._set_by_incident.items()}
+        if not back or self.r.two_person(back) < 2:
+            return None
+        _, ok = await self.r.run_await(AwaitConfirmation(
+            name="second_approval", expects="confirm", min_role=Role.SUPER_ADMIN, timeout=self.ack_sla, approvals=2,
+            prompt=f"{actor} resolves {self.st.workflow_id} and undoes " + ", ".join(
+                f"{k}={switches.get(k).render(v)}" for k, v in back.items())
+                   + ": a second super_admin must approve (`rollbackctl confirm ID --as OTHER`)"),
+            approved_by=(actor,))
+        if ok is None or not ok.break_glass:
+            return None
+        glass = BreakGlass(by=ok.actor, reason=ok.break_glass)
+        await self.r.page_everyone(f"BREAK-GLASS: {self.st.workflow_id}: undo of {', '.join(back)} by {ok.actor} "
+                                   f"without a second approval: {ok.break_glass}")
+        return glass
 
     async def _ask_level(self) -> None:
         self._manual_asked = True

@@ -7,6 +7,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from workflows.models import Decision
+
 INCIDENT_PREFIX = "incident-"
 MONITOR_WORKFLOW_ID = "monitor"
 
@@ -114,16 +116,17 @@ class IncidentState(BaseModel):
     drill: bool = False
 
 
-class TickRequest(BaseModel):
-    actor: str = Field(min_length=1, max_length=64)
+class TickRequest(Decision):
+    """A further step ticked off (or reopened); signed by the CLI like every decision (kind `tick`)."""
+
     item: str
     done: bool = True
     note: str = ""
 
 
-class ResolveRequest(BaseModel):
-    actor: str = Field(min_length=1, max_length=64)
-    reason: str = ""
+class ResolveRequest(Decision):
+    """Resolve the incident (kind `resolve`, signed); `reason` is Decision's."""
+
     undo: bool = False  # also undo the immediate actions (human-only rules; switches by compare-and-swap)
     force: bool = False  # super admin: resolve although the monitor still reports the condition
 

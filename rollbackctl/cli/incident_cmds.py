@@ -196,7 +196,7 @@ async def cmd_tick(args) -> int:
     from workflows.incident_models import TickRequest
 
     print(await _update("tick", args.id, TickRequest(actor=args.actor, item=args.item, note=args.note,
-                                                      done=not args.reopen)))
+                                                      done=not args.reopen), sign_as="tick"))
     return 0
 
 
@@ -204,7 +204,7 @@ async def cmd_resolve(args) -> int:
     from workflows.incident_models import ResolveRequest
 
     print(await _update("resolve", args.id, ResolveRequest(actor=args.actor, reason=args.reason, undo=args.undo,
-                                                            force=args.force)))
+                                                            force=args.force), sign_as="resolve"))
     return 0
 
 
