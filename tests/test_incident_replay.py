@@ -132,13 +132,17 @@ async def _refire(env, tq, store, wid):
 SCENARIOS = dict(zip(BRANCHES, (_hot_wallet, _hl_margin, _hl_down, _asset, _hedge, _refire)))
 
 
-@pytest.mark.skipif(not os.environ.get("RECORD_HISTORIES"), reason="set RECORD_HISTORIES=1 to re-record")
 @pytest.mark.parametrize("name", BRANCHES)
-async def test_record(name, ts_env, store, task_queue):
+async def test_each_branch_runs_to_the_end_and_its_fresh_history_replays(name, ts_env, store, task_queue):
+    """Every recorded branch, run now by today's code: it completes, and its history replays. With
+    RECORD_HISTORIES=1 the history is also written to tests/histories/ (to re-record after a change)."""
     si, guard = StandIns(), GuardStandIn()
     async with incident_worker(ts_env, store, si, guard, task_queue):
         # the workflow id is the file's stem: tests/test_replay.py replays under that id
         h = await SCENARIOS[name](ts_env, task_queue, store, name)
-        await h.result()
+        res = await h.result()
         hist = await h.fetch_history()
-    (DIR / f"{name}.json").write_text(hist.to_json())
+    assert res.status == "resolved", res
+    await Replayer(workflows=WORKFLOWS, data_converter=pydantic_data_converter).replay_workflow(hist)
+    if os.environ.get("RECORD_HISTORIES") == "1":
+        (DIR / f"{name}.json").write_text(hist.to_json())
