@@ -37,7 +37,7 @@ def _incident(demo: Demo) -> dict | None:
 @step("P0: the hot wallet drops below $100K (injected at the simulator); the monitor opens an incident")
 def p0_fault(demo: Demo) -> None:
     url = _url(demo)
-    demo.cli("operator", "add", "oscar", "on_call", "--as", demo.super_admin, ok=(0, 3, 4), show=False)
+    demo.ensure_operator("oscar", "on_call", show=False)
     demo.cli("monitor", "--status")
     httpx.delete(f"{url}/sim/actions", timeout=5)
     t0 = time.time()
@@ -70,9 +70,10 @@ def p0_resolve(demo: Demo) -> None:
     httpx.delete(f"{url}/sim/faults", timeout=5)
     _wait("the monitor to report it clear", lambda: _incident(demo), lambda r: r and r["condition"] == "clear")
     demo.cli("resolve", WID, "--as", oncall, "--reason", "wallet refilled")
-    pages = httpx.get(f"{url}/sim/pagerduty", timeout=5).json()
-    print("\nPagerDuty events of the incident: " + ", ".join(
-        p["event_action"] for p in pages if p.get("dedup_key", "").startswith("hot_wallet-")))
+    mine = lambda ps: [p for p in ps if p.get("dedup_key", "").startswith("hot_wallet-")]  # noqa: E731
+    pages = _wait("the PagerDuty resolve", lambda: httpx.get(f"{url}/sim/pagerduty", timeout=5).json(),
+                  lambda ps: any(p["event_action"] == "resolve" for p in mine(ps)))
+    print("\nPagerDuty events of the incident: " + ", ".join(p["event_action"] for p in mine(pages)))
     acts = httpx.get(f"{url}/sim/actions", timeout=5).json()
     print("Trading-core actions: " + ", ".join(a["action"] for a in acts))
 
