@@ -35,7 +35,8 @@ def test_there_are_histories_for_each_branch():
     names = {p.stem for p in HISTORIES}
     for required in ("rollback_critical_cross_restored", "rollback_data_window_cancelled",
                      "rollback_non_critical_monitored", "rollback_breach_escalated_to_level_3",
-                     "rollback_hl_down_level_2", "rollback_restore_blocked", "degradation_level_2_restored"):
+                     "rollback_hl_down_level_2", "rollback_hl_down_level_2_restored", "rollback_restore_blocked",
+                     "degradation_level_2_restored"):
         assert required in names
 
 

@@ -214,8 +214,39 @@ async def test_hl_down_at_checklist_pauses_orders_and_asks_for_level(ts_env, sto
         await wait_for(h, ts_env, awaiting("confirm"))
         assert await values(store, "liquidation_enabled", "global_betting_enabled") == {
             "liquidation_enabled": False, "global_betting_enabled": False}
-        await save_history(h, "rollback_hl_down_level_2")
-        await h.terminate("test done")
+        # Level 2 is its switches and its trading-core controls, as `rollbackctl degrade 2` applies it
+        assert [a["action"] for a in si.actions] == ["pause_new_orders", "pause_hl_opens", "pause_large_withdrawals"]
+        si.health.update(hl_connected=True, hl_disconnected_for_s=0.0)  # HL is back
+        await h.execute_update(RollbackWorkflow.confirm, Decision(actor="oscar"))
+        await wait_for(h, ts_env, awaiting("fix"))
+        await h.execute_update(RollbackWorkflow.fix, Decision(actor="alice", reference="hl-incident-42",
+                                                              tests_passed=True))
+        res = await h.result()
+        # (tests/histories/rollback_hl_down_level_2.json: the same branch before patch "hl-down-core-actions")
+        await save_history(h, "rollback_hl_down_level_2_restored")
+    assert res.status == "restored", res.detail
+    # what it paused is resumed (in reverse) before the switches go back; nothing is left in force
+    assert [a["action"] for a in si.actions][3:] == ["resume_large_withdrawals", "resume_hl_opens", "resume_new_orders"]
+    assert "still in force" not in res.detail
+    assert (await values(store, "liquidation_enabled"))["liquidation_enabled"] is True
+
+
+async def test_hl_down_closed_without_restore_says_orders_stay_paused(ts_env, store, task_queue):
+    si, inc = StandIns(), incident()
+    si.health.update(hl_connected=False, hl_disconnected_for_s=120.0)
+    async with make_worker(ts_env, store, si, task_queue):
+        h = await start(ts_env, task_queue, inc, scope=Scope.CROSS)
+        await wait_for(h, ts_env, awaiting("level_choice"), step=timedelta(seconds=1))
+        await h.execute_update(RollbackWorkflow.escalate, Decision(actor="alice", level=3, reason="HL gone"))
+        await wait_for(h, ts_env, awaiting("confirm"))
+        await h.execute_update(RollbackWorkflow.confirm, Decision(actor="alice"))
+        await wait_for(h, ts_env, awaiting("fix"))
+        await h.execute_update(RollbackWorkflow.fix, Decision(actor="alice", restore=False, reason="HL still down"))
+        res = await h.result()
+    assert res.status == "closed_without_restore"
+    assert "still in force: pause_new_orders" in res.detail
+    assert [a["action"] for a in si.actions] == ["pause_new_orders"]  # Level 3 has no core controls; nothing undone
+    assert any("still in force: pause_new_orders" in pg["summary"] and pg["severity"] == "critical" for pg in si.pages)
 
 
 async def test_unconfirmed_rollback_repages_at_the_next_level(ts_env, store, task_queue):

@@ -44,6 +44,9 @@ class RollbackWorkflow:
         self.approver: str | None = None  # a super admin who approved Level 3 for an on-call requester
         self.human_chose_level = False  # HL down: a human picked the level; breaches are reported, not escalated
         self.glass: BreakGlass | None = None  # a super admin forced a two-person step alone
+        # HL down: the trading-core controls this rollback put in force, (action, its undo), in order
+        # (patch "hl-down-core-actions": new orders paused, and Level 2's own controls when chosen).
+        self.core_in_force: list[tuple[str, str]] = []
 
     # -- queries and human input ---------------------------------------------------------------
     @workflow.query
@@ -171,6 +174,12 @@ class RollbackWorkflow:
             _, dec = await self.r.run_await(rollback.level_choice_step(d))
             lvl = degradation.get(dec.level)
             self.human_chose_level = True
+            if workflow.patched("hl-down-core-actions"):
+                self.core_in_force.append(("pause_new_orders", "resume_new_orders"))
+                if lvl.core_actions:  # Level 2 is its switches and its core controls, as DegradationWorkflow applies it
+                    await self.r.run_core_actions(CoreActions(
+                        name=f"level_{lvl.level}_actions", actions=tuple((a.action, a.body) for a in lvl.core_actions)))
+                    self.core_in_force += [(a.action, a.undo) for a in lvl.core_actions if a.undo]
             if dec.level == 3:
                 self.approver = dec.actor
                 if self.r.two_person(dict(lvl.switch_set)) > 1:
@@ -217,13 +226,31 @@ class RollbackWorkflow:
         reenabled = [k for k, v in restore_to.items() if v != self.set_by_rollback[k]]
         if not reenabled:
             self.r.progress.detail = "nothing to restore: the rollback left every switch at its snapshot value"
+            await self._core_left_in_force()
             return "closed_without_restore"
         fix_step = rollback.fix_step(d, rollback.restore_role(reenabled))
         _, fix = await self.r.run_await(fix_step.model_copy(update={"approvals": self.r.two_person(restore_to)}))
         if not fix.restore:
             self.r.progress.detail = f"closed without restore by {fix.actor}: {fix.reason}"
+            await self._core_left_in_force()
             return "closed_without_restore"
-        return await self._restore(restore_to, fix, d)
+        if self.core_in_force:  # orders must flow again before the 5% canary can observe anything
+            done = await self.r.run_core_actions(CoreActions(
+                name="undo_core_actions", actions=tuple((undo, {}) for _, undo in reversed(self.core_in_force))))
+            self.core_in_force = [pair for pair, res in zip(reversed(self.core_in_force), done) if " FAILED (" in res]
+        status = await self._restore(restore_to, fix, d)
+        await self._core_left_in_force()
+        return status
+
+    async def _core_left_in_force(self) -> None:
+        """Trading-core controls this rollback took and did not undo: said in the result and paged, never silent."""
+        if not self.core_in_force:
+            return
+        left = ", ".join(action for action, _ in self.core_in_force)
+        undo = ", ".join(undo for _, undo in self.core_in_force)
+        self.r.progress.detail += f"; trading-core controls still in force: {left} (undo: {undo})"
+        await self.r.notify(f"{self.r.wid}: ended with trading-core controls still in force: {left}. Undo them by "
+                            f"hand when safe ({undo}).", page=True, severity="critical")
 
     def _check_start(self) -> None:
         refused = self.r.accept_start("rollback.start", self.inp.proof, self.inp.signed_values())
