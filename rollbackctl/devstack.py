@@ -129,6 +129,20 @@ def _python_component(module: str, *args: str) -> Callable[[Stack], int]:
     return start
 
 
+def _start_sim(st: Stack) -> int:
+    """The simulator: its port must be free, and it is up when it listens (the worker and the monitor
+    that start next read it); a simulator that dies first is reported with its log, not as started."""
+    host, port = st.sim_hostport
+    procs.require_free(host, port, "simulator")
+    p = procs.spawn([sys.executable, "-m", "rollbackctl.sim"], st.log("sim"), env=st.env())
+    try:
+        procs.wait_tcp(host, port, 30, p, f"simulator (log {st.log('sim')})")
+    except BaseException:
+        procs.stop(p.pid)
+        raise
+    return p.pid
+
+
 COMPONENTS: list[Component] = [
     Component("etcd", _start_etcd, lambda st: "etcd            http://%s:%d" % st.etcd_hostport),
     Component(
@@ -136,7 +150,7 @@ COMPONENTS: list[Component] = [
         _start_temporal,
         lambda st: f"temporal        {st.temporal.temporal_address}  (Web UI {st.ui_url})",
     ),
-    Component("sim", _python_component("rollbackctl.sim"), lambda st: "simulator       http://%s:%d" % st.sim_hostport),
+    Component("sim", _start_sim, lambda st: "simulator       http://%s:%d" % st.sim_hostport),
     Component("worker", _python_component("worker"),
               lambda st: f"worker          task queue {st.temporal.task_queue}"),
     # The P0 monitor (`rollbackctl monitor`): hosts the monitor workflow's polling activity.

@@ -331,3 +331,13 @@ def test_rollbackctl_sim_command_serves_and_refuses_a_taken_port(etcd_server, si
         procs.stop(p.pid)
     # `rollbackctl dev up` starts it too
     assert "sim" in [c.name for c in devstack.COMPONENTS]
+
+
+def test_dev_up_refuses_a_taken_simulator_port_and_records_nothing(sim_server, tmp_path, monkeypatch):
+    """`rollbackctl dev up` checks the simulator's port first and waits until it listens: a taken port is a
+    clear error, and no pid file claims a simulator that is not there."""
+    monkeypatch.setenv("ROLLBACKCTL_DEV_DIR", str(tmp_path / "dev"))
+    monkeypatch.setenv("ROLLBACKCTL_TRADING_CORE_URL", f"http://127.0.0.1:{sim_server.port}")
+    with pytest.raises(procs.StackError, match=f"127.0.0.1:{sim_server.port} for simulator is already taken"):
+        devstack.up(only=["sim"], out=lambda *_: None)
+    assert not devstack.Stack().pidfile("sim").exists()
