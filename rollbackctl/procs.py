@@ -106,7 +106,12 @@ def temporal_dev_args(host: str, port: int, ui_port: int | None, db: Path | None
             "--log-level", "warn"]
     args += ["--ui-port", str(ui_port)] if ui_port else ["--headless"]
     if db is not None:
-        args += ["--db-filename", str(db)]
+        # SQLite in WAL mode with synchronous=NORMAL: a commit is a write to the WAL, not an fsync of
+        # the database and its rollback journal. Still durable across a killed server (the WAL is in
+        # the OS's page cache; tests/faults/test_temporal_restart.py); an OS crash may lose the last
+        # commits, acceptable for a dev stack. Measured: 200 concurrent rollbacks (bench/concurrency.py)
+        # 28.4 s -> 16.6-19.0 s, the server's CPU 21.7 s -> 12.7 s; the defaults fsync'd ~40 MB/s.
+        args += ["--db-filename", str(db), "--sqlite-pragma", "journal_mode=wal", "--sqlite-pragma", "synchronous=normal"]
     return args
 
 
