@@ -1,28 +1,40 @@
 """An isolated embedded stack for benchmarks: its own ports, data dir and key prefix.
 
-Everything a benchmark measures runs for real: etcd, the Temporal dev server, the simulator and
-the worker, as `rollbackctl dev up` starts them, on free loopback ports (a running dev stack is not
-touched).
+Everything a benchmark measures runs for real: etcd, the Temporal dev server, the simulator, the
+worker and the P0 monitor, as `rollbackctl dev up` starts them, on free loopback ports (a running dev
+stack is not touched). As in production, signing is on: every operator has an Ed25519 key (under
+the stack's dir, ROLLBACKCTL_KEY_DIR), starts and decisions are signed (`sign_start`, `signed`) and
+the worker verifies them. The monitor polls every ROLLBACKCTL_MONITOR_INTERVAL_S (default 1 s, as in
+production).
+
+Benchmarks run one after the other on the same stack; bench/__main__.py calls `reset(st)` before each, so none
+depends on what an earlier one left (running workflows, faults, actions in force, switch values).
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
+import secrets
 import shutil
 import tempfile
 import time
+import uuid
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 
+from activities.changes import ChangeSetRequest, SwitchChange
 from activities.switch_store import SwitchStore
+from manual import switches
 from manual.roles import Role
-from rollbackctl import devstack, procs
+from rollbackctl import devstack, identity, keys, procs
 from rollbackctl.etcd import Etcd
 from rollbackctl.settings import EtcdSettings, TemporalSettings, TradingCoreSettings
 
+SUPER_ADMIN = "alice"
 OPERATORS = {"rita": Role.RISK_MANAGER, "oscar": Role.ON_CALL, "sam": Role.SUPER_ADMIN}
 
 
@@ -34,6 +46,29 @@ class BenchStack:
     temporal: TemporalSettings
     core: TradingCoreSettings
     env: dict[str, str]
+    monitor_interval_s: float = 1.0
+
+    # -- signing, as the CLI does (rollbackctl/cli/signing.py), with keys loaded once ----------------
+    def _key(self, actor: str):
+        cache = self.__dict__.setdefault("_keys", {})
+        if actor not in cache:
+            cache[actor] = keys.load_file(self.dir / "keys" / f"{actor}.key", actor)
+        return cache[actor]
+
+    def sign_start(self, inp, action: str, wid: str):
+        """`inp` (RollbackInput / DegradeInput) with its requester's signed start of workflow `wid`."""
+        proof = identity.sign(self._key(inp.requested_by), identity.SignedRequest(
+            actor=inp.requested_by, action=action, target=wid, values=inp.signed_values(), workflow_id=wid,
+            nonce=secrets.token_urlsafe(18)))
+        return inp.model_copy(update={"proof": proof})
+
+    def signed(self, d, wid: str, kind: str, step: str):
+        """Decision `d` signed for workflow `wid`, decision `kind`, at the step the workflow waits at."""
+        d = d.model_copy(update={"action": kind, "workflow_id": wid, "step": step or "-",
+                                 "nonce": secrets.token_urlsafe(18)})
+        req = d.signed_request()
+        proof = identity.sign(self._key(d.actor), req)
+        return d.model_copy(update={"signature": proof.signature, "key_id": proof.key_id})
 
     def pid(self, component: str) -> int | None:
         return devstack.Stack().running(component)
@@ -71,6 +106,10 @@ async def isolated_stack(out=print):
         "ROLLBACKCTL_TASK_QUEUE": "bench",
         "ROLLBACKCTL_LOG_FORMAT": "json",
         "ROLLBACKCTL_LOG_LEVEL": "INFO",
+        # production's settings, whatever the calling shell has
+        "ROLLBACKCTL_SIGNING": "true",
+        "ROLLBACKCTL_KEY_DIR": str(d / "keys"),
+        "ROLLBACKCTL_MONITOR_INTERVAL_S": os.environ.get("ROLLBACKCTL_MONITOR_INTERVAL_S", "1.0"),
     }
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
@@ -91,12 +130,15 @@ async def isolated_stack(out=print):
         es = EtcdSettings()
         async with Etcd.from_settings(es) as etcd:
             store = SwitchStore(etcd, es.prefix)
-            await store.init(super_admin="alice", actor="alice")
+            pub = {name: keys.generate(d / "keys" / f"{name}.key") for name in (SUPER_ADMIN, *OPERATORS)}
+            await store.init(super_admin=SUPER_ADMIN, actor=SUPER_ADMIN, public_key=pub[SUPER_ADMIN])
             for name, role in OPERATORS.items():
                 if await store.operator(name) is None:
-                    await store.add_operator(name, role, actor="alice")
+                    await store.add_operator(name, role, actor=SUPER_ADMIN, public_key=pub[name])
             _wait_log(st.log("worker"), "worker started", 30)
-            yield BenchStack(d, etcd, store, TemporalSettings(), core, {**st.env(), **env})
+            _wait_log(st.log("monitor"), "P0 monitor polling every", 30)  # the monitor activity runs
+            yield BenchStack(d, etcd, store, TemporalSettings(), core, {**st.env(), **env},
+                             monitor_interval_s=float(env["ROLLBACKCTL_MONITOR_INTERVAL_S"]))
     finally:
         devstack.down(out=lambda line: None)
         for k, v in saved.items():
@@ -105,3 +147,50 @@ async def isolated_stack(out=print):
             else:
                 os.environ[k] = v
         shutil.rmtree(d, ignore_errors=True)
+
+
+async def _wait_applied(http: httpx.AsyncClient, url: str, revision: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while (await http.get(f"{url}/sim/switches")).json()["revision"] < revision:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the simulator did not apply revision {revision} within {timeout}s")
+        await asyncio.sleep(0.02)
+
+
+async def reset(st: BenchStack) -> dict:
+    """A known state before a benchmark, whatever ran before it (bench/__main__.py calls it).
+
+    - every running workflow but the P0 monitor's is terminated (rollbacks, incidents, canaries);
+    - the simulator is reset (faults, actions in force, pages, market; it re-reads the switches);
+    - every switch is back at its matrix default (one audited change set by the super admin).
+    Returns what it did.
+    """
+    from temporalio.service import RPCError
+
+    from rollbackctl.temporal_client import connect
+
+    client = await connect(st.temporal)
+    running = [wf async for wf in client.list_workflows(
+        "ExecutionStatus = 'Running' AND WorkflowType != 'MonitorWorkflow'")]
+    sem = asyncio.Semaphore(20)
+
+    async def terminate(wf) -> None:
+        async with sem:
+            try:
+                await client.get_workflow_handle(wf.id, run_id=wf.run_id).terminate("bench: reset before a benchmark")
+            except RPCError:
+                pass  # closed meanwhile
+
+    await asyncio.gather(*(terminate(wf) for wf in running))
+    url = st.core.url.rstrip("/")
+    async with httpx.AsyncClient(timeout=10) as http:
+        (await http.post(f"{url}/sim/reset", json={})).raise_for_status()
+        snap = await st.store.snapshot()
+        changes = [SwitchChange(switch=s.name, value=s.default) for s in switches.SWITCHES
+                   if s.name in snap.switches and snap.switches[s.name].value != s.default]
+        if changes:
+            res = await st.store.apply(ChangeSetRequest(
+                change_id=f"bench-reset-{uuid.uuid4()}", actor=SUPER_ADMIN, reason="bench: switches back to defaults",
+                changes=changes))
+            await _wait_applied(http, url, res.revision)
+    return {"terminated": len(running), "switches_reset": [c.switch for c in changes]}
