@@ -57,7 +57,9 @@ class ChangeSetRequest(BaseModel):
     # The signed requests behind this change set (recorded in the audit record; their nonces are
     # recorded in etcd in the same transaction, owned by `nonce_owner`, so none is ever used twice).
     proofs: list[Proof] = []
-    nonce_owner: str | None = None  # default: `source`; the worker sets "<workflow id>/<run id>"
+    # default: `source`. A workflow's change set: "<workflow id>/<first run id>" (the worker keeps
+    # that only under its own workflow id, else uses "<workflow id>/<run id>").
+    nonce_owner: str | None = None
     # Compare-and-swap on revisions: apply only if each named switch is still at this mod_revision
     # (a direct change is signed against the revision its operator read).
     revisions: dict[str, int] | None = None

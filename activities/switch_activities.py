@@ -75,8 +75,13 @@ class SwitchActivities:
         try:
             if self.signing and req.proofs:
                 info = activity.info()
-                # Nonces belong to this run (a retry or a later change set of it may carry them again).
-                req = req.model_copy(update={"nonce_owner": f"{info.workflow_id}/{info.workflow_run_id}"})
+                # Nonces belong to this workflow: a retry, a later change set or (continue-as-new) a later
+                # run of it may carry them again. The workflow names its first run ("<id>/<first run id>",
+                # stable across continue-as-new); an owner outside its own workflow id is not taken.
+                owner = req.nonce_owner or ""
+                if not owner.startswith(f"{info.workflow_id}/") or owner == f"{info.workflow_id}/":
+                    owner = f"{info.workflow_id}/{info.workflow_run_id}"
+                req = req.model_copy(update={"nonce_owner": owner})
                 await requests.verify_workflow_change(self.store, req, info.workflow_id)
             res = await self.store.apply(req)
         except Exception as e:

@@ -170,7 +170,8 @@ class SwitchStore:
 
     async def _nonce_ops(self, proofs: list[identity.Proof], owner: str, at: str) -> tuple[list[Put], list[Compare]]:
         """Record each proof's nonce (guarded: created by this transaction) unless `owner` recorded it
-        already (a retry, or a later change set of the same workflow run); another owner's: refused."""
+        already (a retry, or a later change set of the same workflow, in any of its continue-as-new
+        runs); another owner's: refused."""
         puts: list[Put] = []
         guards: list[Compare] = []
         for p in proofs:

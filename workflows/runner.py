@@ -350,6 +350,9 @@ class Runner:
             expected=expected,
             drill=self.drill,
             proofs=list(self.proofs),
+            # The nonces of these signed requests belong to this workflow's chain of runs: the first
+            # run's id is stable across continue-as-new (a canary's later runs carry its start's proofs).
+            nonce_owner=f"{self.wid}/{workflow.info().first_execution_run_id}",
             break_glass=break_glass,
         )
         res: ChangeSetResult = await workflow.execute_local_activity(
