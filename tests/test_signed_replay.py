@@ -31,11 +31,14 @@ async def test_signed_history_replays(path):
 
 
 def test_there_are_signed_histories():
-    assert {p.stem for p in HISTORIES} >= {"degradation_level_3_two_person", "rollback_two_person_restore"}
+    assert {p.stem for p in HISTORIES} >= {"degradation_level_3_two_person", "rollback_two_person_restore",
+                                           "canary_phase3_two_person_start", "canary_phase3_two_person_last_run"}
 
 
-async def test_a_signed_start_replayed_under_another_workflow_id_diverges():
-    path = next(p for p in HISTORIES if p.stem == "degradation_level_3_two_person")
+@pytest.mark.parametrize("name, other", [("degradation_level_3_two_person", "degrade-3-someone-else"),
+                                         ("canary_phase3_two_person_start", "canary-phase3-someone-else")])
+async def test_a_signed_start_replayed_under_another_workflow_id_diverges(name, other):
+    path = next(p for p in HISTORIES if p.stem == name)
     replayer = Replayer(workflows=WORKFLOWS, data_converter=pydantic_data_converter)
-    result = await replayer.replay_workflow(_history(path, "degrade-3-someone-else"), raise_on_replay_failure=False)
+    result = await replayer.replay_workflow(_history(path, other), raise_on_replay_failure=False)
     assert result.replay_failure is not None

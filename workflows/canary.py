@@ -2,6 +2,8 @@
 
 start (= the plan's approval: the starter holds the owner role of every switch it touches)
   -> snapshot "Phase 1"
+  -> (signing on) a plan under the two-person rule waits for a second owner's signed approval, then
+     snapshots Phase 1 again (what is in force once it is approved)
   -> for each stage: apply its profile (one transaction, authority "plan", approved_by the starter,
      source this workflow) -> observe its days (health checks at the stage's interval; a breach rolls
      back automatically) -> its gate (automatic, or wait for a risk manager's `promote`, still checking)
@@ -16,6 +18,17 @@ and the canary does not act on breaches while that rollback owns the switches.
 History stays bounded: after a health check, once the run's history reaches `history_limit` events
 (default 2000), the workflow continues as new, carrying its state (CanaryState), the observation
 clock included.
+
+Signed start (signing on, patch "signed-canary-start"): the start must carry the requester's
+signature for this workflow id ("canary.start"), checked before anything is read or written. If
+any change set the canary may write falls under the two-person rule (a stage profile, e.g. Phase 3's
+`global_betting_enabled=true`, or the rollback to the Phase 1 snapshot, which may re-enable a
+super-admin switch), the start waits for a second, different operator of the plan's owner role
+(`rollbackctl confirm <id> --as OTHER`, signed) for `approval_timeout`, else ends `not_started` with
+nothing applied; or the super admin who starts it breaks glass (applied, paged to every level, marked
+in the audit record of each change set under the rule). The signed requests (start, approval,
+decisions) ride with every change set and are re-checked by the worker; they and the nonces are
+carried across continue-as-new, the nonces owned by "<workflow id>/<first run id>" in etcd.
 """
 
 from __future__ import annotations
@@ -28,13 +41,15 @@ from temporalio import workflow
 from temporalio.exceptions import ApplicationError
 
 with workflow.unsafe.imports_passed_through():
-    from manual import canary, switches
+    from activities.changes import BreakGlass
+    from manual import approvals, canary, switches
     from manual.canary import human
     from manual.roles import Role
-    from manual.steps import ApplySwitches
+    from manual.steps import ApplySwitches, AwaitConfirmation
     from workflows.canary_models import (
         KEEP_DECISIONS,
         KEEP_RECORDS,
+        START_APPROVAL,
         CanaryDecision,
         CanaryInput,
         CanaryResult,
@@ -50,7 +65,8 @@ KINDS = ("pause", "resume", "promote", "abort", "extend")
 NEEDS: dict[str, Role] = {"pause": Role.ON_CALL, "extend": Role.ON_CALL, "resume": canary.PROMOTE_ROLE,
                           "promote": canary.PROMOTE_ROLE, "abort": canary.PROMOTE_ROLE}
 MAX_EXTEND = timedelta(days=30)
-FINAL = ("passed", "rolled_back", "aborted", "refused", "failed", "rollback_incomplete")
+FINAL = ("passed", "rolled_back", "aborted", "refused", "not_started", "failed", "rollback_incomplete")
+SIGNED_START = "signed-canary-start"  # patch: the signed start and the two-person rule
 
 
 def _render(values: dict[str, Any]) -> str:
@@ -71,6 +87,9 @@ class CanaryWorkflow:
             self.r.progress = self.st.progress
         self.r.roster = dict(self.st.roster)
         self.r.snapshot = self.st.snapshot
+        # the signed requests behind the change sets, and the nonces seen (carried across continue-as-new)
+        self.r.proofs = list(self.st.proofs)
+        self.r.used_nonces = list(self.st.used_nonces)
         for k in KINDS:
             self.r.extra_answers[k] = self._refusal
         self._tasks: list[asyncio.Task] = []
@@ -119,6 +138,8 @@ class CanaryWorkflow:
             return p.result
         if p.status == "rolling_back":
             return "rolling_back"
+        if self._awaiting_approval():
+            return "awaiting_approval"
         if self.st.paused:
             return "paused"
         if self.st.part == "gate":
@@ -131,6 +152,9 @@ class CanaryWorkflow:
             return f"finished: {p.result}" + (f" ({p.detail})" if p.detail else "")
         if p.status == "rolling_back":
             return "rolling back to the Phase 1 snapshot"
+        if self._awaiting_approval():
+            aw = p.awaiting
+            return f"{aw.prompt} Waiting until {aw.deadline:%Y-%m-%d %H:%M}Z."
         left = human(st.clock.left(workflow.now())) if st.clock else "-"
         if st.paused:
             extra = (f"; breaches are recorded, not acted on, while {st.paused_for_rollback} owns the switches"
@@ -148,6 +172,10 @@ class CanaryWorkflow:
                     f"{human(s.observe.interval)}, {s.observe.consecutive} failed in a row roll back; {after}")
         return f"starting stage {s.number} ({s.name})"
 
+    def _awaiting_approval(self) -> bool:
+        aw = self.r.progress.awaiting
+        return aw is not None and aw.step == START_APPROVAL
+
     # -- human input ----------------------------------------------------------------------------------
     def _refusal(self, kind: str, d: Decision) -> str | None:
         """Why `kind` from `d.actor` is refused now (pure: validators call it; no state change)."""
@@ -164,6 +192,10 @@ class CanaryWorkflow:
             return f"{self.wid} has finished ({p.result}): nothing to {kind}"
         if p.status == "rolling_back" or st.abort is not None:
             return f"{self.wid} is rolling back: nothing to {kind}"
+        if self._awaiting_approval():
+            return (f"{self.wid} has not started: its start waits for a second {p.awaiting.min_role}'s approval "
+                    f"(`rollbackctl confirm {self.wid} --as OTHER`); nothing is applied, and nothing will be if none "
+                    f"comes by {p.awaiting.deadline:%Y-%m-%d %H:%M}Z: nothing to {kind}")
         if kind == "pause" and st.paused:
             return f"{self.wid} is already paused by {st.paused_by}"
         if kind == "resume":
@@ -269,6 +301,15 @@ class CanaryWorkflow:
     def _v_extend(self, d: CanaryDecision) -> None:
         self._validate("extend", d)
 
+    @workflow.update
+    def confirm(self, d: CanaryDecision) -> DecisionAck:
+        """The second approval of a start under the two-person rule (`rollbackctl confirm <id>`)."""
+        return self.r.accept("confirm", d)
+
+    @confirm.validator
+    def _v_confirm(self, d: CanaryDecision) -> None:
+        self._validate("confirm", d)
+
     @workflow.signal
     def pause_for_rollback(self, rollback_workflow_id: str) -> None:
         """A rollback started (activity ops.pause_canaries): hold, and leave the switches to it."""
@@ -295,14 +336,26 @@ class CanaryWorkflow:
         st.roster = dict(r.roster)
         if inp.carry is None:
             st.started_at = workflow.now()
-            refused = self._approval_refusal()
+            # Signing on: the start is signed, and the two-person rule applies (histories from before
+            # this patch replay without it; with signing off there is nothing to check).
+            signed = r.signing and workflow.patched(SIGNED_START)
+            refused = ((r.accept_start("canary.start", inp.proof, inp.signed_values()) if signed else None)
+                       or self._approval_refusal() or (self._glass_refusal() if signed else None))
             if refused:
                 return await self._finish("refused", refused)
             r.snapshot = st.snapshot = await r.take_snapshot()
+            if signed:
+                st.start_approvers = [inp.requested_by]
+                waited, not_started = await self._second_approval()
+                if not_started:
+                    return await self._finish("not_started", not_started)
+                if waited:  # Phase 1 is what is in force once the start is approved: look again
+                    r.snapshot = st.snapshot = await r.take_snapshot()
             r.progress.snapshot_revision = st.snapshot.revision
             r.progress.snapshot = st.config = st.snapshot.values()
             await r.notify(
-                f"{self.wid}: {self.plan.title} started by {inp.requested_by}{self.plan.scale_note()}: "
+                f"{self.wid}: {self.plan.title} started by {inp.requested_by}{self._approvals_note()}"
+                f"{self.plan.scale_note()}: "
                 f"{len(self.plan.stages)} stages over {human(self.plan.total)}. Phase 1 snapshot at etcd revision "
                 f"{st.snapshot.revision}." + (f" Reason: {inp.reason}" if inp.reason else ""), page=False, wait=False)
         try:
@@ -314,6 +367,7 @@ class CanaryWorkflow:
         if outcome == "continue_as_new":
             await self._drain()
             await workflow.wait_condition(workflow.all_handlers_finished)
+            # The next run goes on under the start verified here: its proofs ride in the carried state.
             workflow.continue_as_new(CanaryInput(
                 phase=inp.phase, requested_by=inp.requested_by, reason=inp.reason, plan=self.plan, time_scale=1.0,
                 drill=inp.drill, history_limit=inp.history_limit, carry=self._carry()))
@@ -333,12 +387,84 @@ class CanaryWorkflow:
                     f"{', '.join(owned)} (owned by {need.value}): it needs a {need.value}")
         return None
 
+    def _glass_refusal(self) -> str | None:
+        bg, who = self.inp.break_glass, self.inp.requested_by
+        if bg is None:
+            return None
+        if not bg.strip():
+            return "--break-glass needs a reason"
+        role = self.r.role_of(who)
+        if role is not Role.SUPER_ADMIN:
+            return f"{who} is {role.value if role else 'not an operator'}; break-glass needs a super_admin"
+        return None
+
+    def _two_person_names(self) -> list[str]:
+        """The switches under the two-person rule among every change set this canary may write: each
+        stage's profile and the rollback to the Phase 1 snapshot (which may re-enable a super-admin
+        switch). One approval of the start covers them all, the automatic rollback included."""
+        snap = self.st.snapshot.values()
+        restore = {k: snap[k] for k in self.plan.touched() if snap.get(k) is not None}
+        sets = [*(s.profile for s in self.plan.stages), restore]
+        if max(self.r.two_person(v) for v in sets) < 2:
+            return []
+        return sorted({n for v in sets for n in approvals.two_person_changes(v)})
+
+    async def _second_approval(self) -> tuple[bool, str | None]:
+        """Signing on, after the snapshot: the two-person rule for the start. Returns (whether it waited
+        for a second approval, why it does not start: None when it may go on; nothing has been written).
+        Once two owners approved (or glass was broken) any change set of the canary is covered."""
+        st, r, inp, plan = self.st, self.r, self.inp, self.plan
+        names = self._two_person_names()
+        if not names:
+            return False, None
+        if inp.break_glass is not None:
+            st.break_glass = BreakGlass(by=inp.requested_by, reason=inp.break_glass)
+            await r.page_everyone(f"BREAK-GLASS: {self.wid}: {plan.title} started by {inp.requested_by} without a "
+                                  f"second approval ({', '.join(names)}: two-person rule): {inp.break_glass}")
+            return False, None
+        need = plan.owner_role()
+        prompt = (f"{plan.title} started by {inp.requested_by}: its change sets set {', '.join(names)} (two-person "
+                  f"rule): a second {need.value} approves the start with `rollbackctl confirm {self.wid} --as OTHER`. "
+                  "Nothing is applied until then.")
+        await r.notify(f"{self.wid}: {prompt} (within {human(inp.approval_timeout)})", page=True, severity="warning",
+                       wait=False)
+        _, ok = await r.run_await(AwaitConfirmation(
+            name=START_APPROVAL, expects="confirm", min_role=need, timeout=inp.approval_timeout, on_timeout="fail",
+            approvals=2, prompt=prompt), approved_by=(inp.requested_by,))
+        if ok is None:
+            why = (f"no second {need.value} approved the start within {human(inp.approval_timeout)}: nothing "
+                   "applied; start it again")
+            await r.notify(f"{self.wid} NOT STARTED: {why}", page=True, severity="warning")
+            return True, why
+        if ok.break_glass:
+            st.break_glass = BreakGlass(by=ok.actor, reason=ok.break_glass)
+            await r.page_everyone(f"BREAK-GLASS: {self.wid}: {plan.title} started by {inp.requested_by}, forced by "
+                                  f"{ok.actor} without a second approval: {ok.break_glass}")
+        else:
+            st.start_approvers = [inp.requested_by, ok.actor]
+        return True, None
+
+    def _approvals_note(self) -> str:
+        st = self.st
+        if st.break_glass is not None:
+            return f" [BREAK-GLASS by {st.break_glass.by}: no second approval]"
+        if len(st.start_approvers) > 1:
+            return f", approved by {' and '.join(st.start_approvers[1:])} (two-person rule)"
+        return ""
+
+    def _glass_for(self, values: dict[str, Any]) -> BreakGlass | None:
+        """The start's break-glass, on the change sets it let through (those under the two-person rule)."""
+        bg = self.st.break_glass
+        return bg if bg is not None and approvals.two_person_changes(values) else None
+
     def _carry(self) -> CanaryState:
         st, p = self.st, self.r.progress
         p.history = p.history[-KEEP_RECORDS:]
         p.decisions = p.decisions[-KEEP_DECISIONS:]
         st.progress = p
         st.roster = dict(self.r.roster)
+        st.proofs = list(self.r.proofs)
+        st.used_nonces = list(self.r.used_nonces)
         st.runs += 1
         return st
 
@@ -433,10 +559,12 @@ class CanaryWorkflow:
 
     async def _apply_stage(self, stage):
         st, step = self.st, stage.apply
-        reason = (f"{step.reason} of {self.wid}: plan approved by {self.inp.requested_by} at its start"
-                  + self.plan.scale_note())
-        res = await self.r.run_apply(step.model_copy(update={"reason": reason}), approved_by=self.inp.requested_by)
+        who = " and ".join(st.start_approvers) if len(st.start_approvers) > 1 else self.inp.requested_by
+        reason = (f"{step.reason} of {self.wid}: plan approved by {who} at its start"
+                  + (" (break-glass)" if st.break_glass is not None else "") + self.plan.scale_note())
         parsed = {k: switches.get(k).parse(v) for k, v in step.changes.items()}
+        res = await self.r.run_apply(step.model_copy(update={"reason": reason}), approved_by=self.inp.requested_by,
+                                     break_glass=self._glass_for(parsed))
         st.config = {**st.config, **parsed}
         st.set_by_canary = {**st.set_by_canary, **parsed}
         return res
@@ -475,7 +603,8 @@ class CanaryWorkflow:
                         f"(etcd revision {st.snapshot.revision})" + self.plan.scale_note())[:1900])
             try:
                 await r.run_apply(step, values=restore, expected={k: cur[k] for k in restore},
-                                  approved_by=self.inp.requested_by, actor=by.actor if by else None)
+                                  approved_by=self.inp.requested_by, actor=by.actor if by else None,
+                                  break_glass=self._glass_for(restore))
                 restored = restore
                 break
             except StepFailed as e:

@@ -7,8 +7,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from activities.changes import ChangeSetResult, Snapshot
+from activities.changes import BreakGlass, ChangeSetResult, Snapshot
 from manual.canary import CanaryPlan, Phase
+from rollbackctl.identity import Proof
 from workflows.models import CheckResult, Decision, Progress
 from workflows.runner import ObserveClock
 
@@ -17,6 +18,11 @@ from workflows.runner import ObserveClock
 HISTORY_LIMIT = 2000
 KEEP_RECORDS = 40  # step records carried to the next run (older ones are in the previous run's history)
 KEEP_DECISIONS = 50
+# How long a start under the two-person rule waits for its second approval (the CLI passes
+# ROLLBACKCTL_APPROVAL_TIMEOUT_S, the same setting as a direct two-person change). Never scaled by
+# --time-scale: a person answers in real time.
+APPROVAL_TIMEOUT = timedelta(minutes=15)
+START_APPROVAL = "start_approval"  # the step that waits for the second approval of a start
 
 
 def canary_workflow_id(phase: str, n: int) -> str:
@@ -62,6 +68,13 @@ class CanaryState(BaseModel):
     extensions: list[str] = []
     progress: Progress | None = None
     roster: dict[str, str] = {}
+    # The signed start (signing on): who approved it, a break-glass, the signed requests behind the
+    # change sets and every nonce accepted so far. Carried, so the change sets of every later run go
+    # out under the approval verified in run 1 and a decision replayed into a later run is refused.
+    start_approvers: list[str] = []
+    break_glass: BreakGlass | None = None
+    proofs: list[Proof] = []
+    used_nonces: list[str] = []
 
 
 class CanaryInput(BaseModel):
@@ -72,7 +85,15 @@ class CanaryInput(BaseModel):
     time_scale: float = Field(default=1.0, ge=1.0, le=10_000_000)
     drill: bool = False
     history_limit: int = Field(default=HISTORY_LIMIT, ge=100, le=40_000)
+    # Signing on: a plan under the two-person rule waits this long for a second owner's approval.
+    approval_timeout: timedelta = Field(default=APPROVAL_TIMEOUT, gt=timedelta(0), le=timedelta(days=7))
+    break_glass: str | None = Field(default=None, max_length=2000)  # a super admin starts it alone: the reason
+    proof: Proof | None = None  # the requester's signed start ("canary.start", bound to the workflow id)
     carry: CanaryState | None = None  # set by continue-as-new only
+
+    def signed_values(self) -> dict[str, Any]:
+        """The start's content as signed (the proof itself and the carried state aside)."""
+        return self.model_dump(mode="json", exclude_defaults=True, exclude={"proof", "carry"})
 
 
 class CanaryStatus(BaseModel):
@@ -81,7 +102,9 @@ class CanaryStatus(BaseModel):
     workflow_id: str
     phase: str
     title: str
-    status: str  # running | paused | waiting_gate | rolling_back | passed | rolled_back | aborted | refused | failed
+    # awaiting_approval | running | paused | waiting_gate | rolling_back | passed | rolled_back | aborted | refused
+    # | not_started (no second approval in time) | failed | rollback_incomplete
+    status: str
     run: int
     stage: int | None = None  # 1-based
     stage_name: str | None = None
@@ -109,7 +132,7 @@ class CanaryStatus(BaseModel):
 class CanaryResult(BaseModel):
     workflow_id: str
     phase: str
-    status: str  # passed | rolled_back | aborted | refused | failed | rollback_incomplete
+    status: str  # passed | rolled_back | aborted | refused | not_started | failed | rollback_incomplete
     detail: str = ""
     stages: list[StageRecord] = []
     applied: list[ChangeSetResult] = []
