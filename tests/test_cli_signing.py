@@ -129,3 +129,58 @@ async def test_signed_cli_end_to_end_and_no_private_key_leaks(dev_env, store, et
     # ... while the public keys and signatures are there (the test would be vacuous otherwise)
     assert (await store.operator("rita")).public_key in places["etcd"]
     assert '"signatures"' in places["etcd"] and "signature" in places["histories"]
+
+
+async def test_canary_start_signed_by_the_cli_waits_for_a_second_super_admin(dev_env, store, etcd_server, prefix,
+                                                                             task_queue, tmp_path):
+    """`canary start phase3` signs its start for the id it tries; the plan turns global_betting_enabled on,
+    so nothing is applied until a second super admin confirms (`rollbackctl confirm <id>`, signed)."""
+    from tests.test_canary_workflow import Scripted
+
+    env = {"ROLLBACKCTL_ETCD_ENDPOINTS": etcd_server.endpoint, "ROLLBACKCTL_ETCD_PREFIX": prefix,
+           "TEMPORAL_ADDRESS": dev_env.client.service_client.config.target_host,
+           "ROLLBACKCTL_TASK_QUEUE": task_queue, "ROLLBACKCTL_KEY_DIR": str(tmp_path / "keys")}
+
+    async def ok(*args: str, code: int = 0):
+        r = await cli(*args, env=env)
+        assert r.code == code, (args, r.code, r.out, r.err)
+        return r
+
+    async def canary_status(wid: str, pred, timeout: float = 30.0) -> dict:
+        s = None
+        for _ in range(int(timeout / 0.2)):
+            s = json.loads((await ok("canary", "status", wid, "--json")).out)
+            if pred(s):
+                return s
+            await asyncio.sleep(0.2)
+        raise AssertionError(f"condition not reached; last status: {s}")
+
+    async with signing_worker(dev_env, store, Scripted(), task_queue):
+        await ok("init", "--super-admin", "alice", "--generate-key")
+        for name in ("sam", "rita"):
+            await ok("operator", "rotate-key", name, "--as", "alice", "--generate-key")
+        r = await ok("canary", "start", "phase2", "--as", "rita", "--break-glass", "hurry", code=3)
+        assert "--break-glass needs a super_admin" in r.err
+        r = await ok("canary", "start", "phase3", "--as", "alice", "--time-scale", "14400", "--reason", "launch")
+        wid = re.search(r"^workflow (canary-phase3-\d+)$", r.out, re.M).group(1)
+        assert f"two-person rule: the plan sets global_betting_enabled" in r.out
+        assert f"rollbackctl confirm {wid} --as OTHER" in r.out
+        s = await canary_status(wid, lambda s: s["status"] == "awaiting_approval")
+        assert "still needed: one of sam" in s["waiting_for"]
+        assert (await values(store, "global_betting_enabled")) == {"global_betting_enabled": False}
+        r = await ok("confirm", wid, "--as", "alice", code=3)
+        assert "alice already approved" in r.err
+        r = await ok("canary", "pause", "phase3", "--as", "rita", code=4)
+        assert "has not started" in r.err
+        await ok("confirm", wid, "--as", "sam", "--reason", "agreed")
+        await canary_status(wid, lambda s: s["stage"] == 1 and s["part"] == "observe")
+        assert (await values(store, "global_betting_enabled")) == {"global_betting_enabled": True}
+        await ok("canary", "abort", "phase3", "--as", "rita", "--reason", "cli test over")
+        res = await dev_env.client.get_workflow_handle(wid).result()
+        assert res["status"] == "aborted", res
+        assert (await values(store, "global_betting_enabled")) == {"global_betting_enabled": False}
+        rec = [a for a in await store.audit() if a.source == wid][0]
+        assert [(s["request"]["actor"], s["request"]["action"]) for s in rec.model_extra["signatures"]] == [
+            ("alice", "canary.start"), ("sam", "confirm")]
+        r = await ok("audit", "verify")
+        assert "audit trail OK" in r.out

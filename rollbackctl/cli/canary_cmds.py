@@ -14,6 +14,11 @@ One canary per phase at a time, without a race between two starters:
 - then it moves the counter forward (compare-and-swap, only ever up). A starter that dies between
   its start and that write leaves the counter one behind: the next start finds n+1 taken and heals it.
 Ids are started in order, so the newest id is the only one that can be running.
+
+With signing on, the start is signed ("canary.start") for the exact id tried, signed again for each
+attempt. A plan under the two-person rule (Phase 3 turns `global_betting_enabled` on) then waits for
+a second owner's signed approval, `rollbackctl confirm <id> --as OTHER`, or starts alone with
+`--break-glass REASON` (a super admin; paged to everyone, marked in the audit).
 """
 
 from __future__ import annotations
@@ -66,6 +71,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "in a minute")
     p.add_argument("--reason", default="", help="why now (in the start notification)")
     p.add_argument("--drill", action="store_true", help="practice run: [DRILL] in audit records and pages")
+    p.add_argument("--break-glass", metavar="REASON",
+                   help="super admin: start a plan under the two-person rule without a second approval (paged to "
+                        "everyone, audited)")
     p.add_argument("--follow", action="store_true", help="print progress until the canary ends")
     p.set_defaults(func=cmd_start)
 
@@ -162,10 +170,12 @@ async def _advance(etcd, key: str, to: int) -> None:
 
 
 async def start_canary(client, store, inp, task_queue: str) -> str:
-    """Start the next canary of `inp.phase`; refuses (exit 4) while one of that phase runs."""
+    """Start the next canary of `inp.phase`; refuses (exit 4) while one of that phase runs. With signing on
+    the start is signed for the id tried (a new signature, and nonce, per attempt)."""
     from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
     from temporalio.exceptions import WorkflowAlreadyStartedError
 
+    from rollbackctl.cli.signing import start_proof
     from workflows.canary import CanaryWorkflow
     from workflows.canary_models import canary_workflow_id
 
@@ -178,9 +188,10 @@ async def start_canary(client, store, inp, task_queue: str) -> str:
                 raise CliError(f"a {inp.phase} canary is already running: {latest} (one per phase; see "
                                f"`rollbackctl canary status {inp.phase}`, or abort it first)", 4)
         wid = canary_workflow_id(inp.phase, n + 1)
+        signed = inp.model_copy(update={"proof": start_proof(inp, "canary.start", wid)})
         try:
             await client.start_workflow(
-                CanaryWorkflow.run, inp, id=wid, task_queue=task_queue,
+                CanaryWorkflow.run, signed, id=wid, task_queue=task_queue,
                 id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
                 id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
             )
@@ -199,16 +210,37 @@ def links(wid: str) -> str:
     return f"workflow {wid}\nWeb UI   {TemporalSettings().workflow_url(wid)}"
 
 
+def two_person_note(plan, break_glass: str | None) -> str | None:
+    """What the start of `plan` waits for under the two-person rule (signing on), from its stage profiles.
+    (The workflow also counts the rollback to its Phase 1 snapshot, known only when it starts.)"""
+    from manual import approvals
+
+    names = sorted({n for st in plan.stages for n in approvals.two_person_changes(st.profile)})
+    if not names:
+        return None
+    if break_glass:
+        return (f"BREAK-GLASS: {', '.join(names)} fall(s) under the two-person rule; started without a second "
+                "approval: paged to every escalation level and marked in the audit")
+    return (f"two-person rule: the plan sets {', '.join(names)}: it applies nothing until a second "
+            f"{plan.owner_role().value} approves the start: rollbackctl confirm ID --as OTHER")
+
+
 async def cmd_start(args) -> int:
+    from datetime import timedelta
+
     from manual import switches
     from manual.canary import human
+    from manual.roles import Role
     from rollbackctl.cli.common import switch_store
-    from rollbackctl.settings import TemporalSettings
+    from rollbackctl.cli.signing import signing_on
+    from rollbackctl.settings import SigningSettings, TemporalSettings
     from rollbackctl.temporal_client import connect
     from workflows.canary_models import CanaryInput
 
     plan_in, plan = resolve_plan(args.phase, args.plan, args.time_scale)
     need = plan.owner_role()
+    if args.break_glass is not None and not args.break_glass.strip():
+        raise CliError("--break-glass needs a reason", 2)
     s = TemporalSettings()
     async with switch_store() as store:
         op = await store.operator(args.actor)
@@ -218,11 +250,20 @@ async def cmd_start(args) -> int:
             owned = [k for k in plan.touched() if switches.get(k).permission is need]
             raise CliError(f"{args.actor} is {op.role.value}; starting {args.phase} approves its plan, which changes "
                            f"{', '.join(owned)} (owned by {need.value}): it needs a {need.value}", 3)
+        if args.break_glass is not None and op.role is not Role.SUPER_ADMIN:
+            raise CliError(f"{args.actor} is {op.role.value}; --break-glass needs a super_admin", 3)
         inp = CanaryInput(phase=args.phase, requested_by=args.actor, reason=args.reason, plan=plan_in,
-                          time_scale=args.time_scale, drill=args.drill)
+                          time_scale=args.time_scale, drill=args.drill, break_glass=args.break_glass,
+                          approval_timeout=min(timedelta(seconds=SigningSettings().approval_timeout_s),
+                                               timedelta(days=7)))
+        signing = signing_on()
         client = await connect(s)
         wid = await start_canary(client, store, inp, s.task_queue)
     print(f"started {plan.title}{plan.scale_note()}, approved by {args.actor} ({op.role.value})")
+    note = two_person_note(plan, args.break_glass) if signing else None
+    if note:
+        print(note.replace("confirm ID", f"confirm {wid}")
+              + ("" if args.break_glass else f" (within {human(inp.approval_timeout)})"))
     for st in plan.stages:
         gate = f"; then {st.gate.min_role.value} promotes" if st.gate else ""
         print(f"  stage {st.number} {st.name:<20} {human(st.duration):>6}  "

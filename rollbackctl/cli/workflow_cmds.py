@@ -81,7 +81,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_degrade)
 
     for name, help_ in [
-        ("confirm", "confirm the step that waits for it (rollback holds, Level 3 approval)"),
+        ("confirm", "confirm the step that waits for it (rollback holds, Level 3 approval, a canary start's "
+                    "second approval)"),
         ("proceed", "data inconsistency: roll back now instead of at the end of the window"),
         ("cancel", "data inconsistency: do not roll back (needs --reason)"),
         ("escalate", "escalate: a monitored incident to a rollback, a breach to Level 3, or choose --level 2|3"),
