@@ -1,5 +1,7 @@
 """Demo steps: a Phase 3 canary promoting through its four stages (10 days run in a minute with
 --time-scale 14400), then a second canary rolling back on a fault injected at the simulator.
+Signing is on: each start is signed, and since Phase 3 turns global_betting_enabled on (two-person
+rule) the second super admin approves it (`rollbackctl confirm <canary id>`) before anything applies.
 
 Appended to rollbackctl.demo's STEPS when the demo imports this module (SCENARIOS).
 """
@@ -41,6 +43,17 @@ def _wait(demo: Demo, target: str, what: str, pred, timeout: float = 120.0) -> d
     raise DemoError(f"timed out waiting for {what}")
 
 
+def _second_approval(demo: Demo, wid: str, reason: str, show_refusal: bool = False) -> None:
+    """The start waits for a second super admin (nothing applied yet): the other one approves it."""
+    _wait(demo, wid, "the start to wait for a second approval", lambda s: s["status"] == "awaiting_approval", 30)
+    if show_refusal:
+        demo.cli("canary", "status", wid)
+        print(f"\nNothing is applied yet: {demo.super_admin} may not approve her own start a second time:")
+        demo.cli("confirm", wid, "--as", demo.super_admin, ok=(3,))
+        print()
+    demo.cli("confirm", wid, "--as", demo.second_super_admin, "--reason", reason)
+
+
 def _phase1(demo: Demo) -> None:
     """The configuration before the canary (Phase 2 done): internalization off, every order to HL."""
     for name, value, who in PHASE1:
@@ -55,7 +68,8 @@ def show_plan(demo: Demo) -> None:
     demo.cli("canary", "plan", "phase3")
 
 
-@step("Start it as a super admin (it turns global_betting_enabled on) at --time-scale 14400")
+@step("Start it as a super admin (signed; it turns global_betting_enabled on, so a second super admin approves) "
+      "at --time-scale 14400")
 def start_canary(demo: Demo) -> None:
     url = _core_url(demo)
     print(f"A fresh simulated market (the positions earlier steps left would exceed Stage 1's $50K cap):\n"
@@ -69,6 +83,8 @@ def start_canary(demo: Demo) -> None:
                  "--reason", "demo: internalization launch")
     wid = next(line.split()[1] for line in p.stdout.splitlines() if line.startswith("workflow "))
     demo.notes["canary"] = wid
+    print("\nTwo-person rule: the start counts as the first super admin's approval; the second signs hers:")
+    _second_approval(demo, wid, "demo: launch plan reviewed", show_refusal=True)
     print("\nOnly one canary per phase:")
     demo.cli("canary", "start", "phase3", "--as", demo.super_admin, "--time-scale", SCALE, ok=(4,))
 
@@ -99,6 +115,7 @@ def rolls_back(demo: Demo) -> None:
     p = demo.cli("canary", "start", "phase3", "--as", demo.super_admin, "--time-scale", SCALE,
                  "--reason", "demo: relaunch")
     wid = next(line.split()[1] for line in p.stdout.splitlines() if line.startswith("workflow "))
+    _second_approval(demo, wid, "demo: relaunch approved")
     _wait(demo, wid, "stage 2", lambda s: s["stage"] == 2, 60)
     url = _core_url(demo)
     print(f"$ curl -X POST {url}/sim/faults -d '{{\"error_rate\": 0.02}}'")
