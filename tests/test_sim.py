@@ -341,3 +341,20 @@ def test_dev_up_refuses_a_taken_simulator_port_and_records_nothing(sim_server, t
     with pytest.raises(procs.StackError, match=f"127.0.0.1:{sim_server.port} for simulator is already taken"):
         devstack.up(only=["sim"], out=lambda *_: None)
     assert not devstack.Stack().pidfile("sim").exists()
+
+
+def test_extra_listed_symbols_take_per_symbol_actions_but_are_not_traded():
+    """ROLLBACKCTL_SIM_EXTRA_SYMBOLS: S001.. are listed (one P0 incident per symbol, bench/incidents.py),
+    not traded by the market model."""
+    from rollbackctl.sim.core import ActionError, Simulator
+
+    sim = Simulator(None, extra_symbols=200)
+    answer, _ = sim.act("pause_symbol_hl_routing", {"symbol": "S200"}, "k1")
+    assert answer["status"] == "done" and "hl_routing_paused:S200" in sim.controls.listing()
+    assert sim.status()["listed_symbols"] == 203
+    with pytest.raises(ActionError, match="unknown symbol 'S201'.*S001..S200"):
+        sim.act("pause_symbol_hl_routing", {"symbol": "S201"}, "k2")
+    with pytest.raises(ActionError, match="unknown symbol 'S001'; traded: BTC, ETH, SOL"):
+        sim.order({"symbol": "S001", "notional_usd": 100})
+    with pytest.raises(ActionError, match="unknown symbol 'S001'"):
+        Simulator(None).act("pause_symbol_hl_routing", {"symbol": "S001"}, "k3")

@@ -38,9 +38,19 @@ class ActionError(Exception):
         self.status, self.error, self.detail = status, error, detail
 
 
+def extra_symbol_names(n: int) -> list[str]:
+    """Listed symbols beyond the traded ones (ROLLBACKCTL_SIM_EXTRA_SYMBOLS): S001, S002, ..."""
+    return [f"S{i:03d}" for i in range(1, n + 1)]
+
+
 class Simulator:
-    def __init__(self, etcd: Etcd | None, prefix: str = "/perps/", *, seed: int = 7, tick_s: float = 0.25):
+    def __init__(self, etcd: Etcd | None, prefix: str = "/perps/", *, seed: int = 7, tick_s: float = 0.25,
+                 extra_symbols: int = 0):
         self.etcd = etcd
+        # Listed symbols: the traded ones (the market model's) and any extra ones, which per-symbol
+        # actions and faults take but the synthetic order flow does not trade.
+        self.extra_symbols = extra_symbol_names(extra_symbols)
+        self.listed = frozenset(SYMBOLS) | frozenset(self.extra_symbols)
         self.prefix = prefix
         self.seed = seed
         self.tick_s = tick_s
@@ -319,12 +329,16 @@ class Simulator:
         log.info("action %s %s -> %s", name, body, status)
         return answer, False
 
-    def _symbol(self, body: dict[str, Any]) -> str:
+    def _symbol(self, body: dict[str, Any], traded: bool = False) -> str:
+        """The body's symbol: a listed one (`traded`: one the market model trades, for orders)."""
         s = body.get("symbol")
         if not isinstance(s, str) or not s:
             raise ActionError(400, "bad_request", "field 'symbol' is required (a ticker such as BTC)")
-        if s not in SYMBOLS:
-            raise ActionError(400, "bad_request", f"field 'symbol': unknown symbol {s!r}; listed: {', '.join(SYMBOLS)}")
+        if s not in (SYMBOLS if traded else self.listed):
+            listed = ", ".join(SYMBOLS) + (f", {self.extra_symbols[0]}..{self.extra_symbols[-1]}"
+                                          if self.extra_symbols and not traded else "")
+            raise ActionError(400, "bad_request", f"field 'symbol': unknown symbol {s!r}; "
+                                                  f"{'traded' if traded else 'listed'}: {listed}")
         return s
 
     def _perform(self, name: str, body: dict[str, Any]) -> tuple[str, dict[str, Any]]:
@@ -370,7 +384,7 @@ class Simulator:
     def order(self, body: Any) -> dict[str, Any]:
         if not isinstance(body, dict):
             raise ActionError(400, "bad_request", "the body must be a JSON object")
-        s = self._symbol(body)
+        s = self._symbol(body, traded=True)
         notional = body.get("notional_usd")
         if isinstance(notional, bool) or not isinstance(notional, (int, float)) or notional <= 0:
             raise ActionError(400, "bad_request", "field 'notional_usd': expected a positive number")
@@ -422,4 +436,5 @@ class Simulator:
             "started_at": iso(self.started_at),
             "maintenance": self.maintenance,
             "orders": dict(self.market.orders),
+            "listed_symbols": len(self.listed),
         }

@@ -6,6 +6,9 @@ Environment (the same names the rest of the tool uses, so `rollbackctl dev up` n
 - ROLLBACKCTL_TRADING_CORE_TOKEN: the bearer token /v1/ routes require (default dev-token).
 - ROLLBACKCTL_ETCD_*: the switch store to follow (endpoints, prefix, TLS, auth).
 - ROLLBACKCTL_SIM_SEED (default 7), ROLLBACKCTL_SIM_TICK_S (default 0.25): the random walk.
+- ROLLBACKCTL_SIM_EXTRA_SYMBOLS (default 0): that many more listed symbols, S001, S002, ...: per-symbol
+  actions (pause/resume_symbol_hl_routing) and per-symbol faults take them; the synthetic order flow
+  and the market trade BTC, ETH and SOL only (bench/incidents.py: one P0 incident per symbol for 200).
 - ROLLBACKCTL_SIM_PARENT_PID: stop when that process is gone (set by test fixtures and benchmarks,
   so a killed test run leaves no simulator behind).
 """
@@ -34,6 +37,7 @@ class SimSettings(BaseSettings):
 
     seed: int = 7
     tick_s: float = Field(default=0.25, gt=0, le=10)
+    extra_symbols: int = Field(default=0, ge=0, le=999)
 
 
 def listen_address(core: TradingCoreSettings, host: str | None = None, port: int | None = None) -> tuple[str, int]:
@@ -49,7 +53,8 @@ def build_app(*, prefix: str | None = None, seed: int | None = None, with_etcd: 
 
     es, core, ss = EtcdSettings(), TradingCoreSettings(), SimSettings()
     etcd = Etcd.from_settings(es) if with_etcd else None
-    sim = Simulator(etcd, prefix or es.prefix, seed=ss.seed if seed is None else seed, tick_s=ss.tick_s)
+    sim = Simulator(etcd, prefix or es.prefix, seed=ss.seed if seed is None else seed, tick_s=ss.tick_s,
+                    extra_symbols=ss.extra_symbols)
     return create_app(sim, core.token.get_secret_value()), sim
 
 
