@@ -185,10 +185,13 @@ async def test_a_rotated_key_stops_working_within_the_roster_refresh(ts_env, sto
         await wait_for(h, ts_env, awaiting("confirm"))
         old = signers.keys["oscar"]
         signers.keys["oscar"] = Ed25519PrivateKey.generate()
-        rotated = (await h.query(RollbackWorkflow.progress)).roster_at
         await store.rotate_key("oscar", signers.public("oscar"), actor="alice")
-        p = await wait_for(h, ts_env, lambda p: p.roster_at > rotated, step=timedelta(seconds=10))
-        assert p.roster_at - p.awaiting.since < timedelta(seconds=31)  # ROSTER_REFRESH (30 s) + the read
+        # A roster read in flight during the rotation may still return the old key: the read after the
+        # next one surely started after the rotation (reads are sequential, every ROSTER_REFRESH = 30 s).
+        t0 = (await h.query(RollbackWorkflow.progress)).roster_at
+        t1 = (await wait_for(h, ts_env, lambda p: p.roster_at > t0, step=timedelta(seconds=10))).roster_at
+        p = await wait_for(h, ts_env, lambda p: p.roster_at > t1, step=timedelta(seconds=10))
+        assert p.roster_at - t1 < timedelta(seconds=31)  # ROSTER_REFRESH (30 s) + the read
         await refused(h.execute_update(RollbackWorkflow.confirm, signers.decision(
             wid, "confirm", "confirm", Decision(actor="oscar"), key=old)), "refused (removed key)")
         await h.execute_update(RollbackWorkflow.confirm, signers.decision(wid, "confirm", "confirm",
