@@ -36,6 +36,51 @@ from rollbackctl.settings import EtcdSettings, TemporalSettings, TradingCoreSett
 
 SUPER_ADMIN = "alice"
 OPERATORS = {"rita": Role.RISK_MANAGER, "oscar": Role.ON_CALL, "sam": Role.SUPER_ADMIN}
+EXTRA_SYMBOLS = 200
+COMPONENTS = ("etcd", "temporal", "sim", "worker", "monitor")
+
+
+class Signer:
+    """Operators' keys in a directory, and signing as the CLI does (rollbackctl/cli/signing.py)."""
+
+    def __init__(self, key_dir: Path):
+        self.key_dir = key_dir
+        self._keys: dict = {}
+
+    def generate(self, *names: str) -> dict[str, str]:
+        """New key files (0600) for `names`; their public keys."""
+        return {n: keys.generate(self.key_dir / f"{n}.key") for n in names}
+
+    def _key(self, actor: str):
+        if actor not in self._keys:
+            self._keys[actor] = keys.load_file(self.key_dir / f"{actor}.key", actor)
+        return self._keys[actor]
+
+    def sign_start(self, inp, action: str, wid: str):
+        """`inp` (RollbackInput, DegradeInput, CanaryInput) with its requester's signed start of `wid`."""
+        proof = identity.sign(self._key(inp.requested_by), identity.SignedRequest(
+            actor=inp.requested_by, action=action, target=wid, values=inp.signed_values(), workflow_id=wid,
+            nonce=secrets.token_urlsafe(18)))
+        return inp.model_copy(update={"proof": proof})
+
+    def signed(self, d, wid: str, kind: str, step: str | None):
+        """Decision `d` signed for workflow `wid`, decision `kind`, at the step the workflow waits at."""
+        d = d.model_copy(update={"action": kind, "workflow_id": wid, "step": step or "-",
+                                 "nonce": secrets.token_urlsafe(18)})
+        proof = identity.sign(self._key(d.actor), d.signed_request())
+        return d.model_copy(update={"signature": proof.signature, "key_id": proof.key_id})
+
+    async def decide(self, client, wid: str, update: str, d, kind: str | None = None):
+        """Send Update `update` with `d` signed at the step `wid` is at now (one `progress` query first,
+        as `rollbackctl confirm|resolve|...` does)."""
+        from workflows.models import Progress
+
+        h = client.get_workflow_handle(wid)
+        if not hasattr(d, "signed_request"):  # a request model that carries no signature
+            return await h.execute_update(update, d)
+        p = await h.query("progress", result_type=Progress)
+        step = p.awaiting.step if p.awaiting is not None else p.current_step
+        return await h.execute_update(update, self.signed(d, wid, kind or update, step))
 
 
 @dataclass
@@ -46,41 +91,47 @@ class BenchStack:
     temporal: TemporalSettings
     core: TradingCoreSettings
     env: dict[str, str]
+    signer: Signer
     monitor_interval_s: float = 1.0
 
-    # -- signing, as the CLI does (rollbackctl/cli/signing.py), with keys loaded once ----------------
-    def _key(self, actor: str):
-        cache = self.__dict__.setdefault("_keys", {})
-        if actor not in cache:
-            cache[actor] = keys.load_file(self.dir / "keys" / f"{actor}.key", actor)
-        return cache[actor]
-
     def sign_start(self, inp, action: str, wid: str):
-        """`inp` (RollbackInput / DegradeInput) with its requester's signed start of workflow `wid`."""
-        proof = identity.sign(self._key(inp.requested_by), identity.SignedRequest(
-            actor=inp.requested_by, action=action, target=wid, values=inp.signed_values(), workflow_id=wid,
-            nonce=secrets.token_urlsafe(18)))
-        return inp.model_copy(update={"proof": proof})
+        return self.signer.sign_start(inp, action, wid)
 
-    def signed(self, d, wid: str, kind: str, step: str):
-        """Decision `d` signed for workflow `wid`, decision `kind`, at the step the workflow waits at."""
-        d = d.model_copy(update={"action": kind, "workflow_id": wid, "step": step or "-",
-                                 "nonce": secrets.token_urlsafe(18)})
-        req = d.signed_request()
-        proof = identity.sign(self._key(d.actor), req)
-        return d.model_copy(update={"signature": proof.signature, "key_id": proof.key_id})
+    def signed(self, d, wid: str, kind: str, step: str | None):
+        return self.signer.signed(d, wid, kind, step)
 
     def pid(self, component: str) -> int | None:
         return devstack.Stack().running(component)
 
     def peak_rss_mb(self, component: str) -> float | None:
+        """Peak resident memory (VmHWM) since the process started or since `reset_peak_rss`."""
         pid = self.pid(component)
         if not pid:
             return None
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
+                return round(int(line.split()[1]) / 1024, 1)
         return None
+
+    def cpu_seconds(self) -> dict[str, float]:
+        """CPU time (user + system, all threads) used so far by each component and by this process."""
+        hz = os.sysconf("SC_CLK_TCK")
+        out = {}
+        for name, pid in [*((c, self.pid(c)) for c in COMPONENTS), ("bench_client", os.getpid())]:
+            try:
+                f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                out[name] = (int(f[11]) + int(f[12])) / hz
+            except (OSError, IndexError, ValueError):
+                pass
+        return out
+
+    def reset_peak_rss(self, component: str) -> None:
+        """Start the peak over (Linux: "5" to clear_refs resets VmHWM to the current RSS): a peak per benchmark."""
+        pid = self.pid(component)
+        try:
+            Path(f"/proc/{pid}/clear_refs").write_text("5")
+        except OSError:
+            pass  # not ours, or an old kernel: the peak stays since the start
 
 
 def _wait_log(path: Path, text: str, timeout: float) -> None:
@@ -110,6 +161,8 @@ async def isolated_stack(out=print):
         "ROLLBACKCTL_SIGNING": "true",
         "ROLLBACKCTL_KEY_DIR": str(d / "keys"),
         "ROLLBACKCTL_MONITOR_INTERVAL_S": os.environ.get("ROLLBACKCTL_MONITOR_INTERVAL_S", "1.0"),
+        # symbols S001..S200 besides BTC/ETH/SOL: one P0 incident per symbol (bench/incidents.py)
+        "ROLLBACKCTL_SIM_EXTRA_SYMBOLS": str(EXTRA_SYMBOLS),
     }
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
@@ -130,14 +183,15 @@ async def isolated_stack(out=print):
         es = EtcdSettings()
         async with Etcd.from_settings(es) as etcd:
             store = SwitchStore(etcd, es.prefix)
-            pub = {name: keys.generate(d / "keys" / f"{name}.key") for name in (SUPER_ADMIN, *OPERATORS)}
+            signer = Signer(d / "keys")
+            pub = signer.generate(SUPER_ADMIN, *OPERATORS)
             await store.init(super_admin=SUPER_ADMIN, actor=SUPER_ADMIN, public_key=pub[SUPER_ADMIN])
             for name, role in OPERATORS.items():
                 if await store.operator(name) is None:
                     await store.add_operator(name, role, actor=SUPER_ADMIN, public_key=pub[name])
             _wait_log(st.log("worker"), "worker started", 30)
             _wait_log(st.log("monitor"), "P0 monitor polling every", 30)  # the monitor activity runs
-            yield BenchStack(d, etcd, store, TemporalSettings(), core, {**st.env(), **env},
+            yield BenchStack(d, etcd, store, TemporalSettings(), core, {**st.env(), **env}, signer,
                              monitor_interval_s=float(env["ROLLBACKCTL_MONITOR_INTERVAL_S"]))
     finally:
         devstack.down(out=lambda line: None)
@@ -182,6 +236,7 @@ async def reset(st: BenchStack) -> dict:
                 pass  # closed meanwhile
 
     await asyncio.gather(*(terminate(wf) for wf in running))
+    st.reset_peak_rss("worker")
     url = st.core.url.rstrip("/")
     async with httpx.AsyncClient(timeout=10) as http:
         (await http.post(f"{url}/sim/reset", json={})).raise_for_status()
