@@ -2,6 +2,7 @@
 
 In-process (a client starting the workflow with eager start, as the CLI does) and through the CLI
 as a whole process (`rollbackctl rollback start ...`: interpreter start, imports, connect, start).
+Both signed, as in production (the stack's worker verifies the requester's signature before the flip).
 """
 
 from __future__ import annotations
@@ -57,12 +58,14 @@ async def run(st: BenchStack, runs: int = 50, cli_runs: int = 10) -> dict:
         for _ in range(runs):
             await _internalization_on(st, http)
             inc = f"bench-{uuid.uuid4().hex[:10]}"
-            t0 = datetime.now(timezone.utc)
-            h = await client.start_workflow(
-                RollbackWorkflow.run,
+            wid = f"rollback-{inc}"
+            inp = st.sign_start(  # signed as the CLI signs (~0.1 ms, before the clock starts, as there)
                 RollbackInput(incident_id=inc, summary="bench", severity=Severity.CRITICAL, scope=Scope.CROSS,
                               requested_by="oscar", reason="benchmark", drill=True, durations=quick),
-                id=f"rollback-{inc}", task_queue=st.temporal.task_queue, request_eager_start=True)
+                "rollback.start", wid)
+            t0 = datetime.now(timezone.utc)
+            h = await client.start_workflow(RollbackWorkflow.run, inp, id=wid, task_queue=st.temporal.task_queue,
+                                            request_eager_start=True)
             inproc.append(_ms(await _wait_switch(http, st.core.url, "routing_mode", "HL_MODE"), t0))
             await h.terminate("benchmark sample taken")
         exe = str(Path(sys.executable).parent / "rollbackctl")

@@ -51,7 +51,9 @@ def _ts(s: str) -> float:
     return datetime.fromisoformat(s.replace("Z", "+00:00")).timestamp()
 
 
-async def _wait(fetch, pred, timeout: float, what: str):
+async def _wait(fetch, pred, timeout: float, what: str, every: float = 0.02):
+    """Poll `fetch` until `pred`. Not on the clock: the latencies come from the simulator's and the
+    incident's own timestamps, so polling less often only spares the processes measured."""
     deadline = time.monotonic() + timeout
     while True:
         v = await fetch()
@@ -59,10 +61,10 @@ async def _wait(fetch, pred, timeout: float, what: str):
             return v
         if time.monotonic() > deadline:
             raise TimeoutError(f"{what}: not within {timeout}s (last {str(v)[:300]})")
-        await asyncio.sleep(0.005)
+        await asyncio.sleep(every)
 
 
-async def one(http: httpx.AsyncClient, client, base: str, rule: str, interval: float) -> dict:
+async def one(http: httpx.AsyncClient, client, base: str, rule: str, interval: float, signer=None) -> dict:
     from workflows.incident import IncidentWorkflow
     from workflows.incident_models import ResolveRequest, incident_workflow_id
 
@@ -79,12 +81,16 @@ async def one(http: httpx.AsyncClient, client, base: str, rule: str, interval: f
     at = _ts(next(x for x in acts if x["action"] == action)["at"])
     hold_excluded = (alerts.get(rule).hold.polls - 1) * interval
     h = client.get_workflow_handle_for(IncidentWorkflow.run, incident_workflow_id(rule))
-    st = await _wait(lambda: h.query(IncidentWorkflow.state), lambda s: s.ready, 30, "incident ready")
+    st = await _wait(lambda: h.query(IncidentWorkflow.state), lambda s: s.ready, 30, "incident ready", 0.1)
     detected = st.detected_at.timestamp()
     # close it so that the next run opens a new incident
     await http.delete(f"{base}/sim/faults")
-    await _wait(lambda: h.query(IncidentWorkflow.state), lambda s: s.condition == "clear", 30, "clear reported")
-    await h.execute_update(IncidentWorkflow.resolve, ResolveRequest(actor="oscar", reason="bench"))
+    await _wait(lambda: h.query(IncidentWorkflow.state), lambda s: s.condition == "clear", 30, "clear reported", 0.1)
+    req = ResolveRequest(actor="oscar", reason="bench")
+    if signer is not None:  # signing on (the bench stack): signed, as `rollbackctl resolve` does
+        await signer.decide(client, h.id, "resolve", req)
+    else:
+        await h.execute_update(IncidentWorkflow.resolve, req)
     await h.result()
     return {
         "total_ms": (at - t_inject) * 1000 - hold_excluded * 1000,
@@ -100,7 +106,10 @@ async def _get(http: httpx.AsyncClient, url: str):
 
 
 async def run(st=None, runs: int = 20, interval: float = 1.0) -> dict:
-    """Measure on a given bench stack (bench/__main__.py) or on an isolated one started here."""
+    """Measure on a given bench stack (bench/__main__.py: its monitor's interval, 1 s by default) or on an
+    isolated one started here with `interval`."""
+    if st is not None:
+        interval = st.monitor_interval_s
     if st is None:
         from bench.stack import isolated_stack
 
@@ -114,9 +123,10 @@ async def run(st=None, runs: int = 20, interval: float = 1.0) -> dict:
     out: dict = {"monitor_interval_s": interval}
     async with httpx.AsyncClient(timeout=10) as http:
         # the monitor must be polling: its first firing read of a warm-up fault
-        await one(http, client, base, "hl_disconnection", interval)
+        signer = getattr(st, "signer", None)
+        await one(http, client, base, "hl_disconnection", interval, signer)
         for rule in RULES:
-            samples = [await one(http, client, base, rule, interval) for _ in range(runs)]
+            samples = [await one(http, client, base, rule, interval, signer) for _ in range(runs)]
             for k in ("total_ms", "inject_to_detected_ms", "detected_to_action_ms"):
                 out[f"{rule}.{k}"] = summary([s[k] for s in samples])
                 out[f"{rule}.{k}"]["median"] = out[f"{rule}.{k}"]["p50"]
