@@ -69,22 +69,19 @@ def machine() -> dict:
 
 
 # -- markdown ---------------------------------------------------------------------------------------
-def fmt(v) -> str:
-    """Numbers as a reader wants them: ints with separators, floats to 3 significant digits (at most
-    one decimal from 100 up), lists and dicts compact."""
+def fmt(v, key: str = "") -> str:
+    """Numbers as a reader wants them: ints with separators; seconds (`_s`) and MB (`_mb`) to 0.1;
+    other floats to 3 significant digits (whole numbers from 1,000 up); dicts and lists compact."""
     if isinstance(v, bool) or v is None:
         return str(v)
     if isinstance(v, int):
         return f"{v:,}"
     if isinstance(v, float):
-        a = abs(v)
-        if a >= 100:
-            return f"{v:,.0f}" if a >= 1000 else f"{v:.1f}"
-        if a >= 10:
-            return f"{v:.1f}"
-        return f"{v:.2f}" if a >= 0.01 or v == 0 else f"{v:.2g}"
+        if key.endswith(("_s", "_mb")) and abs(v) >= 0.95:
+            return f"{v:,.1f}"
+        return f"{v:,.0f}" if abs(v) >= 999.5 else f"{v:.3g}"
     if isinstance(v, dict):
-        return ", ".join(f"{k} {fmt(x)}" for k, x in v.items())
+        return ", ".join(f"{k} {fmt(x, key)}" for k, x in v.items())
     if isinstance(v, (list, tuple)):
         return ", ".join(fmt(x) for x in v) or "-"
     return str(v).replace("|", "/")
@@ -110,22 +107,26 @@ def markdown(res: dict) -> str:
     only = f", only {', '.join(res['only'])}" if res.get("only") else ""
     lines = [
         f"# rollbackctl benchmarks, {res['date']}", "",
-        f"{kind}{only}; total wall time {fmt(res['total_wall_s'])} s.", "",
+        f"{kind}{only}; total wall time {fmt(res['total_wall_s'], '_s')} s"
+        + (f" (the shared stack's start-up {fmt(res['wall_s']['stack_start'], '_s')} s)" if "stack_start" in res["wall_s"]
+           else "") + ".", "",
         f"Machine: {m['cpus']} cores ({m['cpu']}), {fmt(m['mem_gib'])} GiB RAM, {m['platform']}; "
         f"Python {m['python']}, temporalio {m['temporalio']}, {m['temporal_cli']}, {m['etcd']}. "
         f"Load average at start {fmt(m['load_avg_at_start'])}. Everything on loopback, every process on this "
         "machine: the benchmark's own client competes with the servers for the same cores.", "",
         "Times in ms unless the name says otherwise (`_s`: seconds).", "",
     ]
+    if res.get("failed"):
+        lines += [f"FAILED: {', '.join(res['failed'])}", ""]
     for bench, out in res["results"].items():
         wall = res["wall_s"].get(bench)
-        lines += [f"## {bench}" + (f" ({fmt(wall)} s)" if wall is not None else ""), ""]
+        lines += [f"## {bench}" + (f" ({fmt(wall, '_s')} s)" if wall is not None else ""), ""]
         about = _about(bench)
         if about:
             lines += [about, ""]
         cpu = res.get("cpu_s", {}).get(bench)
         if cpu:
-            lines += ["CPU seconds used meanwhile (user + system): " + fmt(cpu) + ".", ""]
+            lines += ["CPU seconds used meanwhile (user + system): " + fmt(cpu, "_s") + ".", ""]
         if isinstance(out, dict) and "error" in out and len(out) == 1:
             lines += [f"FAILED: {out['error']}", ""]
             continue
@@ -133,13 +134,13 @@ def markdown(res: dict) -> str:
         if dists:
             lines += ["| metric | n | p50 | p90 | p99 | max | mean |", "|---|---:|---:|---:|---:|---:|---:|"]
             for k, v in dists.items():
-                lines.append(f"| {k} | {fmt(v['n'])} | " + " | ".join(fmt(v.get(c)) for c in
+                lines.append(f"| {k} | {fmt(v['n'])} | " + " | ".join(fmt(v.get(c), k) for c in
                                                                      ("p50", "p90", "p99", "max", "mean")) + " |")
             lines.append("")
         scalars = {k: v for k, v in out.items() if not _is_dist(v)}
         if scalars:
             lines += ["| metric | value |", "|---|---|"]
-            lines += [f"| {k} | {fmt(v)} |" for k, v in scalars.items()]
+            lines += [f"| {k} | {fmt(v, k)} |" for k, v in scalars.items()]
             lines.append("")
     return "\n".join(lines)
 
