@@ -9,7 +9,9 @@ long poll), not from polling `describe`. Once a decision is accepted the next st
 away. (The previous client, describe + query every 0.5-1.5 s per rollback, made ~20 RPCs per rollback
 and took a good part of the 2 cores itself.)
 
-Reports wall time, throughput, per-rollback latency (start requested -> closed), the client's RPCs,
+Reports wall time, throughput, per-rollback latency (start requested -> closed), start requested ->
+its change set committed (the audit record's time: how long the flip waits when 200 arrive at once),
+the client's RPCs,
 refused decisions (should be none), audit records per change set (exactly one), compare-and-swap
 conflicts on the same switch (audit `attempts` > 1), the worker's peak RSS, and from the histories:
 events per rollback, workflow tasks that timed out (a sticky queue not served within its 1 s
@@ -22,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from temporalio.client import (
     WorkflowQueryFailedError,
@@ -81,6 +83,7 @@ async def run(st: BenchStack, rollbacks: int = 200, poll_s: float = 1.0, max_inf
     timeouts: list[str] = []
     latencies: list[float] = []
     rpcs = {"start": 0, "query": 0, "update": 0}
+    requested: dict[str, float] = {}  # workflow id -> wall time its start was sent
     sem = asyncio.Semaphore(max_inflight)
 
     async def one(i: int) -> str:
@@ -91,6 +94,7 @@ async def run(st: BenchStack, rollbacks: int = 200, poll_s: float = 1.0, max_inf
             switch=TARGETS[i % len(TARGETS)], requested_by="oscar", reason="concurrency benchmark",
             drill=True, durations=quick), "rollback.start", wid)
         t0 = time.monotonic()
+        requested[wid] = time.time()
         h = await client.start_workflow("RollbackWorkflow", inp, id=wid, task_queue=st.temporal.task_queue)
         rpcs["start"] += 1
         result = asyncio.ensure_future(h.result())
@@ -136,12 +140,15 @@ async def run(st: BenchStack, rollbacks: int = 200, poll_s: float = 1.0, max_inf
     for a in audit:
         per_wf[a.source] = per_wf.get(a.source, 0) + 1
     conflicts = sum(1 for a in audit if (getattr(a, "attempts", None) or 1) > 1)
+    committed = [(datetime.fromisoformat(a.at.replace("Z", "+00:00")).timestamp() - requested[a.source]) * 1000
+                 for a in audit if a.source in requested]
     return {
         "rollbacks": rollbacks,
         "completed": sum(1 for r in results if r in ("closed_without_restore", "restored")),
         "wall_s": round(wall, 2),
         "throughput_per_s": round(rollbacks / wall, 1),
         "per_rollback_s": summary(latencies),
+        "start_to_change_committed_ms": summary(committed),
         "client_rpcs": rpcs,
         "refused_decisions": len(refused),
         "client_rpc_timeouts": len(timeouts),
