@@ -5,7 +5,9 @@ from __future__ import annotations
 import secrets
 from typing import Any
 
+import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from temporalio.client import WorkflowUpdateFailedError
 from temporalio.worker import Worker
 
 from activities.requests import RequestActivities
@@ -83,3 +85,13 @@ class Unchanged:
     async def __aexit__(self, *exc):
         if exc[0] is None:
             assert await dump(self.etcd, self.prefix) == self.before, "a refused request changed etcd"
+
+
+async def refused(call, *fragments: str) -> str:
+    """The Update is refused by its validator with a message containing every fragment; returns it."""
+    with pytest.raises(WorkflowUpdateFailedError) as e:
+        await call
+    msg = str(e.value.cause)
+    for f in fragments:
+        assert f in msg, msg
+    return msg

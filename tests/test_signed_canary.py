@@ -13,11 +13,10 @@ from datetime import timedelta
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from temporalio.client import WorkflowUpdateFailedError
 
 from manual import canary
 from manual.canary import CanaryPlan
-from tests.identity_helpers import Signers, Unchanged, save_signed_history, signing_worker
+from tests.identity_helpers import Signers, Unchanged, refused, save_signed_history, signing_worker
 from tests.test_canary_workflow import Scripted, coarse, off_beat, status, until
 from tests.test_store_helpers import dump
 from tests.wf_helpers import set_switches, values
@@ -63,15 +62,6 @@ async def decide(env, h, signers: Signers, kind: str, step: str, d: CanaryDecisi
     if off:
         await off_beat(env, h.id)
     return await h.execute_update(kind, signers.decision(h.id, kind, step, d))
-
-
-async def refused(call, *fragments: str) -> str:
-    with pytest.raises(WorkflowUpdateFailedError) as e:
-        await call
-    msg = str(e.value.cause)
-    for f in fragments:
-        assert f in msg, msg
-    return msg
 
 
 async def awaiting_approval(env, wid):

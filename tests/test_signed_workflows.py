@@ -8,11 +8,10 @@ from datetime import timedelta
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from temporalio.client import WorkflowUpdateFailedError
 
 from manual.rollback import Durations, Scope, Severity
 from rollbackctl import identity
-from tests.identity_helpers import Signers, Unchanged, save_signed_history, signing_worker
+from tests.identity_helpers import Signers, Unchanged, refused, save_signed_history, signing_worker
 from tests.standins import StandIns
 from tests.wf_helpers import awaiting, incident, set_switches, values, wait_for
 from workflows.degradation import DegradationWorkflow, degrade_workflow_id
@@ -27,15 +26,6 @@ async def signers(store) -> Signers:
     s = Signers()
     await s.register(store)
     return s
-
-
-async def refused(call, *fragments: str) -> str:
-    with pytest.raises(WorkflowUpdateFailedError) as e:
-        await call
-    msg = str(e.value.cause)
-    for f in fragments:
-        assert f in msg, msg
-    return msg
 
 
 def rollback_input(inc, by="oscar", scope=Scope.CROSS, **kw) -> RollbackInput:
