@@ -45,6 +45,7 @@ from manual import escalation  # noqa: E402
 from manual.roles import Role  # noqa: E402
 from rollbackctl import procs  # noqa: E402
 from rollbackctl.settings import PagingSettings, TradingCoreSettings  # noqa: E402
+from rollbackctl.temporal_client import run_histories  # noqa: E402
 
 H = timedelta(hours=1)
 DAY = timedelta(days=1)
@@ -96,17 +97,6 @@ def _history_stats(hists: list) -> dict:
             "largest_run_events": max(events), "largest_run_bytes": max(nbytes), "health_checks": checks}
 
 
-async def _run_histories(client, wid: str, first_run_id: str) -> list:
-    out, run_id = [], first_run_id
-    while run_id:
-        hist = await client.get_workflow_handle(wid, run_id=run_id).fetch_history()
-        out.append(hist)
-        last = hist.events[-1]
-        run_id = (last.workflow_execution_continued_as_new_event_attributes.new_execution_run_id
-                  if last.HasField("workflow_execution_continued_as_new_event_attributes") else None)
-    return out
-
-
 async def _drive(env, tq: str, signer: Signer, http: httpx.AsyncClient, sim_url: str, store) -> dict:
     from workflows.canary import CanaryWorkflow
     from workflows.canary_models import CanaryDecision, CanaryInput
@@ -140,7 +130,7 @@ async def _drive(env, tq: str, signer: Signer, http: httpx.AsyncClient, sim_url:
         await h.terminate("bench: failed")
         raise
     wall = time.monotonic() - t0
-    hists = await _run_histories(client, wid, h.first_execution_run_id)
+    hists = await run_histories(client, wid, h.first_execution_run_id)
     covered = hists[-1].events[-1].event_time.ToDatetime() - hists[0].events[0].event_time.ToDatetime()
     audit = [a for a in await store.audit() if a.source == wid]
     pages = (await http.get(f"{sim_url}/sim/pagerduty")).json()

@@ -18,6 +18,7 @@ from temporalio.client import WorkflowUpdateFailedError
 from manual import canary
 from manual.canary import CanaryPlan
 from tests.standins import StandIns
+from rollbackctl.temporal_client import run_histories
 from tests.wf_helpers import make_worker, save_history, values
 from workflows.canary import CanaryWorkflow
 from workflows.canary_models import CanaryDecision, CanaryInput, CanaryStatus
@@ -139,16 +140,6 @@ async def audit_of(store, wid):
     return [a for a in await store.audit() if a.source == wid]
 
 
-async def run_histories(client, wid, first_run_id):
-    """Every run's history of a workflow, following continue-as-new."""
-    out, run_id = [], first_run_id
-    while run_id:
-        hist = await client.get_workflow_handle(wid, run_id=run_id).fetch_history()
-        out.append(hist)
-        last = hist.events[-1]
-        run_id = (last.workflow_execution_continued_as_new_event_attributes.new_execution_run_id
-                  if last.HasField("workflow_execution_continued_as_new_event_attributes") else None)
-    return out
 
 
 

@@ -17,7 +17,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from manual import canary
 from manual.canary import CanaryPlan
 from tests.identity_helpers import Signers, Unchanged, refused, save_signed_history, signing_worker
-from tests.test_canary_workflow import Scripted, coarse, off_beat, status, until
+from tests.test_canary_workflow import (  # noqa: F401 (_terminate_leftovers: the autouse fixture, here too)
+    STARTED, Scripted, _terminate_leftovers, coarse, off_beat, status, until)
 from tests.test_store_helpers import dump
 from tests.wf_helpers import set_switches, values
 from workflows.canary import CanaryWorkflow
@@ -26,19 +27,6 @@ from workflows.canary_models import START_APPROVAL, CanaryDecision, CanaryInput
 H = timedelta(hours=1)
 P3 = coarse(canary.PHASE3, 2 * H)
 P2 = coarse(canary.PHASE2)
-STARTED: list = []
-
-
-@pytest.fixture(autouse=True)
-async def _terminate_leftovers(ts_env):
-    """A failed test must not leave a workflow that stops time skipping for the rest of the session."""
-    yield
-    while STARTED:
-        h = STARTED.pop()
-        try:
-            await ts_env.client.get_workflow_handle(h.id).terminate("test cleanup")
-        except Exception:
-            pass
 
 
 @pytest.fixture
