@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_TASK_QUEUE = "rollbackctl"
@@ -59,8 +59,15 @@ class TemporalSettings(BaseSettings):
 
     temporal_address: str = "127.0.0.1:7233"
     temporal_namespace: str = "default"
-    temporal_tls_cert: Path | None = None
-    temporal_tls_key: Path | None = None
+    # The temporal CLI's names (TEMPORAL_TLS_*_PATH) and the short ones; any of them turns TLS on.
+    temporal_tls: bool | None = None  # TEMPORAL_TLS: force TLS on/off (default: on when a cert, CA or API key is set)
+    temporal_tls_cert: Path | None = Field(default=None, validation_alias=AliasChoices(
+        "TEMPORAL_TLS_CERT_PATH", "TEMPORAL_TLS_CERT"))
+    temporal_tls_key: Path | None = Field(default=None, validation_alias=AliasChoices(
+        "TEMPORAL_TLS_KEY_PATH", "TEMPORAL_TLS_KEY"))
+    temporal_tls_ca: Path | None = Field(default=None, validation_alias=AliasChoices(
+        "TEMPORAL_TLS_CA_PATH", "TEMPORAL_TLS_CA"))
+    temporal_tls_server_name: str | None = None
     temporal_api_key: SecretStr | None = None
     temporal_ui_url: str = Field(
         default="http://127.0.0.1:8233",

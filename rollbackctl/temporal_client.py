@@ -8,11 +8,29 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from rollbackctl.settings import TemporalSettings
 
 
+def tls_config(s: TemporalSettings) -> TLSConfig | bool | None:
+    """TLS for the Temporal client: a TLSConfig when a certificate, CA or server name is set (mTLS needs
+    cert and key together), TEMPORAL_TLS when given, else None: the SDK then turns TLS on exactly when an
+    API key is set (Temporal Cloud), and off on loopback."""
+    if bool(s.temporal_tls_cert) != bool(s.temporal_tls_key):
+        raise ValueError("TEMPORAL_TLS_CERT_PATH and TEMPORAL_TLS_KEY_PATH go together (mTLS): set both or neither")
+    if s.temporal_tls is False:
+        if s.temporal_tls_cert or s.temporal_tls_ca:
+            raise ValueError("TEMPORAL_TLS=false contradicts the TLS certificate settings")
+        return False
+    if s.temporal_tls_cert or s.temporal_tls_ca or s.temporal_tls_server_name:
+        return TLSConfig(
+            server_root_ca_cert=s.temporal_tls_ca.read_bytes() if s.temporal_tls_ca else None,
+            domain=s.temporal_tls_server_name,
+            client_cert=s.temporal_tls_cert.read_bytes() if s.temporal_tls_cert else None,
+            client_private_key=s.temporal_tls_key.read_bytes() if s.temporal_tls_key else None,
+        )
+    return True if s.temporal_tls else None
+
+
 async def connect(s: TemporalSettings | None = None) -> Client:
     s = s or TemporalSettings()
-    tls: TLSConfig | bool = False
-    if s.temporal_tls_cert and s.temporal_tls_key:
-        tls = TLSConfig(client_cert=s.temporal_tls_cert.read_bytes(), client_private_key=s.temporal_tls_key.read_bytes())
+    tls = tls_config(s)
     return await Client.connect(
         s.temporal_address,
         namespace=s.temporal_namespace,

@@ -7,3 +7,39 @@ async def test_time_skipping_server_starts(ts_env):
 
 async def test_dev_server_starts(dev_env):
     assert not dev_env.supports_time_skipping
+
+
+# -- the Temporal client's TLS settings (a cluster; the dev server has no TLS to test against) ------------
+def _settings(monkeypatch, **env):
+    from rollbackctl.settings import TemporalSettings
+
+    for k in [k for k in __import__("os").environ if k.startswith("TEMPORAL_TLS") or k == "TEMPORAL_API_KEY"]:
+        monkeypatch.delenv(k)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    return TemporalSettings()
+
+
+def test_temporal_tls_settings(monkeypatch, tmp_path):
+    import pytest
+    from temporalio.client import TLSConfig
+
+    from rollbackctl.temporal_client import tls_config
+
+    ca, cert, key = (tmp_path / n for n in ("ca.pem", "cert.pem", "key.pem"))
+    for f in (ca, cert, key):
+        f.write_bytes(f"-----{f.stem}-----".encode())
+    assert tls_config(_settings(monkeypatch)) is None  # loopback: plaintext; with an API key the SDK turns TLS on
+    assert tls_config(_settings(monkeypatch, TEMPORAL_API_KEY="k")) is None
+    assert tls_config(_settings(monkeypatch, TEMPORAL_TLS="true")) is True
+    assert tls_config(_settings(monkeypatch, TEMPORAL_TLS="false")) is False
+    t = tls_config(_settings(monkeypatch, TEMPORAL_TLS_CA_PATH=str(ca), TEMPORAL_TLS_SERVER_NAME="temporal.internal",
+                             TEMPORAL_TLS_CERT_PATH=str(cert), TEMPORAL_TLS_KEY_PATH=str(key)))
+    assert isinstance(t, TLSConfig) and (t.server_root_ca_cert, t.domain, t.client_cert, t.client_private_key) == (
+        b"-----ca-----", "temporal.internal", b"-----cert-----", b"-----key-----")
+    t = tls_config(_settings(monkeypatch, TEMPORAL_TLS_CERT=str(cert), TEMPORAL_TLS_KEY=str(key)))  # the short names
+    assert t.client_cert == b"-----cert-----" and t.server_root_ca_cert is None
+    with pytest.raises(ValueError, match="go together"):
+        tls_config(_settings(monkeypatch, TEMPORAL_TLS_CERT_PATH=str(cert)))
+    with pytest.raises(ValueError, match="contradicts"):
+        tls_config(_settings(monkeypatch, TEMPORAL_TLS="false", TEMPORAL_TLS_CA_PATH=str(ca)))
