@@ -66,6 +66,18 @@ class Demo:
     def cli_json(self, *args: str) -> Any:
         return json.loads(self.cli(*args, "--json", show=False).stdout)
 
+    def progress(self, wid: str) -> dict:
+        """`rollbackctl status WID --json`: a workflow's progress, quietly."""
+        return self.cli_json("status", wid)
+
+    @property
+    def core_url(self) -> str:
+        return self.env.get("ROLLBACKCTL_TRADING_CORE_URL", "http://127.0.0.1:8700").rstrip("/")
+
+    @property
+    def core_auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.env.get('ROLLBACKCTL_TRADING_CORE_TOKEN', 'dev-token')}"}
+
     def key_file(self, name: str) -> Path:
         return Path(self.env["ROLLBACKCTL_KEY_DIR"]) / f"{name}.key"
 
@@ -92,17 +104,12 @@ class Demo:
         m = re.search(r"rollbackctl confirm (change-\S+)", pending.stdout)
         if m is None:
             raise DemoError("expected a pending two-person change")
-        self.cli("confirm", m.group(1), "--as", approver, "--reason", reason)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            p = json.loads(self.cli("status", m.group(1), "--json", show=False).stdout)
-            if p.get("result"):
-                print(f"{m.group(1)}: {p['result']} ({p.get('detail')})")
-                if p["result"] != "applied":
-                    raise DemoError(f"{m.group(1)} {p['result']}: {p.get('detail')}")
-                return
-            time.sleep(0.1)
-        raise DemoError(f"{m.group(1)} was not applied in 30 s")
+        wid = m.group(1)
+        self.cli("confirm", wid, "--as", approver, "--reason", reason)
+        p = wait_until(f"{wid} to be applied (30 s)", lambda: self.progress(wid), lambda p: p.get("result"), 30)
+        print(f"{wid}: {p['result']} ({p.get('detail')})")
+        if p["result"] != "applied":
+            raise DemoError(f"{wid} {p['result']}: {p.get('detail')}")
 
     def etcdctl(self, *args: str) -> None:
         from rollbackctl import procs
@@ -114,6 +121,18 @@ class Demo:
                            capture_output=True, text=True, timeout=30)
         sys.stdout.write(p.stdout or p.stderr)
         sys.stdout.flush()
+
+
+def wait_until(what: str, fetch: Callable[[], Any], pred: Callable[[Any], bool], timeout: float = 60.0,
+               every: float = 0.1) -> Any:
+    """Poll `fetch()` every `every` s until `pred` holds on its value (returned); DemoError after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = fetch()
+        if pred(v):
+            return v
+        time.sleep(every)
+    raise DemoError(f"timed out waiting for {what}")
 
 
 Step = Callable[[Demo], None]

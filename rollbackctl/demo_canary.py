@@ -20,10 +20,6 @@ PHASE1 = (("global_betting_enabled", "false", "alice"), ("routing_mode", "HL_MOD
           ("betting_traffic_pct", "100", "rita"), ("auto_mode_switch", "false", "rita"))
 
 
-def _core_url(demo: Demo) -> str:
-    return demo.env.get("ROLLBACKCTL_TRADING_CORE_URL", "http://127.0.0.1:8700").rstrip("/")
-
-
 def _status(demo: Demo, target: str) -> dict:
     return json.loads(demo.cli("canary", "status", target, "--json", show=False).stdout)
 
@@ -59,7 +55,7 @@ def _phase1(demo: Demo) -> None:
     for name, value, who in PHASE1:
         demo.cli("switch", "set", name, value, "--as", who, "--reason", "demo: Phase 1 before the Phase 3 canary",
                  show=False)
-    httpx.delete(f"{_core_url(demo)}/sim/faults", timeout=5)
+    httpx.delete(f"{demo.core_url}/sim/faults", timeout=5)
 
 
 @step("The Phase 3 canary plan: four stages, each with its profile, pass criteria, gate and reasons")
@@ -71,7 +67,7 @@ def show_plan(demo: Demo) -> None:
 @step("Start it as a super admin (signed; it turns global_betting_enabled on, so a second super admin approves) "
       "at --time-scale 14400")
 def start_canary(demo: Demo) -> None:
-    url = _core_url(demo)
+    url = demo.core_url
     print(f"A fresh simulated market (the positions earlier steps left would exceed Stage 1's $50K cap):\n"
           f"$ curl -X POST {url}/sim/reset")
     httpx.post(f"{url}/sim/reset", json={}, timeout=10).raise_for_status()
@@ -117,7 +113,7 @@ def rolls_back(demo: Demo) -> None:
     wid = next(line.split()[1] for line in p.stdout.splitlines() if line.startswith("workflow "))
     _second_approval(demo, wid, "demo: relaunch approved")
     _wait(demo, wid, "stage 2", lambda s: s["stage"] == 2, 60)
-    url = _core_url(demo)
+    url = demo.core_url
     print(f"$ curl -X POST {url}/sim/faults -d '{{\"error_rate\": 0.02}}'")
     httpx.post(f"{url}/sim/faults", json={"error_rate": 0.02}, timeout=5).raise_for_status()
     s = _wait(demo, wid, "the rollback", lambda s: s["result"] is not None, 60)

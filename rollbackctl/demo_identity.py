@@ -8,37 +8,18 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from datetime import datetime, timezone
 
 import httpx
 
-from rollbackctl.demo import Demo, DemoError, step
+from rollbackctl.demo import Demo, step, wait_until
 
 TAMPERED_PREFIX = "/perps-demo-tampered-copy/"
 
 
-def _progress(demo: Demo, wid: str) -> dict:
-    return json.loads(demo.cli("status", wid, "--json", show=False).stdout)
-
-
-def _wait(what: str, fetch, pred, timeout: float = 60.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = fetch()
-        if pred(v):
-            return v
-        time.sleep(0.1)
-    raise DemoError(f"timed out waiting for {what}")
-
-
 def _waits_at(demo: Demo, wid: str, step_name: str, timeout: float = 60.0) -> dict:
-    return _wait(f"{wid} to wait at {step_name}", lambda: _progress(demo, wid),
-                 lambda p: (p.get("awaiting") or {}).get("step") == step_name, timeout)
-
-
-def _core(demo: Demo) -> str:
-    return demo.env.get("ROLLBACKCTL_TRADING_CORE_URL", "http://127.0.0.1:8700").rstrip("/")
+    return wait_until(f"{wid} to wait at {step_name}", lambda: demo.progress(wid),
+                      lambda p: (p.get("awaiting") or {}).get("step") == step_name, timeout)
 
 
 @step("Degradation Level 3 (maintenance mode) needs two super admins' signed approvals")
@@ -53,9 +34,8 @@ def level_3(demo: Demo) -> None:
     demo.cli("confirm", wid, "--as", demo.super_admin, ok=(3,))
     demo.cli("confirm", wid, "--as", demo.second_super_admin, "--reason", "demo: agreed, DB failover under way")
     _waits_at(demo, wid, "confirm")
-    r = httpx.post(f"{_core(demo)}/v1/orders", json={"symbol": "BTC", "notional_usd": 100, "side": "buy"},
-                   headers={"Authorization": f"Bearer {demo.env.get('ROLLBACKCTL_TRADING_CORE_TOKEN', 'dev-token')}"},
-                   timeout=5)
+    r = httpx.post(f"{demo.core_url}/v1/orders", json={"symbol": "BTC", "notional_usd": 100, "side": "buy"},
+                   headers=demo.core_auth, timeout=5)
     print(f"\nThe API now answers {r.status_code} ({r.json().get('error')}): maintenance mode.")
     demo.cli("confirm", wid, "--as", demo.super_admin, "--reason", "demo: maintenance holds")
     _waits_at(demo, wid, "fix")

@@ -10,23 +10,9 @@ import time
 
 import httpx
 
-from rollbackctl.demo import Demo, DemoError, step
+from rollbackctl.demo import Demo, step, wait_until
 
 WID = "incident-hot_wallet"
-
-
-def _url(demo: Demo) -> str:
-    return demo.env.get("ROLLBACKCTL_TRADING_CORE_URL", "http://127.0.0.1:8700").rstrip("/")
-
-
-def _wait(what: str, fetch, pred, timeout: float = 30.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = fetch()
-        if pred(v):
-            return v
-        time.sleep(0.1)
-    raise DemoError(f"timed out waiting for {what}")
 
 
 def _incident(demo: Demo) -> dict | None:
@@ -36,31 +22,31 @@ def _incident(demo: Demo) -> dict | None:
 
 @step("P0: the hot wallet drops below $100K (injected at the simulator); the monitor opens an incident")
 def p0_fault(demo: Demo) -> None:
-    url = _url(demo)
+    url = demo.core_url
     demo.ensure_operator("oscar", "on_call", show=False)
     demo.cli("monitor", "--status")
     httpx.delete(f"{url}/sim/actions", timeout=5)
     t0 = time.time()
     print(f"$ curl -X POST {url}/sim/faults -d '{{\"hot_wallet_usd\": 60000}}'")
     httpx.post(f"{url}/sim/faults", json={"hot_wallet_usd": 60_000}, timeout=5).raise_for_status()
-    acts = _wait("the immediate action", lambda: httpx.get(f"{url}/sim/actions", timeout=5).json(),
-                 lambda a: any(x["action"] == "pause_large_withdrawals" for x in a))
+    acts = wait_until("the immediate action", lambda: httpx.get(f"{url}/sim/actions", timeout=5).json(),
+                      lambda a: any(x["action"] == "pause_large_withdrawals" for x in a), 30)
     print(f"\nThe simulator performed {acts[0]['action']} {acts[0]['body']} "
           f"{_since(acts[0]['at'], t0)} after the fault (3 one-second reads of hold included)")
-    pages = _wait("the page", lambda: httpx.get(f"{url}/sim/pagerduty", timeout=5).json(),
-                  lambda p: any("Hot wallet" in x.get("payload", {}).get("summary", "") for x in p))
+    pages = wait_until("the page", lambda: httpx.get(f"{url}/sim/pagerduty", timeout=5).json(),
+                       lambda p: any("Hot wallet" in x.get("payload", {}).get("summary", "") for x in p), 30)
     page = next(x for x in pages if "Hot wallet" in x.get("payload", {}).get("summary", ""))
     print(f"PagerDuty (the simulator's sink) got a {page['payload']['severity']} {page['event_action']} at "
           f"escalation level {page['payload']['custom_details']['escalation_level']}:\n  "
           f"{page['payload']['summary'][:300]}")
-    _wait("the incident to take input", lambda: _incident(demo), lambda r: r is not None and r["ready"])
+    wait_until("the incident to take input", lambda: _incident(demo), lambda r: r is not None and r["ready"], 30)
     print()
     demo.cli("incidents")
 
 
 @step("P0: on-call acknowledges (5-min SLA), ticks the further step, the fault clears, on-call resolves")
 def p0_resolve(demo: Demo) -> None:
-    url = _url(demo)
+    url = demo.core_url
     oncall = demo.notes.get("on_call", "oscar")
     demo.cli("ack", WID, "--as", oncall)
     demo.cli("tick", WID, "cold_transfer", "--as", oncall, "--note", "$2M moved from cold storage")
@@ -68,11 +54,12 @@ def p0_resolve(demo: Demo) -> None:
     demo.cli("resolve", WID, "--as", oncall, ok=(4,))
     print(f"$ curl -X DELETE {url}/sim/faults")
     httpx.delete(f"{url}/sim/faults", timeout=5)
-    _wait("the monitor to report it clear", lambda: _incident(demo), lambda r: r and r["condition"] == "clear")
+    wait_until("the monitor to report it clear", lambda: _incident(demo), lambda r: r and r["condition"] == "clear",
+               30)
     demo.cli("resolve", WID, "--as", oncall, "--reason", "wallet refilled")
     mine = lambda ps: [p for p in ps if p.get("dedup_key", "").startswith("hot_wallet-")]  # noqa: E731
-    pages = _wait("the PagerDuty resolve", lambda: httpx.get(f"{url}/sim/pagerduty", timeout=5).json(),
-                  lambda ps: any(p["event_action"] == "resolve" for p in mine(ps)))
+    pages = wait_until("the PagerDuty resolve", lambda: httpx.get(f"{url}/sim/pagerduty", timeout=5).json(),
+                       lambda ps: any(p["event_action"] == "resolve" for p in mine(ps)), 30)
     print("\nPagerDuty events of the incident: " + ", ".join(p["event_action"] for p in mine(pages)))
     acts = httpx.get(f"{url}/sim/actions", timeout=5).json()
     print("Trading-core actions: " + ", ".join(a["action"] for a in acts))

@@ -6,37 +6,15 @@ Appended to rollbackctl.demo's STEPS when the demo imports this module.
 from __future__ import annotations
 
 import json
-import time
 from datetime import datetime, timezone
 
 import httpx
 
-from rollbackctl.demo import Demo, DemoError, step
-
-
-def _core(demo: Demo) -> tuple[str, dict[str, str]]:
-    url = demo.env.get("ROLLBACKCTL_TRADING_CORE_URL", "http://127.0.0.1:8700").rstrip("/")
-    token = demo.env.get("ROLLBACKCTL_TRADING_CORE_TOKEN", "dev-token")
-    return url, {"Authorization": f"Bearer {token}"}
-
-
-def _wait(what: str, fetch, pred, timeout: float = 60.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = fetch()
-        if pred(v):
-            return v
-        time.sleep(0.05)
-    raise DemoError(f"timed out waiting for {what}")
+from rollbackctl.demo import Demo, step, wait_until
 
 
 def _sim_switch(demo: Demo, name: str) -> dict:
-    url, _ = _core(demo)
-    return httpx.get(f"{url}/sim/switches", timeout=5).json()["switches"][name]
-
-
-def _progress(demo: Demo, wid: str) -> dict:
-    return json.loads(demo.cli("status", wid, "--json", show=False).stdout)
+    return httpx.get(f"{demo.core_url}/sim/switches", timeout=5).json()["switches"][name]
 
 
 @step("The on-call engineer, and the launch state: internalization on (two super admins), NORMAL_MODE")
@@ -48,9 +26,9 @@ def launch_state(demo: Demo) -> None:
     demo.approve_change(p, demo.second_super_admin, "demo: launch approved")
     demo.cli("switch", "set", "routing_mode", "NORMAL_MODE", "--as", demo.risk_manager,
              "--reason", "demo: internalize orders up to normal_threshold")
-    _wait("the simulator to apply NORMAL_MODE", lambda: _sim_switch(demo, "routing_mode"),
-          lambda s: s["value"] == "NORMAL_MODE", 10)
-    url, auth = _core(demo)
+    wait_until("the simulator to apply NORMAL_MODE", lambda: _sim_switch(demo, "routing_mode"),
+               lambda s: s["value"] == "NORMAL_MODE", 10, every=0.05)
+    url, auth = demo.core_url, demo.core_auth
     print(f"\nThe trading core (simulator at {url}) follows etcd; its health right now:")
     h = httpx.get(f"{url}/v1/health", headers=auth, timeout=5).json()
     print("  " + ", ".join(f"{k}={h[k]}" for k in ("error_rate", "hl_connected", "hl_latency_ms", "hl_margin_ratio")))
@@ -58,7 +36,7 @@ def launch_state(demo: Demo) -> None:
 
 @step("A fault: internal fills start failing (error rate 3%), injected at the simulator")
 def inject_fault(demo: Demo) -> None:
-    url, auth = _core(demo)
+    url, auth = demo.core_url, demo.core_auth
     print(f"$ curl -X POST {url}/sim/faults -d '{{\"error_rate\": 0.03}}'")
     httpx.post(f"{url}/sim/faults", json={"error_rate": 0.03}, timeout=5).raise_for_status()
     h = httpx.get(f"{url}/v1/health", headers=auth, timeout=5).json()
@@ -74,12 +52,12 @@ def start_rollback(demo: Demo) -> None:
     demo.cli("rollback", "start", "--severity", "critical_path_failure", "--scope", "cross_module",
              "--incident", inc, "--as", "oscar", "--reason", "internal fills failing, error rate 3%",
              "--observe", "5s", "--interval", "1s", "--restore-observe", "5s", "--drill")
-    sw = _wait("HL_MODE at the simulator", lambda: _sim_switch(demo, "routing_mode"),
-               lambda s: s["value"] == "HL_MODE", 10)
+    sw = wait_until("HL_MODE at the simulator", lambda: _sim_switch(demo, "routing_mode"),
+                    lambda s: s["value"] == "HL_MODE", 10, every=0.05)
     applied = datetime.fromisoformat(sw["applied_at"].replace("Z", "+00:00"))
     print(f"\nHL_MODE applied at the trading core {(applied - t0).total_seconds() * 1000:.0f} ms after the command "
           "started (the manual allows 1 s for routing_mode)")
-    url, _ = _core(demo)
+    url = demo.core_url
     httpx.delete(f"{url}/sim/faults", timeout=5)
     print("All orders now go to HL: the failing internal fills stop (fault cleared at the simulator).")
 
@@ -87,8 +65,8 @@ def start_rollback(demo: Demo) -> None:
 @step("Watch it: checklist, change set, trading core confirms the revision, observation")
 def watch(demo: Demo) -> None:
     wid = demo.notes["rollback"]
-    _wait("the rollback to wait for confirmation", lambda: _progress(demo, wid),
-          lambda p: (p.get("awaiting") or {}).get("expects") == "confirm", 60)
+    wait_until("the rollback to wait for confirmation", lambda: demo.progress(wid),
+               lambda p: (p.get("awaiting") or {}).get("expects") == "confirm", 60, every=0.05)
     demo.cli("status", wid)
 
 
@@ -96,13 +74,13 @@ def watch(demo: Demo) -> None:
 def confirm_and_fix(demo: Demo) -> None:
     wid = demo.notes["rollback"]
     demo.cli("confirm", wid, "--as", "oscar", "--reason", "error rate back under 0.2% on HL")
-    _wait("the rollback to wait for the fix", lambda: _progress(demo, wid),
-          lambda p: (p.get("awaiting") or {}).get("expects") == "fix", 30)
+    wait_until("the rollback to wait for the fix", lambda: demo.progress(wid),
+               lambda p: (p.get("awaiting") or {}).get("expects") == "fix", 30, every=0.05)
     print("\nThe fix is deployed. Restoring re-enables global_betting_enabled (a Super Admin switch):")
     demo.cli("fix", wid, "--as", demo.risk_manager, "--reference", "PR-4711", "--tests-passed", ok=(3,))
     demo.cli("fix", wid, "--as", demo.super_admin, "--reference", "PR-4711", "--tests-passed")
-    p = _wait("the second approval to be asked", lambda: _progress(demo, wid),
-              lambda p: (p.get("awaiting") or {}).get("approved_by") == [demo.super_admin], 10)
+    p = wait_until("the second approval to be asked", lambda: demo.progress(wid),
+                   lambda p: (p.get("awaiting") or {}).get("approved_by") == [demo.super_admin], 10, every=0.05)
     print(f"\nTwo-person rule: {p['awaiting']['prompt']}")
     demo.cli("fix", wid, "--as", demo.super_admin, "--reference", "PR-4711", "--tests-passed", ok=(3,))
     demo.cli("fix", wid, "--as", demo.second_super_admin, "--reference", "PR-4711", "--tests-passed")
@@ -119,7 +97,7 @@ def restore(demo: Demo) -> None:
 @step("The audit trail of the incident, and the pages it sent")
 def trail(demo: Demo) -> None:
     demo.cli("audit", "--limit", "4")
-    url, _ = _core(demo)
+    url = demo.core_url
     pages = httpx.get(f"{url}/sim/pagerduty", timeout=5).json()
     wid = demo.notes["rollback"]
     mine = [p for p in pages if wid in json.dumps(p)]
