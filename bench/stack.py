@@ -79,8 +79,7 @@ class Signer:
         if not hasattr(d, "signed_request"):  # a request model that carries no signature
             return await h.execute_update(update, d)
         p = await h.query("progress", result_type=Progress)
-        step = p.awaiting.step if p.awaiting is not None else p.current_step
-        return await h.execute_update(update, self.signed(d, wid, kind or update, step))
+        return await h.execute_update(update, self.signed(d, wid, kind or update, p.decision_step()))
 
 
 @dataclass

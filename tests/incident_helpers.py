@@ -37,8 +37,9 @@ class GuardStandIn:
         return self.result
 
 
-def incident_worker(env, store, si: StandIns, guard: GuardStandIn, tq: str) -> Worker:
-    sa = SwitchActivities(store)
+def incident_worker(env, store, si: StandIns, guard: GuardStandIn, tq: str, signing: bool | None = None) -> Worker:
+    """`signing` None: ROLLBACKCTL_SIGNING (off in tests); True: as production runs it."""
+    sa = SwitchActivities(store, signing=signing)
     return Worker(env.client, task_queue=tq, workflows=WORKFLOWS,
                   activities=[sa.apply, sa.snapshot, sa.roster, *si.methods(), guard.undo_guard])
 

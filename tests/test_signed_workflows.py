@@ -33,15 +33,20 @@ def rollback_input(inc, by="oscar", scope=Scope.CROSS, **kw) -> RollbackInput:
                          reason="test", durations=D, **kw)
 
 
+async def start_signed(env, signers: Signers, task_queue: str, inc: str, **kw):
+    """A critical rollback of incident `inc`, its start signed by the requester as the CLI signs it."""
+    wid = rollback_workflow_id(inc)
+    return await env.client.start_workflow(RollbackWorkflow.run, signers.start(rollback_input(inc, **kw),
+                                           "rollback.start", wid), id=wid, task_queue=task_queue)
+
+
 async def test_decisions_are_refused_unless_signed_for_this_workflow_step_and_action(
         ts_env, store, etcd, prefix, signers, task_queue):
     await set_switches(store, "alice", global_betting_enabled=True, routing_mode="NORMAL_MODE")
     si, inc = StandIns(), incident()
     wid = rollback_workflow_id(inc)
     async with signing_worker(ts_env, store, si, task_queue):
-        h = await ts_env.client.start_workflow(
-            RollbackWorkflow.run, signers.start(rollback_input(inc), "rollback.start", wid), id=wid,
-            task_queue=task_queue)
+        h = await start_signed(ts_env, signers, task_queue, inc)
         await wait_for(h, ts_env, awaiting("confirm"))
         assert await values(store, "routing_mode") == {"routing_mode": "HL_MODE"}
         audit = [a for a in await store.audit() if a.source == wid]
@@ -169,9 +174,7 @@ async def test_a_rotated_key_stops_working_within_the_roster_refresh(ts_env, sto
     si, inc = StandIns(), incident()
     wid = rollback_workflow_id(inc)
     async with signing_worker(ts_env, store, si, task_queue):
-        h = await ts_env.client.start_workflow(
-            RollbackWorkflow.run, signers.start(rollback_input(inc, scope=Scope.SINGLE, switch="hedging"),
-                                                "rollback.start", wid), id=wid, task_queue=task_queue)
+        h = await start_signed(ts_env, signers, task_queue, inc, scope=Scope.SINGLE, switch="hedging")
         await wait_for(h, ts_env, awaiting("confirm"))
         old = signers.keys["oscar"]
         signers.keys["oscar"] = Ed25519PrivateKey.generate()
@@ -195,9 +198,7 @@ async def test_restore_re_enabling_betting_needs_two_fixes(ts_env, store, signer
     si, inc = StandIns(), incident()
     wid = rollback_workflow_id(inc)
     async with signing_worker(ts_env, store, si, task_queue):
-        h = await ts_env.client.start_workflow(
-            RollbackWorkflow.run, signers.start(rollback_input(inc), "rollback.start", wid), id=wid,
-            task_queue=task_queue)
+        h = await start_signed(ts_env, signers, task_queue, inc)
         await wait_for(h, ts_env, awaiting("confirm"))
         await h.execute_update(RollbackWorkflow.confirm, signers.decision(wid, "confirm", "confirm",
                                                                           Decision(actor="oscar")))
@@ -225,9 +226,7 @@ async def test_full_system_rollback_by_on_call_needs_two_super_admins(ts_env, st
     si, inc = StandIns(), incident()
     wid = rollback_workflow_id(inc)
     async with signing_worker(ts_env, store, si, task_queue):
-        h = await ts_env.client.start_workflow(
-            RollbackWorkflow.run, signers.start(rollback_input(inc, scope=Scope.FULL), "rollback.start", wid), id=wid,
-            task_queue=task_queue)
+        h = await start_signed(ts_env, signers, task_queue, inc, scope=Scope.FULL)
         p = await wait_for(h, ts_env, awaiting("confirm"), step=timedelta(seconds=1))
         assert (p.awaiting.step, p.awaiting.approvals_needed, p.awaiting.still_needed) == (
             "super_admin_approval", 2, ["alice", "sam"])
@@ -249,23 +248,16 @@ async def test_full_system_rollback_by_on_call_needs_two_super_admins(ts_env, st
 # -- P0 incidents: ack, tick, escalate (level choice) and resolve are signed decisions too -----------------
 async def _step_now(h) -> str:
     """The step a decision is bound to, read as the CLI reads it (rollbackctl/cli/signing.py)."""
-    p = await h.query("progress", result_type=__import__("workflows.models", fromlist=["Progress"]).Progress)
-    return (p.awaiting.step if p.awaiting is not None else p.current_step) or "-"
+    return (await h.query(RollbackWorkflow.progress)).decision_step()
 
 
 async def test_incident_tick_and_resolve_are_refused_unless_signed(ts_env, store, etcd, prefix, signers, task_queue):
-    from temporalio.worker import Worker
-
-    from activities.switch_activities import SwitchActivities
-    from tests.incident_helpers import GuardStandIn, clear, open_incident, until
+    from tests.incident_helpers import GuardStandIn, clear, incident_worker, open_incident, until
     from workflows.incident import IncidentWorkflow
     from workflows.incident_models import ResolveRequest, TickRequest
-    from workflows.registry import WORKFLOWS
 
     si, guard = StandIns(), GuardStandIn()
-    sa = SwitchActivities(store, signing=True)
-    async with Worker(ts_env.client, task_queue=task_queue, workflows=WORKFLOWS,
-                      activities=[sa.apply, sa.snapshot, sa.roster, *si.methods(), guard.undo_guard]):
+    async with incident_worker(ts_env, store, si, guard, task_queue, signing=True):
         h = await open_incident(ts_env, task_queue, "liquidation_failure")
         wid = h.id
         await until(h, ts_env, lambda s: s.ready)

@@ -132,6 +132,10 @@ class Progress(BaseModel):
     detail: str = ""
     roster_at: datetime | None = None  # when the roles and keys the validators check against were read
 
+    def decision_step(self) -> str:
+        """The step a decision sent now is bound to when signed: the one awaited, else the current one."""
+        return (self.awaiting.step if self.awaiting is not None else self.current_step) or "-"
+
 
 class RollbackInput(BaseModel):
     incident_id: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.:-]+$")

@@ -723,12 +723,10 @@ class Runner:
 
     def signature_refusal(self, kind: str, d: Decision) -> str | None:
         """Why this decision's signature is refused (signing on), or None. Pure."""
-        aw = self.progress.awaiting
-        step = aw.step if aw is not None else self.progress.current_step
         try:
             identity.check(d.proof(), actor=d.actor, public_key=self.keys.get(d.actor),
                            retired=self.retired.get(d.actor, ()), workflow_id=self.wid, action=kind,
-                           step=step or "-", used_nonces=self.used_nonces)
+                           step=self.progress.decision_step(), used_nonces=self.used_nonces)
         except identity.Refused as e:
             if e.kind is identity.Refusal.UNSIGNED:
                 return (f"{e}: signing is on, and the Web UI or `temporal workflow signal` cannot sign; use "

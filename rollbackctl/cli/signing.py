@@ -50,8 +50,7 @@ async def signed_decision(client, wid: str, kind: str, d):
     if not signing_on():
         return d
     p = await client.get_workflow_handle(wid).query("progress", result_type=Progress)
-    step = p.awaiting.step if p.awaiting is not None else p.current_step
-    d = d.model_copy(update={"action": kind, "workflow_id": wid, "step": step or "-", "nonce": new_nonce()})
+    d = d.model_copy(update={"action": kind, "workflow_id": wid, "step": p.decision_step(), "nonce": new_nonce()})
     proof = sign(d.actor, **d.signed_request().model_dump(exclude={"actor"}))
     return d.model_copy(update={"signature": proof.signature, "key_id": proof.key_id})
 
