@@ -72,11 +72,7 @@ async def _off_beat(env, h) -> None:
     from workflows.canary import CanaryWorkflow
 
     for _ in range(5):
-        s = await h.query(CanaryWorkflow.status)
-        now = await env.get_current_time()
-        soon = [t for t in (s.next_check_at, now + s.time_left if s.time_left is not None and not s.paused else None)
-                if t is not None]
-        if not any(abs(t - now) < timedelta(minutes=1) for t in soon):
+        if not (await h.query(CanaryWorkflow.status)).timer_near(await env.get_current_time()):
             return
         await env.sleep(timedelta(minutes=2))
 

@@ -108,11 +108,7 @@ async def off_beat(env, wid) -> None:
     instant of a health check or a stage's end causes there (the real server does not); the test
     then hangs. So a decision is never sent within a minute of the next check or the stage's end."""
     for _ in range(5):
-        s = await status(env, wid)
-        now = await env.get_current_time()
-        soon = [t for t in (s.next_check_at, now + s.time_left if s.time_left is not None and not s.paused else None)
-                if t is not None]
-        if not any(abs(t - now) < timedelta(minutes=1) for t in soon):
+        if not (await status(env, wid)).timer_near(await env.get_current_time()):
             return
         await env.sleep(timedelta(minutes=2))
 

@@ -128,6 +128,11 @@ class CanaryStatus(BaseModel):
     result: str | None = None
     detail: str = ""
 
+    def timer_near(self, now: datetime, margin: timedelta = timedelta(minutes=1)) -> bool:
+        """Whether the next health check or the stage's end falls within `margin` of `now`."""
+        soon = [self.next_check_at, now + self.time_left if self.time_left is not None and not self.paused else None]
+        return any(abs(t - now) < margin for t in soon if t is not None)
+
 
 class CanaryResult(BaseModel):
     workflow_id: str
