@@ -437,7 +437,7 @@ class CanaryWorkflow:
             await r.notify(f"{self.wid} NOT STARTED: {why}", page=True, severity="warning")
             return True, why
         if ok.break_glass:
-            st.break_glass = BreakGlass(by=ok.actor, reason=ok.break_glass)
+            st.break_glass = ok.glass()
             await r.page_everyone(f"BREAK-GLASS: {self.wid}: {plan.title} started by {inp.requested_by}, forced by "
                                   f"{ok.actor} without a second approval: {ok.break_glass}")
         else:

@@ -118,7 +118,7 @@ class DegradationWorkflow:
                                               f"{d.confirm_sla}: nothing applied")
                     await self.r.notify(f"{self.r.wid}: {self.r.progress.detail}", page=True, severity="critical")
                     return "not_applied"
-                glass = BreakGlass(by=ok.actor, reason=ok.break_glass) if ok.break_glass else None
+                glass = ok.glass()
         authority = "preapproved" if lvl.preapproved else "owner"
         await self.r.run_apply(ApplySwitches(
             name=f"apply_level_{lvl.level}", changes=changes, authority=authority,
@@ -159,7 +159,7 @@ class DegradationWorkflow:
                           reason=f"restore from degradation level {lvl.level} after fix {fix.reference}: "
                                  + ", ".join(f"{k}={switches.get(k).render(v)}" for k, v in restore_to.items())),
             values=restore_to, expected=changes, approved_by=fix.actor,
-            break_glass=BreakGlass(by=fix.actor, reason=fix.break_glass) if fix.break_glass else None)
+            break_glass=fix.glass())
         if fix.break_glass:
             await self.r.page_everyone(f"BREAK-GLASS: {self.r.wid}: restore from degradation level {lvl.level} by "
                                        f"{fix.actor} without a second approval: {fix.break_glass}")

@@ -537,9 +537,9 @@ class IncidentWorkflow:
                 f"{k}={switches.get(k).render(v)}" for k, v in back.items())
                    + ": a second super_admin must approve (`rollbackctl confirm ID --as OTHER`)"),
             approved_by=(actor,))
-        if ok is None or not ok.break_glass:
+        glass = ok.glass() if ok is not None else None
+        if glass is None:
             return None
-        glass = BreakGlass(by=ok.actor, reason=ok.break_glass)
         await self.r.page_everyone(f"BREAK-GLASS: {self.st.workflow_id}: undo of {', '.join(back)} by {ok.actor} "
                                    f"without a second approval: {ok.break_glass}")
         return glass

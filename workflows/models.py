@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, model_validator
 
-from activities.changes import ChangeSetResult
+from activities.changes import BreakGlass, ChangeSetResult
 from manual.rollback import Durations, Scope, Severity, target_changes
 from rollbackctl.identity import Proof, SignedRequest
 
@@ -45,6 +45,10 @@ class Decision(BaseModel):
         return SignedRequest(action=self.action or "-", actor=self.actor, target=self.workflow_id or "-",
                              values=self.signed_values(), workflow_id=self.workflow_id, step=self.step,
                              nonce=self.nonce or "")
+
+    def glass(self) -> BreakGlass | None:
+        """This decision's break-glass, as the audit records it (None when it is not one)."""
+        return BreakGlass(by=self.actor, reason=self.break_glass) if self.break_glass else None
 
     def proof(self) -> Proof | None:
         """The signed request this decision carries (None: unsigned; a malformed one fails as a bad signature)."""

@@ -258,8 +258,7 @@ class RollbackWorkflow:
             raise StartRefused(refused)
 
     def _glass(self, d: Decision) -> None:
-        if d.break_glass:
-            self.glass = BreakGlass(by=d.actor, reason=d.break_glass)
+        self.glass = d.glass() or self.glass
 
     async def _second_approval(self, first: str, break_glass: str | None, d: rollback.Durations) -> None:
         """Two-person rule: `first` asked for Level 3; a different super admin must approve (or `first` broke glass)."""
@@ -290,7 +289,7 @@ class RollbackWorkflow:
         self.set_by_rollback.update(changes)
 
     async def _restore(self, restore_to: dict[str, Any], fix: Decision, d: rollback.Durations) -> str:
-        glass = BreakGlass(by=fix.actor, reason=fix.break_glass) if fix.break_glass else None
+        glass = fix.glass()
         if glass is not None:
             await self.r.page_everyone(f"BREAK-GLASS: {self.r.wid}: restore by {fix.actor} without a second "
                                        f"approval: {glass.reason}")
