@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import secrets
 import shutil
 import tempfile
 import time
@@ -58,17 +57,11 @@ class Signer:
 
     def sign_start(self, inp, action: str, wid: str):
         """`inp` (RollbackInput, DegradeInput, CanaryInput) with its requester's signed start of `wid`."""
-        proof = identity.sign(self._key(inp.requested_by), identity.SignedRequest(
-            actor=inp.requested_by, action=action, target=wid, values=inp.signed_values(), workflow_id=wid,
-            nonce=secrets.token_urlsafe(18)))
-        return inp.model_copy(update={"proof": proof})
+        return inp.model_copy(update={"proof": identity.sign_start(self._key(inp.requested_by), inp, action, wid)})
 
     def signed(self, d, wid: str, kind: str, step: str | None):
         """Decision `d` signed for workflow `wid`, decision `kind`, at the step the workflow waits at."""
-        d = d.model_copy(update={"action": kind, "workflow_id": wid, "step": step or "-",
-                                 "nonce": secrets.token_urlsafe(18)})
-        proof = identity.sign(self._key(d.actor), d.signed_request())
-        return d.model_copy(update={"signature": proof.signature, "key_id": proof.key_id})
+        return d.signed(self._key(d.actor), kind, wid, step or "-")
 
     async def decide(self, client, wid: str, update: str, d, kind: str | None = None):
         """Send Update `update` with `d` signed at the step `wid` is at now (one `progress` query first,

@@ -28,6 +28,7 @@ import base64
 import binascii
 import hashlib
 import json
+import secrets
 from enum import Enum
 from typing import Any, Iterable
 
@@ -137,6 +138,17 @@ def key_id(public_key: str) -> str:
 def sign(private_key: Ed25519PrivateKey, req: SignedRequest) -> Proof:
     return Proof(request=req, key_id=key_id(public_key_text(private_key)),
                  signature=_b64(private_key.sign(canonical(req))))
+
+
+def new_nonce() -> str:
+    return secrets.token_urlsafe(18)  # 24 characters of [A-Za-z0-9_-]
+
+
+def sign_start(private_key: Ed25519PrivateKey, inp: Any, action: str, wid: str) -> Proof:
+    """The requester's signed start of workflow `wid` with input `inp` (a RollbackInput, DegradeInput or
+    CanaryInput: `requested_by` and `signed_values()`)."""
+    return sign(private_key, SignedRequest(actor=inp.requested_by, action=action, target=wid,
+                                           values=inp.signed_values(), workflow_id=wid, nonce=new_nonce()))
 
 
 def signature_valid(proof: Proof, public_key: str) -> bool:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import secrets
 from typing import Any
 
 import pytest
@@ -48,20 +47,15 @@ class Signers:
             await store.rotate_key(name, self.public(name), actor="system", bootstrap=True)
 
     def request(self, actor: str, key: Ed25519PrivateKey | None = None, **fields: Any) -> identity.Proof:
-        fields.setdefault("nonce", secrets.token_urlsafe(18))
+        fields.setdefault("nonce", identity.new_nonce())
         return identity.sign(key or self.keys[actor], identity.SignedRequest(actor=actor, **fields))
 
-    def decision(self, wid: str, kind: str, step: str, d: Decision, key: Ed25519PrivateKey | None = None,
-                 **override: Any) -> Decision:
+    def decision(self, wid: str, kind: str, step: str, d: Decision, key: Ed25519PrivateKey | None = None) -> Decision:
         """`d` signed as the CLI signs it (for workflow `wid`, decision `kind`, at `step`)."""
-        d = d.model_copy(update={"action": kind, "workflow_id": wid, "step": step,
-                                 "nonce": secrets.token_urlsafe(18), **override})
-        p = self.request(d.actor, key=key, **d.signed_request().model_dump(exclude={"actor"}))
-        return d.model_copy(update={"signature": p.signature, "key_id": p.key_id})
+        return d.signed(key or self.keys[d.actor], kind, wid, step)
 
     def start(self, inp, action: str, wid: str, key: Ed25519PrivateKey | None = None):
-        inp.proof = self.request(inp.requested_by, key=key, action=action, target=wid, values=inp.signed_values(),
-                                 workflow_id=wid)
+        inp.proof = identity.sign_start(key or self.keys[inp.requested_by], inp, action, wid)
         return inp
 
 

@@ -46,6 +46,15 @@ class Decision(BaseModel):
                              values=self.signed_values(), workflow_id=self.workflow_id, step=self.step,
                              nonce=self.nonce or "")
 
+    def signed(self, private_key: Any, kind: str, workflow_id: str, step: str) -> Decision:
+        """This decision signed as the CLI sends it: for decision `kind` at `step` of `workflow_id`, new nonce."""
+        from rollbackctl import identity
+
+        d = self.model_copy(update={"action": kind, "workflow_id": workflow_id, "step": step,
+                                    "nonce": identity.new_nonce()})
+        proof = identity.sign(private_key, d.signed_request())
+        return d.model_copy(update={"signature": proof.signature, "key_id": proof.key_id})
+
     def glass(self) -> BreakGlass | None:
         """This decision's break-glass, as the audit records it (None when it is not one)."""
         return BreakGlass(by=self.actor, reason=self.break_glass) if self.break_glass else None

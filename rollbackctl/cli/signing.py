@@ -8,7 +8,6 @@ etcd itself, or sends an unsigned decision.
 from __future__ import annotations
 
 import asyncio
-import secrets
 import sys
 from typing import Any
 
@@ -30,36 +29,32 @@ def signing_on() -> bool:
     return on
 
 
-def new_nonce() -> str:
-    return secrets.token_urlsafe(18)  # 24 characters of [A-Za-z0-9_-]
-
-
 def sign(actor: str, **fields: Any) -> identity.Proof:
     """Sign a request as `actor` with their private key (rollbackctl/keys.py)."""
     from rollbackctl import keys
 
-    key = keys.load(actor)
-    return identity.sign(key, identity.SignedRequest(actor=actor, nonce=fields.pop("nonce", None) or new_nonce(),
-                                                     **fields))
+    nonce = fields.pop("nonce", None) or identity.new_nonce()
+    return identity.sign(keys.load(actor), identity.SignedRequest(actor=actor, nonce=nonce, **fields))
 
 
 async def signed_decision(client, wid: str, kind: str, d):
     """`d` signed for workflow `wid`, decision `kind` and the step the workflow waits at now."""
+    from rollbackctl import keys
     from workflows.models import Progress
 
     if not signing_on():
         return d
     p = await client.get_workflow_handle(wid).query("progress", result_type=Progress)
-    d = d.model_copy(update={"action": kind, "workflow_id": wid, "step": p.decision_step(), "nonce": new_nonce()})
-    proof = sign(d.actor, **d.signed_request().model_dump(exclude={"actor"}))
-    return d.model_copy(update={"signature": proof.signature, "key_id": proof.key_id})
+    return d.signed(keys.load(d.actor), kind, wid, p.decision_step())
 
 
 def start_proof(inp, action: str, wid: str) -> identity.Proof | None:
     """The requester's signed start of workflow `wid` (None when signing is off)."""
+    from rollbackctl import keys
+
     if not signing_on():
         return None
-    return sign(inp.requested_by, action=action, target=wid, values=inp.signed_values(), workflow_id=wid)
+    return identity.sign_start(keys.load(inp.requested_by), inp, action, wid)
 
 
 # -- direct changes through the worker (ChangeRequestWorkflow) ----------------------------------------
