@@ -107,6 +107,13 @@ async def sim(sim_server, prefix) -> SimClient:
     await client.aclose()
 
 
+@pytest_asyncio.fixture
+async def http():
+    """A plain httpx client (the simulator's /sim/ routes need no token)."""
+    async with httpx.AsyncClient() as c:
+        yield c
+
+
 @pytest.fixture
 def core_settings(sim_server) -> TradingCoreSettings:
     return TradingCoreSettings(url=sim_server.url, token=SecretStr(sim_server.token), timeout_s=2.0)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import re
 
-import httpx
 import pytest
 
 from activities.temporal_ops import TemporalOps
@@ -18,12 +17,6 @@ from rollbackctl.cli.common import CliError
 from tests.wf_helpers import real_worker, save_history, values
 from workflows.canary import CanaryWorkflow
 from workflows.canary_models import CanaryInput, CanaryStatus
-
-
-@pytest.fixture
-async def http():
-    async with httpx.AsyncClient() as c:
-        yield c
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ from manual import canary
 from manual.canary import CanaryPlan
 from tests.standins import StandIns
 from rollbackctl.temporal_client import run_histories
-from tests.wf_helpers import make_worker, save_history, values
+from tests.wf_helpers import audit_of, make_worker, save_history, values
 from workflows.canary import CanaryWorkflow
 from workflows.canary_models import CanaryDecision, CanaryInput, CanaryStatus
 from workflows.models import Progress
@@ -132,8 +132,6 @@ def touched_snapshot(p: Progress, plan: CanaryPlan = canary.PHASE3) -> dict:
     return {k: p.snapshot[k] for k in plan.touched()}
 
 
-async def audit_of(store, wid):
-    return [a for a in await store.audit() if a.source == wid]
 
 
 

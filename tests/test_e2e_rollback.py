@@ -6,29 +6,18 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-import httpx
 import pytest
 from temporalio.client import WorkflowUpdateFailedError
 
 from manual.rollback import Durations, Scope, Severity
 from tests.fixtures_sim import apply_and_wait
-from tests.wf_helpers import incident, poll_progress, real_worker, save_history, values
+from tests.wf_helpers import awaiting, incident, poll_progress, real_worker, save_history, values
 from workflows.degradation import DegradationWorkflow, degrade_workflow_id
 from workflows.models import Decision, DegradeInput, RollbackInput
 from workflows.rollback import RollbackWorkflow, rollback_workflow_id
 
 QUICK = Durations(observe=timedelta(seconds=1), check_interval=timedelta(milliseconds=250),
                   restore_observe=timedelta(seconds=1), confirm_sla=timedelta(minutes=10))
-
-
-def awaiting(expects):
-    return lambda p: p.awaiting is not None and p.awaiting.expects == expects
-
-
-@pytest.fixture
-async def http():
-    async with httpx.AsyncClient() as c:
-        yield c
 
 
 async def test_cross_module_rollback_end_to_end(dev_env, store, sim, core_settings, paging_settings, http,

@@ -12,6 +12,7 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 
 from manual.rollback import Durations, Scope, Severity
 from tests.standins import StandIns
+from tests import wf_helpers
 from tests.wf_helpers import awaiting, incident, make_worker, save_history, set_switches, values, wait_for
 from workflows.models import Decision, RollbackInput
 from workflows.rollback import RollbackWorkflow, rollback_workflow_id
@@ -28,7 +29,7 @@ def start(env, tq, inc, severity=Severity.CRITICAL, scope=Scope.CROSS, switch=No
 
 
 async def audit_of(store, inc):
-    return [a for a in await store.audit() if a.source == rollback_workflow_id(inc)]
+    return await wf_helpers.audit_of(store, rollback_workflow_id(inc))
 
 
 async def test_critical_cross_module_confirm_fix_restore_through_5pct(ts_env, store, task_queue):

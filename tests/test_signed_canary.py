@@ -20,7 +20,7 @@ from tests.identity_helpers import Signers, Unchanged, refused, save_signed_hist
 from tests.test_canary_workflow import (  # noqa: F401 (_terminate_leftovers: the autouse fixture, here too)
     STARTED, Scripted, _terminate_leftovers, coarse, off_beat, status, until)
 from tests.test_store_helpers import dump
-from tests.wf_helpers import set_switches, values
+from tests.wf_helpers import audit_of, set_switches, values
 from workflows.canary import CanaryWorkflow
 from workflows.canary_models import START_APPROVAL, CanaryDecision, CanaryInput
 
@@ -56,8 +56,6 @@ async def awaiting_approval(env, wid):
     return await until(env, wid, lambda s: s.status == "awaiting_approval", step=timedelta(seconds=1), limit=60)
 
 
-async def audit_of(store, wid):
-    return [a for a in await store.audit() if a.source == wid]
 
 
 def signed_by(rec) -> list[tuple[str, str]]:

@@ -43,6 +43,11 @@ def awaiting(expects: str):
     return lambda p: p.awaiting is not None and p.awaiting.expects == expects
 
 
+async def audit_of(store, source: str) -> list:
+    """The audit records a workflow (its id as `source`) wrote, oldest first."""
+    return [a for a in await store.audit() if a.source == source]
+
+
 def incident() -> str:
     return f"inc-{uuid.uuid4().hex[:8]}"
 

@@ -23,7 +23,7 @@ from rollbackctl.cli.incident_cmds import monitor_status
 from tests.faults.crew import event_counts
 from tests.faults.infra import wait_until
 from tests.fixtures_sim import apply_and_wait
-from tests.wf_helpers import incident, poll_progress, values
+from tests.wf_helpers import awaiting, incident, poll_progress, values
 from workflows.degradation import DegradationWorkflow, degrade_workflow_id
 from workflows.incident_models import incident_workflow_id
 from workflows.models import Decision, DegradeInput, RollbackInput
@@ -42,10 +42,6 @@ HEALTH_FAULTS = [
     ({"api_malformed": "missing_field", "api_malformed_field": "error_rate"}, "field 'error_rate' is missing"),
     ({"api_timeout": True, "api_timeout_s": 4}, "trading core did not answer GET /v1/health within 2s"),
 ]
-
-
-def awaiting(expects):
-    return lambda p: p.awaiting is not None and p.awaiting.expects == expects
 
 
 async def no_task_failures(h) -> None:

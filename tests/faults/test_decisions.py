@@ -7,14 +7,13 @@ from __future__ import annotations
 import asyncio
 from datetime import timedelta
 
-import httpx
 import pytest
 from temporalio.client import WorkflowUpdateFailedError
 from temporalio.service import RPCError
 
 from manual.rollback import Durations, Scope, Severity
 from tests.fixtures_sim import apply_and_wait
-from tests.wf_helpers import incident, poll_progress, real_worker
+from tests.wf_helpers import awaiting, incident, poll_progress, real_worker
 from workflows.models import Decision, RollbackInput
 from workflows.rollback import RollbackWorkflow, rollback_workflow_id
 
@@ -23,16 +22,6 @@ pytestmark = pytest.mark.timeout(180)
 QUICK = Durations(observe=timedelta(milliseconds=500), check_interval=timedelta(milliseconds=250),
                   restore_observe=timedelta(milliseconds=500), confirm_sla=timedelta(minutes=10),
                   decision_window=timedelta(minutes=10))
-
-
-def awaiting(expects):
-    return lambda p: p.awaiting is not None and p.awaiting.expects == expects
-
-
-@pytest.fixture
-async def http():
-    async with httpx.AsyncClient() as c:
-        yield c
 
 
 async def start(env, tq, severity=Severity.CRITICAL, scope=Scope.CROSS, by="oscar"):

@@ -24,7 +24,7 @@ from manual.rollback import Durations, Scope, Severity
 from tests.faults.crew import Crew, event_counts, patched, takeover_s
 from tests.faults.infra import wait_until
 from tests.fixtures_sim import apply_and_wait
-from tests.wf_helpers import incident, poll_progress, values
+from tests.wf_helpers import audit_of, awaiting, incident, poll_progress, values
 from workflows.degradation import DegradationWorkflow, degrade_workflow_id
 from workflows.models import Decision, DegradeInput, RollbackInput
 from workflows.rollback import RollbackWorkflow, rollback_workflow_id
@@ -36,12 +36,6 @@ QUICK = Durations(decision_window=timedelta(minutes=10), observe=timedelta(secon
                   confirm_sla=timedelta(minutes=10))
 
 
-def awaiting(expects):
-    return lambda p: p.awaiting is not None and p.awaiting.expects == expects
-
-
-async def audit_of(store, wid: str):
-    return [a for a in await store.audit() if a.source == wid]
 
 
 async def audited(store, change_id: str) -> bool:
