@@ -12,6 +12,7 @@ from temporalio.worker import Worker
 
 from activities.switch_activities import SwitchActivities
 from tests.standins import StandIns
+from tests.wf_helpers import terminate_idle
 from workflows.incident import IncidentWorkflow
 from workflows.incident_models import (
     ConditionReport,
@@ -103,7 +104,7 @@ async def stop_child(env, wid: str) -> None:
     for _ in range(500):
         p = await child.query("progress")
         idle = p["awaiting"] is not None or p["current_step"] == "observe"
-        if idle and not (await child.describe()).raw_description.pending_activities:
+        if idle:
             break
         await asyncio.sleep(0.02)  # polling the child's query (real time; no timer of ours involved)
-    await child.terminate("test over")
+    await terminate_idle(child, "test over")

@@ -13,7 +13,8 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 from manual.rollback import Durations, Scope, Severity
 from tests.standins import StandIns
 from tests import wf_helpers
-from tests.wf_helpers import awaiting, incident, make_worker, save_history, set_switches, values, wait_for
+from tests.wf_helpers import (awaiting, incident, make_worker, save_history, set_switches, terminate_idle,
+                              values, wait_for)
 from workflows.models import Decision, RollbackInput
 from workflows.rollback import RollbackWorkflow, rollback_workflow_id
 
@@ -106,7 +107,7 @@ async def test_full_system_by_on_call_waits_for_a_super_admin(ts_env, store, tas
         await h.execute_update(RollbackWorkflow.confirm, Decision(actor="sam", reason="approve L3"))
         await wait_for(h, ts_env, lambda p: p.awaiting is not None and p.awaiting.step == "confirm")
         assert (await values(store, "global_api_enabled"))["global_api_enabled"] is False
-        await h.terminate("test done")
+        await terminate_idle(h)
 
 
 @pytest.mark.parametrize("how", ["auto", "proceed", "cancel"])
@@ -133,7 +134,7 @@ async def test_data_inconsistency_window(ts_env, store, task_queue, how):
         if how == "auto":
             assert window.ended_at - window.started_at >= timedelta(minutes=5)
         assert (await values(store, "withdrawal_enabled"))["withdrawal_enabled"] is False
-        await h.terminate("test done")
+        await terminate_idle(h)
 
 
 async def test_non_critical_is_monitored_without_change(ts_env, store, task_queue):
@@ -158,7 +159,7 @@ async def test_non_critical_escalated_becomes_a_rollback(ts_env, store, task_que
         p = await wait_for(h, ts_env, awaiting("confirm"))
         assert p.escalations and "oscar" in p.escalations[0]
         assert (await values(store, "hedge_enabled"))["hedge_enabled"] is False
-        await h.terminate("test done")
+        await terminate_idle(h)
 
 
 async def test_breach_escalates_single_to_cross_then_level_3_needs_super_admin(ts_env, store, task_queue):
@@ -179,7 +180,7 @@ async def test_breach_escalates_single_to_cross_then_level_3_needs_super_admin(t
         await wait_for(h, ts_env, awaiting("confirm"))
         assert (await values(store, "global_api_enabled"))["global_api_enabled"] is False
         await save_history(h, "rollback_breach_escalated_to_level_3")
-        await h.terminate("test done")
+        await terminate_idle(h)
     sources = [len(a.changes) for a in await audit_of(store, inc)]
     assert sources == [1, 2, 1]
 
@@ -194,7 +195,7 @@ async def test_one_flaky_read_does_not_escalate(ts_env, store, task_queue):
         si.health["error_rate"] = 0.001
         p = await wait_for(h, ts_env, awaiting("confirm"))
         assert p.escalations == [] and p.level == "single_module"
-        await h.terminate("test done")
+        await terminate_idle(h)
 
 
 async def test_hl_down_at_checklist_pauses_orders_and_asks_for_level(ts_env, store, task_queue):
@@ -260,7 +261,7 @@ async def test_unconfirmed_rollback_repages_at_the_next_level(ts_env, store, tas
         assert any(pg["escalation_level"] == 2 and "UNANSWERED" in pg["summary"] for pg in si.pages)
         await h.execute_update(RollbackWorkflow.confirm, Decision(actor="oscar"))
         await wait_for(h, ts_env, awaiting("fix"))
-        await h.terminate("test done")
+        await terminate_idle(h)
 
 
 async def test_duplicate_start_is_refused(dev_env, store, task_queue):
@@ -270,7 +271,7 @@ async def test_duplicate_start_is_refused(dev_env, store, task_queue):
         h = await start(dev_env, task_queue, inc, scope=Scope.SINGLE, switch="hedging")
         with pytest.raises(WorkflowAlreadyStartedError):
             await start(dev_env, task_queue, inc, scope=Scope.CROSS)
-        await h.terminate("test done")
+        await terminate_idle(h)
 
 
 async def test_restore_does_not_overwrite_a_switch_changed_since(ts_env, store, task_queue):
@@ -303,7 +304,7 @@ async def test_refused_signal_is_recorded_and_ignored(ts_env, store, task_queue)
         assert p.awaiting.expects == "confirm"
         await h.signal("confirm", Decision(actor="oscar"))
         await wait_for(h, ts_env, awaiting("fix"))
-        await h.terminate("test done")
+        await terminate_idle(h)
 
 
 async def test_viewer_cannot_start_a_rollback(ts_env, store, task_queue):

@@ -13,12 +13,16 @@ from manual.rollback import Durations, Scope, Severity
 from rollbackctl import identity
 from tests.identity_helpers import Signers, Unchanged, refused, save_signed_history, signing_worker
 from tests.standins import StandIns
-from tests.wf_helpers import awaiting, incident, set_switches, values, wait_for
+from tests.wf_helpers import audit_of, awaiting, incident, set_switches, terminate_idle, values, wait_for
 from workflows.degradation import DegradationWorkflow, degrade_workflow_id
 from workflows.models import Decision, DegradeInput, RollbackInput
 from workflows.rollback import RollbackWorkflow, rollback_workflow_id
 
 D = Durations(observe=timedelta(minutes=1), check_interval=timedelta(seconds=30))
+# Workflow time skipped between progress queries: not a divisor of the 30 s health checks and roster
+# refreshes, so an Update sent right after a wait_for does not land on a timer's instant (the
+# time-skipping server then fails the task: "invalid history builder state for action").
+OFF_BEAT = timedelta(seconds=13)
 
 
 @pytest.fixture
@@ -47,9 +51,9 @@ async def test_decisions_are_refused_unless_signed_for_this_workflow_step_and_ac
     wid = rollback_workflow_id(inc)
     async with signing_worker(ts_env, store, si, task_queue):
         h = await start_signed(ts_env, signers, task_queue, inc)
-        await wait_for(h, ts_env, awaiting("confirm"))
+        await wait_for(h, ts_env, awaiting("confirm"), step=OFF_BEAT)
         assert await values(store, "routing_mode") == {"routing_mode": "HL_MODE"}
-        audit = [a for a in await store.audit() if a.source == wid]
+        audit = await audit_of(store, wid)
         assert [s["request"]["action"] for s in audit[0].model_extra["signatures"]] == ["rollback.start"]
 
         ok = Decision(actor="oscar", reason="holds")
@@ -76,11 +80,11 @@ async def test_decisions_are_refused_unless_signed_for_this_workflow_step_and_ac
 
         good = signers.decision(wid, "confirm", "confirm", ok)
         await h.execute_update(RollbackWorkflow.confirm, good)
-        p = await wait_for(h, ts_env, awaiting("fix"))
+        p = await wait_for(h, ts_env, awaiting("fix"), step=OFF_BEAT)
         assert p.decisions[-1].key_id == identity.key_id(signers.public("oscar"))
         async with Unchanged(etcd, prefix):  # the same signed confirm again, now at the fix step
             await refused(h.execute_update(RollbackWorkflow.confirm, good), "refused (other")
-        await h.terminate("test done")
+        await terminate_idle(h)
 
 
 async def test_level_3_needs_two_super_admins_one_person_twice_is_refused(ts_env, store, etcd, prefix, signers,
@@ -108,11 +112,11 @@ async def test_level_3_needs_two_super_admins_one_person_twice_is_refused(ts_env
                 "break-glass needs a super_admin")
         await h.execute_update(DegradationWorkflow.confirm, signers.decision(
             wid, "confirm", "second_approval", Decision(actor="sam", reason="agreed")))
-        await wait_for(h, ts_env, lambda p: p.awaiting is not None and p.awaiting.step == "confirm")
+        await wait_for(h, ts_env, lambda p: p.awaiting is not None and p.awaiting.step == "confirm", step=OFF_BEAT)
         assert (await values(store, "global_api_enabled"))["global_api_enabled"] is False
         await save_signed_history(h, "degradation_level_3_two_person")
-        await h.terminate("test done")
-    rec = [a for a in await store.audit() if a.source == wid][0]
+        await terminate_idle(h)
+    rec = (await audit_of(store, wid))[0]
     assert [(s["request"]["actor"], s["request"]["action"]) for s in rec.model_extra["signatures"]] == [
         ("alice", "degrade.start"), ("sam", "confirm")]
     assert rec.model_extra.get("break_glass") is None
@@ -129,7 +133,7 @@ async def test_no_second_approval_in_time_applies_nothing(ts_env, store, signers
         res = await h.result()
     assert res.status == "not_applied" and "no second super_admin" in res.detail
     assert (await values(store, "global_api_enabled"))["global_api_enabled"] is True
-    assert [a for a in await store.audit() if a.source == wid] == []
+    assert await audit_of(store, wid) == []
 
 
 async def test_break_glass_applies_level_3_alone_pages_everyone_and_is_marked(ts_env, store, signers, task_queue):
@@ -140,13 +144,13 @@ async def test_break_glass_applies_level_3_alone_pages_everyone_and_is_marked(ts
     async with signing_worker(ts_env, store, si, task_queue):
         h = await ts_env.client.start_workflow(DegradationWorkflow.run, signers.start(inp, "degrade.start", wid),
                                                id=wid, task_queue=task_queue)
-        await wait_for(h, ts_env, awaiting("confirm"))
+        await wait_for(h, ts_env, awaiting("confirm"), step=OFF_BEAT)
         assert (await values(store, "global_api_enabled"))["global_api_enabled"] is False
-        await h.terminate("test done")
+        await terminate_idle(h)
     glass = [pg for pg in si.pages if "BREAK-GLASS" in pg["summary"]]
     assert sorted(pg["escalation_level"] for pg in glass) == [1, 2, 3]
     assert all(pg["dedup_key"].endswith(":break-glass") for pg in glass)
-    rec = [a for a in await store.audit() if a.source == wid][0]
+    rec = (await audit_of(store, wid))[0]
     assert rec.model_extra["break_glass"] == {"by": "alice", "reason": "exchange draining, sam unreachable"}
 
 
@@ -175,7 +179,7 @@ async def test_a_rotated_key_stops_working_within_the_roster_refresh(ts_env, sto
     wid = rollback_workflow_id(inc)
     async with signing_worker(ts_env, store, si, task_queue):
         h = await start_signed(ts_env, signers, task_queue, inc, scope=Scope.SINGLE, switch="hedging")
-        await wait_for(h, ts_env, awaiting("confirm"))
+        await wait_for(h, ts_env, awaiting("confirm"), step=OFF_BEAT)
         old = signers.keys["oscar"]
         signers.keys["oscar"] = Ed25519PrivateKey.generate()
         await store.rotate_key("oscar", signers.public("oscar"), actor="alice")
@@ -189,8 +193,8 @@ async def test_a_rotated_key_stops_working_within_the_roster_refresh(ts_env, sto
             wid, "confirm", "confirm", Decision(actor="oscar"), key=old)), "refused (removed key)")
         await h.execute_update(RollbackWorkflow.confirm, signers.decision(wid, "confirm", "confirm",
                                                                           Decision(actor="oscar")))
-        await wait_for(h, ts_env, awaiting("fix"))
-        await h.terminate("test done")
+        await wait_for(h, ts_env, awaiting("fix"), step=OFF_BEAT)
+        await terminate_idle(h)
 
 
 async def test_restore_re_enabling_betting_needs_two_fixes(ts_env, store, signers, task_queue):
@@ -199,14 +203,15 @@ async def test_restore_re_enabling_betting_needs_two_fixes(ts_env, store, signer
     wid = rollback_workflow_id(inc)
     async with signing_worker(ts_env, store, si, task_queue):
         h = await start_signed(ts_env, signers, task_queue, inc)
-        await wait_for(h, ts_env, awaiting("confirm"))
+        await wait_for(h, ts_env, awaiting("confirm"), step=OFF_BEAT)
         await h.execute_update(RollbackWorkflow.confirm, signers.decision(wid, "confirm", "confirm",
                                                                           Decision(actor="oscar")))
-        await wait_for(h, ts_env, awaiting("fix"))
+        await wait_for(h, ts_env, awaiting("fix"), step=OFF_BEAT)
         fix = Decision(actor="alice", reference="pr-1", tests_passed=True)
         first = signers.decision(wid, "fix", "fix", fix)
         await h.execute_update(RollbackWorkflow.fix, first)
-        p = await wait_for(h, ts_env, lambda p: p.awaiting is not None and p.awaiting.approved_by == ["alice"])
+        p = await wait_for(h, ts_env, lambda p: p.awaiting is not None and p.awaiting.approved_by == ["alice"],
+                           step=OFF_BEAT)
         assert p.awaiting.step == "fix" and "sam" in p.awaiting.still_needed
         assert (await values(store, "global_betting_enabled"))["global_betting_enabled"] is False
         await refused(h.execute_update(RollbackWorkflow.fix, first), "refused (reused nonce)")
@@ -218,7 +223,7 @@ async def test_restore_re_enabling_betting_needs_two_fixes(ts_env, store, signer
         await save_signed_history(h, "rollback_two_person_restore")
     assert res.status == "restored"
     assert await values(store, "global_betting_enabled") == {"global_betting_enabled": True}
-    last = [a for a in await store.audit() if a.source == wid][-1]
+    last = (await audit_of(store, wid))[-1]
     assert {s["request"]["actor"] for s in last.model_extra["signatures"]} >= {"alice", "sam"}
 
 
@@ -232,15 +237,16 @@ async def test_full_system_rollback_by_on_call_needs_two_super_admins(ts_env, st
             "super_admin_approval", 2, ["alice", "sam"])
         await h.execute_update(RollbackWorkflow.confirm, signers.decision(
             wid, "confirm", "super_admin_approval", Decision(actor="alice", reason="L3")))
-        p = await wait_for(h, ts_env, lambda p: p.awaiting is not None and p.awaiting.approved_by == ["alice"])
+        p = await wait_for(h, ts_env, lambda p: p.awaiting is not None and p.awaiting.approved_by == ["alice"],
+                           step=OFF_BEAT)
         assert p.awaiting.still_needed == ["sam"]
         assert (await values(store, "global_api_enabled"))["global_api_enabled"] is True
         await h.execute_update(RollbackWorkflow.confirm, signers.decision(
             wid, "confirm", "super_admin_approval", Decision(actor="sam", reason="agreed")))
-        await wait_for(h, ts_env, lambda p: p.awaiting is not None and p.awaiting.step == "confirm")
+        await wait_for(h, ts_env, lambda p: p.awaiting is not None and p.awaiting.step == "confirm", step=OFF_BEAT)
         assert (await values(store, "global_api_enabled"))["global_api_enabled"] is False
-        await h.terminate("test done")
-    rec = [a for a in await store.audit() if a.source == wid][0]
+        await terminate_idle(h)
+    rec = (await audit_of(store, wid))[0]
     assert [s["request"]["actor"] for s in rec.model_extra["signatures"]] == ["oscar", "alice", "sam"]
     assert rec.approved_by == "sam"
 
@@ -269,7 +275,8 @@ async def test_incident_tick_and_resolve_are_refused_unless_signed(ts_env, store
         await refused(h.execute_update(IncidentWorkflow.tick, tick), "refused (unsigned)", f"rollbackctl tick {wid}")
         forged = signers.decision(wid, "tick", await _step_now(h), tick).model_copy(update={"note": "nothing done"})
         await refused(h.execute_update(IncidentWorkflow.tick, forged), "refused (bad signature)")
-        await refused(h.execute_update(IncidentWorkflow.tick, signers.decision(wid, "resolve", await _step_now(h), tick)),
+        await refused(h.execute_update(IncidentWorkflow.tick,
+                                       signers.decision(wid, "resolve", await _step_now(h), tick)),
                       "refused (other action)")
         good = signers.decision(wid, "tick", await _step_now(h), tick)
         await h.execute_update(IncidentWorkflow.tick, good)
@@ -296,7 +303,8 @@ async def test_incident_tick_and_resolve_are_refused_unless_signed(ts_env, store
         assert "sam" in p.awaiting.still_needed and await values(store, "liquidation_enabled") == {
             "liquidation_enabled": False}
         again = Decision(actor="alice", reason="me again")
-        await refused(h.execute_update(IncidentWorkflow.confirm, signers.decision(wid, "confirm", "second_approval", again)),
+        await refused(h.execute_update(IncidentWorkflow.confirm,
+                                       signers.decision(wid, "confirm", "second_approval", again)),
                       "alice")
         await h.execute_update(IncidentWorkflow.confirm,
                                signers.decision(wid, "confirm", "second_approval", Decision(actor="sam", reason="ok")))

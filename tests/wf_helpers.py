@@ -43,6 +43,20 @@ def awaiting(expects: str):
     return lambda p: p.awaiting is not None and p.awaiting.expects == expects
 
 
+async def terminate_idle(handle, reason: str = "test done", limit: int = 500) -> None:
+    """Terminate a workflow once no activity of it is in flight (polled, bounded).
+
+    Terminating one while an activity is in flight leaks a time-skipping lock in the test server
+    (1.40): from then on env.sleep runs in real time, and later tests on the shared server time out."""
+    import asyncio
+
+    for _ in range(limit):
+        if not (await handle.describe()).raw_description.pending_activities:
+            break
+        await asyncio.sleep(0.02)  # real time, no timer of the workflow's involved
+    await handle.terminate(reason)
+
+
 async def audit_of(store, source: str) -> list:
     """The audit records a workflow (its id as `source`) wrote, oldest first."""
     return [a for a in await store.audit() if a.source == source]
@@ -70,14 +84,10 @@ async def poll_progress(handle, pred, timeout: float = 20.0):
 
 
 def real_worker(env, store, core_settings, paging_settings, http, task_queue: str) -> Worker:
-    """A worker with every real activity: etcd store, trading core and paging over the simulator."""
-    from activities.paging import PagingActivities
-    from activities.temporal_ops import TemporalOps
-    from activities.trading_core import TradingCoreActivities
-    from worker import activity_methods, build_worker
+    """The production worker (worker.py's activities): etcd store, trading core and paging over the simulator."""
+    from worker import activity_methods, activity_objects, build_worker
 
-    objs = [SwitchActivities(store), TradingCoreActivities.from_settings(core_settings, http),
-            PagingActivities.from_settings(paging_settings, http), TemporalOps(env.client)]
+    objs = activity_objects(store, http, env.client, core_settings, paging_settings)
     return build_worker(env.client, task_queue, activity_methods(objs))
 
 

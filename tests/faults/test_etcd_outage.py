@@ -23,11 +23,7 @@ import pytest
 from pydantic import SecretStr
 
 from activities.changes import ChangeSetRequest, SwitchChange
-from activities.paging import PagingActivities
-from activities.switch_activities import SwitchActivities
 from activities.switch_store import SwitchStore
-from activities.temporal_ops import TemporalOps
-from activities.trading_core import TradingCoreActivities
 from manual.roles import Role
 from manual.rollback import Durations, Scope, Severity
 from rollbackctl import procs
@@ -37,7 +33,7 @@ from tests.faults.infra import EtcdNode, wait_until
 from tests.faults.store_checks import check_store, dump
 from tests.fixtures_sim import LEVEL_HOOKS, LEVEL_KEYS, start_sim
 from tests.wf_helpers import incident, poll_progress
-from worker import activity_methods, build_worker
+from worker import activity_methods, activity_objects, build_worker
 from workflows.models import Decision, RollbackInput
 from workflows.rollback import RollbackWorkflow, rollback_workflow_id
 
@@ -137,8 +133,7 @@ async def test_etcd_killed_around_a_rollbacks_change_set(when, tclient, own_etcd
                             slack_webhook_urls=SecretStr(",".join(f"{own_sim.url}/sim/slack/{h}" for h in LEVEL_HOOKS)))
     try:
         async with httpx.AsyncClient() as http:
-            objs = [SwitchActivities(store), TradingCoreActivities.from_settings(core, http),
-                    PagingActivities.from_settings(paging, http), TemporalOps(tclient)]
+            objs = activity_objects(store, http, tclient, core, paging)
             async with build_worker(tclient, task_queue, activity_methods(objs)):
                 h = await tclient.start_workflow(
                     RollbackWorkflow.run,

@@ -18,18 +18,14 @@ from pathlib import Path
 import httpx
 import pytest
 
-from activities.paging import PagingActivities
-from activities.switch_activities import SwitchActivities
 from activities.switch_store import SwitchStore
-from activities.temporal_ops import TemporalOps
-from activities.trading_core import TradingCoreActivities
 from manual.rollback import Durations, Scope, Severity
 from rollbackctl.etcd import Etcd
 from tests.faults.infra import clean_env
 from tests.faults.store_checks import check_store, dump
 from tests.fixtures_sim import apply_and_wait
 from tests.wf_helpers import incident, poll_progress
-from worker import activity_methods, build_worker
+from worker import activity_methods, activity_objects, build_worker
 from workflows.models import Decision, RollbackInput
 from workflows.rollback import RollbackWorkflow, rollback_workflow_id
 
@@ -107,8 +103,7 @@ async def test_rollback_loses_a_race_to_the_cli_and_retries_on_fresh_state(tclie
 
     wetcd.cut_in = cut_in
     async with httpx.AsyncClient() as http:
-        objs = [SwitchActivities(SwitchStore(wetcd, prefix)), TradingCoreActivities.from_settings(core_settings, http),
-                PagingActivities.from_settings(paging_settings, http), TemporalOps(tclient)]
+        objs = activity_objects(SwitchStore(wetcd, prefix), http, tclient, core_settings, paging_settings)
         try:
             async with build_worker(tclient, task_queue, activity_methods(objs)):
                 h = await tclient.start_workflow(
