@@ -281,20 +281,76 @@ def test_sim_routes_answer_loopback_clients_only():
 
 # -- sinks -----------------------------------------------------------------------------------------------
 async def test_pagerduty_sink_checks_events_like_pagerduty(sim):
-    url = sim.url("/sim/pagerduty")
+    """Over HTTP at PagerDuty's path (the rules themselves: tests/test_sinks.py)."""
+    from tests.fixtures_sim import LEVEL_KEYS
+
+    url = sim.url("/sim/pagerduty/v2/enqueue")
+    key = LEVEL_KEYS[0]
     r = await sim.http.post(url, json={"routing_key": "k", "event_action": "trigger", "payload": {"summary": "x"}})
     assert r.status_code == 400 and r.json()["status"] == "invalid event"
-    assert any("severity" in e for e in r.json()["errors"])
-    ev = {"routing_key": "k", "event_action": "trigger", "dedup_key": "d1",
+    assert any("severity" in e for e in r.json()["errors"]) and any("32-character" in e for e in r.json()["errors"])
+    ev = {"routing_key": key, "event_action": "trigger", "dedup_key": "d1",
           "payload": {"summary": "HL down", "source": "t", "severity": "critical"}}
     r = await sim.http.post(url, json=ev)
     assert r.status_code == 202 and r.json() == {"status": "success", "message": "Event processed", "dedup_key": "d1"}
-    await sim.http.post(url, json=ev)  # same dedup_key on an open incident: deduplicated
+    await sim.http.post(url, json=ev)  # same dedup_key on an open alert: appended, nobody notified
     inc = await sim.incidents()
-    assert len(inc) == 1 and inc[0]["deduplicated"] == 1
-    r = await sim.http.post(url, json={"routing_key": "k", "event_action": "resolve"})
+    assert len(inc) == 1 and len(inc[0]["log"]) == 2 and len(await sim.notifications()) == 1
+    r = await sim.http.post(url, json={"routing_key": key, "event_action": "resolve"})
     assert r.status_code == 400  # resolve needs the dedup_key
-    assert len(await sim.pages()) == 4
+    r = await sim.http.post(url, json={**ev, "routing_key": "0" * 32})
+    assert r.status_code == 400 and "Invalid routing key" in r.text  # not an integration key of the account
+    assert len(await sim.pages()) == 5
+    r = await sim.http.post(url, content=b"{not json")
+    assert r.status_code == 400 and (await sim.pagerduty())["events_received"] == 6
+
+
+async def test_a_person_acks_in_the_pagerduty_app_and_the_signed_webhook_goes_out(sim, http):
+    """The sink's "app" changes the alert and posts PagerDuty's v3 webhook, signed, to the receiver."""
+    import hashlib
+    import hmac
+
+    from starlette.applications import Starlette
+    from starlette.responses import Response
+    from starlette.routing import Route
+
+    from rollbackctl import procs
+    from tests.fixtures_sim import LEVEL_KEYS
+
+    got = []
+
+    async def hook(request):
+        got.append((dict(request.headers), await request.body()))
+        return Response(status_code=202)
+
+    import uvicorn
+
+    port = procs.free_port()
+    server = uvicorn.Server(uvicorn.Config(Starlette(routes=[Route("/hook", hook, methods=["POST"])]),
+                                           host="127.0.0.1", port=port, log_level="warning"))
+    import asyncio
+
+    task = asyncio.create_task(server.serve())
+    try:
+        while not server.started:
+            await asyncio.sleep(0.01)  # uvicorn's own start-up flag
+        await sim.paging_config(webhook_url=f"http://127.0.0.1:{port}/hook", webhook_secrets=["sekrit"])
+        await sim.http.post(sim.url("/sim/pagerduty/v2/enqueue"), json={
+            "routing_key": LEVEL_KEYS[0], "event_action": "trigger", "dedup_key": "wf/x:L1",
+            "payload": {"summary": "HL down", "source": "t", "severity": "critical"}})
+        d = await sim.pagerduty_app("acknowledge", "wf/x:L1", "Olive")
+        assert d["status"] == 202 and d["error"] is None
+        [(headers, body)] = got
+        assert headers["x-pagerduty-signature"] == "v1=" + hmac.new(b"sekrit", body, hashlib.sha256).hexdigest()
+        assert headers["x-webhook-id"] == d["id"]
+        assert (await sim.incidents())[0]["status"] == "acknowledged"
+        r = await http.post(sim.url("/sim/pagerduty/app/acknowledge"), json={"dedup_key": "nope"})
+        assert r.status_code == 404
+        r = await http.post(sim.url("/sim/paging/config"), json={"webhook_url": "http://10.0.0.1/x"})
+        assert r.status_code == 400 and "loopback" in r.text  # never a target off this machine
+    finally:
+        server.should_exit = True
+        await task
 
 
 async def test_slack_sink(sim):
@@ -304,6 +360,9 @@ async def test_slack_sink(sim):
     assert r.status_code == 400 and r.text == "no_text"
     assert await sim.chats("T1/B1/x") == [{"text": "hello"}, {"username": "no text"}]
     assert await sim.chats("T1/B2/y") == []
+    await sim.paging_config(slack_broken={"T1/B3/z": "channel_is_archived"})
+    r = await sim.http.post(sim.url("/sim/slack/T1/B3/z"), json={"text": "hello"})
+    assert (r.status_code, r.text) == (410, "channel_is_archived")
 
 
 # -- running it ----------------------------------------------------------------------------------------

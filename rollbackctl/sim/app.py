@@ -31,7 +31,7 @@ from activities.trading_core import (
     ExposureReport,
     HealthSnapshot,
 )
-from rollbackctl.sim.core import ActionError, Simulator
+from rollbackctl.sim.core import ActionError, PagingConfig, Simulator
 from rollbackctl.sim.faults import ApiFaults, FaultError
 
 Result = tuple[int, Any, dict[str, str]]  # status, JSON payload, extra headers
@@ -190,36 +190,84 @@ def create_app(sim: Simulator, token: str) -> Starlette:
     async def switches(request: Request) -> Result:
         return 200, {"prefix": sim.prefix, **sim.applied_config()}, {}
 
+    async def _raw_json(request: Request) -> tuple[Any, int, bool]:
+        raw = await request.body()
+        try:
+            return json.loads(raw), len(raw), True
+        except ValueError:
+            return raw.decode(errors="replace"), len(raw), False
+
     async def pagerduty(request: Request) -> Result:
+        """The Events API v2 (POST: PagerDuty's /v2/enqueue); GET lists the bodies received, DELETE forgets."""
         if request.method == "DELETE":
             sim.pagerduty.clear()
         if request.method == "POST":
-            try:
-                body = json.loads(await request.body())
-            except ValueError:
-                sim.pagerduty.received.append({"_raw": (await request.body()).decode(errors="replace")})
+            body, size, ok = await _raw_json(request)
+            if not ok:
+                sim.pagerduty.received.append({"_raw": body})
                 return 400, {"status": "invalid event", "message": "Event object is invalid",
                              "errors": ["body is not JSON"]}, {}
-            code, answer = sim.pagerduty.receive(body)
+            code, answer = sim.pagerduty.receive(body, size)
             return code, answer, {}
-        return 200, list(sim.pagerduty.received), {}
+        return 200, [b for b in sim.pagerduty.received if "_change" not in b], {}
+
+    async def pagerduty_change(request: Request) -> Result:
+        """PagerDuty's /v2/change/enqueue."""
+        body, size, ok = await _raw_json(request)
+        if not ok:
+            return 400, {"status": "invalid event", "message": "Event object is invalid",
+                         "errors": ["body is not JSON"]}, {}
+        code, answer = sim.pagerduty.receive_change(body, size)
+        return code, answer, {}
 
     async def pagerduty_incidents(request: Request) -> Result:
         return 200, sim.pagerduty.incident_list(), {}
+
+    async def pagerduty_state(request: Request) -> Result:
+        return 200, sim.pagerduty.state(), {}
+
+    async def pagerduty_app(request: Request) -> Result:
+        """A person in the PagerDuty app: POST /sim/pagerduty/app/{acknowledge|unacknowledge|resolve}
+        {"dedup_key", "user"}; the alert changes and the signed v3 webhook goes to the receiver."""
+        body = await _json_body(request)
+        action = request.path_params["action"]
+        if action not in ("acknowledge", "unacknowledge", "resolve"):
+            return err(404, "not_found", f"no app action {action!r}")
+        if not isinstance(body, dict) or not isinstance(body.get("dedup_key"), str):
+            return err(400, "bad_request", "give the alert's dedup_key")
+        try:
+            hook = sim.pagerduty.app_action(body["dedup_key"], action, str(body.get("user") or "On-call Person"))
+        except KeyError as e:
+            return err(404, "not_found", str(e.args[0]))
+        await sim.post_webhook(hook)
+        return 200, {k: v for k, v in hook.items() if k != "body"}, {}
+
+    async def paging_config(request: Request) -> Result:
+        if request.method == "POST":
+            body = await _json_body(request)
+            if not isinstance(body, dict):
+                return err(400, "bad_request", "a JSON object of PagingConfig fields")
+            try:
+                cfg = PagingConfig.model_validate({**sim.paging.model_dump(), **body})
+            except ValueError as e:
+                return err(400, "bad_config", str(e).replace("\n", " "))
+            sim.configure_paging(cfg)
+        return 200, sim.paging.model_dump(), {}
+
+    async def paging_state(request: Request) -> Result:
+        return 200, {"pagerduty": sim.pagerduty.state(), "slack": sim.slack.state()}, {}
 
     async def slack(request: Request) -> Result:
         path = request.path_params.get("path", "")
         if request.method == "DELETE":
             sim.slack.clear()
         if request.method == "POST":
-            raw = await request.body()
-            try:
-                body = json.loads(raw)
-            except ValueError:
-                sim.slack.received.append({"path": path, "body": raw.decode(errors="replace")})
+            body, _, ok = await _raw_json(request)
+            if not ok:
+                sim.slack.received.append({"path": path, "body": body})
                 return 400, "invalid_payload", {}
-            code, text = sim.slack.receive(path, body)
-            return code, text, {}
+            code, text, headers = sim.slack.receive(path, body)
+            return code, text, headers
         return 200, sim.slack.bodies(path if path else None), {}
 
     spec = openapi_spec()
@@ -253,7 +301,13 @@ def create_app(sim: Simulator, token: str) -> Starlette:
         Route("/sim/actions", wrap(actions, v1=False, faultable=False), methods=["GET", "DELETE"]),
         Route("/sim/switches", wrap(switches, v1=False, faultable=False), methods=["GET"]),
         Route("/sim/pagerduty", wrap(pagerduty, v1=False), methods=["GET", "POST", "DELETE"]),
+        Route("/sim/pagerduty/v2/enqueue", wrap(pagerduty, v1=False), methods=["POST"]),
+        Route("/sim/pagerduty/v2/change/enqueue", wrap(pagerduty_change, v1=False), methods=["POST"]),
         Route("/sim/pagerduty/incidents", wrap(pagerduty_incidents, v1=False, faultable=False), methods=["GET"]),
+        Route("/sim/pagerduty/state", wrap(pagerduty_state, v1=False, faultable=False), methods=["GET"]),
+        Route("/sim/pagerduty/app/{action}", wrap(pagerduty_app, v1=False, faultable=False), methods=["POST"]),
+        Route("/sim/paging/config", wrap(paging_config, v1=False, faultable=False), methods=["GET", "POST"]),
+        Route("/sim/paging/state", wrap(paging_state, v1=False, faultable=False), methods=["GET"]),
         Route("/sim/slack", wrap(slack, v1=False), methods=["GET", "POST", "DELETE"]),
         Route("/sim/slack/{path:path}", wrap(slack, v1=False), methods=["GET", "POST"]),
     ]

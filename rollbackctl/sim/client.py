@@ -80,6 +80,30 @@ class SimClient:
         await self._sim("DELETE", "/sim/pagerduty")
         await self._sim("DELETE", "/sim/slack")
 
+    async def pagerduty(self) -> dict[str, Any]:
+        """The PagerDuty sink's state: alerts, notifications, rejected, dropped, change_events, webhooks."""
+        return await self._sim("GET", "/sim/pagerduty/state")
+
+    async def notifications(self) -> list[dict[str, Any]]:
+        """Each time PagerDuty would have notified a person (a new alert, an acknowledgement that timed out)."""
+        return (await self.pagerduty())["notifications"]
+
+    async def slack(self) -> dict[str, Any]:
+        """The Slack sink's state: messages (with `mangled` reasons), rejected, broken webhooks."""
+        return (await self._sim("GET", "/sim/paging/state"))["slack"]
+
+    async def paging_config(self, **changes: Any) -> dict[str, Any]:
+        """Change the sinks' strictness (rate limits, known keys, webhook target, broken Slack webhooks);
+        their state is forgotten. No arguments: read it."""
+        if not changes:
+            return await self._sim("GET", "/sim/paging/config")
+        return await self._sim("POST", "/sim/paging/config", changes)
+
+    async def pagerduty_app(self, action: str, dedup_key: str, user: str = "On-call Person") -> dict[str, Any]:
+        """A person acts in the PagerDuty app (acknowledge | unacknowledge | resolve): the sink's alert
+        changes and the signed v3 webhook is posted to the configured receiver; returns the delivery."""
+        return await self._sim("POST", f"/sim/pagerduty/app/{action}", {"dedup_key": dedup_key, "user": user})
+
     # -- the contract (with the token) --------------------------------------------------------------
     def auth(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.token}"}

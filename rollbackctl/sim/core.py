@@ -13,6 +13,8 @@ import time
 from datetime import datetime, timezone
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
 from activities.trading_core import ACTIONS, ExposureReport, HealthSnapshot
 from manual import switches as matrix
 from rollbackctl.etcd import Etcd
@@ -32,6 +34,41 @@ def iso(dt: datetime) -> str:
     return dt.isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
+class PagingConfig(BaseModel):
+    """How strict the PagerDuty and Slack sinks are (the real services' limits by default)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    pagerduty_events_per_min: int | None = Field(default=120, ge=1)
+    slack_per_s: float | None = Field(default=1.0, gt=0)
+    pagerduty_known_keys: list[str] | None = None
+    webhook_url: str | None = None
+    webhook_secrets: list[str] = []
+    slack_broken: dict[str, str] = {}  # webhook path -> permanent error (channel_is_archived, no_service, ...)
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _loopback(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        from urllib.parse import urlparse
+
+        host = urlparse(v).hostname or ""
+        if host not in ("127.0.0.1", "localhost", "::1") and not host.startswith("127."):
+            raise ValueError("the simulator posts webhooks to loopback addresses only")
+        return v
+
+    @field_validator("slack_broken")
+    @classmethod
+    def _errors(cls, v: dict[str, str]) -> dict[str, str]:
+        from rollbackctl.sim.sinks import SLACK_PERMANENT
+
+        bad = [e for e in v.values() if e not in SLACK_PERMANENT]
+        if bad:
+            raise ValueError(f"unknown Slack error {bad[0]!r}; one of {', '.join(SLACK_PERMANENT)}")
+        return v
+
+
 class ActionError(Exception):
     def __init__(self, status: int, error: str, detail: str):
         super().__init__(detail)
@@ -45,8 +82,10 @@ def extra_symbol_names(n: int) -> list[str]:
 
 class Simulator:
     def __init__(self, etcd: Etcd | None, prefix: str = "/perps/", *, seed: int = 7, tick_s: float = 0.25,
-                 extra_symbols: int = 0):
+                 extra_symbols: int = 0, paging: PagingConfig | None = None):
         self.etcd = etcd
+        self.paging_defaults = paging or PagingConfig()
+        self.paging = self.paging_defaults
         # Listed symbols: the traded ones (the market model's) and any extra ones, which per-symbol
         # actions and faults take but the synthetic order flow does not trade.
         self.extra_symbols = extra_symbol_names(extra_symbols)
@@ -73,11 +112,39 @@ class Simulator:
         self.followed_at = utcnow()
         self.actions: list[dict[str, Any]] = []
         self.idempotency: dict[str, dict[str, Any]] = {}
-        self.pagerduty = PagerDutySink()
-        self.slack = SlackSink()
+        self.paging = getattr(self, "paging_defaults", None) or PagingConfig()  # a reset restores the defaults
+        self.configure_paging(self.paging)
         self.hl_down_since: float | None = None
         self._last_tick = time.monotonic()
         self._release = asyncio.Event()
+
+    def configure_paging(self, cfg: PagingConfig) -> None:
+        """New sinks with this strictness (everything they received is forgotten)."""
+        self.paging = cfg
+        self.pagerduty = PagerDutySink(events_per_min=cfg.pagerduty_events_per_min,
+                                       known_keys=set(cfg.pagerduty_known_keys) if cfg.pagerduty_known_keys else None,
+                                       webhook_url=cfg.webhook_url, webhook_secrets=list(cfg.webhook_secrets))
+        self.slack = SlackSink(per_s=cfg.slack_per_s)
+        self.slack.broken = dict(cfg.slack_broken)
+
+    async def post_webhook(self, hook: dict[str, Any]) -> None:
+        """Deliver a v3 webhook as PagerDuty does: one POST, signed, a 2xx expected within 5 s (its status
+        and any error are recorded on the hook; PagerDuty would retry a 5xx/429/timeout, the sink does not)."""
+        import httpx
+
+        if not hook.get("url"):
+            hook["error"] = "no webhook subscription (ROLLBACKCTL_SIM_PAGERDUTY_WEBHOOK_URL or /sim/paging/config)"
+            return
+        headers = {"Content-Type": "application/json", "User-Agent": "PagerDuty-Webhook/V3.0",
+                   "X-Webhook-Id": hook["id"]}
+        if hook.get("signature"):
+            headers["X-PagerDuty-Signature"] = hook["signature"]
+        try:
+            async with httpx.AsyncClient(timeout=5.0) as c:
+                r = await c.post(hook["url"], content=hook["body"], headers=headers)
+            hook["status"] = r.status_code
+        except httpx.HTTPError as e:
+            hook["error"] = f"{type(e).__name__}: {e}"
 
     # -- lifecycle ---------------------------------------------------------------------------------
     async def start(self) -> None:

@@ -9,6 +9,11 @@ Environment (the same names the rest of the tool uses, so `rollbackctl dev up` n
 - ROLLBACKCTL_SIM_EXTRA_SYMBOLS (default 0): that many more listed symbols, S001, S002, ...: per-symbol
   actions (pause/resume_symbol_hl_routing) and per-symbol faults take them; the synthetic order flow
   and the market trade BTC, ETH and SOL only (bench/incidents.py: one P0 incident per symbol for 200).
+- ROLLBACKCTL_SIM_PAGERDUTY_EVENTS_PER_MIN (120), ROLLBACKCTL_SIM_SLACK_PER_S (1): the sinks' rate limits
+  (PagerDuty's and Slack's documented ones); ROLLBACKCTL_SIM_PAGERDUTY_KEYS: the integration keys the
+  sink knows (others get 400, as PagerDuty answers an unknown key); ROLLBACKCTL_SIM_PAGERDUTY_WEBHOOK_URL
+  and _SECRET: where "a person acting in the PagerDuty app" (POST /sim/pagerduty/app/...) sends the
+  signed v3 webhook (rollbackctl's receiver). `/sim/paging/config` changes them at run time.
 - ROLLBACKCTL_SIM_PARENT_PID: stop when that process is gone (set by test fixtures and benchmarks,
   so a killed test run leaves no simulator behind).
 """
@@ -38,6 +43,21 @@ class SimSettings(BaseSettings):
     seed: int = 7
     tick_s: float = Field(default=0.25, gt=0, le=10)
     extra_symbols: int = Field(default=0, ge=0, le=999)
+    # The PagerDuty and Slack sinks (rollbackctl/sim/sinks.py): the real services' limits by default.
+    pagerduty_events_per_min: int = Field(default=120, ge=1)
+    slack_per_s: float = Field(default=1.0, gt=0)
+    pagerduty_keys: str = ""  # comma list: the account's integration keys (empty: any well-formed key)
+    pagerduty_webhook_url: str = ""  # where the sink posts v3 webhooks when a person acts in the "app"
+    pagerduty_webhook_secret: str = ""  # the webhook subscription's secret (signs them)
+
+    def paging_config(self) -> "PagingConfig":
+        from rollbackctl.sim.core import PagingConfig
+
+        return PagingConfig(
+            pagerduty_events_per_min=self.pagerduty_events_per_min, slack_per_s=self.slack_per_s,
+            pagerduty_known_keys=[k.strip() for k in self.pagerduty_keys.split(",") if k.strip()] or None,
+            webhook_url=self.pagerduty_webhook_url or None,
+            webhook_secrets=[self.pagerduty_webhook_secret] if self.pagerduty_webhook_secret else [])
 
 
 def listen_address(core: TradingCoreSettings, host: str | None = None, port: int | None = None) -> tuple[str, int]:
@@ -54,7 +74,7 @@ def build_app(*, prefix: str | None = None, seed: int | None = None, with_etcd: 
     es, core, ss = EtcdSettings(), TradingCoreSettings(), SimSettings()
     etcd = Etcd.from_settings(es) if with_etcd else None
     sim = Simulator(etcd, prefix or es.prefix, seed=ss.seed if seed is None else seed, tick_s=ss.tick_s,
-                    extra_symbols=ss.extra_symbols)
+                    extra_symbols=ss.extra_symbols, paging=ss.paging_config())
     return create_app(sim, core.token.get_secret_value()), sim
 
 
