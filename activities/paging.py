@@ -1,41 +1,55 @@
-"""Paging (PagerDuty Events API v2) and chat (Slack incoming webhook) activities.
+"""Paging (PagerDuty Events API v2, Change Events) and chat (Slack incoming webhook) activities.
+
+Workflows do not call these directly: they hand notices to the pager workflow (workflows/pager.py,
+through `paging.submit`, activities/pager_client.py), which keeps PagerDuty's and Slack's budgets and
+calls these. Their rules come from the services' documentation (see contracts/paging.py):
+
+- PagerDuty: 202 is success; 400 is a refused event (never retried: BadRequest); 429 means "not
+  ingested, retry later" and 5xx / network errors are retried (PagingUnavailable, PagingTimeout; a
+  Retry-After header, when given, sets the next attempt's delay).
+- Slack: 200 `ok`; 400 invalid_payload / no_text / invalid_blocks, 403 action_prohibited, 404
+  channel_not_found / no_service, 410 channel_is_archived are permanent (BadRequest, with Slack's
+  word); 429 is retried after its Retry-After (`ApplicationError(next_retry_delay=...)`). Text is
+  escaped (`&` `<` `>` -> `&amp;` `&lt;` `&gt;`): "margin <150% ... > 200%" would otherwise be read as a
+  control sequence and shown mangled.
 
 Settings (rollbackctl.settings.PagingSettings; all secrets, never logged nor put in an error):
 - ROLLBACKCTL_PAGERDUTY_URL: the Events API v2 endpoint (https://events.pagerduty.com/v2/enqueue;
-  in the demo and tests the simulator's sink, http://127.0.0.1:<port>/sim/pagerduty).
-- ROLLBACKCTL_PAGERDUTY_ROUTING_KEYS: comma list, one integration key per escalation level
-  (manual/escalation.py, level 1 first); or ROLLBACKCTL_PAGERDUTY_ROUTING_KEY, one key for every
-  level. Given both, the list wins. A list must have exactly one entry per level.
-- ROLLBACKCTL_SLACK_WEBHOOK_URLS: comma list, one incoming-webhook URL per level (a Slack webhook
-  posts to one channel); or ROLLBACKCTL_SLACK_WEBHOOK_URL for every level.
+  the dev stack points it at the simulator's sink, http://127.0.0.1:8700/sim/pagerduty/v2/enqueue);
+  ROLLBACKCTL_PAGERDUTY_CHANGE_URL: the Change Events endpoint (default: the same URL with
+  /v2/change/enqueue).
+- ROLLBACKCTL_PAGERDUTY_ROUTING_KEYS: comma list, one 32-character integration key per escalation
+  level (manual/escalation.py, level 1 first); or ROLLBACKCTL_PAGERDUTY_ROUTING_KEY for every level.
+- ROLLBACKCTL_SLACK_WEBHOOK_URLS: one incoming-webhook URL per level; or ROLLBACKCTL_SLACK_WEBHOOK_URL.
 - ROLLBACKCTL_PAGING_TIMEOUT_S: per-request timeout (default 5).
 
-`PagingActivities.from_settings` refuses to build (PagingNotConfigured, naming every missing
-variable) when paging is not configured: a worker must not start and then drop pages silently.
-Commands that do not page never build it.
-
-Escalation: `escalation_level` picks the level's routing key and webhook; above the top level the
-top level is used. Acknowledge/resolve an event at the level that triggered it (same routing key,
-same dedup_key). PagerDuty deduplicates triggers on an open incident's dedup_key, so escalating
-means a trigger at the next level, with its own dedup_key.
-
-Errors (ApplicationError types): BadRequest (4xx but 408/429: a refused event or a wrong URL/key;
-not retried), PagingUnavailable (5xx, 408, 429, connection refused; retried), PagingTimeout
-(retried). NotConfigured is raised if a level has no destination (cannot happen after
-from_settings).
+`check_paging(settings)` refuses what the services would refuse (a key that is not 32 characters, a
+URL that is not http(s), plain http off loopback, a list that does not have one entry per level) with
+one line naming the variable: the worker and `dev up` call it before they start.
 """
 
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timezone
+import re
+from datetime import datetime, timedelta, timezone
 from typing import Any, Literal
+from urllib.parse import urlparse
 
 import httpx
 from pydantic import BaseModel, Field, SecretStr
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from contracts.paging import (
+    DEDUP_KEY_MAX,
+    ROUTING_KEY_LENGTH,
+    SLACK_FIELD_MAX,
+    SLACK_FIELDS_MAX,
+    SLACK_SECTION_MAX,
+    SLACK_TEXT_MAX,
+    SUMMARY_MAX,
+)
 from manual import escalation
 from rollbackctl.settings import PagingSettings
 
@@ -47,23 +61,28 @@ PAGING_UNAVAILABLE = "PagingUnavailable"
 PAGING_TIMEOUT = "PagingTimeout"
 NON_RETRYABLE = [BAD_REQUEST, NOT_CONFIGURED]
 
-SUMMARY_MAX = 1024  # PagerDuty's limit on payload.summary
-SLACK_SECTION_MAX = 3000  # Slack's limit on a section block's text
-SLACK_FIELDS_MAX = 10
+_KEY = re.compile(rf"^[A-Za-z0-9]{{{ROUTING_KEY_LENGTH}}}$")
+_LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 class PagingNotConfigured(ValueError):
-    """Paging settings are missing; the message names the environment variables to set."""
+    """Paging settings are missing or malformed; the message (one line) names the variable to fix."""
+
+
+def slack_escape(text: str) -> str:
+    """Slack's three control characters as entities (api.slack.com "Basic message formatting")."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 class PageInput(BaseModel):
     event_action: Literal["trigger", "acknowledge", "resolve"]
-    dedup_key: str = Field(min_length=1, max_length=255)
+    dedup_key: str = Field(min_length=1, max_length=DEDUP_KEY_MAX)
     summary: str = Field(min_length=1)
     severity: Literal["critical", "error", "warning", "info"] = "critical"
     source: str = "rollbackctl"
     custom_details: dict[str, Any] = {}
     escalation_level: int = Field(default=1, ge=1)
+    links: list[dict[str, str]] = []  # [{"href", "text"}]: the Temporal UI, the runbook
 
 
 class PageResult(BaseModel):
@@ -86,6 +105,21 @@ class ChatResult(BaseModel):
     escalation_level: int
     channel: str  # the level's channel (manual/escalation.py); the webhook URL decides where it lands
     http_status: int
+
+
+class ChangeEventInput(BaseModel):
+    """One audited switch change, for PagerDuty's incident view ("what changed")."""
+
+    summary: str = Field(min_length=1)
+    source: str = "rollbackctl"
+    timestamp: str | None = None
+    custom_details: dict[str, Any] = {}
+    links: list[dict[str, str]] = []
+
+
+class ChangeEventResult(BaseModel):
+    http_status: int
+    message: str = ""
 
 
 class _RedactSecrets(logging.Filter):
@@ -121,13 +155,85 @@ def _split(secret: SecretStr | None) -> list[SecretStr]:
     return [SecretStr(x.strip()) for x in secret.get_secret_value().split(",") if x.strip()]
 
 
+def _url_problem(url: str) -> str | None:
+    u = urlparse(url)
+    if u.scheme not in ("http", "https") or not u.hostname:
+        return "is not an http(s) URL"
+    if u.scheme == "http" and u.hostname not in _LOOPBACK and not u.hostname.startswith("127."):
+        return "must be https (plain http is allowed on loopback only)"
+    return None
+
+
+def change_url_for(events_url: str) -> str:
+    """PagerDuty's Change Events endpoint beside its Events API endpoint (…/v2/enqueue -> …/v2/change/enqueue)."""
+    base = events_url.rstrip("/")
+    if base.endswith("/v2/enqueue"):
+        return base[: -len("/v2/enqueue")] + "/v2/change/enqueue"
+    return base + "/v2/change/enqueue"
+
+
+def check_paging(settings: PagingSettings) -> tuple[SecretStr, list[SecretStr], list[SecretStr], SecretStr]:
+    """The paging configuration, checked as PagerDuty and Slack would check it: (events URL, routing
+    keys per level, webhooks per level, change-events URL). Raises PagingNotConfigured (one line)."""
+    missing = []
+    if settings.pagerduty_url is None or not settings.pagerduty_url.get_secret_value().strip():
+        missing.append("ROLLBACKCTL_PAGERDUTY_URL")
+    keys = _split(settings.pagerduty_routing_keys) or _split(settings.pagerduty_routing_key)
+    if not keys:
+        missing.append("ROLLBACKCTL_PAGERDUTY_ROUTING_KEYS (or ROLLBACKCTL_PAGERDUTY_ROUTING_KEY)")
+    hooks = _split(settings.slack_webhook_urls) or _split(settings.slack_webhook_url)
+    if not hooks:
+        missing.append("ROLLBACKCTL_SLACK_WEBHOOK_URLS (or ROLLBACKCTL_SLACK_WEBHOOK_URL)")
+    if missing:
+        raise PagingNotConfigured(
+            "paging is not configured: set " + ", ".join(missing) +
+            " (pages and chat must not be dropped silently; see activities/paging.py)")
+    n = len(escalation.LEVELS)
+    for name, lst, plural in (("ROLLBACKCTL_PAGERDUTY_ROUTING_KEYS", keys, settings.pagerduty_routing_keys),
+                              ("ROLLBACKCTL_SLACK_WEBHOOK_URLS", hooks, settings.slack_webhook_urls)):
+        if plural is not None and len(lst) != n:
+            raise PagingNotConfigured(f"{name} lists {len(lst)} entries; the escalation ladder has {n} levels "
+                                      f"(manual/escalation.py): give one per level, level 1 first")
+    key_var = "ROLLBACKCTL_PAGERDUTY_ROUTING_KEYS" if settings.pagerduty_routing_keys else "ROLLBACKCTL_PAGERDUTY_ROUTING_KEY"
+    for i, k in enumerate(keys, 1):
+        v = k.get_secret_value()
+        if not _KEY.match(v):
+            raise PagingNotConfigured(
+                f"{key_var}: entry {i} is {len(v)} characters; a PagerDuty integration key is exactly "
+                f"{ROUTING_KEY_LENGTH} letters and digits (PagerDuty answers 400 to anything else)")
+    url = settings.pagerduty_url.get_secret_value().strip()
+    if (why := _url_problem(url)) is not None:
+        raise PagingNotConfigured(f"ROLLBACKCTL_PAGERDUTY_URL {why}")
+    change = settings.pagerduty_change_url.get_secret_value().strip() if settings.pagerduty_change_url else ""
+    change = change or change_url_for(url)
+    if (why := _url_problem(change)) is not None:
+        raise PagingNotConfigured(f"ROLLBACKCTL_PAGERDUTY_CHANGE_URL {why}")
+    hook_var = "ROLLBACKCTL_SLACK_WEBHOOK_URLS" if settings.slack_webhook_urls else "ROLLBACKCTL_SLACK_WEBHOOK_URL"
+    for i, h in enumerate(hooks, 1):
+        if (why := _url_problem(h.get_secret_value())) is not None:
+            raise PagingNotConfigured(f"{hook_var}: entry {i} {why}")
+    return SecretStr(url), keys, hooks, SecretStr(change)
+
+
+def _retry_after(resp: httpx.Response) -> timedelta | None:
+    ra = resp.headers.get("retry-after")
+    if ra is None:
+        return None
+    try:
+        return timedelta(seconds=max(0.0, min(float(ra), 300.0)))
+    except ValueError:
+        return None
+
+
 class PagingActivities:
     def __init__(self, client: httpx.AsyncClient, *, pagerduty_url: SecretStr, routing_keys: list[SecretStr],
-                 slack_webhooks: list[SecretStr], timeout_s: float = 5.0, owns_client: bool = False):
+                 slack_webhooks: list[SecretStr], timeout_s: float = 5.0, owns_client: bool = False,
+                 change_url: SecretStr | None = None):
         if not routing_keys or not slack_webhooks:
             raise PagingNotConfigured("paging needs at least one routing key and one Slack webhook")
         self.client = client
         self._pd_url = pagerduty_url
+        self._change_url = change_url or SecretStr(change_url_for(pagerduty_url.get_secret_value()))
         self._keys = routing_keys
         self._hooks = slack_webhooks
         self.timeout_s = timeout_s
@@ -136,31 +242,13 @@ class PagingActivities:
 
     @classmethod
     def from_settings(cls, settings: PagingSettings, client: httpx.AsyncClient | None = None) -> "PagingActivities":
-        missing = []
-        if settings.pagerduty_url is None or not settings.pagerduty_url.get_secret_value().strip():
-            missing.append("ROLLBACKCTL_PAGERDUTY_URL")
-        keys = _split(settings.pagerduty_routing_keys) or _split(settings.pagerduty_routing_key)
-        if not keys:
-            missing.append("ROLLBACKCTL_PAGERDUTY_ROUTING_KEYS (or ROLLBACKCTL_PAGERDUTY_ROUTING_KEY)")
-        hooks = _split(settings.slack_webhook_urls) or _split(settings.slack_webhook_url)
-        if not hooks:
-            missing.append("ROLLBACKCTL_SLACK_WEBHOOK_URLS (or ROLLBACKCTL_SLACK_WEBHOOK_URL)")
-        if missing:
-            raise PagingNotConfigured(
-                "paging is not configured: set " + ", ".join(missing) +
-                " (pages and chat must not be dropped silently; see activities/paging.py)")
-        n = len(escalation.LEVELS)
-        for name, lst, plural in (("ROLLBACKCTL_PAGERDUTY_ROUTING_KEYS", keys, settings.pagerduty_routing_keys),
-                                  ("ROLLBACKCTL_SLACK_WEBHOOK_URLS", hooks, settings.slack_webhook_urls)):
-            if plural is not None and len(lst) != n:
-                raise PagingNotConfigured(f"{name} lists {len(lst)} entries; the escalation ladder has {n} levels "
-                                          f"(manual/escalation.py): give one per level, level 1 first")
-        if len(keys) == 1 and n > 1:
+        url, keys, hooks, change = check_paging(settings)
+        if len(keys) == 1 and len(escalation.LEVELS) > 1:
             log.warning("one PagerDuty routing key for all %d escalation levels: escalation relies on the "
-                        "PagerDuty service's own policy", n)
+                        "PagerDuty service's own policy", len(escalation.LEVELS))
         owns = client is None
-        return cls(client or httpx.AsyncClient(), pagerduty_url=settings.pagerduty_url, routing_keys=keys,
-                   slack_webhooks=hooks, timeout_s=settings.paging_timeout_s, owns_client=owns)
+        return cls(client or httpx.AsyncClient(), pagerduty_url=url, routing_keys=keys, slack_webhooks=hooks,
+                   timeout_s=settings.paging_timeout_s, owns_client=owns, change_url=change)
 
     async def aclose(self) -> None:
         if self._owns_client:
@@ -171,10 +259,10 @@ class PagingActivities:
 
     # -- helpers ------------------------------------------------------------------------------------
     def _secrets(self) -> list[str]:
-        return [s.get_secret_value() for s in (self._pd_url, *self._keys, *self._hooks)]
+        return [s.get_secret_value() for s in (self._pd_url, self._change_url, *self._keys, *self._hooks)]
 
     def _scrub(self, text: str) -> str:
-        for s in self._secrets():
+        for s in sorted(self._secrets(), key=len, reverse=True):
             if s:
                 text = text.replace(s, "***")
         return text
@@ -197,11 +285,23 @@ class PagingActivities:
         code = resp.status_code
         msg = self._scrub(f"{what} answered {code}: {said}"[:500])
         if code in (408, 429) or code >= 500:
-            return ApplicationError(msg, {"status": code}, type=PAGING_UNAVAILABLE, non_retryable=False)
+            return ApplicationError(msg, {"status": code}, type=PAGING_UNAVAILABLE, non_retryable=False,
+                                    next_retry_delay=_retry_after(resp))
         return ApplicationError(msg, {"status": code}, type=BAD_REQUEST, non_retryable=True)
 
     def _log(self):
         return activity.logger if activity.in_activity() else log
+
+    @staticmethod
+    def _pd_said(resp: httpx.Response) -> str:
+        try:
+            j = resp.json()
+        except ValueError:
+            return resp.text[:200]
+        if isinstance(j, dict):
+            errs = j.get("errors")
+            return "; ".join(map(str, errs)) if errs else str(j.get("message") or j.get("status") or "")
+        return str(j)[:200]
 
     # -- activities ------------------------------------------------------------------------------------
     @activity.defn(name="paging.page")
@@ -229,38 +329,55 @@ class PagingActivities:
                 "custom_details": details,
             }
             body["client"] = "rollbackctl"
+            if inp.links:
+                body["links"] = [lk for lk in inp.links if lk.get("href")]
         what = f"PagerDuty ({inp.event_action}, level {lvl.level})"
         resp = await self._post(what, self._pd_url, body)
+        if resp.status_code != 202 and not (200 <= resp.status_code < 300):
+            raise self._refused(what, resp, self._pd_said(resp))
         try:
             j = resp.json()
         except ValueError:
             j = {}
-        if resp.status_code != 202 and not (200 <= resp.status_code < 300):
-            errs = j.get("errors") if isinstance(j, dict) else None
-            said = "; ".join(map(str, errs)) if errs else (j.get("message") if isinstance(j, dict) else "") or resp.text
-            raise self._refused(what, resp, str(said))
+        j = j if isinstance(j, dict) else {}
         self._log().info("page %s level %d (%s) dedup_key=%s -> %d", inp.event_action, lvl.level, lvl.name,
                          inp.dedup_key, resp.status_code)
-        return PageResult(status=str(j.get("status", "success")) if isinstance(j, dict) else "success",
-                          message=str(j.get("message", "")) if isinstance(j, dict) else "",
-                          dedup_key=str(j.get("dedup_key") or inp.dedup_key) if isinstance(j, dict) else inp.dedup_key,
-                          escalation_level=lvl.level, escalation_name=lvl.name, http_status=resp.status_code)
+        return PageResult(status=str(j.get("status", "success")), message=str(j.get("message", "")),
+                          dedup_key=str(j.get("dedup_key") or inp.dedup_key), escalation_level=lvl.level,
+                          escalation_name=lvl.name, http_status=resp.status_code)
 
     @activity.defn(name="paging.chat")
     async def chat(self, inp: ChatInput) -> ChatResult:
         lvl = escalation.get(inp.escalation_level)
-        text = inp.text if len(inp.text) <= SLACK_SECTION_MAX else inp.text[: SLACK_SECTION_MAX - 1] + "…"
-        blocks: list[dict[str, Any]] = [{"type": "section", "text": {"type": "mrkdwn", "text": text}}]
+        raw = inp.text if len(inp.text) <= SLACK_SECTION_MAX - 200 else inp.text[: SLACK_SECTION_MAX - 201] + "…"
+        blocks: list[dict[str, Any]] = [{"type": "section", "text": {"type": "mrkdwn", "text": slack_escape(raw)}}]
         items = list(inp.fields.items())[:SLACK_FIELDS_MAX]
         if items:
             blocks.append({"type": "section", "fields": [
-                {"type": "mrkdwn", "text": f"*{k}*\n{v}"[:2000]} for k, v in items]})
+                {"type": "mrkdwn", "text": f"*{slack_escape(str(k))}*\n{slack_escape(str(v))}"[:SLACK_FIELD_MAX]}
+                for k, v in items]})
         blocks.append({"type": "context", "elements": [
-            {"type": "mrkdwn", "text": f"escalation level {lvl.level}: {lvl.name} ({lvl.slack_channel})"}]})
-        body = {"text": inp.text[:40_000], "blocks": blocks}
+            {"type": "mrkdwn", "text": slack_escape(f"escalation level {lvl.level}: {lvl.name} ({lvl.slack_channel})")}]})
+        body = {"text": slack_escape(inp.text)[:SLACK_TEXT_MAX], "blocks": blocks}
         what = f"Slack webhook (level {lvl.level}, {lvl.slack_channel})"
         resp = await self._post(what, self._pick(self._hooks, lvl.level), body)
         if not 200 <= resp.status_code < 300:
             raise self._refused(what, resp, resp.text[:200])
         self._log().info("chat to level %d (%s) -> %d", lvl.level, lvl.slack_channel, resp.status_code)
         return ChatResult(ok=True, escalation_level=lvl.level, channel=lvl.slack_channel, http_status=resp.status_code)
+
+    @activity.defn(name="paging.change_event")
+    async def change_event(self, inp: ChangeEventInput) -> ChangeEventResult:
+        """A PagerDuty Change Event (level 1's integration key): not an alert, it notifies nobody."""
+        summary = inp.summary if len(inp.summary) <= SUMMARY_MAX else inp.summary[: SUMMARY_MAX - 1] + "…"
+        payload: dict[str, Any] = {"summary": summary, "source": inp.source,
+                                   "timestamp": inp.timestamp or datetime.now(timezone.utc).isoformat(),
+                                   "custom_details": inp.custom_details}
+        body: dict[str, Any] = {"routing_key": self._keys[0].get_secret_value(), "payload": payload}
+        if inp.links:
+            body["links"] = inp.links
+        what = "PagerDuty (change event)"
+        resp = await self._post(what, self._change_url, body)
+        if not 200 <= resp.status_code < 300:
+            raise self._refused(what, resp, self._pd_said(resp))
+        return ChangeEventResult(http_status=resp.status_code, message=self._pd_said(resp))

@@ -95,12 +95,23 @@ class PagingSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="ROLLBACKCTL_", extra="ignore")
 
     pagerduty_url: SecretStr | None = None
+    pagerduty_change_url: SecretStr | None = None  # default: ROLLBACKCTL_PAGERDUTY_URL's /v2/change/enqueue
     pagerduty_routing_key: SecretStr | None = None
     slack_webhook_url: SecretStr | None = None
     # One per escalation level (comma lists, level 1 first); see activities/paging.py.
     pagerduty_routing_keys: SecretStr | None = None
     slack_webhook_urls: SecretStr | None = None
     paging_timeout_s: float = Field(default=5.0, gt=0, le=60)
+    # The pager's budgets (workflows/pager.py): PagerDuty's ~120 events/min per routing key and Slack's
+    # ~1 message/s per webhook, as documented; lower them if other senders share the keys.
+    pagerduty_events_per_min: int = Field(default=120, ge=1, le=10_000)
+    slack_messages_per_s: float = Field(default=1.0, gt=0, le=100)
+    # The PagerDuty v3 webhook receiver (`rollbackctl paging serve`): the subscription secret(s)
+    # (comma list during a rotation) and where it listens.
+    pagerduty_webhook_secret: SecretStr | None = None
+    paging_listen: str = "127.0.0.1:8710"
+    # A PagerDuty Change Event for every audited switch change (the worker keeps the relay running).
+    pagerduty_change_events: bool = True
 
 
 class SigningSettings(BaseSettings):

@@ -29,26 +29,55 @@ def trigger(level: int = 1, dedup: str = "wf-1:L1", **kw) -> PageInput:
 
 
 # -- configuration ---------------------------------------------------------------------------------
+K = "0123456789abcdef0123456789abcdef"  # 32 characters, as a PagerDuty integration key
+
+
 def test_unconfigured_paging_refuses_naming_what_is_missing(monkeypatch):
     for var in ("ROLLBACKCTL_PAGERDUTY_URL", "ROLLBACKCTL_PAGERDUTY_ROUTING_KEY", "ROLLBACKCTL_PAGERDUTY_ROUTING_KEYS",
-                "ROLLBACKCTL_SLACK_WEBHOOK_URL", "ROLLBACKCTL_SLACK_WEBHOOK_URLS"):
+                "ROLLBACKCTL_SLACK_WEBHOOK_URL", "ROLLBACKCTL_SLACK_WEBHOOK_URLS", "ROLLBACKCTL_PAGERDUTY_CHANGE_URL"):
         monkeypatch.delenv(var, raising=False)
     with pytest.raises(PagingNotConfigured) as ei:
         PagingActivities.from_settings(PagingSettings())
     msg = str(ei.value)
     assert "ROLLBACKCTL_PAGERDUTY_URL" in msg and "ROLLBACKCTL_PAGERDUTY_ROUTING_KEY" in msg
     assert "ROLLBACKCTL_SLACK_WEBHOOK_URL" in msg
-    monkeypatch.setenv("ROLLBACKCTL_PAGERDUTY_URL", "http://127.0.0.1:1/sim/pagerduty")
-    monkeypatch.setenv("ROLLBACKCTL_PAGERDUTY_ROUTING_KEY", "k1")
+    monkeypatch.setenv("ROLLBACKCTL_PAGERDUTY_URL", "http://127.0.0.1:1/sim/pagerduty/v2/enqueue")
+    monkeypatch.setenv("ROLLBACKCTL_PAGERDUTY_ROUTING_KEY", K)
     with pytest.raises(PagingNotConfigured) as ei:
         PagingActivities.from_settings(PagingSettings())
     assert "SLACK" in str(ei.value) and "PAGERDUTY" not in str(ei.value)
     monkeypatch.setenv("ROLLBACKCTL_SLACK_WEBHOOK_URL", "http://127.0.0.1:1/sim/slack/x")
     assert PagingActivities.from_settings(PagingSettings())  # one key and one hook for every level
     # a per-level list must cover the ladder
-    monkeypatch.setenv("ROLLBACKCTL_PAGERDUTY_ROUTING_KEYS", "a,b")
+    monkeypatch.setenv("ROLLBACKCTL_PAGERDUTY_ROUTING_KEYS", f"{K},{K}")
     with pytest.raises(PagingNotConfigured, match="ROLLBACKCTL_PAGERDUTY_ROUTING_KEYS lists 2"):
         PagingActivities.from_settings(PagingSettings())
+
+
+@pytest.mark.parametrize("env,fragment", [
+    # PagerDuty answers 400 to any routing_key but the 32-character integration key
+    ({"ROLLBACKCTL_PAGERDUTY_ROUTING_KEYS": f"dev-level-1,{K},{K}"},
+     "ROLLBACKCTL_PAGERDUTY_ROUTING_KEYS: entry 1 is 11 characters"),
+    ({"ROLLBACKCTL_PAGERDUTY_ROUTING_KEYS": f"{K},{K},{K[:-1]}"}, "entry 3 is 31 characters"),
+    ({"ROLLBACKCTL_PAGERDUTY_URL": "events.pagerduty.com/v2/enqueue"}, "ROLLBACKCTL_PAGERDUTY_URL is not an http(s) URL"),
+    ({"ROLLBACKCTL_PAGERDUTY_URL": "http://events.pagerduty.com/v2/enqueue"}, "must be https"),
+    ({"ROLLBACKCTL_SLACK_WEBHOOK_URLS": "https://hooks.slack.com/a,ftp://x/b,https://hooks.slack.com/c"},
+     "ROLLBACKCTL_SLACK_WEBHOOK_URLS: entry 2 is not an http(s) URL"),
+])
+def test_malformed_paging_is_refused_in_one_line(monkeypatch, env, fragment):
+    base = {"ROLLBACKCTL_PAGERDUTY_URL": "https://events.pagerduty.com/v2/enqueue",
+            "ROLLBACKCTL_PAGERDUTY_ROUTING_KEYS": f"{K},{K},{K}",
+            "ROLLBACKCTL_SLACK_WEBHOOK_URLS": "https://hooks.slack.com/a,https://hooks.slack.com/b,https://hooks.slack.com/c"}
+    for k, v in {**base, **env}.items():
+        monkeypatch.setenv(k, v)
+    with pytest.raises(PagingNotConfigured) as ei:
+        pg.check_paging(PagingSettings())
+    assert fragment in str(ei.value) and "\n" not in str(ei.value)
+    assert K not in str(ei.value)  # a secret is never in the message
+
+
+def test_the_change_events_url_sits_beside_the_events_url():
+    assert pg.change_url_for("https://events.pagerduty.com/v2/enqueue") == "https://events.pagerduty.com/v2/change/enqueue"
 
 
 def test_escalation_levels_are_data():
@@ -81,7 +110,8 @@ async def test_escalating_pages_the_next_level_as_a_new_incident(sim, paging):
     pages = await sim.pages()
     assert [p["routing_key"] for p in pages] == [LEVEL_KEYS[0], LEVEL_KEYS[0], LEVEL_KEYS[1]]
     inc = {i["dedup_key"]: i for i in await sim.incidents()}
-    assert inc["wf-1:L1"]["deduplicated"] == 1 and inc["wf-1:L2"]["routing_key"] == LEVEL_KEYS[1]
+    assert len(inc["wf-1:L1"]["log"]) == 2 and inc["wf-1:L1"]["notifications"] == 1  # deduplicated: nobody woken
+    assert inc["wf-1:L2"]["routing_key"] == LEVEL_KEYS[1] and inc["wf-1:L2"]["notifications"] == 1
     # above the top level: the top level, and the request is recorded
     res = await env.run(paging.page, trigger(9, "wf-1:L9"))
     assert res.escalation_level == 3
@@ -117,12 +147,56 @@ async def test_chat_goes_to_the_levels_webhook(sim, paging):
     assert res.ok and res.channel == escalation.get(1).slack_channel
     await env.run(paging.chat, ChatInput(text="escalated", escalation_level=3))
     [msg] = await sim.chats(LEVEL_HOOKS[0])
-    assert msg["text"] == "Rollback started: routing_mode -> HL_MODE"
+    assert msg["text"] == "Rollback started: routing_mode -&gt; HL_MODE"  # Slack's control characters escaped
     assert [b["type"] for b in msg["blocks"]] == ["section", "section", "context"]
     assert msg["blocks"][1]["fields"][0]["text"] == "*workflow*\nwf-1"
     assert escalation.get(1).slack_channel in msg["blocks"][2]["elements"][0]["text"]
     assert [m["text"] for m in await sim.chats(LEVEL_HOOKS[2])] == ["escalated"]
     assert await sim.chats(LEVEL_HOOKS[1]) == []
+    assert all(not m["mangled"] for m in (await sim.slack())["messages"])
+
+
+async def test_slack_shows_the_manuals_thresholds_as_written(sim, paging):
+    """Unescaped, "margin <150% ... > 200%" is read by Slack as a control sequence and shown mangled."""
+    text = "P0 hedge margin <150% of target: top up to > 200% (P&L at risk)"
+    await ActivityEnvironment().run(paging.chat, ChatInput(text=text))
+    [m] = (await sim.slack())["messages"]
+    assert m["mangled"] == [] and m["text"] == "P0 hedge margin &lt;150% of target: top up to &gt; 200% (P&amp;L at risk)"
+    section = m["body"]["blocks"][0]["text"]["text"] if "body" in m else None
+    assert section is None or "&lt;150%" in section
+
+
+async def test_slack_429_is_retried_after_its_retry_after(sim, paging):
+    """Slack: about one message a second per webhook; a 429 says when to come back (Retry-After)."""
+    env = ActivityEnvironment()
+    await env.run(paging.chat, ChatInput(text="first"))
+    with pytest.raises(ApplicationError) as ei:
+        await env.run(paging.chat, ChatInput(text="second, at once"))
+    e = ei.value
+    assert e.type == pg.PAGING_UNAVAILABLE and not e.non_retryable and e.next_retry_delay.total_seconds() == 1
+
+
+async def test_pagerduty_429_is_retryable_and_the_event_was_not_ingested(sim, paging):
+    await sim.paging_config(pagerduty_events_per_min=2)
+    env = ActivityEnvironment()
+    await env.run(paging.page, trigger(1, "wf-9/a:L1"))
+    await env.run(paging.page, trigger(1, "wf-9/b:L1"))
+    with pytest.raises(ApplicationError) as ei:
+        await env.run(paging.page, trigger(1, "wf-9/c:L1"))
+    assert ei.value.type == pg.PAGING_UNAVAILABLE and not ei.value.non_retryable and "429" in ei.value.message
+    pd = await sim.pagerduty()
+    assert {a["dedup_key"] for a in pd["alerts"]} == {"wf-9/a:L1", "wf-9/b:L1"}
+    assert [r["status"] for r in pd["rejected"]] == [429]
+
+
+async def test_a_change_event_goes_to_pagerdutys_change_endpoint(sim, paging):
+    res = await ActivityEnvironment().run(paging.change_event, pg.ChangeEventInput(
+        summary="rita (risk_manager): hedge_max_leverage 3.0 -> 1.5 — hedge margin thin",
+        custom_details={"actor": "rita", "changes": [{"switch": "hedge_max_leverage", "old": 3.0, "new": 1.5}]}))
+    assert res.http_status == 202
+    [ce] = (await sim.pagerduty())["change_events"]
+    assert ce["routing_key"] == LEVEL_KEYS[0] and ce["payload"]["custom_details"]["actor"] == "rita"
+    assert (await sim.notifications()) == []
 
 
 # -- errors ----------------------------------------------------------------------------------------------
@@ -158,7 +232,7 @@ async def test_no_secret_reaches_logs_or_errors(sim, paging, paging_settings, ca
         msgs.append(str(ei.value))
     text = caplog.text + "\n".join(msgs)
     assert "page trigger level 1" in caplog.text
-    for secret in [*LEVEL_KEYS, *LEVEL_HOOKS, "/sim/pagerduty", "/sim/slack/"]:
+    for secret in [*LEVEL_KEYS, *LEVEL_HOOKS, "/sim/pagerduty/v2", "/sim/slack/"]:
         assert secret not in text, secret
 
 
