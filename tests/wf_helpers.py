@@ -12,10 +12,84 @@ from activities.switch_activities import SwitchActivities
 from workflows.registry import WORKFLOWS
 
 
+class PagedWorker(Worker):
+    """A test worker that stops its task queue's pager workflow when it stops: a pager left running
+    without a worker would hold the time-skipping server's clock (and later tests would hang).
+
+    Given the test's stand-ins (their strict PagerDuty sink), it also checks, for every workflow branch a
+    test runs, what a person at the other end would have lived through (`paging_invariants`)."""
+
+    def __init__(self, client, *, task_queue: str, standins=None, **kw):
+        super().__init__(client, task_queue=task_queue, **kw)
+        self._tq = task_queue
+        self._si = standins
+
+    async def __aexit__(self, *exc):
+        if exc[0] is None and self._si is not None:
+            await pager_idle(self.client, self._tq)
+            await paging_invariants(self.client, self._si)
+        await stop_pager(self.client, self._tq)
+        return await super().__aexit__(*exc)
+
+
+async def paging_invariants(client, si) -> None:
+    """1. No urgent page vanished into an open alert: no alert (but a storm's, whose updates name
+    newcomers) holds two critical triggers, so each critical trigger notified someone (PagerDuty appends a
+    trigger on an open alert to it and notifies nobody).
+    2. A workflow that ended left no alert open, unless its ledger says why (left for a human) or to whom
+    it was handed on. (Running and terminated workflows are not judged here.)"""
+    from temporalio.client import WorkflowExecutionStatus
+    from temporalio.service import RPCError
+
+    from contracts.paging import AlertStatus, owner_of
+    from workflows.models import Progress
+
+    for a in si.pd.alerts.values():
+        crit = [e for e in a["log"] if e["action"] == "trigger" and e["severity"] == "critical"]
+        assert len(crit) <= 1 or a["dedup_key"].startswith("pager/"), (
+            f"urgent pages swallowed into one open alert {a['dedup_key']}: {[e['summary'][:80] for e in crit]}")
+    ledgers: dict[str, Progress | None] = {}
+    for a in si.pd.alerts.values():
+        if a["status"] == "resolved":
+            continue
+        owner = owner_of(a["dedup_key"])
+        if owner is None or owner.startswith("paging-test"):
+            continue
+        if owner not in ledgers:
+            try:
+                h = client.get_workflow_handle(owner)
+                d = await h.describe()
+                ledgers[owner] = (await h.query("progress", result_type=Progress)
+                                  if d.status == WorkflowExecutionStatus.COMPLETED else None)
+            except RPCError:
+                ledgers[owner] = None
+        p = ledgers[owner]
+        if p is None:
+            continue
+        rec = next((r for r in p.alerts if r.dedup_key == a["dedup_key"]), None)
+        assert rec is not None and rec.status in (AlertStatus.LEFT_OPEN, AlertStatus.HANDED_ON), (
+            f"{owner} ended ({p.result}) leaving alert {a['dedup_key']} open in PagerDuty; ledger: {rec}")
+        assert rec.why, f"{owner} left {a['dedup_key']} open without saying why"
+
+
+async def stop_pager(client, task_queue: str) -> None:
+    """Terminate the task queue's pager once it is idle: terminating it mid-activity or mid-task leaks the
+    time-skipping server's lock."""
+    from temporalio.service import RPCError
+
+    from contracts.paging import pager_workflow_id
+
+    if await pager_idle(client, task_queue):
+        try:
+            await client.get_workflow_handle(pager_workflow_id(task_queue)).terminate("test worker stopped")
+        except RPCError:
+            pass
+
+
 def make_worker(env, store, standins, task_queue: str) -> Worker:
     sa = SwitchActivities(store)
-    return Worker(env.client, task_queue=task_queue, workflows=WORKFLOWS,
-                  activities=[sa.apply, sa.snapshot, sa.roster, *standins.methods()])
+    return PagedWorker(env.client, task_queue=task_queue, workflows=WORKFLOWS, standins=standins,
+                       activities=[sa.apply, sa.snapshot, sa.roster, sa.record_seen, *standins.methods()])
 
 
 async def set_switches(store, actor: str, **values) -> None:
@@ -44,17 +118,49 @@ def awaiting(expects: str):
 
 
 async def terminate_idle(handle, reason: str = "test done", limit: int = 500) -> None:
-    """Terminate a workflow once no activity of it is in flight (polled, bounded).
+    """Terminate a workflow once no activity and no workflow task of it is in flight (polled, bounded).
 
-    Terminating one while an activity is in flight leaks a time-skipping lock in the test server
-    (1.40): from then on env.sleep runs in real time, and later tests on the shared server time out."""
+    Terminating one while an activity or a workflow task is in flight leaks a time-skipping lock in the
+    test server (1.40): from then on env.sleep runs in real time, and later tests on the shared server
+    time out. (The pager's outcome signals wake a workflow at any moment: hence the workflow task.)"""
     import asyncio
 
+    d = (await handle.describe()).raw_description
+    # The pager's outcomes would wake it after the check below: let the pager of its task queue go idle first.
+    await pager_idle(handle._client, d.execution_config.task_queue.name)
     for _ in range(limit):
-        if not (await handle.describe()).raw_description.pending_activities:
+        d = (await handle.describe()).raw_description
+        if not d.pending_activities and not d.HasField("pending_workflow_task"):
             break
         await asyncio.sleep(0.02)  # real time, no timer of the workflow's involved
     await handle.terminate(reason)
+
+
+async def pager_idle(client, task_queue: str, limit_s: float = 15.0) -> bool:
+    """Wait (polled, bounded, real time) until the task queue's pager has nothing queued or in flight and no
+    pending activity or workflow task. False if it does not run."""
+    import asyncio
+    import time
+
+    from temporalio.service import RPCError
+
+    from contracts.paging import QueueView, pager_workflow_id
+
+    h = client.get_workflow_handle(pager_workflow_id(task_queue))
+    deadline = time.monotonic() + limit_s
+    try:
+        while time.monotonic() < deadline:
+            d = (await h.describe()).raw_description
+            if d.workflow_execution_info.status != 1:  # not running
+                return False
+            q = await h.query("queue", result_type=QueueView)
+            if (not q.waiting and not q.in_flight and not d.pending_activities
+                    and not d.HasField("pending_workflow_task")):
+                return True
+            await asyncio.sleep(0.05)  # real time: another workflow's progress, no timer of ours involved
+    except RPCError:  # never started
+        return False
+    return True
 
 
 async def audit_of(store, source: str) -> list:
@@ -88,7 +194,7 @@ def real_worker(env, store, core_settings, paging_settings, http, task_queue: st
     from worker import activity_methods, activity_objects, build_worker
 
     objs = activity_objects(store, http, env.client, core_settings, paging_settings)
-    return build_worker(env.client, task_queue, activity_methods(objs))
+    return build_worker(env.client, task_queue, activity_methods(objs), worker_class=PagedWorker)
 
 
 HISTORIES = __import__("pathlib").Path(__file__).parent / "histories"
