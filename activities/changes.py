@@ -141,3 +141,18 @@ class Snapshot(BaseModel):
 
     def values(self) -> dict[str, Any]:
         return {n: s.value for n, s in self.switches.items()}
+
+
+class SeenRecord(BaseModel):
+    """Someone acknowledged (or resolved) one of a workflow's alerts in PagerDuty: recorded in the audit
+    trail as *seen*, never as a signed decision (the store writes it with authority "observed")."""
+
+    event_id: str = Field(min_length=1, max_length=200)
+    event: str  # acknowledged | unacknowledged | resolved | reopened
+    by: str = ""
+    at: str
+    dedup_key: str
+    source: str  # the workflow that opened the alert
+    incident: str = ""
+    awaiting: str | None = None  # the decision the workflow was waiting for
+

@@ -13,7 +13,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities import errors
-from activities.changes import ChangeSetRequest, ChangeSetResult, Snapshot
+from activities.changes import ChangeSetRequest, ChangeSetResult, SeenRecord, Snapshot
 from activities.switch_store import Conflict, InvalidChange, NotInitialised, PermissionDenied, SwitchStore
 from rollbackctl import identity
 from rollbackctl.etcd import EtcdAuthError, EtcdUnavailable
@@ -106,3 +106,11 @@ class SwitchActivities:
                       keys={o.name: o.public_key for o in ops if o.public_key},
                       retired={o.name: [identity.key_id(k) for k in o.retired_keys] for o in ops if o.retired_keys},
                       signing=self.signing)
+
+    @activity.defn(name="switch.record_seen")
+    async def record_seen(self, seen: SeenRecord) -> str:
+        """An alert acknowledged/resolved in PagerDuty, in the audit trail (no switch changes)."""
+        try:
+            return await self.store.record_seen(seen)
+        except Exception as e:
+            raise _classify(e) from e

@@ -32,6 +32,7 @@ from activities.changes import (
     ChangeSetRequest,
     ChangeSetResult,
     Operator,
+    SeenRecord,
     Snapshot,
     SwitchState,
 )
@@ -141,6 +142,15 @@ class SwitchStore:
         if limit is not None:
             kvs = kvs[-limit:] if limit > 0 else []
         return [AuditRecord(**json.loads(kv.value), revision=kv.mod_revision) for kv in kvs]
+
+    async def audit_after(self, seq: int, limit: int = 100) -> list[AuditRecord]:
+        """Audit records after sequence `seq`, oldest first (at most `limit`)."""
+        kvs, _ = await self.etcd.get_from(self.audit_key(seq + 1), f"{self.prefix}audit/", limit)
+        return [AuditRecord(**json.loads(kv.value), revision=kv.mod_revision) for kv in kvs]
+
+    async def head_seq(self) -> int:
+        _, seq, _ = await self._head()
+        return seq
 
     async def _head(self) -> tuple[KV | None, int, str | None]:
         kv = await self.etcd.get(self.head_key)
@@ -366,6 +376,31 @@ class SwitchStore:
                 return done
             await self._backoff(attempt)
         raise Conflict(f"change set {req.change_id}: still contended after {MAX_ATTEMPTS} attempts; try again")
+
+    async def record_seen(self, seen: "SeenRecord") -> str:
+        """An audit record with no switch change: a person acted on an alert in PagerDuty (seen, not a
+        decision). Idempotent by the PagerDuty event id (webhooks are delivered at least once)."""
+        change_id = f"seen-{seen.event_id}"[:200]
+        done = await self._replayed(change_id)
+        if done is not None:
+            return done.audit_id
+        record = {
+            "at": utcnow(), "actor": f"pagerduty:{seen.by or 'unknown'}"[:64], "role": "external",
+            "reason": f"PagerDuty: alert {seen.event} by {seen.by or 'someone'} at {seen.at} (seen; not a signed "
+                      f"decision)" + (f"; the workflow waits for {seen.awaiting}" if seen.awaiting else ""),
+            "source": seen.source, "action": f"page.{seen.event}", "change_id": change_id, "authority": "observed",
+            "approved_by": None, "drill": False, "changes": [],
+            "alert": {"dedup_key": seen.dedup_key, "incident": seen.incident, "event_id": seen.event_id},
+        }
+        for attempt in range(MAX_ATTEMPTS):
+            ok, _, audit_id = await self._commit(record, [], [], change_id)
+            if ok:
+                return audit_id
+            done = await self._replayed(change_id)
+            if done is not None:
+                return done.audit_id
+            await self._backoff(attempt)
+        raise Conflict(f"audit record {change_id}: still contended; try again")
 
     # -- init and operators -------------------------------------------------------------------
     async def init(self, super_admin: str | None = None, actor: str = "system",

@@ -35,7 +35,8 @@ from rollbackctl.settings import PagingSettings, TradingCoreSettings
 from rollbackctl.sim.client import SimClient
 
 SIM_TOKEN = f"sim-token-{uuid.uuid4().hex}"
-LEVEL_KEYS = [f"rk-level{lv.level}-{uuid.uuid4().hex[:8]}" for lv in escalation.LEVELS]
+# PagerDuty integration keys are exactly 32 characters (its Events API answers 400 otherwise).
+LEVEL_KEYS = [uuid.uuid4().hex for lv in escalation.LEVELS]
 LEVEL_HOOKS = [f"T000/B00{lv.level}/{uuid.uuid4().hex[:12]}" for lv in escalation.LEVELS]
 
 
@@ -69,6 +70,7 @@ def start_sim(etcd_endpoint: str, prefix: str = "/sim-idle/", timeout: float = 2
         "ROLLBACKCTL_LOG_LEVEL": "WARNING",
         "ROLLBACKCTL_LOG_FORMAT": "json",
         "ROLLBACKCTL_SIM_PARENT_PID": str(os.getpid()),
+        "ROLLBACKCTL_SIM_PAGERDUTY_KEYS": ",".join(LEVEL_KEYS),  # the account's integration keys
     }
     t0 = time.monotonic()
     proc = procs.spawn([sys.executable, "-m", "rollbackctl.sim"], log, env=env)
@@ -122,7 +124,7 @@ def core_settings(sim_server) -> TradingCoreSettings:
 @pytest.fixture
 def paging_settings(sim_server) -> PagingSettings:
     return PagingSettings(
-        pagerduty_url=SecretStr(f"{sim_server.url}/sim/pagerduty"),
+        pagerduty_url=SecretStr(f"{sim_server.url}/sim/pagerduty/v2/enqueue"),
         pagerduty_routing_keys=SecretStr(",".join(LEVEL_KEYS)),
         slack_webhook_urls=SecretStr(",".join(f"{sim_server.url}/sim/slack/{h}" for h in LEVEL_HOOKS)),
         paging_timeout_s=2.0,
@@ -135,7 +137,7 @@ def sim_env(sim_server, prefix) -> dict[str, str]:
     return {
         "ROLLBACKCTL_TRADING_CORE_URL": sim_server.url,
         "ROLLBACKCTL_TRADING_CORE_TOKEN": sim_server.token,
-        "ROLLBACKCTL_PAGERDUTY_URL": f"{sim_server.url}/sim/pagerduty",
+        "ROLLBACKCTL_PAGERDUTY_URL": f"{sim_server.url}/sim/pagerduty/v2/enqueue",
         "ROLLBACKCTL_PAGERDUTY_ROUTING_KEYS": ",".join(LEVEL_KEYS),
         "ROLLBACKCTL_SLACK_WEBHOOK_URLS": ",".join(f"{sim_server.url}/sim/slack/{h}" for h in LEVEL_HOOKS),
         "ROLLBACKCTL_ETCD_PREFIX": prefix,

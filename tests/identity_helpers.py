@@ -9,6 +9,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from temporalio.client import WorkflowUpdateFailedError
 from temporalio.worker import Worker
 
+from tests.wf_helpers import PagedWorker
+
 from activities.requests import RequestActivities
 from activities.switch_activities import SwitchActivities
 from rollbackctl import identity
@@ -63,8 +65,8 @@ def signing_worker(env, store, standins, task_queue: str) -> Worker:
     """A worker as production runs it: signing on, signed direct requests, stand-in core and paging."""
     sa = SwitchActivities(store, signing=True)
     ra = RequestActivities(store)
-    return Worker(env.client, task_queue=task_queue, workflows=WORKFLOWS,
-                  activities=[sa.apply, sa.snapshot, sa.roster, ra.apply, *standins.methods()])
+    return PagedWorker(env.client, task_queue=task_queue, workflows=WORKFLOWS, standins=standins,
+                  activities=[sa.apply, sa.snapshot, sa.roster, sa.record_seen, ra.apply, *standins.methods()])
 
 
 class Unchanged:

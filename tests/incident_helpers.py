@@ -12,7 +12,7 @@ from temporalio.worker import Worker
 
 from activities.switch_activities import SwitchActivities
 from tests.standins import StandIns
-from tests.wf_helpers import terminate_idle
+from tests.wf_helpers import PagedWorker, terminate_idle
 from workflows.incident import IncidentWorkflow
 from workflows.incident_models import (
     ConditionReport,
@@ -41,8 +41,8 @@ class GuardStandIn:
 def incident_worker(env, store, si: StandIns, guard: GuardStandIn, tq: str, signing: bool | None = None) -> Worker:
     """`signing` None: ROLLBACKCTL_SIGNING (off in tests); True: as production runs it."""
     sa = SwitchActivities(store, signing=signing)
-    return Worker(env.client, task_queue=tq, workflows=WORKFLOWS,
-                  activities=[sa.apply, sa.snapshot, sa.roster, *si.methods(), guard.undo_guard])
+    return PagedWorker(env.client, task_queue=tq, workflows=WORKFLOWS, standins=si,
+                  activities=[sa.apply, sa.snapshot, sa.roster, sa.record_seen, *si.methods(), guard.undo_guard])
 
 
 def now() -> datetime:

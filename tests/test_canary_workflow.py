@@ -19,7 +19,7 @@ from manual import canary
 from manual.canary import CanaryPlan
 from tests.standins import StandIns
 from rollbackctl.temporal_client import run_histories
-from tests.wf_helpers import audit_of, make_worker, save_history, values
+from tests.wf_helpers import PagedWorker, audit_of, make_worker, save_history, values
 from workflows.canary import CanaryWorkflow
 from workflows.canary_models import CanaryDecision, CanaryInput, CanaryStatus
 from workflows.models import Progress
@@ -291,8 +291,8 @@ def uncached_worker(env, store, si, tq):
     from workflows.registry import WORKFLOWS
 
     sa = SwitchActivities(store)
-    return Worker(env.client, task_queue=tq, workflows=WORKFLOWS, max_cached_workflows=0,
-                  activities=[sa.apply, sa.snapshot, sa.roster, *si.methods()])
+    return PagedWorker(env.client, task_queue=tq, workflows=WORKFLOWS, max_cached_workflows=0, standins=si,
+                  activities=[sa.apply, sa.snapshot, sa.roster, sa.record_seen, *si.methods()])
 
 
 async def test_worker_restart_mid_stage_resumes(ts_env, store, task_queue):

@@ -16,6 +16,7 @@ from temporalio.client import WorkflowExecutionStatus
 from activities.monitor import AutoMode, Monitor, TemporalGuard, TemporalIncidents
 from activities.trading_core import ReadHealthInput, TradingCoreActivities
 from manual import alerts
+from tests.fixtures_sim import LEVEL_KEYS
 from worker import activity_methods, activity_objects, build_worker
 from workflows.incident import IncidentWorkflow
 from workflows.incident_models import MonitorInput, ResolveRequest, incident_workflow_id
@@ -87,7 +88,7 @@ async def test_fault_at_the_simulator_becomes_an_incident_with_its_action_and_pa
         pages = await sim.wait_for(sim.pages, lambda p: p0_pages(p, alert), 10, what=f"{rule} page")
         (page,) = p0_pages(pages, alert)
         assert page["payload"]["severity"] == "critical" and page["payload"]["custom_details"]["escalation_level"] == 1
-        assert page["routing_key"].startswith("rk-level1-")
+        assert page["routing_key"] == LEVEL_KEYS[0]
         symbol = "BTC" if rule == "order_deviation" else None
         h = dev_env.client.get_workflow_handle(incident_workflow_id(rule, symbol, ns))
         st = await h.query(IncidentWorkflow.state)

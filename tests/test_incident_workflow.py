@@ -35,7 +35,7 @@ from workflows.models import Decision
 from workflows.rollback import rollback_workflow_id
 
 MIN = timedelta(minutes=1)
-paged = lambda s: s.ready  # paged, and taking human input  # noqa: E731
+paged = lambda s: s.ready and s.sla.paged_at is not None  # PagerDuty took the page; human input taken  # noqa: E731
 
 
 async def refused(update, match: str) -> None:
@@ -147,10 +147,15 @@ async def test_no_ack_escalates_at_5_minutes_and_keeps_waiting(ts_env, store, ta
         await until(h, ts_env, lambda s: s.status == "acknowledged")
         await ts_env.sleep(6 * MIN)
         assert max(p["escalation_level"] for p in triggers(si)) == 3, "no escalation after the ack"
-        assert sorted(p["escalation_level"] for p in pages(si, "acknowledge")) == [1, 2, 3]
+        # every alert it opened is acknowledged: L1, L2's re-page, L2's ACTION SLA breach (its own alert:
+        # on the re-page's open alert it would have notified nobody), L3's re-page
+        assert sorted(p["escalation_level"] for p in pages(si, "acknowledge")) == [1, 2, 2, 3]
+        assert [n["summary"][:22] for n in si.notifications(urgent=True)] == [
+            "P0 HL account margin <", "UNANSWERED after 0:05:", "ACTION SLA BREACHED: P", "UNANSWERED after 0:05:"]
         await resolve(h)
         await h.result()
-    assert sorted(p["escalation_level"] for p in pages(si, "resolve")) == [1, 2, 3]
+    assert sorted(p["escalation_level"] for p in pages(si, "resolve")) == [1, 2, 2, 3]
+    assert si.open_alerts() == []
 
 
 async def test_checklist_tick_meets_the_action_sla(ts_env, store, task_queue):
@@ -284,6 +289,35 @@ async def test_asset_mismatch_ack_starts_the_data_inconsistency_rollback(dev_env
         await h.result()
 
 
+async def test_a_resolved_incident_hands_its_pages_on_to_the_rollback_that_still_runs(dev_env, store, task_queue):
+    """Alert lifecycle: the incident is resolved while its child rollback still works; its open pages go to
+    that rollback (said in both ledgers), which resolves them in PagerDuty when it ends."""
+    from contracts.paging import AlertStatus
+    from workflows.rollback import RollbackWorkflow
+
+    si, guard = StandIns(), GuardStandIn()
+    async with incident_worker(dev_env, store, si, guard, task_queue):
+        h = await open_incident(dev_env, task_queue, "asset_mismatch")
+        await until(h, dev_env, paged)
+        await h.execute_update(IncidentWorkflow.acknowledge, Decision(actor="oscar"))
+        st = await until(h, dev_env, lambda s: s.children)
+        child = dev_env.client.get_workflow_handle(st.children[0])
+        await wait_query(child, lambda p: p["awaiting"] is not None)
+        await clear(h, {"asset_mismatch_ratio": 0.0})
+        await until(h, dev_env, lambda s: s.condition == "clear")
+        await resolve(h, actor="alice")
+        await h.result()
+        st = await h.query(IncidentWorkflow.state)
+        [p0] = [a for a in st.alerts if a.kind == "opened"]
+        assert p0.status is AlertStatus.HANDED_ON and p0.handed_to == child.id
+        assert si.pd.alerts[next(k for k in si.pd.alerts if k[1] == p0.dedup_key)]["status"] == "acknowledged"
+        p = await wait_query(child, lambda p: any(a["dedup_key"] == p0.dedup_key for a in p["alerts"]))
+        await child.execute_update(RollbackWorkflow.cancel, Decision(actor="oscar", reason="reconciled, not needed"))
+        await child.result()
+    alert = next(a for (rk, dk), a in si.pd.alerts.items() if dk == p0.dedup_key)
+    assert alert["status"] == "resolved"  # the rollback resolved what it was handed
+
+
 async def test_hl_down_past_5_minutes_asks_for_level_2_or_3(dev_env, store, task_queue):
     si, guard = StandIns(), GuardStandIn()
     async with incident_worker(dev_env, store, si, guard, task_queue):
@@ -403,7 +437,7 @@ async def test_the_page_does_not_wait_for_a_trading_core_that_is_down(dev_env, s
         t0 = time.monotonic()
         h = await open_incident(dev_env, task_queue, "hl_disconnection", values={"core_unreachable_for_s": 61},
                                 timings=Timings(page_after=timedelta(seconds=2)))
-        st = await until(h, dev_env, lambda s: s.ready, limit=400)
+        st = await until(h, dev_env, lambda s: s.ready and s.sla.paged_at is not None, limit=400)
         assert time.monotonic() - t0 < 6, "paged without waiting for the core"
         (page,) = triggers(si)
         assert "still retrying" in page["summary"]

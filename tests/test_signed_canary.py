@@ -162,7 +162,9 @@ async def test_break_glass_starts_phase3_alone_pages_every_level_and_marks_the_a
     assert (await values(store, "global_betting_enabled"))["global_betting_enabled"] is False
     pages = [pg for pg in si.pages if "BREAK-GLASS" in pg["summary"]]
     assert sorted(pg["escalation_level"] for pg in pages) == [1, 2, 3]
-    assert all(pg["dedup_key"].endswith(":break-glass") for pg in pages)
+    # each level's its own alert (never merged into an open one): each notified someone
+    assert len({pg["dedup_key"] for pg in pages}) == 3
+    assert all(a["notifications"] == 1 for (rk, dk), a in si.pd.alerts.items() if dk in {pg["dedup_key"] for pg in pages})
     assert all("without a second approval" in pg["summary"] and glass in pg["summary"] for pg in pages)
     stage1, stage2, rollback = await audit_of(store, wid)
     # marked on the change set the break-glass let through (global_betting_enabled=true), not on the others

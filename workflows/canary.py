@@ -58,7 +58,7 @@ with workflow.unsafe.imports_passed_through():
         StageRecord,
     )
     from workflows.models import Awaiting, Decision, DecisionAck, DecisionRecord, Progress
-    from workflows.runner import ObserveClock, Runner, StepFailed
+    from workflows.runner import PAGER_OUTBOX, ObserveClock, PagingHandlers, Runner, StepFailed
 
 KINDS = ("pause", "resume", "promote", "abort", "extend")
 # pause and extend only slow a canary down: on-call may. resume, promote and abort decide its course.
@@ -74,7 +74,7 @@ def _render(values: dict[str, Any]) -> str:
 
 
 @workflow.defn(name="CanaryWorkflow")
-class CanaryWorkflow:
+class CanaryWorkflow(PagingHandlers):
     @workflow.init
     def __init__(self, inp: CanaryInput) -> None:
         self.inp = inp
@@ -332,6 +332,7 @@ class CanaryWorkflow:
     @workflow.run
     async def run(self, inp: CanaryInput) -> CanaryResult:
         st, r = self.st, self.r
+        r.outbox = workflow.patched(PAGER_OUTBOX)
         await r.load_roster()
         st.roster = dict(r.roster)
         if inp.carry is None:
@@ -363,7 +364,7 @@ class CanaryWorkflow:
         except StepFailed as e:
             outcome = "failed"
             r.progress.detail = str(e)
-            await r.notify(f"{self.wid} stopped: {e}", page=True, severity="critical")
+            await r.notify(f"{self.wid} stopped: {e}", page=True, severity="critical", kind="stopped")
         if outcome == "continue_as_new":
             await self._drain()
             await workflow.wait_condition(workflow.all_handlers_finished)
@@ -427,14 +428,14 @@ class CanaryWorkflow:
                   f"rule): a second {need.value} approves the start with `rollbackctl confirm {self.wid} --as OTHER`. "
                   "Nothing is applied until then.")
         await r.notify(f"{self.wid}: {prompt} (within {human(inp.approval_timeout)})", page=True, severity="warning",
-                       wait=False)
+                       wait=False, kind="second_approval")
         _, ok = await r.run_await(AwaitConfirmation(
             name=START_APPROVAL, expects="confirm", min_role=need, timeout=inp.approval_timeout, on_timeout="fail",
             approvals=2, prompt=prompt), approved_by=(inp.requested_by,))
         if ok is None:
             why = (f"no second {need.value} approved the start within {human(inp.approval_timeout)}: nothing "
                    "applied; start it again")
-            await r.notify(f"{self.wid} NOT STARTED: {why}", page=True, severity="warning")
+            await r.notify(f"{self.wid} NOT STARTED: {why}", page=True, severity="warning", kind="not_started")
             return True, why
         if ok.break_glass:
             st.break_glass = ok.glass()
@@ -512,27 +513,42 @@ class CanaryWorkflow:
                     st.gate_since = workflow.now()
                     st.clock.duration = st.clock.observed + stage.gate.timeout
                     await r.notify(f"{self.wid}: stage {stage.number} ({stage.name}) passed its checks; waiting for a "
-                                   f"{stage.gate.min_role.value}. {stage.gate.prompt}", page=True, severity="info")
+                                   f"{stage.gate.min_role.value}. {stage.gate.prompt}", page=True, severity="info",
+                                   kind="gate")
                 else:
                     self._stage_done("passed", f"{human(stage.duration)} observed, checks passed")
             if st.part == "gate":
                 gate = stage.gate
                 while True:
                     aw = r.progress.awaiting
-                    repages = aw.repages if aw is not None and aw.step == gate.name else 0
+                    same = aw is not None and aw.step == gate.name
+                    repages = aw.repages if same else 0
                     r.progress.awaiting = Awaiting(
                         step=gate.name, expects="promote", min_role=gate.min_role.value, since=st.gate_since,
                         deadline=workflow.now() + st.clock.left(), prompt=gate.prompt, repages=repages)
+                    if r.outbox:  # the pages that asked for this promote, and who saw them in PagerDuty
+                        r.progress.awaiting = r.progress.awaiting.model_copy(update=(
+                            {"alerts": aw.alerts, "seen_by": aw.seen_by, "seen_at": aw.seen_at,
+                             "reminders": aw.reminders} if same else
+                            {"alerts": [r.current_alert] if r.current_alert else []}))
                     res = await r.run_observe(stage.observe.model_copy(update={"name": gate.name}), values=st.config,
                                               clock=st.clock)
                     if res != "ok":
                         break
                     # no promote within the gate's timeout: re-page at the next escalation level, keep waiting
+                    st.clock.duration += gate.timeout
+                    aw = r.progress.awaiting
+                    if r.outbox and aw is not None and aw.seen_by is not None:
+                        aw.reminders += 1  # acknowledged in PagerDuty: a reminder in chat, nobody else paged
+                        await r.notify(f"STILL WAITING ({aw.reminders}) for a {gate.min_role.value} to promote "
+                                       f"{self.wid}: seen in PagerDuty by {aw.seen_by}. {gate.prompt}", page=False,
+                                       kind="reminder")
+                        continue
                     r.progress.page_level += 1
                     r.progress.awaiting.repages += 1
-                    st.clock.duration += gate.timeout
                     await r.notify(f"UNANSWERED for {human(workflow.now() - st.gate_since)}: {self.wid} waits for a "
-                                   f"{gate.min_role.value} to promote. {gate.prompt}", page=True, severity="warning")
+                                   f"{gate.min_role.value} to promote. {gate.prompt}", page=True, severity="warning",
+                                   kind="repage")
                 if res != "promoted":
                     return await self._after_observe(res, stage)
                 r.progress.awaiting = None
@@ -612,13 +628,14 @@ class CanaryWorkflow:
                     continue  # someone wrote in between: look again
                 r.progress.detail = f"{why}; ROLLBACK FAILED: {e}"
                 await r.notify(f"{self.wid}: canary rollback FAILED ({e}). {why}. Restore Phase 1 by hand "
-                               f"(snapshot at etcd revision {st.snapshot.revision}).", page=True, severity="critical")
+                               f"(snapshot at etcd revision {st.snapshot.revision}).", page=True, severity="critical",
+                               kind="rollback_failed")
                 return "rollback_incomplete"
         st.config = {**st.config, **restored}
         r.progress.detail = why + (f"; left as set by others: {'; '.join(kept)}" if kept else "")
         await r.notify(f"{self.wid} ROLLED BACK to Phase 1 ({outcome}): {why}. Restored: "
                        f"{_render(restored) or 'nothing to restore'}" + (f". Left as is: {'; '.join(kept)}" if kept else ""),
-                       page=True, severity="critical")
+                       page=True, severity="critical", kind="rolled_back")
         return outcome
 
     async def _finish(self, status: str, detail: str = "") -> CanaryResult:
@@ -634,6 +651,8 @@ class CanaryWorkflow:
                            f"configuration stays at stage {last.number} ({last.name}).", page=False)
         elif status == "refused":
             await r.notify(f"{self.wid} refused: {detail}", page=False)
+        await self._drain()
+        await r.close_alerts(left_open=r.progress.detail if status in ("failed", "rollback_incomplete") else None)
         await self._drain()
         await workflow.wait_condition(workflow.all_handlers_finished)
         return CanaryResult(workflow_id=self.wid, phase=self.plan.phase, status=status, detail=r.progress.detail,

@@ -30,14 +30,14 @@ with workflow.unsafe.imports_passed_through():
         RequestApply,
         RequestOutcome,
     )
-    from workflows.runner import Runner, root_cause
+    from workflows.runner import PAGER_OUTBOX, PagingHandlers, Runner, root_cause
 
 APPLY_RETRY = RetryPolicy(initial_interval=timedelta(milliseconds=200), maximum_interval=timedelta(seconds=5),
                           maximum_attempts=20, non_retryable_error_types=errors.SWITCH_NON_RETRYABLE)
 
 
 @workflow.defn(name="ChangeRequestWorkflow")
-class ChangeRequestWorkflow:
+class ChangeRequestWorkflow(PagingHandlers):
     @workflow.init
     def __init__(self, inp: ChangeRequestInput) -> None:
         self.inp = inp
@@ -79,14 +79,19 @@ class ChangeRequestWorkflow:
             "request.apply", RequestApply(proof=self.inp.proof, approvals=approvals), result_type=RequestOutcome,
             start_to_close_timeout=timedelta(seconds=15), retry_policy=APPLY_RETRY)
 
-    def _done(self, status: str, detail: str, **kw) -> ChangeRequestResult:
+    async def _done(self, status: str, detail: str, **kw) -> ChangeRequestResult:
         self.r.progress.status = self.r.progress.result = status
         self.r.progress.detail = detail
         self.r.progress.current_step = None
+        await self.r.drain()
+        await self.r.close_alerts()
+        await self.r.drain()
+        await workflow.wait_condition(workflow.all_handlers_finished)
         return ChangeRequestResult(workflow_id=self.r.wid, status=status, detail=detail, **kw)
 
     @workflow.run
     async def run(self, inp: ChangeRequestInput) -> ChangeRequestResult:
+        self.r.outbox = workflow.patched(PAGER_OUTBOX)
         req = inp.proof.request
         rec = self.r._begin("apply", "request")
         approvers: list[str] = [req.actor]
@@ -97,16 +102,14 @@ class ChangeRequestWorkflow:
                 await self.r.load_roster()
                 await self.r.notify(f"{req.actor} asks {req.action} {req.target} = {req.values.get('value')!r} "
                                     f"({req.values.get('reason', '')}): {out.detail}. Approve with `rollbackctl confirm "
-                                    f"{self.r.wid} --as OP`", page=True, severity="critical")
+                                    f"{self.r.wid} --as OP`", page=True, severity="critical", kind="approval")
                 kind, d = await self.r.run_await(AwaitConfirmation(
                     name=SECOND_APPROVAL_STEP, expects="confirm", min_role=Role(out.owner_role),
                     timeout=inp.approval_timeout, on_timeout="fail", approvals=2,
                     prompt=f"{req.actor} asks {req.action} {req.target} = {req.values.get('value')!r}."),
                     approved_by=(req.actor,))
                 if d is None:
-                    await self.r.drain()
-                    await workflow.wait_condition(workflow.all_handlers_finished)
-                    return self._done("expired", f"no second approval within {inp.approval_timeout}: nothing applied",
+                    return await self._done("expired", f"no second approval within {inp.approval_timeout}: nothing applied",
                                       approved_by=approvers)
                 approvers = [req.actor, *(p.request.actor for p in self.r.proofs)]
                 rec = self.r._begin("apply_approved", "request")
@@ -119,13 +122,9 @@ class ChangeRequestWorkflow:
             cause = root_cause(e)
             msg = str(cause.message if isinstance(cause, ApplicationError) else cause)
             self.r._end(rec, "refused", msg)
-            await self.r.drain()
-            await workflow.wait_condition(workflow.all_handlers_finished)
-            return self._done("refused", msg, refusal_type=getattr(cause, "type", None), approved_by=approvers)
+            return await self._done("refused", msg, refusal_type=getattr(cause, "type", None), approved_by=approvers)
         glass = out.break_glass
         if glass:
             await self.r.page_everyone(f"BREAK-GLASS by {req.actor}: {req.action} {req.target} = "
                                        f"{req.values.get('value')!r} applied without a second approval: {glass}")
-        await self.r.drain()
-        await workflow.wait_condition(workflow.all_handlers_finished)
-        return self._done("applied", out.detail, outcome=out, approved_by=approvers)
+        return await self._done("applied", out.detail, outcome=out, approved_by=approvers)

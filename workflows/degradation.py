@@ -22,7 +22,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.changes import BreakGlass
     from manual.steps import ApplySwitches, AwaitConfirmation, Checklist, CoreActions, Observe
     from workflows.models import Decision, DecisionAck, DegradeInput, Progress, RunResult
-    from workflows.runner import Runner, StartRefused, StepFailed
+    from workflows.runner import PAGER_OUTBOX, PagingHandlers, Runner, StartRefused, StepFailed
 
 
 def degrade_workflow_id(level: int, incident_id: str) -> str:
@@ -30,7 +30,7 @@ def degrade_workflow_id(level: int, incident_id: str) -> str:
 
 
 @workflow.defn(name="DegradationWorkflow")
-class DegradationWorkflow:
+class DegradationWorkflow(PagingHandlers):
     @workflow.init
     def __init__(self, inp: DegradeInput) -> None:
         self.inp = inp
@@ -38,6 +38,7 @@ class DegradationWorkflow:
         self.r = Runner(workflow.info().workflow_id, "degradation", requested_by=inp.requested_by, drill=inp.drill,
                         incident=inp.incident_id)
         self.r.progress.level = f"degradation level {inp.level}: {self.level.name}"
+        self._not_undone: list[str] = []  # trading-core controls the restore could not undo
 
     @workflow.query
     def progress(self) -> Progress:
@@ -74,6 +75,7 @@ class DegradationWorkflow:
 
     @workflow.run
     async def run(self, inp: DegradeInput) -> RunResult:
+        self.r.outbox = workflow.patched(PAGER_OUTBOX)
         self.r.flip_first = workflow.patched("flip-first")
         await self.r.load_roster()
         try:
@@ -85,9 +87,12 @@ class DegradationWorkflow:
             status = ("refused" if isinstance(e, StartRefused)
                       else "restore_blocked" if str(e).startswith("conflict") else "failed")
             self.r.progress.detail = str(e)
-            await self.r.notify(f"{self.r.wid} stopped: {e}", page=True, severity="critical")
+            await self.r.notify(f"{self.r.wid} stopped: {e}", page=True, severity="critical", kind="stopped")
         self.r.progress.status = self.r.progress.result = status
         self.r.progress.current_step = None
+        await self.r.drain()
+        left = self.r.progress.detail if status in ("failed", "restore_blocked") or self._not_undone else None
+        await self.r.close_alerts(left_open=left)
         await self.r.drain()
         await workflow.wait_condition(workflow.all_handlers_finished)
         return RunResult(workflow_id=self.r.wid, status=status, detail=self.r.progress.detail,
@@ -116,7 +121,8 @@ class DegradationWorkflow:
                 if ok is None:
                     self.r.progress.detail = (f"no second {lvl.permission.value} approved level {lvl.level} within "
                                               f"{d.confirm_sla}: nothing applied")
-                    await self.r.notify(f"{self.r.wid}: {self.r.progress.detail}", page=True, severity="critical")
+                    await self.r.notify(f"{self.r.wid}: {self.r.progress.detail}", page=True, severity="critical",
+                                        kind="not_applied")
                     return "not_applied"
                 glass = ok.glass()
         authority = "preapproved" if lvl.preapproved else "owner"
@@ -130,7 +136,7 @@ class DegradationWorkflow:
             await self.r.run_core_actions(CoreActions(
                 name=f"level_{lvl.level}_actions", actions=tuple((a.action, a.body) for a in lvl.core_actions)))
         await self.r.notify(f"{self.r.wid}: degradation level {lvl.level} ({lvl.name}) in force. Available: "
-                            + "; ".join(lvl.available), page=True, severity="critical")
+                            + "; ".join(lvl.available), page=True, severity="critical", kind="in_force")
         await self.r.run_observe(Observe(name="observe", duration=d.observe, interval=d.interval(d.observe),
                                          checks=rollback.OBSERVE_CHECKS, consecutive=d.consecutive_breaches,
                                          on_breach="record"))
@@ -163,12 +169,14 @@ class DegradationWorkflow:
         if fix.break_glass:
             await self.r.page_everyone(f"BREAK-GLASS: {self.r.wid}: restore from degradation level {lvl.level} by "
                                        f"{fix.actor} without a second approval: {fix.break_glass}")
+        self._not_undone = not_undone if self.r.outbox else []
         if not_undone and workflow.patched("undo-failures-paged"):
             # The switches are back, but the core still holds Level N's controls (HL opens, large
             # withdrawals paused): say so and keep the page open instead of resolving it.
             left = "; ".join(not_undone)
             await self.r.notify(f"{self.r.wid}: switches restored from degradation level {lvl.level}, but the trading "
-                                f"core did not undo: {left}. Undo these by hand.", page=True, severity="critical")
+                                f"core did not undo: {left}. Undo these by hand.", page=True, severity="critical",
+                                kind="left_in_force")
             self.r.progress.detail = (f"restored after fix {fix.reference} by {fix.actor}; trading-core actions NOT "
                                       f"undone: {left}")
             return "restored"

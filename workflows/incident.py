@@ -51,7 +51,8 @@ with workflow.unsafe.imports_passed_through():
     )
     from workflows.models import Decision, DecisionAck, DegradeInput, Progress, RollbackInput
     from workflows.rollback import RollbackWorkflow, rollback_workflow_id
-    from workflows.runner import Runner, StepFailed
+    from contracts.paging import AlertStatus, Channel, Delivery
+    from workflows.runner import PAGER_OUTBOX, PagingHandlers, Runner, StepFailed
 
 
 def incident_id_for(workflow_id: str, start: datetime) -> str:
@@ -64,7 +65,7 @@ def _refuse(why: str) -> None:
 
 
 @workflow.defn(name="IncidentWorkflow")
-class IncidentWorkflow:
+class IncidentWorkflow(PagingHandlers):
     @workflow.init
     def __init__(self, inp: IncidentInput) -> None:
         info = workflow.info()
@@ -80,6 +81,10 @@ class IncidentWorkflow:
                         incident=self.incident_id, key=self.incident_id)
         self.r.actor_kind = "service"  # immediate actions go out under the monitor's identity
         self.r.on_repage = self._on_repage
+        self.r.on_delivery = self._on_delivery
+        # A per-symbol rule's incidents are one storm to PagerDuty (workflows/pager.py): 200 symbols at once
+        # page as one alert naming them all, within PagerDuty's per-key budget.
+        self.r.group = self.rule.id if inp.symbol else None
         self.r.progress.level = self.rule.alert + (f" ({inp.symbol})" if inp.symbol else "")
         self.st = IncidentState(
             workflow_id=info.workflow_id, incident_id=self.incident_id, rule=self.rule.id, alert=self.rule.alert,
@@ -107,7 +112,10 @@ class IncidentWorkflow:
     @workflow.query
     def state(self) -> IncidentState:
         self.st.sla.level = self.r.progress.page_level
-        return self.st
+        seen = next((a for a in self.r.progress.alerts if a.seen_by), None)
+        sla = self.st.sla.model_copy(update={"seen_by": seen.seen_by, "seen_at": seen.seen_at}) if seen else self.st.sla
+        return self.st.model_copy(update={"alerts": self.r.progress.alerts, "sla": sla,
+                                          "paging_failures": self.r.progress.paging_failures})
 
     @workflow.query
     def sla(self) -> SlaClocks:
@@ -296,6 +304,12 @@ class IncidentWorkflow:
         if self.st.sla.action_at is None:
             self.st.sla.action_at, self.st.sla.action_by, self.st.sla.action_what = workflow.now(), actor, what
 
+    def _on_delivery(self, d: Delivery) -> None:
+        """paged_at once PagerDuty accepted the page (not when it was handed over)."""
+        if (self.r.outbox and d.ok and d.channel is Channel.PAGERDUTY and d.event_action == "trigger"
+                and self.st.sla.paged_at is None):
+            self.st.sla.paged_at = d.at
+
     def _on_repage(self, level: int) -> None:
         now = workflow.now()
         self.st.sla.ack_breached = True
@@ -308,6 +322,7 @@ class IncidentWorkflow:
     # -- the incident -----------------------------------------------------------------------------------
     @workflow.run
     async def run(self, inp: IncidentInput) -> IncidentResult:
+        self.r.outbox = workflow.patched(PAGER_OUTBOX)
         roster = asyncio.create_task(self.r.load_roster())
         immediate = asyncio.create_task(self._take_actions("immediate"))
         try:
@@ -349,9 +364,14 @@ class IncidentWorkflow:
                 + f". Next: {steps}. Acknowledge within {self.ack_sla}: `rollbackctl ack {self.st.workflow_id} --as OP`.")
         now = workflow.now()
         sla = self.st.sla
-        sla.paged_at, sla.ack_due, sla.action_due = now, now + self.ack_sla, now + self.action_sla
+        sla.ack_due, sla.action_due = now + self.ack_sla, now + self.action_sla
+        if self.r.outbox:
+            sla.page_submitted_at = now  # paged_at is set when PagerDuty accepts it (_on_delivery)
+        else:
+            sla.paged_at = now
         self._paged = True
-        await self.r.notify(text, page=True, severity="critical")
+        await self.r.notify(text, page=True, severity="critical", kind="opened", member=self.st.symbol,
+                            group=self.r.group)
 
     async def _await_ack(self) -> None:
         _, d = await self.r.run_await(AwaitConfirmation(
@@ -362,9 +382,13 @@ class IncidentWorkflow:
         sla.acked_at, sla.acked_by = workflow.now(), d.actor
         if self.st.status == "open":
             self.st.status = "acknowledged"
-        for lvl in range(1, self.r.progress.page_level + 1):  # every level paged so far
+        if self.r.outbox:  # every alert it opened, at every level paged
             await self.r.notify(f"{self.st.workflow_id} acknowledged by {d.actor}", page=True,
-                                event_action="acknowledge", level=lvl, wait=False)
+                                event_action="acknowledge", wait=False, kind="acknowledged")
+        else:
+            for lvl in range(1, self.r.progress.page_level + 1):  # every level paged so far
+                await self.r.notify(f"{self.st.workflow_id} acknowledged by {d.actor}", page=True,
+                                    event_action="acknowledge", level=lvl, wait=False)
         if self.rule.rollback is not None and self._resolve is None:  # a real acknowledgement, not a resolve
             await self._start_rollback(d.actor)
         self._wake += 1
@@ -382,7 +406,7 @@ class IncidentWorkflow:
                         f"ACTION SLA BREACHED: {self._summary()}: no action recorded {self.action_sla} after the "
                         f"page (acknowledged: {sla.acked_by or 'no'}). Tick the checklist "
                         f"(`rollbackctl tick {self.st.workflow_id} ITEM --as OP`) or resolve.",
-                        page=True, severity="critical")
+                        page=True, severity="critical", kind="action_sla", member=self.st.symbol, group=self.r.group)
                     continue
                 deadlines.append(sla.action_due)
             # HL: "if >5min -> manual"
@@ -398,7 +422,8 @@ class IncidentWorkflow:
             if self._reapply and self._immediate_done:
                 self._reapply, self._undone = False, False
                 await self.r.notify(f"{self._summary()}: fired again after recovery; taking the immediate action "
-                                    "again (no further automatic recovery)", page=True, severity="critical")
+                                    "again (no further automatic recovery)", page=True, severity="critical",
+                                    kind="refired", member=self.st.symbol, group=self.r.group)
                 await self._take_actions("reapply")
                 continue
             # auto-recovery: once, after the condition stayed clear for the hold time
@@ -490,7 +515,7 @@ class IncidentWorkflow:
         self.st.recovery = f"done at {workflow.now():%H:%M:%S}: " + ", ".join(m.undo for m in undo)
         await self.r.notify(f"{self._summary()}: {why}; automatic recovery: "
                             + ", ".join(m.undo for m in undo) + " (taken once; resolve when satisfied)",
-                            page=True, severity="info")
+                            page=True, severity="info", update=True, kind="recovered")
 
     async def _undo(self, phase: str, actor: str) -> None:
         """Undo the immediate action: core actions by their `undo`, switches by compare-and-swap."""
@@ -552,7 +577,7 @@ class IncidentWorkflow:
         self._on_repage_level(level, f"{self.rule.alert} still firing {self.manual_after} after it began")
         prompt = self.rule.manual_after.prompt if self.rule.manual_after else "choose degradation level 2 or 3"
         await self.r.notify(f"{self._summary()}. {prompt} (`rollbackctl escalate {self.st.workflow_id} --level 2|3 "
-                            "--as OP`)", page=True, severity="critical")
+                            "--as OP`)", page=True, severity="critical", kind="level_choice")
 
     def _on_repage_level(self, level: int, why: str) -> None:
         self.st.sla.level = level
@@ -606,5 +631,19 @@ class IncidentWorkflow:
         self.r.progress.current_step = None
         text = (f"RESOLVED {self._summary()} by {req.actor}" + (f": {req.reason}" if req.reason else "")
                 + ("" if not self._in_force else f". Still in force: {', '.join(self._in_force)}"))
+        if self.r.outbox:
+            await self._close_alerts(text)
+            return
         for lvl in range(1, self.r.progress.page_level + 1):
             await self.r.notify(text, page=True, severity="info", event_action="resolve", level=lvl)
+
+    async def _close_alerts(self, text: str) -> None:
+        """Resolve what this incident opened, or hand it on to the rollback/degradation it started that
+        still runs (it continues the work: its end resolves them)."""
+        for child in reversed(self.st.children):
+            if await self.r.hand_on(child):
+                await self.r.notify(f"{text}. Its open pages are handed on to {child}, which still runs.",
+                                    page=False, kind="handed_on")
+                return
+        await self.r.notify(text, page=True, severity="info", event_action="resolve", kind="resolved")
+        await self.r.close_alerts()

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
+from contracts.paging import AlertRecord, PagingFailure
 from pydantic import BaseModel, Field
 
 from workflows.models import Decision
@@ -88,6 +89,9 @@ class SlaClocks(BaseModel):
     action_breached_at: datetime | None = None
     level: int = 1  # escalation level paged
     escalations: list[Escalation] = []
+    page_submitted_at: datetime | None = None  # handed to the pager (paged_at: once PagerDuty accepted it)
+    seen_by: str | None = None  # acknowledged in PagerDuty by (not the signed ack: that is acked_by)
+    seen_at: datetime | None = None
 
 
 class IncidentState(BaseModel):
@@ -114,6 +118,9 @@ class IncidentState(BaseModel):
     refused: list[str] = []  # refused signals (Updates are refused by their validators)
     ready: bool = False  # paged, roster loaded, waiting for the acknowledgement: human input accepted
     drill: bool = False
+    # Paging (through the pager): the alerts this incident opened and the pages that failed
+    alerts: list[AlertRecord] = []
+    paging_failures: list[PagingFailure] = []
 
 
 class TickRequest(Decision):

@@ -8,6 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, model_validator
 
 from activities.changes import BreakGlass, ChangeSetResult
+from contracts.paging import AlertRecord, PagingFailure
 from manual.rollback import Durations, Scope, Severity, target_changes
 from rollbackctl.identity import Proof, SignedRequest
 
@@ -98,6 +99,12 @@ class Awaiting(BaseModel):
     approvals_needed: int = 1
     approved_by: list[str] = []
     still_needed: list[str] = []
+    # Paging: the alerts that asked for this decision; an acknowledgement of one of them in PagerDuty
+    # (seen_by) stops the re-pages (reminders go to chat) until PagerDuty says it is unacknowledged.
+    alerts: list[str] = []
+    seen_by: str | None = None
+    seen_at: datetime | None = None
+    reminders: int = 0
 
 
 class ChecklistResult(BaseModel):
@@ -144,6 +151,10 @@ class Progress(BaseModel):
     result: str | None = None
     detail: str = ""
     roster_at: datetime | None = None  # when the roles and keys the validators check against were read
+    # Paging (patch "pager-outbox"): every alert this workflow opened and what became of it, and every
+    # page or message that failed (with where it went instead).
+    alerts: list[AlertRecord] = []
+    paging_failures: list[PagingFailure] = []
 
     def decision_step(self) -> str:
         """The step a decision sent now is bound to when signed: the one awaited, else the current one."""

@@ -24,15 +24,19 @@ with workflow.unsafe.imports_passed_through():
     from activities.changes import BreakGlass
     from manual.steps import ApplySwitches, AwaitConfirmation, CoreActions, Observe
     from workflows.models import Decision, DecisionAck, Progress, RollbackInput, RunResult
-    from workflows.runner import Runner, StartRefused, StepFailed
+    from workflows.runner import PAGER_OUTBOX, PagingHandlers, Runner, StartRefused, StepFailed
 
 
 def rollback_workflow_id(incident_id: str) -> str:
     return f"rollback-{incident_id}"
 
 
+# Outcomes after which a person must still act: the last page stays open in PagerDuty (said in the ledger).
+NEEDS_HUMAN = ("failed", "restore_blocked", "restore_failed")
+
+
 @workflow.defn(name="RollbackWorkflow")
-class RollbackWorkflow:
+class RollbackWorkflow(PagingHandlers):
     @workflow.init
     def __init__(self, inp: RollbackInput) -> None:
         self.inp = inp
@@ -111,6 +115,7 @@ class RollbackWorkflow:
     @workflow.run
     async def run(self, inp: RollbackInput) -> RunResult:
         d = inp.durations
+        self.r.outbox = workflow.patched(PAGER_OUTBOX)
         self.r.flip_first = workflow.patched("flip-first")
         if inp.severity is not Severity.CRITICAL or not self.r.flip_first:
             await self.r.load_roster()  # validators need it while the window/monitoring waits
@@ -123,10 +128,13 @@ class RollbackWorkflow:
             status = ("refused" if isinstance(e, StartRefused)
                       else "restore_blocked" if str(e).startswith("conflict") else "failed")
             self.r.progress.detail = str(e)
-            await self.r.notify(f"{self.r.wid} stopped: {e}", page=True, severity="critical")
+            await self.r.notify(f"{self.r.wid} stopped: {e}", page=True, severity="critical", kind="stopped")
         self.r.progress.status = status
         self.r.progress.result = status
         self.r.progress.current_step = None
+        await self.r.drain()
+        left = self.r.progress.detail if status in NEEDS_HUMAN or self.core_in_force else None
+        await self.r.close_alerts(left_open=left)
         await self.r.drain()
         await workflow.wait_condition(workflow.all_handlers_finished)
         return RunResult(workflow_id=self.r.wid, status=status, detail=self.r.progress.detail,
@@ -157,7 +165,7 @@ class RollbackWorkflow:
         self._check_start()
         if outcome == "role_needs_approval":
             await self.r.notify(f"{self.r.wid}: level {self.scope.value} needs a super admin's confirmation", page=True,
-                                severity="critical")
+                                severity="critical", kind="approval")
             _, ok = await self.r.run_await(rollback.AwaitConfirmation(
                 name="super_admin_approval", expects="confirm", min_role=Role.SUPER_ADMIN, timeout=d.confirm_sla,
                 prompt="Level 3 (maintenance mode) needs a super admin: `rollbackctl confirm ID --as SUPERADMIN`",
@@ -170,7 +178,7 @@ class RollbackWorkflow:
             # HL itself is down: HL_MODE would strand every order. Pause new orders (the P0 move), page, ask.
             await self.r.run_core_actions(CoreActions(name="pause_new_orders", actions=(("pause_new_orders", {}),)))
             await self.r.notify(f"{self.r.wid}: HL is down, HL_MODE not applied; new orders paused. "
-                                "Choose degradation level 2 or 3.", page=True, severity="critical")
+                                "Choose degradation level 2 or 3.", page=True, severity="critical", kind="level_choice")
             _, dec = await self.r.run_await(rollback.level_choice_step(d))
             lvl = degradation.get(dec.level)
             self.human_chose_level = True
@@ -201,11 +209,11 @@ class RollbackWorkflow:
             if nxt is None:
                 self.r.progress.escalations.append("breach at full system: nothing further to escalate to")
                 await self.r.notify(f"{self.r.wid}: still breaching at Level 3; human action needed", page=True,
-                                    severity="critical")
+                                    severity="critical", kind="still_breaching")
                 break
             self.r.progress.escalations.append(f"breach: {self.scope.value} -> {nxt.value}")
             await self.r.notify(f"{self.r.wid}: health breach, escalating {self.scope.value} -> {nxt.value}",
-                                page=True, severity="critical")
+                                page=True, severity="critical", kind="escalation")
             if rollback.required_role(nxt) is Role.SUPER_ADMIN:
                 _, ok = await self.r.run_await(rollback.AwaitConfirmation(
                     name="approve_level_3", expects="escalate", min_role=Role.SUPER_ADMIN, timeout=d.confirm_sla,
@@ -250,7 +258,7 @@ class RollbackWorkflow:
         undo = ", ".join(undo for _, undo in self.core_in_force)
         self.r.progress.detail += f"; trading-core controls still in force: {left} (undo: {undo})"
         await self.r.notify(f"{self.r.wid}: ended with trading-core controls still in force: {left}. Undo them by "
-                            f"hand when safe ({undo}).", page=True, severity="critical")
+                            f"hand when safe ({undo}).", page=True, severity="critical", kind="left_in_force")
 
     def _check_start(self) -> None:
         refused = self.r.accept_start("rollback.start", self.inp.proof, self.inp.signed_values())
@@ -266,7 +274,7 @@ class RollbackWorkflow:
             self.glass = BreakGlass(by=first, reason=break_glass)
             return
         await self.r.notify(f"{self.r.wid}: {first} asks for Level 3 (maintenance mode); a second super admin must "
-                            "approve", page=True, severity="critical")
+                            "approve", page=True, severity="critical", kind="second_approval")
         _, ok = await self.r.run_await(AwaitConfirmation(
             name="second_approval", expects="confirm", min_role=Role.SUPER_ADMIN, timeout=d.confirm_sla,
             approvals=2, prompt=f"{first} asks for Level 3 (maintenance mode): a second super admin must approve "
@@ -314,7 +322,7 @@ class RollbackWorkflow:
                                        values=back, expected=dict(self.set_by_rollback))
                 self.r.progress.detail = "5% restore breached its health checks: rolled back again"
                 await self.r.notify(f"{self.r.wid}: 5% restore failed its checks; rolled back again", page=True,
-                                    severity="critical")
+                                    severity="critical", kind="restore_failed")
                 return "restore_failed"
             expected = dict(self.set_by_rollback)
             restore_to = {**restore_to, pct: snap.get(pct)}
