@@ -82,21 +82,57 @@ class Stack:
             **self.dev_paging_env(),
         }
 
+    @property
+    def webhook_url(self) -> str:
+        from rollbackctl.pagerhook import PATH
+        from rollbackctl.settings import PagingSettings
+
+        return f"http://{PagingSettings().paging_listen}{PATH}"
+
+    def webhook_secret(self) -> str:
+        """The dev stack's PagerDuty webhook subscription secret: made once, kept 0600 under the dev dir."""
+        import os
+        import secrets
+
+        env = os.environ.get("ROLLBACKCTL_PAGERDUTY_WEBHOOK_SECRET")
+        if env:
+            return env
+        f = self.dir / "pagerduty-webhook-secret"
+        if not f.exists():
+            self.dir.mkdir(parents=True, exist_ok=True)
+            f.write_text(secrets.token_hex(32))
+            f.chmod(0o600)
+        return f.read_text().strip()
+
     def dev_paging_env(self) -> dict[str, str]:
-        """In the embedded stack, pages and chat go to the simulator's sinks unless paging is configured."""
+        """In the embedded stack, pages and chat go to the simulator's sinks unless paging is configured;
+        the simulator's "PagerDuty app" sends its signed v3 webhooks to the stack's receiver."""
         import os
 
         from manual import escalation
 
+        hook = {"ROLLBACKCTL_PAGERDUTY_WEBHOOK_SECRET": self.webhook_secret(),
+                "ROLLBACKCTL_SIM_PAGERDUTY_WEBHOOK_URL": self.webhook_url,
+                "ROLLBACKCTL_SIM_PAGERDUTY_WEBHOOK_SECRET": self.webhook_secret()}
         if os.environ.get("ROLLBACKCTL_PAGERDUTY_URL"):
-            return {}
+            return hook
         base = self.core.url.rstrip("/")
-        return {
-            "ROLLBACKCTL_PAGERDUTY_URL": f"{base}/sim/pagerduty",
-            "ROLLBACKCTL_PAGERDUTY_ROUTING_KEYS": ",".join(f"dev-level-{lv.level}" for lv in escalation.LEVELS),
+        return {**hook,
+            "ROLLBACKCTL_PAGERDUTY_URL": f"{base}/sim/pagerduty/v2/enqueue",
+            "ROLLBACKCTL_PAGERDUTY_ROUTING_KEYS": ",".join(dev_routing_keys()),
+            "ROLLBACKCTL_SIM_PAGERDUTY_KEYS": ",".join(dev_routing_keys()),
             "ROLLBACKCTL_SLACK_WEBHOOK_URLS": ",".join(
                 f"{base}/sim/slack/{lv.slack_channel.lstrip('#')}" for lv in escalation.LEVELS),
         }
+
+
+def dev_routing_keys() -> list[str]:
+    """Well-formed PagerDuty integration keys (32 characters) for the dev stack's levels, stable across runs."""
+    import hashlib
+
+    from manual import escalation
+
+    return [hashlib.sha256(f"rollbackctl-dev-level-{lv.level}".encode()).hexdigest()[:32] for lv in escalation.LEVELS]
 
 
 def _start_etcd(st: Stack) -> int:
@@ -143,6 +179,40 @@ def _start_sim(st: Stack) -> int:
     return p.pid
 
 
+def _start_pagerhook(st: Stack) -> int:
+    from urllib.parse import urlparse
+
+    u = urlparse(st.webhook_url)
+    procs.require_free(u.hostname or "127.0.0.1", u.port or 8710, "PagerDuty webhook receiver")
+    p = procs.spawn([sys.executable, "-c", "from rollbackctl.cli import main; main(['paging', 'serve'])"],
+                    st.log("pagerhook"), env=st.env())
+    try:
+        procs.wait_tcp(u.hostname or "127.0.0.1", u.port or 8710, 30, p, f"webhook receiver (log {st.log('pagerhook')})")
+    except BaseException:
+        procs.stop(p.pid)
+        raise
+    return p.pid
+
+
+def check(st: Stack) -> None:
+    """Refuse a stack whose paging the real services would refuse (one line, before anything starts)."""
+    import os
+
+    from activities.paging import check_paging
+    from rollbackctl.settings import PagingSettings
+
+    saved = {k: os.environ.get(k) for k in st.env()}
+    os.environ.update(st.env())
+    try:
+        check_paging(PagingSettings())
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 COMPONENTS: list[Component] = [
     Component("etcd", _start_etcd, lambda st: "etcd            http://%s:%d" % st.etcd_hostport),
     Component(
@@ -153,6 +223,9 @@ COMPONENTS: list[Component] = [
     Component("sim", _start_sim, lambda st: "simulator       http://%s:%d" % st.sim_hostport),
     Component("worker", _python_component("worker"),
               lambda st: f"worker          task queue {st.temporal.task_queue}"),
+    # The PagerDuty v3 webhook receiver (`rollbackctl paging serve`): acknowledgements in PagerDuty reach the workflows.
+    Component("pagerhook", lambda st: _start_pagerhook(st),
+              lambda st: f"PagerDuty hook  {st.webhook_url}  (PagerDuty's v3 webhook subscription posts here)"),
     # The P0 monitor (`rollbackctl monitor`): hosts the monitor workflow's polling activity.
     Component("monitor", lambda st: procs.spawn(
         [sys.executable, "-c", "from rollbackctl.cli import main; main(['monitor'])"], st.log("monitor"),
@@ -169,6 +242,7 @@ def register(component: Component) -> None:
 def up(only: list[str] | None = None, out=print) -> Stack:
     st = Stack()
     st.dir.mkdir(parents=True, exist_ok=True)
+    check(st)
     for c in COMPONENTS:
         if only and c.name not in only:
             continue

@@ -22,6 +22,7 @@ COMMAND_MODULES = [
     "rollbackctl.cli.workflow_cmds",
     "rollbackctl.cli.incident_cmds",
     "rollbackctl.cli.canary_cmds",
+    "rollbackctl.cli.paging_cmds",
 ]
 
 

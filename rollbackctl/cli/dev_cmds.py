@@ -23,11 +23,15 @@ def register(sub: argparse._SubParsersAction) -> None:
 def cmd_up(args) -> int:
     from rollbackctl import devstack, procs
 
+    from activities.paging import PagingNotConfigured
+
     print("starting the embedded stack:")
     try:
         st = devstack.up(only=args.only)
     except procs.StackError as e:
         raise CliError(str(e), 5) from None
+    except PagingNotConfigured as e:
+        raise CliError(str(e), 2) from None
     print(f"\nWeb UI: {st.ui_url}    data and logs: {st.dir}")
     print("stop it with: rollbackctl dev down")
     return 0

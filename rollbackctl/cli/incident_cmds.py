@@ -155,19 +155,28 @@ async def cmd_incidents(args) -> int:
                                "started": str(wf.start_time), "closed": str(wf.close_time)})
     except RPCError as e:
         raise CliError(f"cannot list incidents: {e.message}", 5) from None
+    from rollbackctl.cli.paging_cmds import pager_queue, queue_lines
+    from rollbackctl.cli.workflow_cmds import paging_lines
+    from rollbackctl.settings import TemporalSettings
+
+    q = await pager_queue(client, TemporalSettings().task_queue)
     if args.json:
         print_json([r.model_dump(mode="json") for r in rows] + closed)
         return 0
     if not rows and not closed:
         print("no open P0 incidents")
+        print("\n".join(queue_lines(q)))
         return 0
     now = datetime.now(timezone.utc)
     out = []
     for st in rows:
         ack, act = _sla_text(st, now)
+        paged = (_ago(st.sla.paged_at, now) if st.sla.paged_at else
+                 "FAILED" if st.paging_failures else "queued" if st.sla.page_submitted_at else "-")
         out.append([st.workflow_id, st.alert + (f" [{st.symbol}]" if st.symbol else ""), st.status, st.condition,
-                    f"L{st.sla.level}", ack, act, _ago(st.sla.paged_at, now)])
+                    f"L{st.sla.level}", ack, act, paged])
     print(table(out, ["ID", "ALERT", "STATUS", "CONDITION", "LEVEL", "ACK (5 MIN)", "ACTION (10 MIN)", "PAGED"]))
+    print("\n".join(queue_lines(q)))
     for st in rows:
         print(f"\n{st.workflow_id}  ({st.incident_id})  {st.detail}")
         for a in st.actions:
@@ -177,6 +186,11 @@ async def cmd_incidents(args) -> int:
             who = f"  ({i.by}{': ' + i.note if i.note else ''})" if i.done else ""
             print(f"  [{mark}] {i.id:<18} {i.title}{who}")
         print(f"  recovery: {st.recovery}" + (f"; degradation level: {st.level_choice}" if st.level_choice else ""))
+        if st.sla.seen_by and not st.sla.acked_at:
+            print(f"  seen in PagerDuty by {st.sla.seen_by} at {st.sla.seen_at:%H:%M:%S}: re-paging stopped; still "
+                  f"awaited: a signed `rollbackctl ack {st.workflow_id} --as OP`")
+        for line in paging_lines(st.alerts, st.paging_failures):
+            print(line)
         for c in st.children:
             print(f"  started: {c}")
     for c in closed:

@@ -265,9 +265,34 @@ def _render(p) -> str:
         a = p.awaiting
         lines.append(f"  WAITING for {a.expects} ({a.min_role}+) at step {a.step}: {a.prompt}"
                      + (f"  [re-paged {a.repages}x]" if a.repages else ""))
+        if a.seen_by:
+            lines.append(f"    seen in PagerDuty by {a.seen_by} at {a.seen_at:%H:%M:%S} (not a decision): re-paging "
+                         f"stopped, reminders in chat; still awaited: a signed {a.expects}")
+    lines += paging_lines(p.alerts, p.paging_failures)
     if p.detail:
         lines.append(f"  {p.detail}")
     return "\n".join(lines)
+
+
+def paging_lines(alerts, failures) -> list[str]:
+    """The alerts a workflow opened and what became of them, and the pages that failed (one line each)."""
+    out = []
+    if alerts:
+        out.append("  pages:")
+    for a in alerts:
+        extra = []
+        if a.seen_by:
+            extra.append(f"acknowledged in PagerDuty by {a.seen_by} at {a.seen_at:%H:%M:%S}")
+        if a.handed_to:
+            extra.append(f"handed on to {a.handed_to}")
+        if a.why and not a.handed_to:
+            extra.append(a.why)
+        out.append(f"    {a.opened_at:%H:%M:%S}  L{a.level} {a.kind:<16} {a.status.value:<12} {a.dedup_key}"
+                   + (f"  ({'; '.join(extra)})" if extra else ""))
+    for f in failures:
+        out.append(f"  PAGING FAILED {f.at:%H:%M:%S}: level {f.level} {f.channel.value}: {f.why}"
+                   + (f"; sent instead to {', '.join(f.rerouted)}" if f.rerouted else ""))
+    return out
 
 
 async def _progress(client, wid: str):
