@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import sys
 from contextlib import AsyncExitStack
 from datetime import timedelta
 
@@ -38,6 +39,8 @@ log = structlog.get_logger("rollbackctl.worker")
 
 def activity_objects(store: SwitchStore, http: httpx.AsyncClient, client: Client,
                      core: TradingCoreSettings, paging: PagingSettings) -> list:
+    from activities.change_events import ChangeEventRelay
+    from activities.pager_client import PagerClient
     from activities.paging import PagingActivities
     from activities.requests import RequestActivities
     from activities.trading_core import TradingCoreActivities
@@ -47,7 +50,9 @@ def activity_objects(store: SwitchStore, http: httpx.AsyncClient, client: Client
         SwitchActivities(store),
         RequestActivities(store),  # signed direct changes (switch set, operator add|rotate-key)
         TradingCoreActivities.from_settings(core, http),
-        PagingActivities.from_settings(paging, http),
+        pg := PagingActivities.from_settings(paging, http),
+        PagerClient(pager_limits(paging), client),  # paging.submit: notices to the pager workflow
+        ChangeEventRelay(store, pg),  # paging.relay_changes: a PagerDuty Change Event per audited change
         TemporalOps(client),
         IncidentOps(client),  # incident auto-recovery guard; the monitor loop itself: `rollbackctl monitor`
     ]
@@ -64,8 +69,30 @@ def activity_methods(objs: list) -> list:
     return out
 
 
-def build_worker(client: Client, task_queue: str, activities: list) -> Worker:
-    return Worker(
+def pager_limits(paging: PagingSettings):
+    """The pager's budgets from the settings (PagerDuty's and Slack's documented limits by default)."""
+    from contracts.paging import PagerLimits
+    from manual import escalation
+
+    return PagerLimits(pagerduty_per_min=paging.pagerduty_events_per_min, slack_per_s=paging.slack_messages_per_s,
+                       levels=len(escalation.LEVELS))
+
+
+async def ensure_change_events(client: Client, tset: TemporalSettings) -> None:
+    """Start the Change Events relay of this task queue unless it runs (a second worker finds it running)."""
+    from temporalio.common import WorkflowIDConflictPolicy
+
+    from activities.change_events import RelayInput
+    from workflows.change_events import ChangeEventsWorkflow, change_events_workflow_id
+
+    await client.start_workflow(
+        ChangeEventsWorkflow.run, RelayInput(links_base=tset.workflow_url("").rstrip("/")),
+        id=change_events_workflow_id(tset.task_queue), task_queue=tset.task_queue,
+        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING)
+
+
+def build_worker(client: Client, task_queue: str, activities: list, worker_class: type = Worker) -> Worker:
+    return worker_class(
         client,
         task_queue=task_queue,
         workflows=WORKFLOWS,
@@ -80,8 +107,11 @@ def build_worker(client: Client, task_queue: str, activities: list) -> Worker:
 async def run(stop: asyncio.Event | None = None) -> None:
     from rollbackctl.temporal_client import connect
 
+    from activities.paging import check_paging
+
     tset, eset = TemporalSettings(), EtcdSettings()
     paging = PagingSettings()
+    check_paging(paging)  # one line naming the variable, before anything connects
     async with AsyncExitStack() as stack:
         etcd = await stack.enter_async_context(Etcd.from_settings(eset))
         http = await stack.enter_async_context(httpx.AsyncClient())
@@ -97,6 +127,8 @@ async def run(stop: asyncio.Event | None = None) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         async with worker:
+            if paging.pagerduty_change_events:
+                await ensure_change_events(client, tset)
             await stop.wait()
         log.info("worker stopped")
 
@@ -109,8 +141,14 @@ def main() -> None:
     try:
         asyncio.run(run())
     except Exception as e:
-        log.error("worker failed", error=str(e))
-        code = 1
+        from activities.paging import PagingNotConfigured
+
+        if isinstance(e, PagingNotConfigured):
+            print(f"rollbackctl-worker: {e}", file=sys.stderr)
+            code = 2
+        else:
+            log.error("worker failed", error=str(e))
+            code = 1
     # Leave without the interpreter's exit path (Temporal core exit crash, sdk-python #300).
     os._exit(code)
 

@@ -324,6 +324,21 @@ class Etcd:
         )
         return [_kv(m) for m in resp.kvs], resp.header.revision
 
+    async def get_from(self, start_key: str, prefix: str, limit: int = 0) -> tuple[list[KV], int]:
+        """Keys under `prefix` from `start_key` on (inclusive), sorted by key, at most `limit` (0: all)."""
+        resp = await self._call(
+            rpc.KVStub,
+            "Range",
+            rpc.RangeRequest(
+                key=start_key.encode(),
+                range_end=prefix_range_end(prefix.encode()),
+                limit=limit,
+                sort_order=rpc.RangeRequest.ASCEND,
+                sort_target=rpc.RangeRequest.KEY,
+            ),
+        )
+        return [_kv(m) for m in resp.kvs], resp.header.revision
+
     async def put(self, key: str, value: bytes) -> int:
         resp = await self._call(rpc.KVStub, "Put", rpc.PutRequest(key=key.encode(), value=value))
         return resp.header.revision
