@@ -41,6 +41,7 @@ class Report(BaseModel):
     signed_records: int = 0
     unsigned: list[str] = []  # "id action actor" of records changed by a person without a signature
     break_glass: list[str] = []
+    observations: int = 0  # records of what PagerDuty said (an alert acknowledged: seen), which change nothing
     head: str | None = None  # "seq:hash" of the last record: keep it to check later with --expect-head
     broken: Broken | None = None
 
@@ -52,6 +53,9 @@ class Report(BaseModel):
                  f"on {self.signed_records} records", f"head {self.head}  (keep it: --expect-head checks it later)"]
         if self.break_glass:
             lines.append("BREAK-GLASS records: " + "; ".join(self.break_glass))
+        if self.observations:
+            lines.append(f"{self.observations} records of alerts acknowledged in PagerDuty (seen; they change "
+                         "nothing and decide nothing)")
         if self.unsigned:
             lines.append(f"{len(self.unsigned)} records by people carry no signature (signing off, before keys, or "
                          "from a workflow that does not attach them yet): " + ", ".join(self.unsigned[:10])
@@ -136,7 +140,9 @@ def verify(records: list[tuple[str, dict[str, Any]]], head: dict[str, Any] | Non
         n = len(rec.get("signatures") or [])
         rep.signatures += n
         rep.signed_records += 1 if n else 0
-        if not n and rec.get("role") not in ("system", "service") and rec.get("actor") not in ("system", "monitor"):
+        if rec.get("authority") == "observed":  # seen in PagerDuty: an observation, not a decision
+            rep.observations += 1
+        elif not n and rec.get("role") not in ("system", "service") and rec.get("actor") not in ("system", "monitor"):
             rep.unsigned.append(f"{seq} {rec.get('action')} {rec.get('actor')}")
         if rec.get("break_glass"):
             bg = rec["break_glass"]

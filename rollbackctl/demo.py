@@ -198,6 +198,11 @@ def audited_change(demo: Demo) -> None:
     demo.cli("switch", "get", "hedge_max_leverage")
 
 
+@step("Paging: a test page and its resolve to every escalation level, on PagerDuty and Slack")
+def paging_test(demo: Demo) -> None:
+    demo.cli("paging", "test")
+
+
 @step("The audit trail (one record per change set, hash-chained) and the raw etcd keys")
 def show_audit(demo: Demo) -> None:
     demo.cli("audit", "--limit", "5")

@@ -44,6 +44,24 @@ def p0_fault(demo: Demo) -> None:
     demo.cli("incidents")
 
 
+@step("P0: the on-call acknowledges the page in the PagerDuty app: seen (re-paging stops), not the decision")
+def p0_pagerduty_ack(demo: Demo) -> None:
+    url = demo.core_url
+    alert = wait_until("the alert in PagerDuty", lambda: httpx.get(f"{url}/sim/pagerduty/incidents", timeout=5).json(),
+                       lambda a: any("/hot_wallet-" in x["dedup_key"] and x["status"] == "triggered" for x in a), 30)
+    key = next(x["dedup_key"] for x in alert if "/hot_wallet-" in x["dedup_key"])
+    print("(the simulator's PagerDuty app posts PagerDuty's signed v3 webhook to `rollbackctl paging serve`)")
+    print(f"$ curl -X POST {url}/sim/pagerduty/app/acknowledge -d '{{\"dedup_key\": \"{key}\", "
+          f"\"user\": \"Olive (PagerDuty app)\"}}'")
+    hook = httpx.post(f"{url}/sim/pagerduty/app/acknowledge", json={"dedup_key": key, "user": "Olive (PagerDuty app)"},
+                      timeout=10).json()
+    print(f"  webhook delivered: HTTP {hook.get('status')}" + (f" ({hook['error']})" if hook.get("error") else ""))
+    wait_until("the incident to see it", lambda: _incident(demo),
+               lambda r: r is not None and (r.get("sla") or {}).get("seen_by"), 30)
+    demo.cli("incidents")
+    print("\nSeen, not acknowledged: the signed `rollbackctl ack` below is still the manual's 5-minute confirm.")
+
+
 @step("P0: on-call acknowledges (5-min SLA), ticks the further step, the fault clears, on-call resolves")
 def p0_resolve(demo: Demo) -> None:
     url = demo.core_url
@@ -57,7 +75,7 @@ def p0_resolve(demo: Demo) -> None:
     wait_until("the monitor to report it clear", lambda: _incident(demo), lambda r: r and r["condition"] == "clear",
                30)
     demo.cli("resolve", WID, "--as", oncall, "--reason", "wallet refilled")
-    mine = lambda ps: [p for p in ps if p.get("dedup_key", "").startswith("hot_wallet-")]  # noqa: E731
+    mine = lambda ps: [p for p in ps if "/hot_wallet-" in p.get("dedup_key", "")]  # noqa: E731
     pages = wait_until("the PagerDuty resolve", lambda: httpx.get(f"{url}/sim/pagerduty", timeout=5).json(),
                        lambda ps: any(p["event_action"] == "resolve" for p in mine(ps)), 30)
     print("\nPagerDuty events of the incident: " + ", ".join(p["event_action"] for p in mine(pages)))

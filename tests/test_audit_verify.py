@@ -53,6 +53,22 @@ async def test_an_intact_trail_verifies(trail):
     assert (await audit_verify.verify_store(trail, expect_head=rep.head)).ok
 
 
+async def test_an_acknowledgement_seen_in_pagerduty_is_an_observation_in_the_chain(trail):
+    from activities.changes import SeenRecord
+
+    seen = SeenRecord(event_id="E1", event="acknowledged", by="Olive", at="2026-12-02T03:00:00Z",
+                      dedup_key="rollback-x/p1:L1", source="rollback-x", awaiting="confirm")
+    first = await trail.record_seen(seen)
+    assert await trail.record_seen(seen) == first  # PagerDuty delivers at least once: recorded once
+    rep = await audit_verify.verify_store(trail)
+    assert rep.ok and rep.observations == 1 and not any("pagerduty:" in u for u in rep.unsigned), rep.text()
+    assert "acknowledged in PagerDuty (seen" in rep.text()
+    key, rec = (await records(trail))[-1]
+    assert rec["changes"] == [] and rec["authority"] == "observed" and "not a signed decision" in rec["reason"]
+    await put(trail, key, {**rec, "actor": "pagerduty:Mallory"})  # an edited observation breaks the chain too
+    assert not (await audit_verify.verify_store(trail)).ok
+
+
 async def test_an_edited_record_is_found(trail):
     recs = await records(trail)
     key, rec = recs[-3]
