@@ -161,7 +161,10 @@ async def run() -> dict:
     sim_proc = procs.spawn([sys.executable, "-m", "rollbackctl.sim"], tmp / "sim.log", env={
         "ROLLBACKCTL_ETCD_ENDPOINTS": f"127.0.0.1:{cport}", "ROLLBACKCTL_ETCD_PREFIX": prefix,
         "ROLLBACKCTL_TRADING_CORE_URL": sim_url, "ROLLBACKCTL_TRADING_CORE_TOKEN": token,
-        "ROLLBACKCTL_LOG_LEVEL": "WARNING", "ROLLBACKCTL_SIM_PARENT_PID": str(os.getpid())})
+        "ROLLBACKCTL_LOG_LEVEL": "WARNING", "ROLLBACKCTL_SIM_PARENT_PID": str(os.getpid()),
+        # Time skipping runs days of workflow time in seconds of wall time: the sinks' wall-clock rate
+        # limits (and the pager's budget below) would only measure that, so both are off here.
+        "ROLLBACKCTL_SIM_PAGERDUTY_EVENTS_PER_MIN": "100000", "ROLLBACKCTL_SIM_SLACK_PER_S": "1000"})
     try:
         async with httpx.AsyncClient(timeout=10) as http, Etcd([f"127.0.0.1:{cport}"]) as etcd:
             await _sim_ready(http, sim_url, sim_proc, tmp / "sim.log")
@@ -173,10 +176,11 @@ async def run() -> dict:
                 await store.add_operator(name, role, actor="alice", public_key=pub[name])
             core = TradingCoreSettings(url=sim_url, token=SecretStr(token))
             paging = PagingSettings(
-                pagerduty_url=SecretStr(f"{sim_url}/sim/pagerduty"),
-                pagerduty_routing_keys=SecretStr(",".join(f"bench-level-{lv.level}" for lv in escalation.LEVELS)),
+                pagerduty_url=SecretStr(f"{sim_url}/sim/pagerduty/v2/enqueue"),
+                pagerduty_routing_keys=SecretStr(",".join(uuid.uuid4().hex for _ in escalation.LEVELS)),
                 slack_webhook_urls=SecretStr(",".join(f"{sim_url}/sim/slack/bench-{lv.level}"
-                                                      for lv in escalation.LEVELS)))
+                                                      for lv in escalation.LEVELS)),
+                pagerduty_events_per_min=10_000, slack_messages_per_s=100)
             env = await WorkflowEnvironment.start_time_skipping(
                 data_converter=pydantic_data_converter,
                 test_server_existing_path=procs.binary("temporal-test-server"))
