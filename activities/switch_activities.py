@@ -8,7 +8,7 @@ retries.
 
 from __future__ import annotations
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
@@ -17,6 +17,11 @@ from activities.changes import ChangeSetRequest, ChangeSetResult, SeenRecord, Sn
 from activities.switch_store import Conflict, InvalidChange, NotInitialised, PermissionDenied, SwitchStore
 from rollbackctl import identity
 from rollbackctl.etcd import EtcdAuthError, EtcdUnavailable
+
+
+class CanaryClaim(BaseModel):
+    phase: str = Field(pattern=r"^phase[23]$")
+    n: int = Field(ge=1)
 
 
 class Roster(BaseModel):
@@ -114,3 +119,21 @@ class SwitchActivities:
             return await self.store.record_seen(seen)
         except Exception as e:
             raise _classify(e) from e
+
+    @activity.defn(name="canary.claim_seq")
+    async def claim_canary_seq(self, claim: CanaryClaim) -> int:
+        """The canary `canary-<phase>-<n>` exists: the phase's counter moves up to n (the worker writes it,
+        never an operator's CLI: operators' etcd users are read-only)."""
+        wid = activity.info().workflow_id
+        if wid != f"canary-{claim.phase}-{claim.n}":
+            raise ApplicationError(f"{wid} claims canary {claim.phase} #{claim.n}: not its own id; counter left as is",
+                                   type=errors.INVALID_CHANGE, non_retryable=True)
+        try:
+            return await self.store.advance_counter(f"canary/{claim.phase}/seq", claim.n)
+        except Exception as e:
+            raise _classify(e) from e
+
+    def methods(self) -> list:
+        """Every activity of this class (workers register them all)."""
+        return [self.apply, self.snapshot, self.roster, self.record_seen, self.claim_canary_seq]
+

@@ -377,6 +377,25 @@ class SwitchStore:
             await self._backoff(attempt)
         raise Conflict(f"change set {req.change_id}: still contended after {MAX_ATTEMPTS} attempts; try again")
 
+    def counter_key(self, name: str) -> str:
+        return f"{self.prefix}{name}"
+
+    async def advance_counter(self, name: str, to: int) -> int:
+        """Move the bookkeeping counter `<prefix><name>` (e.g. `canary/phase3/seq`) up to `to`, never down
+        (compare-and-swap on its mod_revision, or on its absence); returns the value it holds after."""
+        key = self.counter_key(name)
+        for attempt in range(MAX_ATTEMPTS):
+            kv = await self.etcd.get(key)
+            cur = int(kv.value) if kv else 0
+            if cur >= to:
+                return cur
+            guard = Compare(key, "mod", "==", kv.mod_revision) if kv else Compare(key, "create", "==", 0)
+            ok, _ = await self.etcd.txn([guard], [Put(key, str(to).encode())])
+            if ok:
+                return to
+            await self._backoff(attempt)
+        raise Conflict(f"counter {name}: still contended; try again")
+
     async def record_seen(self, seen: "SeenRecord") -> str:
         """An audit record with no switch change: a person acted on an alert in PagerDuty (seen, not a
         decision). Idempotent by the PagerDuty event id (webhooks are delivered at least once)."""

@@ -66,21 +66,25 @@ def signing_worker(env, store, standins, task_queue: str) -> Worker:
     sa = SwitchActivities(store, signing=True)
     ra = RequestActivities(store)
     return PagedWorker(env.client, task_queue=task_queue, workflows=WORKFLOWS, standins=standins,
-                  activities=[sa.apply, sa.snapshot, sa.roster, sa.record_seen, ra.apply, *standins.methods()])
+                  activities=[*sa.methods(), ra.apply, *standins.methods()])
 
 
 class Unchanged:
-    """`async with Unchanged(etcd, prefix):` asserts the prefix is byte-for-byte the same after the block."""
+    """`async with Unchanged(etcd, prefix):` asserts the prefix is byte-for-byte the same after the block
+    (but for keys under `except_` prefixes, e.g. a canary's id counter, bookkeeping that moves on any start)."""
 
-    def __init__(self, etcd, prefix: str):
-        self.etcd, self.prefix = etcd, prefix
+    def __init__(self, etcd, prefix: str, except_: tuple[str, ...] = ()):
+        self.etcd, self.prefix, self.except_ = etcd, prefix, tuple(prefix + e for e in except_)
+
+    def _keep(self, kvs: list) -> list:
+        return [kv for kv in kvs if not self.except_ or not kv[0].startswith(self.except_)]
 
     async def __aenter__(self):
-        self.before = await dump(self.etcd, self.prefix)
+        self.before = self._keep(await dump(self.etcd, self.prefix))
 
     async def __aexit__(self, *exc):
         if exc[0] is None:
-            assert await dump(self.etcd, self.prefix) == self.before, "a refused request changed etcd"
+            assert self._keep(await dump(self.etcd, self.prefix)) == self.before, "a refused request changed etcd"
 
 
 async def refused(call, *fragments: str) -> str:

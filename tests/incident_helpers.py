@@ -42,7 +42,7 @@ def incident_worker(env, store, si: StandIns, guard: GuardStandIn, tq: str, sign
     """`signing` None: ROLLBACKCTL_SIGNING (off in tests); True: as production runs it."""
     sa = SwitchActivities(store, signing=signing)
     return PagedWorker(env.client, task_queue=tq, workflows=WORKFLOWS, standins=si,
-                  activities=[sa.apply, sa.snapshot, sa.roster, sa.record_seen, *si.methods(), guard.undo_guard])
+                  activities=[*sa.methods(), *si.methods(), guard.undo_guard])
 
 
 def now() -> datetime:

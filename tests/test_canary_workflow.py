@@ -292,7 +292,7 @@ def uncached_worker(env, store, si, tq):
 
     sa = SwitchActivities(store)
     return PagedWorker(env.client, task_queue=tq, workflows=WORKFLOWS, max_cached_workflows=0, standins=si,
-                  activities=[sa.apply, sa.snapshot, sa.roster, sa.record_seen, *si.methods()])
+                  activities=[*sa.methods(), *si.methods()])
 
 
 async def test_worker_restart_mid_stage_resumes(ts_env, store, task_queue):

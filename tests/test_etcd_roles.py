@@ -91,3 +91,107 @@ async def test_operators_read_only_the_worker_writes(roles_etcd, dev_env, task_q
         assert rec.actor == "rita" and rec.model_extra["signatures"][0]["request"]["actor"] == "rita"
         nonce = rec.model_extra["signatures"][0]["request"]["nonce"]
         assert await o.get(mine.nonce_key(nonce)) is not None  # recorded with the change, by the worker
+
+
+async def test_every_operator_command_runs_with_a_read_only_etcd_user(roles_etcd, dev_env, task_queue, tmp_path):
+    """Production shape: the CLI holds the read-only etcd user; only the worker's user may write. Every
+    command that changes or approves anything still works (the canary's id counter included: its workflow
+    moves it), and etcd shows only the worker wrote."""
+    import json
+    import re
+
+    from activities.requests import RequestActivities
+    from activities.switch_activities import SwitchActivities
+    from tests.incident_helpers import GuardStandIn, clear, open_incident, until
+    from tests.wf_helpers import PagedWorker, stop_pager
+    from workflows.registry import WORKFLOWS
+
+    prefix = f"/perps-ro-{os.urandom(3).hex()}/"
+    signers = Signers()
+    for args in (("role", "grant-permission", "switch-writer", "readwrite", prefix, "--prefix=true"),
+                 ("role", "grant-permission", "switch-reader", "read", prefix, "--prefix=true")):
+        r = roles_etcd.etcdctl("--user", f"root:{USERS['root']}", *args)
+        assert r.returncode == 0, r.stderr
+    async with client(roles_etcd, "root") as root:
+        admin = SwitchStore(root, prefix)
+        await admin.init(super_admin="alice", public_key=signers.public("alice"))
+        for name, role in (("rita", Role.RISK_MANAGER), ("sam", Role.SUPER_ADMIN), ("oscar", Role.ON_CALL)):
+            await admin.add_operator(name, role, actor="alice", public_key=signers.public(name))
+    key_dir = tmp_path / "keys"
+    key_dir.mkdir(mode=0o700)
+    for name in ("alice", "rita", "sam", "oscar"):
+        fd = os.open(key_dir / f"{name}.key", os.O_WRONLY | os.O_CREAT, 0o600)
+        os.write(fd, signers.keys[name].private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                      serialization.NoEncryption()))
+        os.close(fd)
+    laptop = {"ROLLBACKCTL_ETCD_ENDPOINTS": roles_etcd.endpoint, "ROLLBACKCTL_ETCD_PREFIX": prefix,
+              "ROLLBACKCTL_ETCD_USERNAME": "oncall-laptop", "ROLLBACKCTL_ETCD_PASSWORD": USERS["oncall-laptop"],
+              "TEMPORAL_ADDRESS": dev_env.client.service_client.config.target_host,
+              "ROLLBACKCTL_TASK_QUEUE": task_queue, "ROLLBACKCTL_KEY_DIR": str(key_dir)}
+    quick = ["--observe", "1s", "--interval", "500ms", "--restore-observe", "1s"]
+
+    async def cli(*args: str, want: int = 0):
+        r = await asyncio.to_thread(run_cli, *args, env=laptop, timeout=90)
+        assert r.code == want, f"rollbackctl {' '.join(args)} -> {r.code}\n{r.out}\n{r.err}"
+        return r
+
+    async def waits(wid: str, expects: str):
+        for _ in range(400):  # the CLI's own view (polled, bounded)
+            r = await cli("status", wid, "--json")
+            aw = json.loads(r.out)["awaiting"]
+            if aw is not None and aw["expects"] == expects:
+                return
+            await asyncio.sleep(0.1)
+        raise AssertionError(f"{wid} never waited for {expects}")
+
+    async with client(roles_etcd, "rollbackctl-worker") as w, client(roles_etcd, "oncall-laptop") as o:
+        store = SwitchStore(w, prefix)
+        si, guard = StandIns(), GuardStandIn()
+        sa, ra = SwitchActivities(store, signing=True), RequestActivities(store)
+        async with PagedWorker(dev_env.client, task_queue=task_queue, workflows=WORKFLOWS, standins=si,
+                               activities=[*sa.methods(), ra.apply, *si.methods(), guard.undo_guard]):
+            # direct changes, the two-person rule, operators
+            await cli("switch", "set", "hedge_max_leverage", "2", "--as", "rita", "--reason", "thin margin")
+            r = await cli("switch", "set", "global_betting_enabled", "true", "--as", "alice", "--reason", "launch",
+                          want=6)
+            change = re.search(r"change-[A-Za-z0-9_-]{24}", r.out + r.err).group(0)
+            await cli("confirm", change, "--as", "sam")
+            await cli("operator", "add", "nina", "on_call", "--as", "alice", "--generate-key")
+            await cli("operator", "rotate-key", "nina", "--as", "alice", "--generate-key")
+            # a rollback: start, confirm, fix (restore)
+            await cli("rollback", "start", "--severity", "critical_path_failure", "--scope", "single_module",
+                      "--switch", "hedging", "--incident", "RO-1", "--as", "oscar", "--reason", "hedge venue down", *quick)
+            await waits("rollback-RO-1", "confirm")
+            await cli("confirm", "rollback-RO-1", "--as", "oscar")
+            await waits("rollback-RO-1", "fix")
+            await cli("fix", "rollback-RO-1", "--as", "rita", "--reference", "pr-1", "--tests-passed")
+            # a degradation: start, confirm, fix
+            await cli("degrade", "1", "--incident", "RO-2", "--as", "oscar", "--reason", "drill", *quick[:4])
+            await waits("degrade-1-RO-2", "confirm")
+            await cli("confirm", "degrade-1-RO-2", "--as", "oscar")
+            await waits("degrade-1-RO-2", "fix")
+            await cli("fix", "degrade-1-RO-2", "--as", "alice", "--reference", "pr-2", "--tests-passed")
+            # a canary: start (the id counter), pause, extend, resume, promote, abort
+            r = await cli("canary", "start", "phase2", "--as", "rita", "--reason", "launch", "--time-scale", "1000")
+            wid = re.search(r"canary-phase2-\d+", r.out).group(0)
+            for args in (("pause", "--as", "oscar", "--reason", "watch it"), ("extend", "--as", "oscar", "--by", "1h"),
+                         ("resume", "--as", "rita", "--reason", "fine"), ("promote", "--as", "rita"),
+                         ("abort", "--as", "rita", "--reason", "done testing")):
+                await cli("canary", args[0], "phase2", *args[1:])
+            assert int((await o.get(f"{prefix}canary/phase2/seq")).value) == int(wid.rsplit("-", 1)[1])
+            # a P0 incident: ack, tick, resolve
+            h = await open_incident(dev_env, task_queue, "hot_wallet", values={"hot_wallet_usd": 40_000})
+            await until(h, dev_env, lambda s: s.ready)
+            await cli("ack", h.id, "--as", "oscar")
+            await cli("tick", h.id, "cold_transfer", "--as", "oscar", "--note", "moved")
+            await clear(h, {"hot_wallet_usd": 2_000_000})
+            await until(h, dev_env, lambda s: s.condition == "clear")
+            await cli("resolve", h.id, "--as", "oscar", "--reason", "refilled")
+            await cli("audit", "verify")
+            await stop_pager(dev_env.client, task_queue)
+        # what was written, was written by the worker's etcd user: the laptop's own write is refused
+        r = await asyncio.to_thread(run_cli, "switch", "set", "hedge_enabled", "false", "--as", "rita", "--reason", "x",
+                                    env={**laptop, "ROLLBACKCTL_SIGNING": "off"})
+        assert r.code == 3 and "permission denied" in r.err
+        actions = [a.action for a in await SwitchStore(o, prefix).audit()]
+        assert {"switch.set", "operator.add", "operator.rotate_key", "rollback.apply", "plan.apply"} <= set(actions)

@@ -181,7 +181,7 @@ async def test_no_second_approval_in_time_ends_not_started_with_nothing_applied(
     inp = signers.start(CanaryInput(phase="phase3", requested_by="alice", plan=P3,
                                     approval_timeout=timedelta(minutes=10)), "canary.start", wid)
     async with signing_worker(ts_env, store, si, task_queue):
-        async with Unchanged(etcd, prefix):
+        async with Unchanged(etcd, prefix, except_=("canary/",)):  # the id was taken: its counter moved
             h = await start(ts_env, task_queue, inp, wid)
             res = await h.result()
     assert res.status == "not_started" and "no second super_admin approved the start within 10m" in res.detail

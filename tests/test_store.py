@@ -293,3 +293,24 @@ async def test_new_operator_can_act_at_once(store):
     assert res.changes[0].new == 10
     res = await store.apply(req("rick", {"hedge_enabled": False}, authority=Authority.PREAPPROVED))
     assert res.changes[0].new is False
+
+
+async def test_a_canary_id_counter_only_moves_up_and_only_for_its_own_workflow(store):
+    """`canary/<phase>/seq` is bookkeeping the worker keeps (operators' etcd users are read-only): a
+    compare-and-swap that never goes down, claimed only by the canary whose id it names."""
+    import dataclasses
+
+    from temporalio.exceptions import ApplicationError
+    from temporalio.testing import ActivityEnvironment
+
+    from activities.switch_activities import CanaryClaim, SwitchActivities
+
+    assert await store.advance_counter("canary/phase3/seq", 3) == 3
+    assert await store.advance_counter("canary/phase3/seq", 2) == 3  # never down
+    env = ActivityEnvironment()
+    env.info = dataclasses.replace(env.info, workflow_id="canary-phase3-7")
+    sa = SwitchActivities(store)
+    assert await env.run(sa.claim_canary_seq, CanaryClaim(phase="phase3", n=7)) == 7
+    with pytest.raises(ApplicationError, match="not its own id"):
+        await env.run(sa.claim_canary_seq, CanaryClaim(phase="phase3", n=9))
+    assert int((await store.etcd.get(store.counter_key("canary/phase3/seq"))).value) == 7

@@ -89,7 +89,7 @@ async def stop_pager(client, task_queue: str) -> None:
 def make_worker(env, store, standins, task_queue: str) -> Worker:
     sa = SwitchActivities(store)
     return PagedWorker(env.client, task_queue=task_queue, workflows=WORKFLOWS, standins=standins,
-                       activities=[sa.apply, sa.snapshot, sa.roster, sa.record_seen, *standins.methods()])
+                       activities=[*sa.methods(), *standins.methods()])
 
 
 async def set_switches(store, actor: str, **values) -> None:

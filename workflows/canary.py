@@ -38,10 +38,13 @@ from datetime import timedelta
 from typing import Any
 
 from temporalio import workflow
+from temporalio.common import RetryPolicy
 from temporalio.exceptions import ApplicationError
 
 with workflow.unsafe.imports_passed_through():
+    from activities import errors
     from activities.changes import BreakGlass
+    from activities.switch_activities import CanaryClaim, SwitchActivities
     from manual import approvals, canary, switches
     from manual.canary import human
     from manual.roles import Role
@@ -60,6 +63,8 @@ with workflow.unsafe.imports_passed_through():
     from workflows.models import Awaiting, Decision, DecisionAck, DecisionRecord, Progress
     from workflows.runner import PAGER_OUTBOX, ObserveClock, PagingHandlers, Runner, StepFailed
 
+SEQ_RETRY = RetryPolicy(initial_interval=timedelta(milliseconds=200), maximum_interval=timedelta(seconds=5),
+                        non_retryable_error_types=errors.SWITCH_NON_RETRYABLE)
 KINDS = ("pause", "resume", "promote", "abort", "extend")
 # pause and extend only slow a canary down: on-call may. resume, promote and abort decide its course.
 NEEDS: dict[str, Role] = {"pause": Role.ON_CALL, "extend": Role.ON_CALL, "resume": canary.PROMOTE_ROLE,
@@ -67,6 +72,8 @@ NEEDS: dict[str, Role] = {"pause": Role.ON_CALL, "extend": Role.ON_CALL, "resume
 MAX_EXTEND = timedelta(days=30)
 FINAL = ("passed", "rolled_back", "aborted", "refused", "not_started", "failed", "rollback_incomplete")
 SIGNED_START = "signed-canary-start"  # patch: the signed start and the two-person rule
+# patch: the worker (not the starter's CLI, whose etcd user is read-only) moves the phase's counter to n
+SEQ_BY_WORKER = "canary-seq-by-worker"
 
 
 def _render(values: dict[str, Any]) -> str:
@@ -335,6 +342,8 @@ class CanaryWorkflow(PagingHandlers):
         r.outbox = workflow.patched(PAGER_OUTBOX)
         await r.load_roster()
         st.roster = dict(r.roster)
+        if inp.carry is None and inp.seq is not None and workflow.patched(SEQ_BY_WORKER):
+            await self._claim_seq(inp.seq)
         if inp.carry is None:
             st.started_at = workflow.now()
             # Signing on: the start is signed, and the two-person rule applies (histories from before
@@ -373,6 +382,13 @@ class CanaryWorkflow(PagingHandlers):
                 phase=inp.phase, requested_by=inp.requested_by, reason=inp.reason, plan=self.plan, time_scale=1.0,
                 drill=inp.drill, history_limit=inp.history_limit, carry=self._carry()))
         return await self._finish(outcome, r.progress.detail)
+
+    async def _claim_seq(self, n: int) -> None:
+        """`canary-<phase>-<n>` exists (Temporal created it: ids are unique): the phase's counter says so, so
+        the next start looks at n first. Only the worker writes it (and checks n against this workflow's id)."""
+        await workflow.execute_activity_method(
+            SwitchActivities.claim_canary_seq, CanaryClaim(phase=self.inp.phase, n=n),
+            start_to_close_timeout=timedelta(seconds=10), retry_policy=SEQ_RETRY)
 
     def _approval_refusal(self) -> str | None:
         who, plan = self.inp.requested_by, self.plan

@@ -89,6 +89,8 @@ class CanaryInput(BaseModel):
     approval_timeout: timedelta = Field(default=APPROVAL_TIMEOUT, gt=timedelta(0), le=timedelta(days=7))
     break_glass: str | None = Field(default=None, max_length=2000)  # a super admin starts it alone: the reason
     proof: Proof | None = None  # the requester's signed start ("canary.start", bound to the workflow id)
+    # n of `canary-<phase>-<n>`, set by `canary start`: the worker moves the phase's counter to it
+    seq: int | None = Field(default=None, ge=1)
     carry: CanaryState | None = None  # set by continue-as-new only
 
     def signed_values(self) -> dict[str, Any]:

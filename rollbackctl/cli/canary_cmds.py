@@ -11,8 +11,9 @@ One canary per phase at a time, without a race between two starters:
   REJECT_DUPLICATE: of two starters racing for the same n+1, Temporal lets exactly one create it;
   the other gets WorkflowAlreadyStarted, looks again and finds it running (refused) or finished
   (takes n+2);
-- then it moves the counter forward (compare-and-swap, only ever up). A starter that dies between
-  its start and that write leaves the counter one behind: the next start finds n+1 taken and heals it.
+- the canary's workflow then moves the counter forward (its worker holds etcd's write credentials;
+  compare-and-swap, only ever up). A counter left behind (the workflow not yet at that step) costs the
+  next starter one more look: it finds n+1 taken and tries n+2.
 Ids are started in order, so the newest id is the only one that can be running.
 
 With signing on, the start is signed ("canary.start") for the exact id tried, signed again for each
@@ -155,23 +156,10 @@ async def _read_seq(etcd, key: str):
     return kv, (int(kv.value) if kv else 0)
 
 
-async def _advance(etcd, key: str, to: int) -> None:
-    """Move the counter up to `to` (compare-and-swap; never down)."""
-    from rollbackctl.etcd import Compare, Put
-
-    for _ in range(20):
-        kv, cur = await _read_seq(etcd, key)
-        if cur >= to:
-            return
-        guard = Compare(key, "mod", "==", kv.mod_revision) if kv else Compare(key, "create", "==", 0)
-        ok, _ = await etcd.txn([guard], [Put(key, str(to).encode())])
-        if ok:
-            return
-
-
 async def start_canary(client, store, inp, task_queue: str) -> str:
     """Start the next canary of `inp.phase`; refuses (exit 4) while one of that phase runs. With signing on
-    the start is signed for the id tried (a new signature, and nonce, per attempt)."""
+    the start is signed for the id tried (a new signature, and nonce, per attempt). The CLI only reads etcd:
+    the canary's workflow moves the phase's counter (operators' etcd users are read-only)."""
     from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
     from temporalio.exceptions import WorkflowAlreadyStartedError
 
@@ -179,28 +167,27 @@ async def start_canary(client, store, inp, task_queue: str) -> str:
     from workflows.canary import CanaryWorkflow
     from workflows.canary_models import canary_workflow_id
 
-    key = seq_key(store.prefix, inp.phase)
+    _, n = await _read_seq(store.etcd, seq_key(store.prefix, inp.phase))
     for _ in range(50):
-        _, n = await _read_seq(store.etcd, key)
         if n:
             latest = canary_workflow_id(inp.phase, n)
             if await _describe_status(client, latest) == "RUNNING":
                 raise CliError(f"a {inp.phase} canary is already running: {latest} (one per phase; see "
                                f"`rollbackctl canary status {inp.phase}`, or abort it first)", 4)
         wid = canary_workflow_id(inp.phase, n + 1)
-        signed = inp.model_copy(update={"proof": start_proof(inp, "canary.start", wid)})
+        this = inp.model_copy(update={"seq": n + 1})  # the worker moves the counter to it
+        signed = this.model_copy(update={"proof": start_proof(this, "canary.start", wid)})
         try:
             await client.start_workflow(
                 CanaryWorkflow.run, signed, id=wid, task_queue=task_queue,
                 id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
                 id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
             )
-            started = True
-        except WorkflowAlreadyStartedError:
-            started = False  # another starter took n+1 (or it exists, finished): look again
-        await _advance(store.etcd, key, n + 1)
-        if started:
             return wid
+        except WorkflowAlreadyStartedError:
+            # another starter took n+1 (running: refused on the next look), or it exists and finished while
+            # the counter lags behind it (its workflow had not moved it yet): look at the next id
+            n += 1
     raise CliError(f"could not start a {inp.phase} canary: ids contended; try again", 4)
 
 
