@@ -19,6 +19,10 @@ JWT works the same through Authenticate but was not tried), leases, locks, elect
 discovery (endpoints are what the settings say), and retrying a call on the same endpoint (a call
 tries each endpoint once; callers retry: activities by Temporal's retry policy, the watcher itself).
 
+Errors are classified by gRPC status and etcd's own error descriptions (`classify`), writes are
+retried only when they provably did not reach a server (else EtcdOutcomeUnknown), and watches require
+a leader: a member cut off from quorum cancels them and the watch moves to another endpoint.
+
 Swap the client here and nowhere else.
 """
 
@@ -28,6 +32,7 @@ import asyncio
 import os
 import re
 from dataclasses import dataclass
+from enum import Enum
 from typing import AsyncIterator, Literal
 
 # grpc-core logs a failed TLS handshake and the like on stderr at INFO level, beside the one
@@ -50,6 +55,15 @@ class EtcdUnavailable(EtcdError):
 
 class EtcdAuthError(EtcdError):
     """Credentials refused: not retryable without a fix."""
+
+
+class EtcdOutcomeUnknown(EtcdUnavailable):
+    """A write reached a server (or may have) and no answer came back: it may or may not have been applied.
+
+    etcd's own client never retries a write then (clientv3 isSafeRetryMutableRPC: "write-at-most-once").
+    The switch store may, because every write it makes is guarded (revision compares and change-id
+    markers: a second commit of the same write cannot succeed; tests/test_etcd_rules.py proves it for
+    every write path); anything else must read back before it tries again."""
 
 
 class EtcdCompacted(EtcdError):
@@ -94,6 +108,51 @@ class Delete:
 
 _OPS = {"==": rpc.Compare.EQUAL, "!=": rpc.Compare.NOT_EQUAL, ">": rpc.Compare.GREATER, "<": rpc.Compare.LESS}
 _RETRY_CODES = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
+
+# etcd's server errors this client acts on, as etcd defines them: a gRPC status and an exact description
+# (etcd api/v3rpc/rpctypes/error.go; clientv3 maps errors by these descriptions, never by substrings).
+NO_LEADER = (grpc.StatusCode.UNAVAILABLE, "etcdserver: no leader")
+INVALID_AUTH_TOKEN = (grpc.StatusCode.UNAUTHENTICATED, "etcdserver: invalid auth token")
+USER_EMPTY = (grpc.StatusCode.INVALID_ARGUMENT, "etcdserver: user name is empty")
+AUTH_FAILED = (grpc.StatusCode.INVALID_ARGUMENT, "etcdserver: authentication failed, invalid user ID or password")
+PERMISSION_DENIED = (grpc.StatusCode.PERMISSION_DENIED, "etcdserver: permission denied")
+COMPACTED = (grpc.StatusCode.OUT_OF_RANGE, "etcdserver: mvcc: required revision has been compacted")
+# A watch opened with this metadata is canceled by a member that loses its leader ("etcdserver: no
+# leader") instead of staying open and silent (clientv3 WithRequireLeader).
+REQUIRE_LEADER = ("hasleader", "true")
+
+
+class Failure(Enum):
+    ELSEWHERE = "elsewhere"  # this endpoint is down, cut off or without a leader: another may answer
+    TOKEN = "token"  # the auth token expired: authenticate again (the request was refused, not applied)
+    AUTH = "auth"  # credentials or permission refused
+    COMPACTED = "compacted"
+    OTHER = "other"
+
+
+def classify(code: grpc.StatusCode, details: str) -> Failure:
+    """What a failed call means, by its gRPC status and etcd's error description."""
+    pair = (code, (details or "").strip())
+    if pair == INVALID_AUTH_TOKEN:
+        return Failure.TOKEN
+    if pair in (USER_EMPTY, AUTH_FAILED, PERMISSION_DENIED) or code in (grpc.StatusCode.UNAUTHENTICATED,
+                                                                        grpc.StatusCode.PERMISSION_DENIED):
+        return Failure.AUTH
+    if pair == COMPACTED:
+        return Failure.COMPACTED
+    if code in _RETRY_CODES:
+        return Failure.ELSEWHERE
+    return Failure.OTHER
+
+
+# The retry rule, for every call: a read (Range) goes on to the next endpoint on any ELSEWHERE failure;
+# a write (Txn, Put, DeleteRange) only when it provably did not reach a server: the connection to that
+# endpoint could not be made, the server answered "no leader" (it proposed nothing), or the token was
+# refused. After DEADLINE_EXCEEDED or an UNAVAILABLE mid-call it raises EtcdOutcomeUnknown.
+MUTATIONS = frozenset({"Txn", "Put", "DeleteRange"})
+# gRPC's own wording when no connection to the endpoint could be made: nothing was sent (grpc-core's
+# counterpart of the "there is no connection available" clientv3 checks for).
+NOT_CONNECTED = "failed to connect to all addresses"
 
 
 def prefix_range_end(prefix: bytes) -> bytes:
@@ -241,7 +300,7 @@ class Etcd:
                 self._channel = None
                 self._token = None
                 await ch.close()
-                if isinstance(e, grpc.aio.AioRpcError) and e.code() not in _RETRY_CODES:
+                if isinstance(e, grpc.aio.AioRpcError) and classify(e.code(), e.details()) is not Failure.ELSEWHERE:
                     raise EtcdAuthError(f"etcd refused user {self._username!r}: {e.details()}") from e
                 self._idx = (self._idx + 1) % len(self.endpoints)
                 if isinstance(e, EtcdUnavailable):
@@ -266,40 +325,48 @@ class Etcd:
                 self._token = None
 
     async def _call(self, stub_cls, method: str, request):
-        """One unary call, failing over across endpoints; raises EtcdUnavailable if none answers."""
+        """One unary call, failing over across endpoints by the retry rule above (MUTATIONS)."""
         errors: list[str] = []
         reauthed = False
         attempts = 0
+        mutation = method in MUTATIONS
         while attempts < len(self.endpoints):
             ch = None
             target = self.endpoint
             try:
                 ch = await self._ensure_channel()
-                fn = getattr(stub_cls(ch), method)
-                return await fn(request, timeout=self.timeout, metadata=self._metadata())
-            except EtcdUnavailable as e:  # connecting failed; _ensure_channel moved on already
+            except EtcdUnavailable as e:  # connecting failed: nothing was sent; _ensure_channel moved on
                 errors.append(str(e))
                 attempts += 1
                 continue
+            try:
+                fn = getattr(stub_cls(ch), method)
+                return await fn(request, timeout=self.timeout, metadata=self._metadata())
             except grpc.aio.AioRpcError as e:
                 code, details = e.code(), e.details() or ""
-                if code in _RETRY_CODES:
+                kind = classify(code, details)
+                if kind is Failure.ELSEWHERE:
                     errors.append(f"{target}: {_short(e)}")
                     attempts += 1
                     await self._rotate(ch)
+                    never_sent = (code, details.strip()) == NO_LEADER or (
+                        code == grpc.StatusCode.UNAVAILABLE and details.startswith(NOT_CONNECTED))
+                    if mutation and not never_sent:
+                        raise EtcdOutcomeUnknown(
+                            f"etcd {method} to {target}: {_short(e)}: it may or may not have been applied "
+                            "(read back before writing again)") from e
                     continue
-                if self._username is not None and "token" in details and not reauthed:
-                    # The auth token expired (etcd: "invalid auth token"): authenticate again, once.
-                    reauthed = True
+                if kind is Failure.TOKEN and self._username is not None and not reauthed:
+                    reauthed = True  # the expired token was refused: the request did nothing
                     await self._drop_token(ch)
                     continue
-                if "user name is empty" in details:
+                if (code, details.strip()) == USER_EMPTY:
                     raise EtcdAuthError(
                         "etcd requires authentication: set ROLLBACKCTL_ETCD_USERNAME and ROLLBACKCTL_ETCD_PASSWORD"
                     ) from e
-                if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+                if kind in (Failure.AUTH, Failure.TOKEN):
                     raise EtcdAuthError(f"etcd: {details}") from e
-                if code == grpc.StatusCode.OUT_OF_RANGE and "compacted" in details:
+                if kind is Failure.COMPACTED:
                     raise EtcdCompacted(0) from e
                 raise EtcdError(f"etcd {method}: {code.name}: {details}") from e
         raise EtcdUnavailable("etcd unavailable: " + "; ".join(errors))
@@ -391,12 +458,13 @@ class Etcd:
         # (a watch opened with a stale token is canceled with "permission denied").
         await self._call(rpc.KVStub, "Range", rpc.RangeRequest(key=p, range_end=prefix_range_end(p), count_only=True))
         ch = await self._ensure_channel()
+        target = self.endpoint
         create = rpc.WatchRequest(
             create_request=rpc.WatchCreateRequest(
                 key=p, range_end=prefix_range_end(p), start_revision=start_revision, progress_notify=True
             )
         )
-        call = rpc.WatchStub(ch).Watch(metadata=self._metadata())
+        call = rpc.WatchStub(ch).Watch(metadata=(REQUIRE_LEADER, *(self._metadata() or ())))
         try:
             await call.write(create)
             while True:
@@ -406,19 +474,21 @@ class Etcd:
                 if resp.compact_revision:
                     raise EtcdCompacted(resp.compact_revision)
                 if resp.canceled:
-                    if "permission denied" in resp.cancel_reason:
+                    reason = (resp.cancel_reason or "").strip()
+                    if reason == PERMISSION_DENIED[1]:
                         await self._drop_token(ch)
-                        raise EtcdAuthError(f"etcd watch refused: {resp.cancel_reason}")
-                    raise EtcdUnavailable(f"etcd watch canceled: {resp.cancel_reason}")
+                        raise EtcdAuthError(f"etcd watch refused: {reason}")
+                    await self._rotate(ch)  # e.g. "etcdserver: no leader": this member is cut off; try another
+                    raise EtcdUnavailable(f"etcd watch canceled by {target}: {reason}")
                 if resp.events:
                     yield [
                         WatchEvent("put" if ev.type == rpc.Event.PUT else "delete", _kv(ev.kv))
                         for ev in resp.events
                     ]
         except grpc.aio.AioRpcError as e:
-            if e.code() in _RETRY_CODES or e.code() == grpc.StatusCode.CANCELLED:
+            if classify(e.code(), e.details()) is Failure.ELSEWHERE or e.code() == grpc.StatusCode.CANCELLED:
                 await self._rotate(ch)
-                raise EtcdUnavailable(f"etcd watch dropped: {e.code().name}") from e
+                raise EtcdUnavailable(f"etcd watch dropped: {e.code().name}: {_short(e)}") from e
             raise EtcdError(f"etcd watch: {e.code().name}: {e.details()}") from e
         finally:
             call.cancel()

@@ -39,6 +39,8 @@ class SwitchWatcher:
         self.revisions: dict[str, int] = {}
         self.revision = 0  # highest store revision seen
         self.reconnects = 0
+        self.last_error: str | None = None  # why the watch last dropped (e.g. "etcdserver: no leader")
+        self.errors: list[str] = []  # the last few reasons, oldest first
         self.ready = asyncio.Event()
         self._task: asyncio.Task | None = None
 
@@ -110,6 +112,8 @@ class SwitchWatcher:
                 await self._load(initial=False)
             except (EtcdUnavailable, EtcdError) as e:
                 self.reconnects += 1
+                self.last_error = str(e)
+                self.errors = [*self.errors[-19:], self.last_error]
                 log.warning("switch watch dropped (%s); resuming from revision %s", e, self.revision + 1)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)

@@ -119,3 +119,44 @@ async def test_switch_changes_and_watches_go_on_with_a_member_down(cluster, tmp_
         await watcher.stop()
         await etcd.close()
         await wetcd.close()
+
+
+async def test_a_watch_on_a_member_cut_off_from_quorum_is_canceled_not_silent(cluster):
+    """etcd clientv3's WithRequireLeader (`hasleader` metadata): a member that loses its leader cancels the
+    watch ("etcdserver: no leader") instead of keeping it open and silent while it answers pings. The
+    watcher learns it within the keepalive bound, and follows the switches again once quorum is back."""
+    prefix = f"/cl-{uuid.uuid4().hex[:8]}/"
+    await wait_until(lambda: cluster.etcdctl("endpoint", "health").returncode == 0, 30, "a healthy cluster",
+                     every=0.2)
+    survivor = cluster.members[2].endpoint
+    store = SwitchStore(Etcd(cluster.endpoints, timeout=2.0, connect_timeout=1.0), prefix)
+    await store.init(super_admin="alice", actor="alice")
+    wetcd = Etcd([survivor, *cluster.endpoints[:2]], timeout=2.0, connect_timeout=1.0)
+    watcher = SwitchWatcher(wetcd, prefix)
+    await watcher.start()
+    try:
+        assert wetcd.endpoint == survivor
+        await apply_retrying(store, ChangeSetRequest(
+            change_id="before", actor="alice", reason="the watch is live",
+            changes=[SwitchChange(switch="liquidation_check_interval_ms", value=1234)]))
+        await wait_until(lambda: watcher.values.get("liquidation_check_interval_ms") == 1234, 10, "the watch live")
+        t = time.monotonic()
+        cluster.stop(0)
+        cluster.stop(1)  # m2 is alive but alone: no leader, no quorum
+        await wait_until(lambda: any("no leader" in e for e in watcher.errors), 15,
+                         "the survivor to cancel the watch", every=0.05)
+        canceled_s = time.monotonic() - t
+        assert canceled_s < 15  # the keepalive bound: the silent-link detector would take that long
+        cluster.start(0)
+        cluster.start(1)
+        await wait_until(lambda: cluster.etcdctl("endpoint", "health").returncode == 0, 30, "quorum back", every=0.2)
+        req = ChangeSetRequest(change_id="quorum-back", actor="alice", reason="after the partition",
+                               changes=[SwitchChange(switch="liquidation_check_interval_ms", value=4321)])
+        await apply_retrying(store, req)
+        await wait_until(lambda: watcher.values.get("liquidation_check_interval_ms") == 4321, 30,
+                         "the watcher to follow again")
+        print(f"\nwatch on a member without a leader canceled after {canceled_s:.1f} s: {watcher.errors[0]}")
+    finally:
+        await watcher.stop()
+        await wetcd.close()
+        await store.etcd.close()
