@@ -12,7 +12,12 @@ a workflow's RetryPolicy lists `NON_RETRYABLE`):
 | other 4xx (bad body, unknown action, key reuse)| BadRequest        | no       |
 | 2xx with a body that breaks the contract       | SchemaViolation   | no       |
 | 503 `{"error": "maintenance"}` (Level 3)       | Maintenance       | no       |
+| 409 (the Idempotency-Key's request in flight)  | CoreUnavailable   | yes      |
 | 408 / 429, other 5xx, other 503, refused conn. | CoreUnavailable   | yes      |
+
+Error bodies are the contract's `{"error", "detail"}` or RFC 9457 problem documents
+(`application/problem+json`; the error is the last segment of `type`, e.g. `.../problems/maintenance`);
+a Retry-After header sets the next attempt's delay.
 | no answer within the timeout                   | CoreTimeout       | yes      |
 | wait_applied: revision not applied in time     | NotApplied        | yes      |
 
@@ -27,10 +32,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import re
 import math
+import re
 import time
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
@@ -207,13 +212,27 @@ def exposure_mismatches(report: ExposureReport, abs_tol_usd: float = 1.0, rel_to
 
 # -- error helpers --------------------------------------------------------------------------------------
 def _error_body(resp: httpx.Response) -> tuple[str, str]:
+    """(error code, detail) of an error answer: the contract's `{"error", "detail"}`, or an RFC 9457
+    problem document (application/problem+json: the code is the last segment of its `type` URI)."""
     try:
         j = resp.json()
     except ValueError:
         return "", resp.text[:200]
-    if isinstance(j, dict):
-        return str(j.get("error") or ""), str(j.get("detail") or "")
-    return "", str(j)[:200]
+    if not isinstance(j, dict):
+        return "", str(j)[:200]
+    if "error" not in j and ("type" in j or "title" in j):
+        kind = re.split(r"[/:#]", str(j.get("type") or "").rstrip("/"))[-1] if j.get("type") else ""
+        if kind in ("", "about:blank", "blank"):
+            kind = str(j.get("title") or "").strip().lower().replace(" ", "_")
+        return kind, str(j.get("detail") or j.get("title") or "")
+    return str(j.get("error") or ""), str(j.get("detail") or "")
+
+
+def _retry_after(resp: httpx.Response) -> timedelta | None:
+    try:
+        return timedelta(seconds=max(0.0, min(float(resp.headers["retry-after"]), 60.0)))
+    except (KeyError, ValueError):
+        return None
 
 
 def classify(resp: httpx.Response, what: str, *, action: bool = False) -> ApplicationError | None:
@@ -234,9 +253,15 @@ def classify(resp: httpx.Response, what: str, *, action: bool = False) -> Applic
         return ApplicationError(
             f"trading core is in maintenance mode (global_api_enabled=false, Degradation Level 3): "
             f"{what} answered 503; {tail}", details, type=MAINTENANCE, non_retryable=True)
+    if code == 409:
+        # the idempotency-key draft: a request with this key is still in flight; the same key later gets its
+        # answer (never a second action), so retrying is safe and right
+        return ApplicationError(f"trading core: {what} is still being processed under its Idempotency-Key "
+                                f"(409 {said}); retrying", details, type=CORE_UNAVAILABLE, non_retryable=False,
+                                next_retry_delay=_retry_after(resp))
     if code in (408, 429) or code >= 500:
         return ApplicationError(f"trading core unavailable: {what} answered {code} ({said})", details,
-                                type=CORE_UNAVAILABLE, non_retryable=False)
+                                type=CORE_UNAVAILABLE, non_retryable=False, next_retry_delay=_retry_after(resp))
     if 400 <= code < 500:
         return ApplicationError(f"trading core rejected {what} ({code} {said})", details,
                                 type=BAD_REQUEST, non_retryable=True)

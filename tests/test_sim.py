@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import json
 import os
 import subprocess
@@ -408,12 +410,13 @@ def test_extra_listed_symbols_take_per_symbol_actions_but_are_not_traded():
     from rollbackctl.sim.core import ActionError, Simulator
 
     sim = Simulator(None, extra_symbols=200)
-    answer, _ = sim.act("pause_symbol_hl_routing", {"symbol": "S200"}, "k1")
+    act = lambda *a: asyncio.run(sim.act(*a))  # noqa: E731
+    answer, _ = act("pause_symbol_hl_routing", {"symbol": "S200"}, "k1")
     assert answer["status"] == "done" and "hl_routing_paused:S200" in sim.controls.listing()
     assert sim.status()["listed_symbols"] == 203
     with pytest.raises(ActionError, match="unknown symbol 'S201'.*S001..S200"):
-        sim.act("pause_symbol_hl_routing", {"symbol": "S201"}, "k2")
+        act("pause_symbol_hl_routing", {"symbol": "S201"}, "k2")
     with pytest.raises(ActionError, match="unknown symbol 'S001'; traded: BTC, ETH, SOL"):
         sim.order({"symbol": "S001", "notional_usd": 100})
     with pytest.raises(ActionError, match="unknown symbol 'S001'"):
-        Simulator(None).act("pause_symbol_hl_routing", {"symbol": "S001"}, "k3")
+        asyncio.run(Simulator(None).act("pause_symbol_hl_routing", {"symbol": "S001"}, "k3"))

@@ -146,6 +146,81 @@ async def test_maintenance_is_not_retried_and_says_level_3(sim, store, core):
     assert await sim.actions() == []
 
 
+async def test_a_key_still_in_flight_gets_409_and_its_retry_gets_the_first_answer(sim, core_settings):
+    """The IETF idempotency-key draft: 409 while the key's first request is still running (retry later,
+    here after its Retry-After); once done, the retry with the same key gets the stored answer and the
+    action ran once. (A 409 used to be classed BadRequest: a timed-out pause_trading retried under the
+    same key would have failed for good.)"""
+    import asyncio
+
+    core = TradingCoreActivities.from_settings(core_settings)
+    inp = CoreActionInput(action="pause_trading", idempotency_key=key())
+    await sim.inject(api_action_ms=400)
+    first = asyncio.create_task(ActivityEnvironment().run(core.action, inp))
+    await sim.wait_for(sim.status, lambda st: st["actions_in_flight"] == 1, 5, what="the first request in flight")
+    r = await sim.v1("POST", "/v1/actions/pause_trading", {}, headers={"Idempotency-Key": inp.idempotency_key})
+    assert r.status_code == 409 and r.headers["retry-after"] == "1" and r.json()["error"] == "in_flight"
+    e = await run_err(ActivityEnvironment().run(core.action, inp))
+    assert e.type == tc.CORE_UNAVAILABLE and not e.non_retryable and e.next_retry_delay.total_seconds() == 1
+    assert (await first).status == "done"
+    again = await ActivityEnvironment().run(core.action, inp)
+    assert again.replayed and again.status == "done"
+    assert [a["action"] for a in await sim.actions()] == ["pause_trading"]
+    await core.aclose()
+
+
+@pytest.mark.parametrize("status,etype,retry", [
+    (503, tc.CORE_UNAVAILABLE, True),
+    (500, tc.CORE_UNAVAILABLE, True),
+    (400, tc.BAD_REQUEST, False),
+])
+async def test_rfc9457_problem_documents_are_understood(sim, core_settings, status, etype, retry):
+    core = TradingCoreActivities.from_settings(core_settings)
+    await sim.inject(api_problem_json=True, api_status=status)
+    r = await sim.v1("GET", "/v1/health")
+    assert r.headers["content-type"].startswith("application/problem+json") and r.json()["status"] == status
+    e = await run_err(ActivityEnvironment().run(core.read_health, ReadHealthInput(timeout_s=1)))
+    assert e.type == etype and e.non_retryable is (not retry)
+    assert f"injected status {status}" in e.message  # the problem's detail, read
+    await core.aclose()
+
+
+async def test_a_maintenance_problem_document_is_still_maintenance(sim, store, core_settings):
+    """Level 3 answered as RFC 9457 problem+json is not misread as a retryable 503."""
+    core = TradingCoreActivities.from_settings(core_settings)
+    await apply_and_wait(sim, store, global_api_enabled=False)
+    await sim.inject(api_problem_json=True)
+    r = await sim.v1("POST", "/v1/actions/pause_new_orders", {}, headers={"Idempotency-Key": "k-raw"})
+    assert r.status_code == 503 and r.headers["content-type"].startswith("application/problem+json")
+    assert r.json()["type"].endswith("/maintenance") and "error" not in r.json()
+    e = await run_err(ActivityEnvironment().run(core.action, CoreActionInput(action="pause_new_orders",
+                                                                             idempotency_key=key())))
+    assert e.type == tc.MAINTENANCE and e.non_retryable and "Level 3" in e.message
+    await core.aclose()
+
+
+def test_the_simulator_keeps_answers_for_its_ttl_then_forgets_them():
+    import asyncio
+
+    from rollbackctl.sim.core import IDEMPOTENCY_TTL_S, Simulator
+
+    from workflows.runner import CORE_ACTION_HORIZON
+
+    assert IDEMPOTENCY_TTL_S >= CORE_ACTION_HORIZON.total_seconds()  # longer than any retry of one key
+    sim = Simulator(None)
+
+    async def go():
+        first, replayed = await sim.act("pause_hl_opens", {}, "k1")
+        assert not replayed
+        again, replayed = await sim.act("pause_hl_opens", {}, "k1")
+        assert replayed and again == first
+        sim.idempotency["k1"]["stored"] -= IDEMPOTENCY_TTL_S + 1  # a day later
+        _, replayed = await sim.act("pause_hl_opens", {}, "k1")
+        assert not replayed  # forgotten: the key acts again
+
+    asyncio.run(go())
+
+
 # -- error classes ---------------------------------------------------------------------------------------
 @pytest.mark.parametrize("fault,etype,retry", [
     ({"api_status": 500}, tc.CORE_UNAVAILABLE, True),

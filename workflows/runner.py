@@ -89,6 +89,9 @@ SUBMIT_RETRY = RetryPolicy(initial_interval=timedelta(milliseconds=500), maximum
 # a workflow opens is in its ledger, resolved or handed on when it ends.
 PAGER_OUTBOX = "pager-outbox"
 CLOSE_WAIT = timedelta(seconds=30)  # at its end a workflow waits this long to hear its alerts resolved
+# The longest a trading-core action is retried under one Idempotency-Key; the core must keep a
+# performed action's answer at least this long (docs/trading-core-api.md; the simulator: 24 h).
+CORE_ACTION_HORIZON = timedelta(hours=1)
 MAX_CHECKS_KEPT = 20
 # While a step waits for a human (signing on), the roster and its keys are re-read at least this often:
 # a rotated or removed key stops working for approvals within this interval.
@@ -323,7 +326,7 @@ class Runner:
         inp = {"action": action, "body": body, "idempotency_key": f"{self._key(step)}:{action}"}
         return await workflow.execute_activity(
             "core.action", inp, result_type=dict, start_to_close_timeout=timedelta(seconds=10),
-            retry_policy=CORE_RETRY,
+            schedule_to_close_timeout=CORE_ACTION_HORIZON, retry_policy=CORE_RETRY,
         )
 
     async def notify(self, text: str, *, page: bool, severity: str = "warning", event_action: str = "trigger",

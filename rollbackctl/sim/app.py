@@ -38,6 +38,14 @@ Result = tuple[int, Any, dict[str, str]]  # status, JSON payload, extra headers
 Handler = Callable[[Request], Awaitable[Result]]
 
 
+def problem(status: int, payload: dict[str, Any], headers: dict[str, str]) -> Response:
+    """The same error as an RFC 9457 problem document (application/problem+json)."""
+    error = str(payload.get("error") or "error")
+    doc = {"type": f"https://rollbackctl.dev/problems/{error}", "title": error.replace("_", " "),
+           "status": status, "detail": payload.get("detail", "")}
+    return Response(json.dumps(doc), status, headers, media_type="application/problem+json")
+
+
 def err(status: int, error: str, detail: str = "", headers: dict[str, str] | None = None) -> Result:
     return status, {"error": error, "detail": detail}, headers or {}
 
@@ -87,6 +95,8 @@ async def _strike(sim: Simulator, f: ApiFaults) -> Response | None:
         error = {400: "bad_request", 401: "unauthorized", 404: "not_found", 409: "conflict", 422: "unprocessable",
                  429: "rate_limited", 500: "internal", 502: "bad_gateway", 503: "unavailable",
                  504: "gateway_timeout"}.get(code, "injected")
+        if f.api_problem_json:
+            return problem(code, {"error": error, "detail": f"injected status {code}"}, {})
         return JSONResponse({"error": error, "detail": f"injected status {code}"}, code)
     if f.api_error_share and sim.api_rng.random() < f.api_error_share:
         return JSONResponse({"error": "internal", "detail": "injected 500"}, 500)
@@ -123,7 +133,7 @@ def create_app(sim: Simulator, token: str) -> Starlette:
                 try:
                     status, payload, headers = await handler(request)
                 except ActionError as e:
-                    status, payload, headers = err(e.status, e.error, e.detail)
+                    status, payload, headers = err(e.status, e.error, e.detail, e.headers)
             if f is not None and f.api_fault_after:
                 hit = await _strike(sim, f)
                 if hit is not None:
@@ -132,6 +142,8 @@ def create_app(sim: Simulator, token: str) -> Starlette:
                 return _malform(f, status, payload, headers)
             if isinstance(payload, str):
                 return PlainTextResponse(payload, status, headers)
+            if v1 and status >= 400 and sim.faults.api.api_problem_json and isinstance(payload, dict):
+                return problem(status, payload, headers)
             return JSONResponse(payload, status, headers)
 
         return endpoint
@@ -148,7 +160,7 @@ def create_app(sim: Simulator, token: str) -> Starlette:
 
     async def action(request: Request) -> Result:
         body = await _json_body(request)
-        answer, replayed = sim.act(request.path_params["name"], body, request.headers.get(IDEMPOTENCY_HEADER))
+        answer, replayed = await sim.act(request.path_params["name"], body, request.headers.get(IDEMPOTENCY_HEADER))
         return 200, answer, {REPLAYED_HEADER: "true" if replayed else "false"}
 
     async def orders(request: Request) -> Result:

@@ -69,10 +69,13 @@ class PagingConfig(BaseModel):
         return v
 
 
+IDEMPOTENCY_TTL_S = 24 * 3600.0  # a performed action's answer is replayed for a repeated key this long
+
+
 class ActionError(Exception):
-    def __init__(self, status: int, error: str, detail: str):
+    def __init__(self, status: int, error: str, detail: str, headers: dict[str, str] | None = None):
         super().__init__(detail)
-        self.status, self.error, self.detail = status, error, detail
+        self.status, self.error, self.detail, self.headers = status, error, detail, headers or {}
 
 
 def extra_symbol_names(n: int) -> list[str]:
@@ -84,6 +87,7 @@ class Simulator:
     def __init__(self, etcd: Etcd | None, prefix: str = "/perps/", *, seed: int = 7, tick_s: float = 0.25,
                  extra_symbols: int = 0, paging: PagingConfig | None = None):
         self.etcd = etcd
+        self.idempotency_ttl_s = IDEMPOTENCY_TTL_S
         self.paging_defaults = paging or PagingConfig()
         self.paging = self.paging_defaults
         # Listed symbols: the traded ones (the market model's) and any extra ones, which per-symbol
@@ -112,6 +116,7 @@ class Simulator:
         self.followed_at = utcnow()
         self.actions: list[dict[str, Any]] = []
         self.idempotency: dict[str, dict[str, Any]] = {}
+        self.in_flight: set[str] = set()
         self.paging = getattr(self, "paging_defaults", None) or PagingConfig()  # a reset restores the defaults
         self.configure_paging(self.paging)
         self.hl_down_since: float | None = None
@@ -372,8 +377,18 @@ class Simulator:
         return f
 
     # -- actions ---------------------------------------------------------------------------------------
-    def act(self, name: str, body: Any, key: str | None) -> tuple[dict[str, Any], bool]:
-        """Perform an action once per Idempotency-Key. Returns (answer, replayed). Raises ActionError."""
+    async def act(self, name: str, body: Any, key: str | None) -> tuple[dict[str, Any], bool]:
+        """Perform an action once per Idempotency-Key. Returns (answer, replayed). Raises ActionError.
+
+        As the IETF idempotency-key draft has it: a key whose first request is still being processed
+        answers 409 (`in_flight`, retry later); a key reused with another action or body 422; a
+        performed action's 2xx answer is stored and returned for a repeated key for IDEMPOTENCY_TTL_S
+        (24 h, longer than any retry horizon of the automation: 1 h); errors are not stored (a retry
+        runs again)."""
+        if key and key in self.in_flight:
+            raise ActionError(409, "in_flight", f"a request with Idempotency-Key {key!r} is still being processed; "
+                                                "retry later", {"Retry-After": "1"})
+        self._expire_keys()
         if not key:
             raise ActionError(400, "bad_request", "the Idempotency-Key header is required on actions")
         if len(key) > 255:
@@ -388,13 +403,25 @@ class Simulator:
             return prev["answer"], True
         if name not in ACTIONS:
             raise ActionError(404, "unknown_action", f"no action {name!r}; known: {', '.join(ACTIONS)}")
+        delay = self.faults.api.api_action_ms
+        if delay:
+            self.in_flight.add(key)
+            try:
+                await asyncio.sleep(delay / 1000.0)
+            finally:
+                self.in_flight.discard(key)
         status, result = self._perform(name, body)
         at = utcnow()
         answer = {"action": name, "idempotency_key": key, "status": status, "result": result, "at": iso(at)}
-        self.idempotency[key] = {"action": name, "body": body, "answer": answer}
+        self.idempotency[key] = {"action": name, "body": body, "answer": answer, "stored": time.monotonic()}
         self.actions.append({"action": name, "body": body, "idempotency_key": key, "at": iso(at)})
         log.info("action %s %s -> %s", name, body, status)
         return answer, False
+
+    def _expire_keys(self) -> None:
+        limit = time.monotonic() - self.idempotency_ttl_s
+        for k in [k for k, v in self.idempotency.items() if v.get("stored", 0) < limit]:
+            del self.idempotency[k]
 
     def _symbol(self, body: dict[str, Any], traded: bool = False) -> str:
         """The body's symbol: a listed one (`traded`: one the market model trades, for orders)."""
@@ -504,4 +531,5 @@ class Simulator:
             "maintenance": self.maintenance,
             "orders": dict(self.market.orders),
             "listed_symbols": len(self.listed),
+            "actions_in_flight": len(self.in_flight),
         }

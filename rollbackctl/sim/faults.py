@@ -20,7 +20,11 @@ too; the other `/sim/` controls never fail):
 - `api_malformed`: `"not_json"` (a truncated body), `"wrong_type"` or `"missing_field"` (the JSON
   body with `api_malformed_field`, default `hl_margin_ratio`, turned into a string or removed);
 - `api_fault_after`: strike after the route ran (an action is performed, its answer is lost);
-- `api_fault_count`: only the next N matching requests are faulted, then the API faults clear.
+- `api_fault_count`: only the next N matching requests are faulted, then the API faults clear;
+- `api_problem_json`: error answers are RFC 9457 `application/problem+json` documents (`type`, `title`,
+  `status`, `detail`) instead of `{"error", "detail"}`, as some cores answer;
+- `api_action_ms`: an action takes this long to perform; meanwhile its Idempotency-Key is in flight and
+  a second request with it gets `409 in_flight` with `Retry-After: 1` (the idempotency-key draft).
 """
 
 from __future__ import annotations
@@ -47,12 +51,14 @@ class ApiFaults(BaseModel):
     api_malformed_field: str | None = None
     api_fault_after: bool | None = None
     api_fault_count: int | None = Field(default=None, ge=1)
+    api_problem_json: bool | None = None
+    api_action_ms: float | None = Field(default=None, ge=0, le=120_000)
     api_paths: list[str] | None = None
 
     def active(self) -> bool:
         return any(v is not None and v is not False for k, v in self.model_dump().items()
                    if k not in ("api_paths", "api_timeout_s", "api_malformed_field", "api_fault_after",
-                                "api_fault_count"))
+                                "api_fault_count", "api_problem_json", "api_action_ms"))
 
     def matches(self, path: str) -> bool:
         return any(path.startswith(p) for p in (self.api_paths or ["/v1/"]))
