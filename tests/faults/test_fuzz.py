@@ -51,6 +51,7 @@ pytestmark = pytest.mark.timeout(600)
 
 COUNT: Counter[str] = Counter()
 OUTCOME: Counter[str] = Counter()  # what became of them (not added to the count)
+FUZZED: dict[str, str] = {}  # the prefix the change-set fuzzing wrote to
 FIXTURES = [HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large]
 FAST = settings(max_examples=1000, deadline=None, database=None, suppress_health_check=FIXTURES)
 IO = settings(max_examples=250, deadline=None, database=None, suppress_health_check=FIXTURES)
@@ -153,6 +154,9 @@ async def test_change_sets_apply_or_are_refused_without_a_trace(store, etcd, pre
     except ValidationError:
         OUTCOME["change set: ValidationError"] += 1
         return
+    FUZZED.setdefault("prefix", prefix)  # the prefix hypothesis fuzzes (one per test run: the store fixture's)
+    if COUNT["change sets"] % 50 == 0:
+        await check_store(etcd, prefix)  # the invariants hold while fuzzing, not only at the end
     before = await dump(etcd, prefix)
     try:
         res = await store.apply(req)
@@ -174,8 +178,21 @@ async def test_change_sets_apply_or_are_refused_without_a_trace(store, etcd, pre
         assert snap.switches[c.switch].value == switches.get(c.switch).parse(c.value)
 
 
-async def test_store_invariants_after_the_fuzzing(store, etcd, prefix):
-    await check_store(etcd, prefix)
+async def test_store_invariants_after_the_fuzzing(etcd):
+    """On the prefix the change sets were fuzzed into (it used to read a fresh, empty prefix and could not
+    fail), then shown to catch a corruption injected there."""
+    from rollbackctl.etcd import Put
+
+    fuzzed = FUZZED.get("prefix")
+    assert fuzzed, "run with test_change_sets_apply_or_are_refused_without_a_trace (it records its prefix)"
+    out = await check_store(etcd, fuzzed)
+    applied = OUTCOME["change set: applied"]
+    assert applied > 0 and len(out["records"]) >= applied  # a real trail: init plus every fuzzed change set that applied
+    kv = await etcd.get(f"{fuzzed}switches/hedge_max_leverage")
+    rec = json.loads(kv.value)
+    await etcd.txn([], [Put(kv.key, json.dumps({**rec, "value": 19.5}).encode())])  # written outside a change set
+    with pytest.raises(AssertionError, match="hedge_max_leverage"):
+        await check_store(etcd, fuzzed)
 
 
 # -- 3. CLI arguments ----------------------------------------------------------------------------------------
