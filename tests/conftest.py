@@ -92,17 +92,59 @@ async def store(etcd, prefix) -> SwitchStore:
     return s
 
 
-@pytest_asyncio.fixture(scope="session")
-async def ts_env():
+async def _start_time_skipping():
     from temporalio.contrib.pydantic import pydantic_data_converter
     from temporalio.testing import WorkflowEnvironment
 
-    env = await WorkflowEnvironment.start_time_skipping(
+    return await WorkflowEnvironment.start_time_skipping(
         data_converter=pydantic_data_converter,
         test_server_existing_path=procs.binary("temporal-test-server"),
     )
-    yield env
-    await env.shutdown()
+
+
+async def _time_skips(env) -> bool:
+    """Whether the test server still skips time: a minute of workflow time passes in well under 5 s."""
+    import asyncio
+    from datetime import timedelta
+
+    try:
+        await asyncio.wait_for(env.sleep(timedelta(minutes=1)), 5)
+        return True
+    except Exception:
+        return False
+
+
+@dataclass
+class _TimeSkippingServer:
+    env: object
+    replaced: list[str] = field(default_factory=list)
+
+
+@pytest_asyncio.fixture(scope="session")
+async def _ts_server():
+    srv = _TimeSkippingServer(await _start_time_skipping())
+    yield srv
+    if srv.replaced:
+        print(f"\ntime-skipping server replaced after: {', '.join(srv.replaced)}")
+    await srv.env.shutdown()
+
+
+@pytest_asyncio.fixture
+async def ts_env(_ts_server, request):
+    """The shared time-skipping server. A test that timed out or failed with a workflow task or an
+    activity in flight can leave it locked (time then passes in real time and every later test times
+    out: seen in CI as a cascade of "Timeout expired"); after each test it is probed, and replaced if
+    it no longer skips, so one failure stays one failure."""
+    yield _ts_server.env
+    if not await _time_skips(_ts_server.env):
+        _ts_server.replaced.append(request.node.nodeid)
+        old, _ts_server.env = _ts_server.env, await _start_time_skipping()
+        try:
+            import asyncio
+
+            await asyncio.wait_for(old.shutdown(), 10)
+        except Exception:
+            pass  # the old server's process is killed with the session at worst
 
 
 @pytest_asyncio.fixture(scope="session")

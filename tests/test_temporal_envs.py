@@ -1,5 +1,18 @@
 """The servers the workflow tests rely on start from the installed binaries (no download)."""
 
+from datetime import timedelta
+
+from temporalio import workflow
+
+
+@workflow.defn(name="ProbeLock", sandboxed=False)
+class ProbeLock:
+    """Runs one activity (test_a_time_skipping_server_left_locked_is_detected)."""
+
+    @workflow.run
+    async def run(self) -> None:
+        await workflow.execute_activity("probe.block", start_to_close_timeout=timedelta(hours=1))
+
 
 async def test_time_skipping_server_starts(ts_env):
     assert ts_env.supports_time_skipping
@@ -43,3 +56,36 @@ def test_temporal_tls_settings(monkeypatch, tmp_path):
         tls_config(_settings(monkeypatch, TEMPORAL_TLS_CERT_PATH=str(cert)))
     with pytest.raises(ValueError, match="contradicts"):
         tls_config(_settings(monkeypatch, TEMPORAL_TLS="false", TEMPORAL_TLS_CA_PATH=str(ca)))
+
+
+# -- the shared time-skipping server is replaced when a test leaves it locked (tests/conftest.py) ---------
+async def test_a_time_skipping_server_left_locked_is_detected():
+    """Terminating a workflow while its activity runs leaks the test server's time-skipping lock: from then
+    on workflow time passes in real time. The conftest probe must tell that server from a healthy one."""
+    import asyncio
+    import uuid
+
+    from temporalio import activity
+    from temporalio.worker import UnsandboxedWorkflowRunner, Worker
+
+    from tests.conftest import _start_time_skipping, _time_skips
+
+    started = asyncio.Event()
+
+    @activity.defn(name="probe.block")
+    async def block() -> None:
+        started.set()
+        await asyncio.Event().wait()
+
+    env = await _start_time_skipping()
+    try:
+        assert await _time_skips(env)
+        tq = f"tq-{uuid.uuid4()}"
+        async with Worker(env.client, task_queue=tq, workflows=[ProbeLock], activities=[block],
+                          workflow_runner=UnsandboxedWorkflowRunner()):
+            h = await env.client.start_workflow(ProbeLock.run, id=f"probe-{uuid.uuid4()}", task_queue=tq)
+            await asyncio.wait_for(started.wait(), 10)
+            await h.terminate("mid-activity, as a timed-out test leaves it")
+        assert not await _time_skips(env)
+    finally:
+        await asyncio.wait_for(env.shutdown(), 15)
