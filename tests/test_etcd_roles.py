@@ -171,6 +171,8 @@ async def test_every_operator_command_runs_with_a_read_only_etcd_user(roles_etcd
             await cli("confirm", "degrade-1-RO-2", "--as", "oscar")
             await waits("degrade-1-RO-2", "fix")
             await cli("fix", "degrade-1-RO-2", "--as", "alice", "--reference", "pr-2", "--tests-passed")
+            # betting was turned on above: re-enabling it falls under the two-person rule, a second super admin
+            await cli("fix", "degrade-1-RO-2", "--as", "sam", "--reference", "pr-2", "--tests-passed")
             # a canary: start (the id counter), pause, extend, resume, promote, abort
             r = await cli("canary", "start", "phase2", "--as", "rita", "--reason", "launch", "--time-scale", "1000")
             wid = re.search(r"canary-phase2-\d+", r.out).group(0)
@@ -188,6 +190,17 @@ async def test_every_operator_command_runs_with_a_read_only_etcd_user(roles_etcd
             await until(h, dev_env, lambda s: s.condition == "clear")
             await cli("resolve", h.id, "--as", "oscar", "--reason", "refilled")
             await cli("audit", "verify")
+            # each ended on its own (restored, aborted), with the worker still there: one left running on the
+            # shared dev server would count as "a rollback in progress" for every later test's P0 monitor
+            ends = {}
+            for w_id in ("rollback-RO-1", "degrade-1-RO-2", wid, h.id):
+                try:
+                    res = await asyncio.wait_for(dev_env.client.get_workflow_handle(w_id).result(), 60)
+                except TimeoutError:
+                    r = await cli("status", w_id, "--json")
+                    raise AssertionError(f"{w_id} still running: {json.loads(r.out)['awaiting']}") from None
+                ends[w_id] = getattr(res, "status", None) or (res.get("status") if isinstance(res, dict) else res)
+            assert ends["rollback-RO-1"] == "restored" and ends["degrade-1-RO-2"] == "restored", ends
             await stop_pager(dev_env.client, task_queue)
         # what was written, was written by the worker's etcd user: the laptop's own write is refused
         r = await asyncio.to_thread(run_cli, "switch", "set", "hedge_enabled", "false", "--as", "rita", "--reason", "x",
