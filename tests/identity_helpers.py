@@ -23,16 +23,17 @@ SIGNED_HISTORIES = __import__("pathlib").Path(__file__).parent / "histories" / "
 
 
 async def save_signed_history(handle, name: str) -> None:
-    """With RECORD_HISTORIES=1, write tests/histories/signed/<name>.json with the workflow id beside the
-    events: signed decisions are bound to it, so a replay must use the original id (test_signed_replay.py)."""
-    import json
+    """With RECORD_HISTORIES=1, write tests/histories/signed/<name>.json in Temporal's export format: signed
+    decisions are bound to the workflow id, so a replay must use the one in its started event (test_signed_replay.py)."""
     import os
+
+    from tests.histories_io import export
 
     if os.environ.get("RECORD_HISTORIES") != "1":
         return
     SIGNED_HISTORIES.mkdir(parents=True, exist_ok=True)
     hist = await handle.fetch_history()
-    (SIGNED_HISTORIES / f"{name}.json").write_text(json.dumps({"workflowId": handle.id, **json.loads(hist.to_json())}))
+    (SIGNED_HISTORIES / f"{name}.json").write_text(export(hist))
 
 
 class Signers:

@@ -4,16 +4,23 @@ PagerDuty/Slack sinks. Update paths are exercised here (the dev server runs in r
 
 from __future__ import annotations
 
+import json
+import subprocess
 from datetime import timedelta
 
 import pytest
 from temporalio.client import WorkflowUpdateFailedError
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.worker import Replayer
 
 from manual.rollback import Durations, Scope, Severity
+from rollbackctl import procs
+from tests import histories_io
 from tests.fixtures_sim import apply_and_wait
 from tests.wf_helpers import awaiting, incident, poll_progress, real_worker, save_history, values
 from workflows.degradation import DegradationWorkflow, degrade_workflow_id
 from workflows.models import Decision, DegradeInput, RollbackInput
+from workflows.registry import WORKFLOWS
 from workflows.rollback import RollbackWorkflow, rollback_workflow_id
 
 QUICK = Durations(observe=timedelta(seconds=1), check_interval=timedelta(milliseconds=250),
@@ -21,7 +28,7 @@ QUICK = Durations(observe=timedelta(seconds=1), check_interval=timedelta(millise
 
 
 async def test_cross_module_rollback_end_to_end(dev_env, store, sim, core_settings, paging_settings, http,
-                                               task_queue):
+                                               task_queue, tmp_path):
     await apply_and_wait(sim, store, global_betting_enabled=True, routing_mode="NORMAL_MODE")
     await sim.inject(error_rate=0.03)  # what the on-call sees: internalization is failing orders
     inc = incident()
@@ -55,6 +62,17 @@ async def test_cross_module_rollback_end_to_end(dev_env, store, sim, core_settin
     assert any(pg.get("event_action") == "resolve" for pg in pages)
     audit = [a for a in await store.audit() if a.source == rollback_workflow_id(inc)]
     assert len(audit) == 3
+    # The history as an operator downloads it from a real server replays here as is: the format and
+    # loader the replay tests use (tests/histories_io.py) are Temporal's own, not a private variant.
+    # `temporal workflow show --output json` "you may pass the results to an SDK to perform a replay".
+    out = subprocess.run([procs.binary("temporal"), "workflow", "show", "--workflow-id", h.id, "--output", "json",
+                          "--address", dev_env.client.service_client.config.target_host],
+                         capture_output=True, text=True, timeout=30, check=True).stdout
+    exported = tmp_path / "exported.json"
+    exported.write_text(out)
+    assert histories_io.workflow_id_of(json.loads(out)) == h.id
+    await Replayer(workflows=WORKFLOWS, data_converter=pydantic_data_converter).replay_workflow(
+        histories_io.load(exported))
 
 
 async def test_level_2_applies_switches_and_core_actions_then_restores(dev_env, store, sim, core_settings,

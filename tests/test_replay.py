@@ -7,8 +7,6 @@ new branch, never to make this test pass.
 
 from __future__ import annotations
 
-import json
-import re
 from pathlib import Path
 
 import pytest
@@ -17,15 +15,15 @@ from temporalio.client import WorkflowHistory
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 
+from tests import histories_io
 from workflows.registry import WORKFLOWS
 
 HISTORIES = sorted((Path(__file__).parent / "histories").glob("*.json"))
 
 
 def _history(path: Path) -> WorkflowHistory:
-    # the workflow id it ran under: the file's name without its version suffix (_v1, _pre_outbox: the
-    # same branch recorded before a patch), since ids derived from it (a child's) are commands
-    return WorkflowHistory.from_json(re.sub(r"_(v\d+|pre_outbox)$", "", path.stem), json.loads(path.read_text()))
+    # Temporal's own export format; the id it ran under is in its started event (tests/histories_io.py)
+    return histories_io.load(path)
 
 
 @pytest.mark.parametrize("path", HISTORIES, ids=[p.stem for p in HISTORIES])

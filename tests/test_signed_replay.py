@@ -1,12 +1,11 @@
 """Replay the recorded histories of signed runs (tests/histories/signed/) against today's code.
 
 Kept apart from tests/histories/*.json: a signed decision is bound to its workflow id, so these are
-replayed under the id they ran with (stored beside the events), and replaying one under another id
-must diverge (the validators' binding is part of the history's logic)."""
+replayed under the id they ran with (their started event's workflowId, as Temporal exports it), and
+replaying one under another id must diverge (the validators' binding is part of the history's logic)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -14,15 +13,14 @@ from temporalio.client import WorkflowHistory
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 
+from tests import histories_io
 from workflows.registry import WORKFLOWS
 
 HISTORIES = sorted((Path(__file__).parent / "histories" / "signed").glob("*.json"))
 
 
 def _history(path: Path, workflow_id: str | None = None) -> WorkflowHistory:
-    data = json.loads(path.read_text())
-    wid = data.pop("workflowId")
-    return WorkflowHistory.from_json(workflow_id or wid, data)
+    return histories_io.load(path, workflow_id)
 
 
 @pytest.mark.parametrize("path", HISTORIES, ids=[p.stem for p in HISTORIES])

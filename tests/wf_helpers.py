@@ -201,11 +201,14 @@ HISTORIES = __import__("pathlib").Path(__file__).parent / "histories"
 
 
 async def save_history(handle, name: str) -> None:
-    """With RECORD_HISTORIES=1, write the workflow's history to tests/histories/<name>.json for replay tests."""
+    """With RECORD_HISTORIES=1, write the workflow's history to tests/histories/<name>.json for replay tests,
+    in Temporal's export format (tests/histories_io.py)."""
     import os
+
+    from tests.histories_io import export
 
     if os.environ.get("RECORD_HISTORIES") != "1":
         return
     HISTORIES.mkdir(exist_ok=True)
     hist = await handle.fetch_history()
-    (HISTORIES / f"{name}.json").write_text(hist.to_json())
+    (HISTORIES / f"{name}.json").write_text(export(hist))
