@@ -175,6 +175,33 @@ def restore_role(changed: list[str]) -> Role:
     return approvals.plan_owner_role(changed)
 
 
+def only_changes(values: dict[str, Any], current: dict[str, Any]) -> dict[str, Any]:
+    """The part of a change set that changes something: a switch already at its value is left out (it would
+    be a no-op in the audit, and would demand its owner's role for nothing)."""
+    return {k: v for k, v in values.items() if current.get(k) != v}
+
+
+def restore_stages(snapshot: dict[str, Any], restore_to: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """The restore's change sets (name, values), each carrying only the switches it changes.
+
+    `restore_to` holds only switches the rollback changed. When internalization comes back with
+    traffic above 5%: everything at 5% traffic first, then the traffic back ("5% canary -> full")."""
+    pct = RESTORE_CANARY_SWITCH
+    internalization_back = restore_to.get("global_betting_enabled") is True or (
+        "global_betting_enabled" not in restore_to and snapshot.get("global_betting_enabled") is True
+        and any(k in restore_to for k in ("routing_mode", "per_symbol_betting")))
+    if internalization_back and (snapshot.get(pct) or 0) > RESTORE_CANARY_VALUE:
+        return [("restore_5pct", {**restore_to, pct: RESTORE_CANARY_VALUE}), ("restore_full", {pct: snapshot.get(pct)})]
+    return [("restore_full", dict(restore_to))]
+
+
+def change_sets_role(change_sets: list[dict[str, Any]]) -> Role:
+    """The role an approver of these plan change sets needs: the store's own rule (approvals.plan_owner_role,
+    which `SwitchStore` enforces at the write) over every switch they carry, so a decision the workflow
+    accepts is never refused when it is written."""
+    return approvals.plan_owner_role(sorted({k for cs in change_sets for k in cs}))
+
+
 def level_choice_step(d: Durations) -> AwaitConfirmation:
     return AwaitConfirmation(
         name="level_choice", expects="level_choice", min_role=Role.ON_CALL, timeout=d.confirm_sla,

@@ -69,7 +69,7 @@ async def test_critical_cross_module_confirm_fix_restore_through_5pct(ts_env, st
         "routing_mode": "NORMAL_MODE", "global_betting_enabled": True, "betting_traffic_pct": 100}
     audit = await audit_of(store, inc)
     assert [(a.actor, a.approved_by, len(a.changes)) for a in audit] == [
-        ("oscar", None, 2), ("oscar", "alice", 3), ("oscar", "alice", 3)]
+        ("oscar", None, 2), ("oscar", "alice", 3), ("oscar", "alice", 1)]  # the full stage: only the traffic back
     assert audit[0].changes[0].old == "NORMAL_MODE" and audit[0].changes[0].new == "HL_MODE"
     assert any(pg["event_action"] == "resolve" for pg in si.pages)
 

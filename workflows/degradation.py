@@ -22,7 +22,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.changes import BreakGlass
     from manual.steps import ApplySwitches, AwaitConfirmation, Checklist, CoreActions, Observe
     from workflows.models import Decision, DecisionAck, DegradeInput, Progress, RunResult
-    from workflows.runner import PAGER_OUTBOX, PagingHandlers, Runner, StartRefused, StepFailed
+    from workflows.runner import PAGER_OUTBOX, RESTORE_ONLY_CHANGES, PagingHandlers, Runner, StartRefused, StepFailed
 
 
 def degrade_workflow_id(level: int, incident_id: str) -> str:
@@ -150,7 +150,15 @@ class DegradationWorkflow(PagingHandlers):
         if not reenabled:
             self.r.progress.detail = "nothing to restore"
             return "closed_without_restore"
-        fix_step = rollback.fix_step(d, rollback.restore_role(reenabled))
+        if workflow.patched(RESTORE_ONLY_CHANGES):
+            # only what the level changed goes back (Level 1 from the defaults leaves global_betting_enabled
+            # false -> false: a risk manager's fix must not carry a super admin's switch), and `fix` demands
+            # the role the store will demand of that change set
+            restore_to = {k: restore_to[k] for k in reenabled}
+            changes = {k: changes[k] for k in reenabled}
+            fix_step = rollback.fix_step(d, rollback.change_sets_role([restore_to]))
+        else:
+            fix_step = rollback.fix_step(d, rollback.restore_role(reenabled))
         _, fix = await self.r.run_await(fix_step.model_copy(update={"approvals": self.r.two_person(restore_to)}))
         if not fix.restore:
             self.r.progress.detail = f"closed without restore by {fix.actor}: {fix.reason}"

@@ -24,7 +24,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.changes import BreakGlass
     from manual.steps import ApplySwitches, AwaitConfirmation, CoreActions, Observe
     from workflows.models import Decision, DecisionAck, Progress, RollbackInput, RunResult
-    from workflows.runner import PAGER_OUTBOX, PagingHandlers, Runner, StartRefused, StepFailed
+    from workflows.runner import PAGER_OUTBOX, RESTORE_ONLY_CHANGES, PagingHandlers, Runner, StartRefused, StepFailed
 
 
 def rollback_workflow_id(incident_id: str) -> str:
@@ -45,6 +45,8 @@ class RollbackWorkflow(PagingHandlers):
         self.r.progress.level = inp.scope.value
         self.scope: Scope = inp.scope
         self.set_by_rollback: dict[str, Any] = {}  # what this rollback wrote last, per switch
+        self.applied: dict[str, Any] = {}  # what its rollback change sets applied (the values a re-rollback goes back to)
+        self.stages: list[tuple[str, dict[str, Any]]] | None = None  # the restore's change sets (RESTORE_ONLY_CHANGES)
         self.approver: str | None = None  # a super admin who approved Level 3 for an on-call requester
         self.human_chose_level = False  # HL down: a human picked the level; breaches are reported, not escalated
         self.glass: BreakGlass | None = None  # a super admin forced a two-person step alone
@@ -236,7 +238,15 @@ class RollbackWorkflow(PagingHandlers):
             self.r.progress.detail = "nothing to restore: the rollback left every switch at its snapshot value"
             await self._core_left_in_force()
             return "closed_without_restore"
-        fix_step = rollback.fix_step(d, rollback.restore_role(reenabled))
+        if workflow.patched(RESTORE_ONLY_CHANGES):
+            # Each restore change set carries only the switches it changes, and `fix` demands the role the
+            # store will demand of those sets (before: unchanged switches rode along, so an accepted fix
+            # could be refused at the write, e.g. a risk manager's with global_betting_enabled false -> false).
+            restore_to = {k: restore_to[k] for k in reenabled}
+            self.stages = rollback.restore_stages(self.r.snapshot.values(), restore_to)
+            fix_step = rollback.fix_step(d, rollback.change_sets_role([cs for _, cs in self.stages]))
+        else:
+            fix_step = rollback.fix_step(d, rollback.restore_role(reenabled))
         _, fix = await self.r.run_await(fix_step.model_copy(update={"approvals": self.r.two_person(restore_to)}))
         if not fix.restore:
             self.r.progress.detail = f"closed without restore by {fix.actor}: {fix.reason}"
@@ -295,12 +305,15 @@ class RollbackWorkflow(PagingHandlers):
             await self.r.page_everyone(f"BREAK-GLASS: {self.r.wid}: {name} ({', '.join(changes)}) applied by "
                                        f"{glass.by} without a second approval: {glass.reason}")
         self.set_by_rollback.update(changes)
+        self.applied.update(changes)
 
     async def _restore(self, restore_to: dict[str, Any], fix: Decision, d: rollback.Durations) -> str:
         glass = fix.glass()
         if glass is not None:
             await self.r.page_everyone(f"BREAK-GLASS: {self.r.wid}: restore by {fix.actor} without a second "
                                        f"approval: {glass.reason}")
+        if self.stages is not None:
+            return await self._restore_stages(fix, glass, d)
         snap = self.r.snapshot.values()
         expected = dict(self.set_by_rollback)
         pct = rollback.RESTORE_CANARY_SWITCH
@@ -329,6 +342,33 @@ class RollbackWorkflow(PagingHandlers):
         await self.r.run_apply(self._restore_step("restore_full", restore_to, fix), values=restore_to,
                                expected={k: expected[k] for k in restore_to if k in expected}, approved_by=fix.actor,
                                break_glass=glass)
+        await self.r.notify(f"{self.r.wid}: restored to the pre-incident configuration (fix {fix.reference})",
+                            page=True, severity="info", event_action="resolve")
+        self.r.progress.detail = f"restored after fix {fix.reference} by {fix.actor}"
+        return "restored"
+
+    async def _restore_stages(self, fix: Decision, glass: BreakGlass | None, d: rollback.Durations) -> str:
+        """The restore as manual/rollback.py's `restore_stages` plans it (patch RESTORE_ONLY_CHANGES)."""
+        assert self.stages is not None
+        for name, values in self.stages:
+            expected = {k: self.set_by_rollback[k] for k in values if k in self.set_by_rollback}
+            await self.r.run_apply(self._restore_step(name, values, fix), values=values, expected=expected,
+                                   approved_by=fix.actor, break_glass=glass)
+            self.set_by_rollback.update(values)
+            if name != "restore_5pct":
+                continue
+            res = await self.r.run_observe(Observe(
+                name="observe_5pct", duration=d.restore_observe, interval=d.interval(d.restore_observe),
+                checks=rollback.OBSERVE_CHECKS, consecutive=d.consecutive_breaches, on_breach="rollback"))
+            if res == "breach":
+                back = rollback.only_changes(self.applied, self.set_by_rollback)
+                await self.r.run_apply(self._restore_step("re_rollback", back, fix, authority="preapproved"),
+                                       values=back, expected={k: self.set_by_rollback[k] for k in back})
+                self.set_by_rollback.update(back)
+                self.r.progress.detail = "5% restore breached its health checks: rolled back again"
+                await self.r.notify(f"{self.r.wid}: 5% restore failed its checks; rolled back again", page=True,
+                                    severity="critical", kind="restore_failed")
+                return "restore_failed"
         await self.r.notify(f"{self.r.wid}: restored to the pre-incident configuration (fix {fix.reference})",
                             page=True, severity="info", event_action="resolve")
         self.r.progress.detail = f"restored after fix {fix.reference} by {fix.actor}"

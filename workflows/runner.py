@@ -88,6 +88,8 @@ SUBMIT_RETRY = RetryPolicy(initial_interval=timedelta(milliseconds=500), maximum
 # Patch "pager-outbox": notices go through the pager workflow (budgets, storms, rerouting) and every alert
 # a workflow opens is in its ledger, resolved or handed on when it ends.
 PAGER_OUTBOX = "pager-outbox"
+# patch: restore change sets carry only the switches they change; `fix` needs the role the store will demand
+RESTORE_ONLY_CHANGES = "restore-only-changes"
 CLOSE_WAIT = timedelta(seconds=30)  # at its end a workflow waits this long to hear its alerts resolved
 # The longest a trading-core action is retried under one Idempotency-Key; the core must keep a
 # performed action's answer at least this long (docs/trading-core-api.md; the simulator: 24 h).
