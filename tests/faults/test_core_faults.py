@@ -23,7 +23,7 @@ from rollbackctl.cli.incident_cmds import monitor_status
 from tests.faults.crew import event_counts
 from tests.faults.infra import wait_until
 from tests.fixtures_sim import apply_and_wait
-from tests.wf_helpers import awaiting, incident, poll_progress, values
+from tests.wf_helpers import awaiting, incident, poll_progress, save_history, values
 from workflows.degradation import DegradationWorkflow, degrade_workflow_id
 from workflows.incident_models import incident_workflow_id
 from workflows.models import Decision, DegradeInput, RollbackInput
@@ -204,6 +204,7 @@ async def test_degradation_core_actions_retry_5xx_and_report_4xx(tclient, store,
     [left] = [a for a in p.alerts if a.status.value == "left_open"]
     assert left.dedup_key == still[0]["dedup_key"] and "NOT undone" in left.why
     await no_task_failures(h)
+    await save_history(h, "degradation_level_2_undo_refused_paged")  # patch "undo-failures-paged", for replay
     print(f"\nLevel 2 under core faults: {res.status}: {res.detail}")
 
 

@@ -24,7 +24,7 @@ from manual.rollback import Durations, Scope, Severity
 from tests.faults.crew import Crew, event_counts, patched, takeover_s
 from tests.faults.infra import wait_until
 from tests.fixtures_sim import apply_and_wait
-from tests.wf_helpers import audit_of, awaiting, incident, poll_progress, values
+from tests.wf_helpers import audit_of, awaiting, incident, poll_progress, save_history, values
 from workflows.degradation import DegradationWorkflow, degrade_workflow_id
 from workflows.models import Decision, DegradeInput, RollbackInput
 from workflows.rollback import RollbackWorkflow, rollback_workflow_id
@@ -137,6 +137,7 @@ async def test_rollback_survives_a_worker_sigkill_at_every_step(tclient, tempora
     # The crash after the transaction really happened: the successor's snapshot was read after the
     # rollback's own write, and the workflow put the audit record's old values back (runner.py).
     assert await patched(h, "snapshot-before-own-write")
+    await save_history(h, "rollback_crash_after_own_write_restored")  # the patch's new branch, for replay
     counts = await event_counts(h)
     print(f"  history: {counts.get('WORKFLOW_TASK_TIMED_OUT', 0)} workflow task timeouts, "
           f"{counts.get('ACTIVITY_TASK_TIMED_OUT', 0)} activity timeouts")
