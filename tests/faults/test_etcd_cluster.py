@@ -153,8 +153,12 @@ async def test_a_watch_on_a_member_cut_off_from_quorum_is_canceled_not_silent(cl
         req = ChangeSetRequest(change_id="quorum-back", actor="alice", reason="after the partition",
                                changes=[SwitchChange(switch="liquidation_check_interval_ms", value=4321)])
         await apply_retrying(store, req)
-        await wait_until(lambda: watcher.values.get("liquidation_check_interval_ms") == 4321, 30,
-                         "the watcher to follow again")
+        try:
+            await wait_until(lambda: watcher.values.get("liquidation_check_interval_ms") == 4321, 30,
+                             "the watcher to follow again")
+        except AssertionError as e:  # say what the watcher went through (seen once under load)
+            raise AssertionError(f"{e}; watcher on {wetcd.endpoint}, at revision {watcher.revision}, "
+                                 f"{watcher.reconnects} reconnects, last errors {watcher.errors[-3:]}") from None
         print(f"\nwatch on a member without a leader canceled after {canceled_s:.1f} s: {watcher.errors[0]}")
     finally:
         await watcher.stop()
