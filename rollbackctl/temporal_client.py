@@ -2,10 +2,30 @@
 
 from __future__ import annotations
 
+import logging
+
 from temporalio.client import Client, TLSConfig
 from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.runtime import LogForwardingConfig, LoggingConfig, Runtime, TelemetryConfig, TelemetryFilter
 
 from rollbackctl.settings import TemporalSettings
+
+_RUNTIME: Runtime | None = None
+
+
+def runtime() -> Runtime:
+    """The process's SDK runtime, its Rust core's logs forwarded to Python logging (`temporalio.core`).
+
+    By default the core prints its own lines (e.g. `WARN temporalio_client::retry: gRPC call
+    query_workflow retried 5 times`) straight to stdout, where they broke `--json` output. Forwarded,
+    they go through structlog (rollbackctl/log.py) to stderr, at the level the process logs at."""
+    global _RUNTIME
+    if _RUNTIME is None:
+        _RUNTIME = Runtime(telemetry=TelemetryConfig(logging=LoggingConfig(
+            filter=TelemetryFilter(core_level="WARN", other_level="WARN"),
+            forwarding=LogForwardingConfig(logger=logging.getLogger("temporalio.core")))))
+        Runtime.set_default(_RUNTIME, error_if_already_set=False)
+    return _RUNTIME
 
 
 def tls_config(s: TemporalSettings) -> TLSConfig | bool | None:
@@ -28,15 +48,31 @@ def tls_config(s: TemporalSettings) -> TLSConfig | bool | None:
     return True if s.temporal_tls else None
 
 
+class TemporalUnavailable(Exception):
+    """Temporal did not answer the connection: nothing was sent (the CLI's exit 5)."""
+
+    exit_code = 5
+
+
 async def connect(s: TemporalSettings | None = None) -> Client:
     s = s or TemporalSettings()
     tls = tls_config(s)
+    try:
+        return await _connect(s, tls)
+    except RuntimeError as e:  # the SDK's "Failed client connect: ..." (refused, DNS, TLS handshake)
+        why = str(e).split("Os {")[0].replace("Failed client connect: ", "").strip(" (,")
+        raise TemporalUnavailable(f"Temporal at {s.temporal_address} is unreachable ({why[:200]}): nothing was sent; "
+                                  "is the server up? (`rollbackctl dev status`)") from None
+
+
+async def _connect(s: TemporalSettings, tls) -> Client:
     return await Client.connect(
         s.temporal_address,
         namespace=s.temporal_namespace,
         data_converter=pydantic_data_converter,
         tls=tls,
         api_key=s.temporal_api_key.get_secret_value() if s.temporal_api_key else None,
+        runtime=runtime(),
     )
 
 

@@ -57,7 +57,13 @@ def main(argv: list[str] | None = None) -> None:
             import traceback
 
             traceback.print_exc()
-        print(f"rollbackctl: error: {e}", file=sys.stderr)
+        from temporalio.service import RPCError
+
+        if isinstance(e, RPCError):
+            print(f"rollbackctl: error: Temporal did not answer ({e}); what the command asked may or may not have "
+                  "reached it: check with `rollbackctl status`", file=sys.stderr)
+        else:
+            print(f"rollbackctl: error: {e}", file=sys.stderr)
     sys.stdout.flush()
     sys.stderr.flush()
     # The Temporal SDK's Rust core can abort at interpreter exit (sdk-python #300): leave directly.

@@ -20,7 +20,7 @@ class CliError(Exception):
 
 def exit_code_for(e: BaseException) -> int:
     from activities.switch_store import StoreError
-    from rollbackctl.etcd import EtcdAuthError, EtcdUnavailable
+    from rollbackctl.etcd import EtcdAuthError, EtcdOutcomeUnknown, EtcdUnavailable
 
     if isinstance(e, CliError):
         return e.exit_code
@@ -28,6 +28,12 @@ def exit_code_for(e: BaseException) -> int:
         return e.exit_code
     if isinstance(e, EtcdAuthError):
         return 3
+    if isinstance(e, EtcdOutcomeUnknown):  # the write may have landed: not "nothing changed" (exit 5)
+        return 9
+    from temporalio.service import RPCError
+
+    if isinstance(e, RPCError):  # Temporal answered nothing usable (a timeout, a dropped connection)
+        return 5
     if isinstance(e, EtcdUnavailable):
         return 5
     if isinstance(e, (ValidationError, ValueError)):
