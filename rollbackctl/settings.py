@@ -127,6 +127,10 @@ class SigningSettings(BaseSettings):
     signing: bool = True
     # How long a two-person change request waits for its second approval.
     approval_timeout_s: float = Field(default=900.0, gt=0)
+    # How long after its submission a worker may still pick a change request up; later, it expires unapplied.
+    change_pickup_s: float = Field(default=120.0, gt=0, le=3600)
+    # How long the CLI waits for the worker's answer to a change request before it says "not confirmed yet".
+    change_wait_s: float = Field(default=30.0, gt=0, le=3600)
 
 
 SIGNING_OFF_WARNING = ("WARNING: ROLLBACKCTL_SIGNING=off: requests and approvals are NOT signed and the two-person "

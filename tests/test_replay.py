@@ -47,7 +47,8 @@ def test_there_are_histories_for_each_branch():
                      "rollback_critical_cross_restored_pre_outbox", "degradation_level_2_restored_pre_outbox",
                      # patches "snapshot-before-own-write", "undo-failures-paged", "restore-only-changes"
                      "rollback_crash_after_own_write_restored", "degradation_level_2_undo_refused_paged",
-                     "degradation_level_1_restored_by_risk_manager"):
+                     "degradation_level_1_restored_by_risk_manager",
+                     "change_request_expired_before_pickup"):  # patch "change-pickup-deadline"
         assert required in names
 
 
@@ -75,7 +76,8 @@ def test_every_patch_has_a_recorded_history_that_takes_its_new_branch():
     """A `workflow.patched` branch no history has taken is a branch no replay test guards: each patch id
     in workflows/ is marked in at least one recorded history (its new code ran there)."""
     ids = _patch_ids()
-    assert {"pager-outbox", "snapshot-before-own-write", "undo-failures-paged", "restore-only-changes"} <= ids
+    assert {"pager-outbox", "snapshot-before-own-write", "undo-failures-paged", "restore-only-changes",
+            "change-pickup-deadline"} <= ids
     seen = set().union(*(_markers(p) for p in HISTORIES + SIGNED))
     assert ids - seen == set(), f"patches with no recorded history taking them: {sorted(ids - seen)}"
 

@@ -32,6 +32,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from workflows.runner import PAGER_OUTBOX, PagingHandlers, Runner, root_cause
 
+PICKUP_DEADLINE = "change-pickup-deadline"  # patch: a request no worker ran in time expires, applying nothing
 APPLY_RETRY = RetryPolicy(initial_interval=timedelta(milliseconds=200), maximum_interval=timedelta(seconds=5),
                           maximum_attempts=20, non_retryable_error_types=errors.SWITCH_NON_RETRYABLE)
 
@@ -93,6 +94,14 @@ class ChangeRequestWorkflow(PagingHandlers):
     async def run(self, inp: ChangeRequestInput) -> ChangeRequestResult:
         self.r.outbox = workflow.patched(PAGER_OUTBOX)
         req = inp.proof.request
+        late = workflow.now() - workflow.info().workflow_start_time
+        if late > inp.pickup_deadline and workflow.patched(PICKUP_DEADLINE):
+            # No worker ran it in time (an outage): the submitter was told it might land until the deadline;
+            # after it, it never does.
+            rec = self.r._begin("apply", "request")
+            self.r._end(rec, "expired", f"picked up {late} after submission")
+            return await self._done("expired", f"no worker picked the request up within {inp.pickup_deadline} of "
+                                    f"its submission (it ran {late} later): nothing applied", approved_by=[req.actor])
         rec = self.r._begin("apply", "request")
         approvers: list[str] = [req.actor]
         try:

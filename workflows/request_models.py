@@ -21,6 +21,9 @@ def change_request_workflow_id(nonce: str) -> str:
 class ChangeRequestInput(BaseModel):
     proof: Proof  # the operator's signed request (rollbackctl/identity.py)
     approval_timeout: timedelta = Field(default=timedelta(minutes=15), gt=timedelta(0), le=timedelta(hours=24))
+    # A worker must pick the request up within this long of its submission, or it expires with nothing
+    # applied: a CLI that could not confirm the outcome can say exactly until when it may still land.
+    pickup_deadline: timedelta = Field(default=timedelta(minutes=2), gt=timedelta(0), le=timedelta(hours=1))
 
 
 class RequestApply(BaseModel):

@@ -60,14 +60,33 @@ def start_proof(inp, action: str, wid: str) -> identity.Proof | None:
 # -- direct changes through the worker (ChangeRequestWorkflow) ----------------------------------------
 EXIT_FOR_REFUSAL = {"PermissionDenied": 3, "Conflict": 4, "InvalidChange": 2, "NotInitialised": 2}
 PENDING_EXIT = 6
+UNCONFIRMED_EXIT = 9  # submitted, outcome not confirmed: it may still be applied until the pickup deadline
+QUERY_TIMEOUT_S = 3.0  # one progress query; a worker that does not answer is asked again until the deadline
 
 
-async def submit(proof: identity.Proof, wait: bool = False, wait_s: float = 30.0):
-    """Start ChangeRequestWorkflow for `proof`; return its result, or (status "pending", progress) when it
-    waits for a second approval and `wait` is False."""
-    from datetime import timedelta
+class Unconfirmed(CliError):
+    """The request reached Temporal (or may have) and its outcome is not known yet."""
 
+    def __init__(self, wid: str, why: str, until) -> None:
+        super().__init__(f"submitted as {wid}; not confirmed yet: {why}. It is applied only if a worker picks it up "
+                         f"before {until:%H:%M:%S} UTC, else it expires with nothing applied: "
+                         f"`rollbackctl status {wid}`", UNCONFIRMED_EXIT)
+        self.workflow_id = wid
+
+
+async def submit(proof: identity.Proof, wait: bool = False, wait_s: float | None = None):
+    """Start ChangeRequestWorkflow for `proof`; return its result, or (None, progress) when it waits for a
+    second approval and `wait` is False.
+
+    Outcomes are never ambiguous: Temporal unreachable before the start -> exit 5, nothing submitted; once
+    the start may have reached Temporal, anything short of the worker's answer within `wait_s` ->
+    `Unconfirmed` (exit 9, the workflow id and the pickup deadline after which it can no longer apply)."""
+    from datetime import datetime, timedelta, timezone
+
+    from temporalio.client import WorkflowQueryFailedError
     from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
+    from temporalio.exceptions import WorkflowAlreadyStartedError
+    from temporalio.service import RPCError, RPCStatusCode
 
     from rollbackctl.settings import SigningSettings, TemporalSettings
     from rollbackctl.temporal_client import connect
@@ -75,28 +94,48 @@ async def submit(proof: identity.Proof, wait: bool = False, wait_s: float = 30.0
     from workflows.request_models import ChangeRequestInput, ChangeRequestResult, change_request_workflow_id
 
     s = TemporalSettings()
-    client = await connect(s)
+    client = await connect(s)  # unreachable: TemporalUnavailable, exit 5, nothing submitted
     wid = change_request_workflow_id(proof.request.nonce)
-    inp = ChangeRequestInput(proof=proof, approval_timeout=timedelta(seconds=SigningSettings().approval_timeout_s))
-    h = await client.start_workflow(
-        "ChangeRequestWorkflow", inp, id=wid, task_queue=s.task_queue,
-        id_conflict_policy=WorkflowIDConflictPolicy.FAIL, id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
-        request_eager_start=True, result_type=ChangeRequestResult)
+    ss = SigningSettings()
+    wait_s = ss.change_wait_s if wait_s is None else wait_s
+    inp = ChangeRequestInput(proof=proof, approval_timeout=timedelta(seconds=ss.approval_timeout_s),
+                             pickup_deadline=timedelta(seconds=ss.change_pickup_s))
+    until = datetime.now(timezone.utc) + inp.pickup_deadline
+    try:
+        h = await client.start_workflow(
+            "ChangeRequestWorkflow", inp, id=wid, task_queue=s.task_queue,
+            id_conflict_policy=WorkflowIDConflictPolicy.FAIL, id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+            request_eager_start=True, result_type=ChangeRequestResult)
+    except WorkflowAlreadyStartedError:
+        raise Unconfirmed(wid, "a request with this nonce was already submitted", until) from None
+    except RPCError as e:
+        if e.status in (RPCStatusCode.UNAVAILABLE,) and "connect" in e.message.lower():
+            raise CliError(f"Temporal at {s.temporal_address} is unreachable ({e.message}): nothing submitted",
+                           5) from None
+        raise Unconfirmed(wid, f"the start's answer was lost ({e.message})", until) from None
     result = asyncio.ensure_future(h.result())
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + wait_s
+    # --wait (a two-person change): as long as the approval may take, and the pickup before it
+    deadline = loop.time() + wait_s + ((inp.approval_timeout + inp.pickup_deadline).total_seconds() if wait else 0)
+    last_error = "the worker has not answered"
     try:
         while True:
             done, _ = await asyncio.wait({result}, timeout=0.05)
             if done:
-                return result.result(), None
+                try:
+                    return result.result(), None
+                except RPCError as e:  # the result call itself failed (connection): ask again
+                    last_error = f"Temporal did not answer ({e.message})"
+                    result = asyncio.ensure_future(h.result())
             if not wait:
-                p = await h.query("progress", result_type=Progress)
-                if p.awaiting is not None:
-                    return None, p
-                if loop.time() > deadline:
-                    raise CliError(f"{wid} has not answered in {wait_s:.0f}s: is the worker running? "
-                                   f"(`rollbackctl status {wid}`)", 5)
+                try:
+                    p = await asyncio.wait_for(h.query("progress", result_type=Progress), QUERY_TIMEOUT_S)
+                    if p.awaiting is not None:
+                        return None, p
+                except (asyncio.TimeoutError, RPCError, WorkflowQueryFailedError) as e:
+                    last_error = f"the worker has not answered ({type(e).__name__}: {str(e)[:120] or 'no answer'})"
+            if loop.time() > deadline:
+                raise Unconfirmed(wid, f"{last_error} within {wait_s:.0f}s; is the worker running?", until)
     finally:
         if not result.done():
             result.cancel()

@@ -301,6 +301,52 @@ async def _progress(client, wid: str):
     return await client.get_workflow_handle(wid).query("progress", result_type=Progress)
 
 
+QUERY_TIMEOUT_S = 3.0  # a worker that does not answer a progress query within this is reported as such
+
+
+async def truthful_progress(client, wid: str):
+    """(progress, temporal_status, note): the workflow's own progress, corrected by what Temporal says.
+
+    A workflow cancelled, terminated or timed out in Temporal never ran the code that sets its status, so
+    its progress still says "running"; and a running workflow whose worker is down answers no query. The
+    view says both: the status is Temporal's when the workflow closed without finishing, and a progress
+    that cannot be read is replaced by what Temporal knows (start, status), with the reason."""
+    from temporalio.client import WorkflowExecutionStatus, WorkflowQueryFailedError
+    from temporalio.service import RPCError
+
+    from workflows.models import Progress
+
+    desc = await client.get_workflow_handle(wid).describe()
+    st = desc.status or WorkflowExecutionStatus.RUNNING
+    temporal = st.name.lower()
+    note = None
+    try:
+        p = await asyncio.wait_for(_progress(client, wid), QUERY_TIMEOUT_S)
+    except (asyncio.TimeoutError, RPCError, WorkflowQueryFailedError) as e:
+        why = "no answer within %gs" % QUERY_TIMEOUT_S if isinstance(e, asyncio.TimeoutError) else str(e)[:160]
+        note = f"its progress could not be read ({why}): is a worker running on its task queue?"
+        p = Progress(workflow_id=wid, kind=desc.workflow_type, status=temporal if st != WorkflowExecutionStatus.RUNNING
+                     else "running", detail=note)
+        if st == WorkflowExecutionStatus.COMPLETED:  # its result is in the history: no worker needed
+            try:
+                res = await client.get_workflow_handle(wid).result()
+                if isinstance(res, dict) and res.get("status"):
+                    p = p.model_copy(update={"status": res["status"], "result": res["status"],
+                                             "detail": str(res.get("detail") or "")})
+                    note = None
+            except Exception:  # keep what Temporal said
+                pass
+        return p, temporal, note
+    if st not in (WorkflowExecutionStatus.RUNNING, WorkflowExecutionStatus.COMPLETED,
+                  WorkflowExecutionStatus.CONTINUED_AS_NEW):
+        when = f" at {desc.close_time:%Y-%m-%d %H:%M:%S} UTC" if desc.close_time else ""
+        note = (f"{temporal} in Temporal{when} while at step {p.current_step or '-'}: the workflow did not finish; "
+                "switches are as it left them (see `rollbackctl switch list` and `audit`)")
+        p = p.model_copy(update={"status": temporal, "awaiting": None, "current_step": None,
+                                 "detail": (p.detail + "; " if p.detail else "") + note})
+    return p, temporal, note
+
+
 async def _follow(client, wid: str, as_json: bool) -> int:
     from temporalio.client import WorkflowExecutionStatus
 
@@ -308,7 +354,7 @@ async def _follow(client, wid: str, as_json: bool) -> int:
     last_wait = None
     while True:
         desc = await client.get_workflow_handle(wid).describe()
-        p = await _progress(client, wid)
+        p, _, _ = await truthful_progress(client, wid)
         if as_json:
             print_json(p.model_dump(mode="json"))
         else:
@@ -347,11 +393,11 @@ async def cmd_status(args) -> int:
         print(_links(wid))
         return await _follow(client, wid, args.json)
     try:
-        p = await _progress(client, wid)
+        p, temporal, _ = await truthful_progress(client, wid)
     except RPCError as e:
         raise CliError(f"{wid}: {e.message}", 5) from None
     if args.json:
-        print_json(p.model_dump(mode="json"))
+        print_json({**p.model_dump(mode="json"), "temporal_status": temporal})
     else:
         print(_render(p))
         print(_links(wid))
