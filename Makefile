@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-faults bench venv clean down
+.PHONY: demo test test-faults chaos bench venv clean down
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,13 @@ test: $(STAMP)
 # The fault tests alone (tests/faults/: crashes, outages, bad input; ~3 min). `make test` runs them too.
 test-faults: $(STAMP)
 	$(BIN)/python -m pytest -q tests/faults
+
+# The seeded fault campaign (tests/faults/chaos.py): SEED=N replays one; a random one otherwise (printed).
+SEED ?= random
+STEPS ?= 40
+chaos: $(STAMP)
+	CHAOS_SEED=$(SEED) CHAOS_STEPS=$(STEPS) CHAOS_MAX_DOWN_S=10 CHAOS_TIMEOUT_S=900 \
+		$(BIN)/python -m pytest -q -s -p no:cacheprovider tests/faults/test_chaos.py
 
 bench: $(STAMP)
 	$(BIN)/python -m bench
