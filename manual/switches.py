@@ -131,6 +131,14 @@ class Switch(BaseModel):
         # money and float
         if isinstance(raw, bool):
             raise SwitchValueError(f"{n}: expected a number, got {_shown(raw)}")
+        if isinstance(raw, str) and "," in raw:
+            # A comma is a decimal point in much of the world: "1,5" must never become 15. Only money takes
+            # commas, and only as thousands separators in groups of three ("$10,000", "1,250,000.50").
+            text = raw.strip().lstrip("$")
+            if t is not SwitchType.MONEY or not re.fullmatch(r"\d{1,3}(,\d{3})+(\.\d+)?", text):
+                raise SwitchValueError(
+                    f"{n}: {_shown(raw)} has a comma, which could be a decimal comma or a thousands separator: "
+                    f"write {text.replace(',', '.')!r} for a decimal, or the digits without separators")
         try:
             d = Decimal(raw.strip().lstrip("$").replace(",", "") if isinstance(raw, str) else str(raw))
         except (InvalidOperation, TypeError, ValueError):

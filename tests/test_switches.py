@@ -58,6 +58,7 @@ BOUNDS = {
 VALID = {
     SwitchType.BOOL: [(True, True), (False, False), ("true", True), ("FALSE", False), (" true ", True)],
     SwitchType.MONEY: [(0, 0), ("0", 0), (10_000, 10_000), ("10000", 10_000), ("$10,000", 10_000),
+                       ("1,250,000.50", 1_250_000.5),
                        ("2.5", 2.5), (12.34, 12.34), ("1000000000000", 1_000_000_000_000), ("0.01", 0.01)],
     SwitchType.SYMBOLS: [("BTC,ETH", ["BTC", "ETH"]), ("", []), ([], []), (["SOL"], ["SOL"]),
                          ("BTC, ETH", ["BTC", "ETH"]), ("1000PEPE", ["1000PEPE"])],
@@ -65,8 +66,10 @@ VALID = {
 INVALID = {
     SwitchType.BOOL: ["yes", "1", "", 1, 0, None, "on", [True]],
     SwitchType.ENUM: ["hl_mode", "NORMAL", "", None, 1, "HL", ["HL_MODE"]],
-    SwitchType.MONEY: [-1, "-0.01", "abc", "", None, True, "NaN", "inf", 1.001, "1000000000000.01", [], "1e400x"],
-    SwitchType.FLOAT: ["abc", "", None, True, "nan", "inf", "-inf", [], "1,2,3x"],
+    # a decimal comma ("2,5") or a malformed grouping is refused, never read as 25 or 15 (found by a user)
+    SwitchType.MONEY: [-1, "-0.01", "abc", "", None, True, "NaN", "inf", 1.001, "1000000000000.01", [], "1e400x",
+                       "2,5", "10,00", "1,0000", ",100", "100,", "1,000,00"],
+    SwitchType.FLOAT: ["abc", "", None, True, "nan", "inf", "-inf", [], "1,2,3x", "1,5", "1,500", "2,5x"],
     SwitchType.INT: ["abc", "", None, True, 2.5, "2.5", [], "1e3"],
     SwitchType.SYMBOLS: ["btc", "BTC,BTC", "BTC,,ETH", "BT-C", 5, None, ["btc"], "ABCDEFGHIJKLMNOP", [1]],
 }
@@ -132,6 +135,15 @@ def test_render_is_the_inverse_of_parse(name):
     sw = switches.get(name)
     for v in (sw.default, sw.rollback_value, other_value(sw)):
         assert sw.parse(sw.render(v)) == v, (sw.render(v), v)
+
+
+def test_a_comma_says_why_it_is_refused():
+    from manual import switches
+
+    with pytest.raises(switches.SwitchValueError, match=r"decimal comma.*'1\.5'"):
+        switches.get("hedge_max_leverage").parse("1,5")
+    with pytest.raises(switches.SwitchValueError, match=r"'2\.5' for a decimal"):
+        switches.get("normal_threshold").parse("2,5")
 
 
 def test_bounds_messages_say_the_limit():
