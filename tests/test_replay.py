@@ -48,7 +48,8 @@ def test_there_are_histories_for_each_branch():
                      # patches "snapshot-before-own-write", "undo-failures-paged", "restore-only-changes"
                      "rollback_crash_after_own_write_restored", "degradation_level_2_undo_refused_paged",
                      "degradation_level_1_restored_by_risk_manager",
-                     "change_request_expired_before_pickup"):  # patch "change-pickup-deadline"
+                     "change_request_expired_before_pickup",  # patch "change-pickup-deadline"
+                     "rollback_cancelled_in_temporal_at_confirm"):  # patch "cancel-handled"
         assert required in names
 
 
@@ -77,7 +78,7 @@ def test_every_patch_has_a_recorded_history_that_takes_its_new_branch():
     in workflows/ is marked in at least one recorded history (its new code ran there)."""
     ids = _patch_ids()
     assert {"pager-outbox", "snapshot-before-own-write", "undo-failures-paged", "restore-only-changes",
-            "change-pickup-deadline"} <= ids
+            "change-pickup-deadline", "cancel-handled"} <= ids
     seen = set().union(*(_markers(p) for p in HISTORIES + SIGNED))
     assert ids - seen == set(), f"patches with no recorded history taking them: {sorted(ids - seen)}"
 

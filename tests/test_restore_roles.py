@@ -124,3 +124,43 @@ async def test_a_5pct_restore_that_breaches_rolls_back_again_carrying_only_what_
         "apply", "restore_5pct", "re_rollback"]
     for rec in recs[1:]:
         assert all(c.old != c.new for c in rec.changes), (rec.change_id, rec.changes)
+
+
+@pytest.mark.parametrize("kind", ["rollback", "degrade_2"])
+async def test_a_workflow_cancelled_in_temporal_says_what_stays_and_pages_it(ts_env, store, task_queue, kind):
+    """Temporal's "Request Cancellation" (the Web UI's button) at a wait: before, the workflow just ended,
+    switches left as they were, no page, no word. Now it pages what stays (nothing is restored: that
+    needs a fix and its approvals), leaves that alert open for a human, and ends CANCELED."""
+    from temporalio.client import WorkflowExecutionStatus, WorkflowFailureError
+
+    from workflows.models import Progress
+
+    await set_switches(store, "alice", global_betting_enabled=True, routing_mode="NORMAL_MODE")
+    inc, si = incident(), StandIns()
+    async with make_worker(ts_env, store, si, task_queue):
+        if kind == "rollback":
+            h = await ts_env.client.start_workflow(
+                RollbackWorkflow.run, RollbackInput(incident_id=inc, summary="s", severity=Severity.CRITICAL,
+                                                    scope=Scope.CROSS, requested_by="oscar", reason="t", durations=D),
+                id=rollback_workflow_id(inc), task_queue=task_queue)
+            held = ("routing_mode=HL_MODE", "global_betting_enabled=false")
+        else:
+            h = await ts_env.client.start_workflow(
+                DegradationWorkflow.run, DegradeInput(level=2, incident_id=inc, requested_by="oscar", reason="t",
+                                                      durations=D), id=degrade_workflow_id(2, inc),
+                task_queue=task_queue)
+            held = ("liquidation_enabled=false", "pause_hl_opens")
+        await wait_for(h, ts_env, awaiting("confirm"))
+        await h.cancel()
+        with pytest.raises(WorkflowFailureError):
+            await h.result()
+        p = await h.query("progress", result_type=Progress)
+        if kind == "rollback":
+            await save_history(h, "rollback_cancelled_in_temporal_at_confirm")
+    assert (await h.describe()).status == WorkflowExecutionStatus.CANCELED
+    assert p.status == "cancelled" and "nothing restored" in p.detail and all(x in p.detail for x in held), p.detail
+    [page] = [pg for pg in si.pages if "CANCELLED" in (pg.get("summary") or pg.get("text") or "")]
+    assert page["severity"] == "critical"
+    assert any(a.status.value == "left_open" and "nothing restored" in a.why for a in p.alerts), p.alerts
+    snap = await store.snapshot()  # left as the workflow left them: said, not silently changed
+    assert snap.switches["global_betting_enabled"].value is False

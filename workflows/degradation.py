@@ -12,6 +12,7 @@ is applied, paged to every escalation level and marked in the audit record.
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 
 from temporalio import workflow
@@ -22,7 +23,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.changes import BreakGlass
     from manual.steps import ApplySwitches, AwaitConfirmation, Checklist, CoreActions, Observe
     from workflows.models import Decision, DecisionAck, DegradeInput, Progress, RunResult
-    from workflows.runner import PAGER_OUTBOX, RESTORE_ONLY_CHANGES, PagingHandlers, Runner, StartRefused, StepFailed
+    from workflows.runner import CANCEL_HANDLED, PAGER_OUTBOX, RESTORE_ONLY_CHANGES, PagingHandlers, Runner, StartRefused, StepFailed
 
 
 def degrade_workflow_id(level: int, incident_id: str) -> str:
@@ -39,6 +40,8 @@ class DegradationWorkflow(PagingHandlers):
                         incident=inp.incident_id)
         self.r.progress.level = f"degradation level {inp.level}: {self.level.name}"
         self._not_undone: list[str] = []  # trading-core controls the restore could not undo
+        self._held: dict = {}  # what this degradation's applied change sets set (said if it is cancelled)
+        self._core_held: list[str] = []  # its trading-core controls in force (said if it is cancelled)
 
     @workflow.query
     def progress(self) -> Progress:
@@ -83,6 +86,11 @@ class DegradationWorkflow(PagingHandlers):
             if refused:
                 raise StartRefused(refused)
             status = await self._run(inp)
+        except asyncio.CancelledError:
+            if not workflow.patched(CANCEL_HANDLED):
+                raise
+            await self.r.cancelled_from_outside(self._held, self._core_held)
+            raise  # Temporal records it CANCELED
         except StepFailed as e:
             status = ("refused" if isinstance(e, StartRefused)
                       else "restore_blocked" if str(e).startswith("conflict") else "failed")
@@ -129,12 +137,14 @@ class DegradationWorkflow(PagingHandlers):
         await self.r.run_apply(ApplySwitches(
             name=f"apply_level_{lvl.level}", changes=changes, authority=authority,
             reason=f"degradation level {lvl.level} ({lvl.name}): {inp.reason}"), break_glass=glass)
+        self._held = dict(changes)
         if glass is not None:
             await self.r.page_everyone(f"BREAK-GLASS: {self.r.wid}: degradation level {lvl.level} applied by "
                                        f"{glass.by} without a second approval: {glass.reason}")
         if lvl.core_actions:
             await self.r.run_core_actions(CoreActions(
                 name=f"level_{lvl.level}_actions", actions=tuple((a.action, a.body) for a in lvl.core_actions)))
+            self._core_held = [a.action for a in lvl.core_actions]
         await self.r.notify(f"{self.r.wid}: degradation level {lvl.level} ({lvl.name}) in force. Available: "
                             + "; ".join(lvl.available), page=True, severity="critical", kind="in_force")
         await self.r.run_observe(Observe(name="observe", duration=d.observe, interval=d.interval(d.observe),
@@ -168,12 +178,15 @@ class DegradationWorkflow(PagingHandlers):
         if undo:
             done = await self.r.run_core_actions(CoreActions(name=f"undo_level_{lvl.level}_actions", actions=undo))
             not_undone = [a for a in done if " FAILED (" in a]
+            undone_of = {a.undo: a.action for a in lvl.core_actions}
+            self._core_held = [undone_of.get(a.split(" FAILED (")[0], a) for a in not_undone]
         await self.r.run_apply(
             ApplySwitches(name="restore", changes=restore_to, authority="plan",
                           reason=f"restore from degradation level {lvl.level} after fix {fix.reference}: "
                                  + ", ".join(f"{k}={switches.get(k).render(v)}" for k, v in restore_to.items())),
             values=restore_to, expected=changes, approved_by=fix.actor,
             break_glass=fix.glass())
+        self._held = {}
         if fix.break_glass:
             await self.r.page_everyone(f"BREAK-GLASS: {self.r.wid}: restore from degradation level {lvl.level} by "
                                        f"{fix.actor} without a second approval: {fix.break_glass}")

@@ -12,6 +12,7 @@ break-glass (applied, paged to every escalation level, marked in the audit recor
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from temporalio import workflow
@@ -24,7 +25,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.changes import BreakGlass
     from manual.steps import ApplySwitches, AwaitConfirmation, CoreActions, Observe
     from workflows.models import Decision, DecisionAck, Progress, RollbackInput, RunResult
-    from workflows.runner import PAGER_OUTBOX, RESTORE_ONLY_CHANGES, PagingHandlers, Runner, StartRefused, StepFailed
+    from workflows.runner import CANCEL_HANDLED, PAGER_OUTBOX, RESTORE_ONLY_CHANGES, PagingHandlers, Runner, StartRefused, StepFailed
 
 
 def rollback_workflow_id(incident_id: str) -> str:
@@ -126,6 +127,11 @@ class RollbackWorkflow(PagingHandlers):
             if self.r.roster:
                 self._check_start()
             status = await self._tree(inp, d)
+        except asyncio.CancelledError:
+            if not workflow.patched(CANCEL_HANDLED):
+                raise
+            await self.r.cancelled_from_outside(self.set_by_rollback, [a for a, _ in self.core_in_force])
+            raise  # Temporal records it CANCELED; `status` says so (rollbackctl/cli/workflow_cmds.py)
         except StepFailed as e:
             status = ("refused" if isinstance(e, StartRefused)
                       else "restore_blocked" if str(e).startswith("conflict") else "failed")

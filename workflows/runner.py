@@ -90,6 +90,8 @@ SUBMIT_RETRY = RetryPolicy(initial_interval=timedelta(milliseconds=500), maximum
 PAGER_OUTBOX = "pager-outbox"
 # patch: restore change sets carry only the switches they change; `fix` needs the role the store will demand
 RESTORE_ONLY_CHANGES = "restore-only-changes"
+# patch: a workflow cancelled in Temporal says what stays and pages it before it ends CANCELED
+CANCEL_HANDLED = "cancel-handled"
 CLOSE_WAIT = timedelta(seconds=30)  # at its end a workflow waits this long to hear its alerts resolved
 # The longest a trading-core action is retried under one Idempotency-Key; the core must keep a
 # performed action's answer at least this long (docs/trading-core-api.md; the simulator: 24 h).
@@ -564,6 +566,25 @@ class Runner:
         for a in recs:
             a.status, a.handed_to, a.why = AlertStatus.HANDED_ON, to_workflow, f"handed on to {to_workflow}"
         return True
+
+    async def cancelled_from_outside(self, held: dict[str, Any], core_in_force: list[str]) -> None:
+        """Temporal's "Request Cancellation" (the Web UI's button) ended this workflow between its own steps:
+        nothing is restored (that needs a fix and its approvals), so say what stays, page it, and leave that
+        page open for a human (patch CANCEL_HANDLED; before, the workflow just vanished, silent)."""
+        step = self.progress.current_step or "-"
+        stays = ", ".join(f"{k}={switches.get(k).render(v)}" for k, v in held.items()) or "no switch changed by it"
+        self.progress.detail = (f"cancelled in Temporal at step {step}: nothing restored; the switches stay as it left "
+                                f"them ({stays})" + (f"; trading-core controls still in force: {', '.join(core_in_force)}"
+                                                     if core_in_force else "")
+                                + ". Decide by hand: `rollbackctl switch list`, `rollbackctl audit`.")
+        self.progress.status = self.progress.result = "cancelled"
+        self.progress.awaiting = None
+        self.progress.current_step = None
+        await self.notify(f"{self.wid} CANCELLED from Temporal: {self.progress.detail}", page=True, severity="critical",
+                          kind="cancelled")
+        await self.drain()
+        await self.close_alerts(left_open=self.progress.detail)
+        await self.drain()
 
     async def close_alerts(self, left_open: str | None = None) -> None:
         """At the end: resolve every alert still open, but for `left_open` (why a human must still act:
