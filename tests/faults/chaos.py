@@ -3,7 +3,8 @@
 An operator workload goes through the CLI as people run it (signing on, the production shape): switch
 sets with and without `--expect`, a two-person change and its second approval, single-module
 rollbacks and Level 1 degradations answered step by step by the least-privileged operator the step
-allows (read from `status --json`), while a nemesis SIGKILLs one server process at a time (the worker,
+allows (read from `status --json`), a Phase 2 canary paused / resumed / extended / aborted, a P0 fault
+at the simulator acknowledged and resolved, while a nemesis SIGKILLs one server process at a time (the worker,
 etcd, the Temporal server, the trading-core simulator, the P0 monitor), keeps it down for a random
 1..max seconds and starts it again. Then every server is up, every workflow still waiting is answered
 to its end, and the invariants are checked from etcd, the audit chain and Temporal:
@@ -15,7 +16,8 @@ to its end, and the invariants are checked from etcd, the audit chain and Tempor
    (a refusal or an error exit never lands);
 4. no workflow FAILED or timed out, none ended with its own result `failed`, none still running;
 5. no command printed a traceback; every `--json` success printed exactly one JSON document; every
-   exit code is a documented one.
+   exit code is a documented one;
+6. never two canaries of one phase running at once.
 
 The seed is printed first; the same seed replays the same workload and the same nemesis schedule (the
 timing of the processes themselves is not seeded). A seed that failed is kept in
@@ -78,6 +80,9 @@ class Campaign:
     unconfirmed: set[str] = field(default_factory=set)  # change-<nonce> reported exit 9
     workflows: set[str] = field(default_factory=set)  # rollbacks and degradations started
     pending: set[str] = field(default_factory=set)  # two-person requests (exit 6): confirmed or left to expire
+    canaries: set[str] = field(default_factory=set)  # Phase 2 canaries started
+    incidents: set[str] = field(default_factory=set)  # P0 incidents the workload opened at the simulator
+    overlaps: list[str] = field(default_factory=list)  # two canaries of one phase running at once
     strikes: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -206,6 +211,77 @@ class Campaign:
             self.workflows.add(f"degrade-1-{inc}")
             await self.drive(f"degrade-1-{inc}", budget_s=40)
 
+    async def op_canary(self) -> None:
+        """A Phase 2 canary (7 days at --time-scale 2000: 5 min), paused / resumed / extended / aborted."""
+        r = await self.cli("canary", "start", "phase2", "--as", "rita", "--reason", "chaos", "--time-scale", "2000")
+        m = re.search(r"canary-phase2-\d+", r.out)
+        if r.code != 0 or not m:
+            return
+        wid = m.group(0)
+        self.canaries.add(wid)
+        await self._one_canary_per_phase("phase2")
+        moves = [("pause", "oscar", ["--reason", "watch it"]), ("resume", "rita", ["--reason", "fine"]),
+                 ("extend", "oscar", ["--by", "1h"])]
+        for kind, who, extra in self.rng.sample(moves, k=2):
+            await self.cli("canary", kind, wid, "--as", who, *extra)
+        if self.rng.random() < 0.5:
+            await self.cli("canary", "abort", wid, "--as", "rita", "--reason", "chaos")
+
+    async def _faults(self, method: str, body: dict | None = None) -> bool:
+        import httpx
+
+        try:
+            async with httpx.AsyncClient(timeout=3) as h:
+                r = await h.request(method, f"{self.sim_url}/sim/faults", json=body)
+                return r.status_code < 300
+        except httpx.HTTPError:  # the simulator is down right now
+            return False
+
+    async def _open_incident(self, rule: str) -> str | None:
+        deadline = time.monotonic() + 40
+        while time.monotonic() < deadline:
+            r = await self.cli("incidents", "--json")
+            if r.code == 0:
+                rows = [x for x in json.loads(r.out) if x.get("rule") == rule and x.get("status") in ("open", "acknowledged")]
+                if rows:
+                    return rows[0]["workflow_id"]
+            await asyncio.sleep(0.5)  # the monitor polls the simulator (bounded)
+        return None
+
+    async def op_p0(self) -> None:
+        """A P0 at the simulator (hot wallet under $100K): the monitor opens it; acknowledged, cleared, resolved."""
+        if not await self._faults("POST", {"hot_wallet_usd": 40_000.0}):
+            return
+        wid = await self._open_incident("hot_wallet")
+        await self._faults("DELETE")
+        if wid is None:
+            return
+        self.incidents.add(wid)
+        await self.cli("ack", wid, "--as", "oscar")
+        await self.resolve_incident(wid, budget_s=30)
+
+    async def resolve_incident(self, wid: str, budget_s: float) -> bool:
+        deadline = time.monotonic() + budget_s
+        while time.monotonic() < deadline:
+            r = await self.cli("status", wid, "--json", timeout=60)
+            if r.code == 0 and json.loads(r.out).get("temporal_status") not in (None, "running"):
+                return True
+            r = await self.cli("resolve", wid, "--as", "oscar", "--reason", "chaos: refilled")
+            if r.code == 0:
+                return True
+            await asyncio.sleep(1)  # the condition must read clear first (bounded)
+        return False
+
+    async def _one_canary_per_phase(self, phase: str) -> None:
+        try:
+            client = await connect(self.temporal.address)
+            running = [wf.id async for wf in client.list_workflows(
+                "WorkflowType = 'CanaryWorkflow' AND ExecutionStatus = 'Running'") if wf.id.startswith(f"canary-{phase}-")]
+        except Exception:  # Temporal down right now: the end phase checks again
+            return
+        if len(running) > 1:
+            self.overlaps.append(f"{phase}: {sorted(running)} running at once")
+
     async def drive(self, wid: str, budget_s: float) -> bool:
         """Answer each step `wid` waits for with the least-privileged operator allowed, within `budget_s`
         (bounded: an outage may outlast it; the end phase drives what is left). True when it ended."""
@@ -267,7 +343,8 @@ class Campaign:
         await self.setup_operators()
         stop = asyncio.Event()
         nem = asyncio.create_task(self.nemesis(stop))
-        ops = [self.op_switch_set] * 5 + [self.op_two_person] + [self.op_rollback] * 2 + [self.op_degrade] * 2
+        ops = ([self.op_switch_set] * 5 + [self.op_two_person] + [self.op_rollback] * 2 + [self.op_degrade] * 2
+               + [self.op_canary, self.op_p0])
         try:
             for _ in range(self.steps):
                 await self.rng.choice(ops)()
@@ -291,6 +368,22 @@ class Campaign:
                 raise AssertionError(f"{wid} did not end within 120 s of the stack being whole")
             await asyncio.wait_for(client.get_workflow_handle(wid).result(), 60)
         for wid in sorted(self.unconfirmed | self.pending):  # each ends: applied, refused or expired
+            await asyncio.wait_for(client.get_workflow_handle(wid).result(), 180)
+        await self._faults("DELETE")
+        for wid in sorted(self.incidents):
+            if not await self.resolve_incident(wid, budget_s=120):
+                raise AssertionError(f"{wid} could not be resolved within 120 s of the stack being whole")
+            await asyncio.wait_for(client.get_workflow_handle(wid).result(), 120)
+        await self._one_canary_per_phase("phase2")
+        for wid in sorted(self.canaries):  # a canary still running is aborted (its rollback restores its switches)
+            for _ in range(20):
+                desc = await client.get_workflow_handle(wid).describe()
+                if desc.status.name != "RUNNING":
+                    break
+                r = await self.cli("canary", "abort", wid, "--as", "rita", "--reason", "chaos: end of campaign")
+                if r.code == 0:
+                    break
+                await asyncio.sleep(1)  # the stack settles (bounded)
             await asyncio.wait_for(client.get_workflow_handle(wid).result(), 180)
 
     # -- the invariants --------------------------------------------------------------------------------
@@ -339,11 +432,11 @@ class Campaign:
             elif wf.status == WorkflowExecutionStatus.RUNNING and not wf.id.startswith(("pager-", "monitor", "change-events")):
                 failed.append(f"{wf.id} still RUNNING")
             elif wf.status == WorkflowExecutionStatus.COMPLETED and wf.workflow_type in (
-                    "RollbackWorkflow", "DegradationWorkflow", "ChangeRequestWorkflow"):
+                    "RollbackWorkflow", "DegradationWorkflow", "ChangeRequestWorkflow", "CanaryWorkflow"):
                 res = await client.get_workflow_handle(wf.id, run_id=wf.run_id).result()
                 if isinstance(res, dict) and res.get("status") == "failed":
                     failed.append(f"{wf.id} ended failed: {res.get('detail', '')[:200]}")
-        problems += failed
+        problems += failed + self.overlaps
         for r in self.ran:
             if "Traceback" in r.err:
                 problems.append(f"{r.line}: traceback:\n{r.err[-800:]}")
@@ -356,7 +449,7 @@ class Campaign:
                     problems.append(f"{r.line}: --json stdout is not one JSON document: {r.out[:200]!r}")
         return {"problems": problems, "commands": len(self.ran), "strikes": len(self.strikes),
                 "applied": len(self.applied), "later": outcome, "workflows": len(self.workflows),
-                "audit_records": len(audit),
+                "audit_records": len(audit), "canaries": len(self.canaries), "incidents": len(self.incidents),
                 "exits": {c: sum(1 for r in self.ran if r.code == c) for c in sorted({r.code for r in self.ran})}}
 
     @staticmethod

@@ -30,7 +30,8 @@ async def _campaign(seed: int, steps: int, max_down_s: float, tmp_path) -> None:
         c.close()
     print(f"\nchaos seed {seed}: {report['commands']} commands, {report['strikes']} process kills, "
           f"{report['applied']} changes applied at once, later outcomes {report['later']}, "
-          f"{report['workflows']} rollbacks/degradations, {report['audit_records']} audit records, "
+          f"{report['workflows']} rollbacks/degradations, {report['canaries']} canaries, "
+          f"{report['incidents']} P0 incidents, {report['audit_records']} audit records, "
           f"exit codes {report['exits']}")
     assert not report["problems"], f"seed {seed}: " + "\n".join(report["problems"])
 
