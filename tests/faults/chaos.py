@@ -38,9 +38,9 @@ from pathlib import Path
 from typing import Any
 
 from rollbackctl import procs
-from tests.faults.infra import EtcdNode, TemporalServer, WorkerProc, Workers, clean_env, connect
+from tests.faults.infra import EtcdNode, TemporalServer, WorkerProc, Workers, connect
 from tests.fixtures_sim import LEVEL_HOOKS, LEVEL_KEYS, SIM_TOKEN
-from tests.test_store_helpers import ROLLBACKCTL
+from tests.test_store_helpers import CliResult, run_cli
 
 DOCUMENTED_EXITS = {0, 2, 3, 4, 5, 6, 9}
 OPERATORS = {"rita": "risk_manager", "oscar": "on_call", "sam": "super_admin"}  # alice: the first super admin
@@ -53,15 +53,14 @@ QUICK = ["--observe", "1s", "--interval", "500ms"]
 
 
 @dataclass
-class Ran:
-    """One CLI command and what it said."""
+class Ran(CliResult):
+    """One CLI command (tests/test_store_helpers.run_cli's result) and the arguments it ran with."""
 
-    args: list[str]
-    code: int
-    out: str
-    err: str
-    seconds: float
-    json: bool = False
+    args: list[str] = field(default_factory=list)
+
+    @property
+    def wants_json(self) -> bool:
+        return "--json" in self.args
 
     @property
     def line(self) -> str:
@@ -145,15 +144,8 @@ class Campaign:
 
     # -- the CLI -------------------------------------------------------------------------------------
     async def cli(self, *args: str, timeout: float = 120) -> Ran:
-        def run() -> Ran:
-            import subprocess
-
-            t = time.monotonic()
-            p = subprocess.run([ROLLBACKCTL, *args], env=clean_env(**self.env), capture_output=True, text=True,
-                               timeout=timeout, stdin=subprocess.DEVNULL)
-            return Ran(list(args), p.returncode, p.stdout, p.stderr, time.monotonic() - t, "--json" in args)
-
-        r = await asyncio.to_thread(run)
+        done = await asyncio.to_thread(run_cli, *args, env=self.env, timeout=timeout)
+        r = Ran(done.code, done.out, done.err, done.seconds, args=list(args))
         self.ran.append(r)
         self.log.append(f"{time.strftime('%H:%M:%S')} {r.line} ({r.seconds:.1f}s)"
                         + (f": {r.err.strip().splitlines()[-1][:160]}" if r.code and r.err.strip() else ""))
@@ -167,7 +159,7 @@ class Campaign:
             assert r.code == 0, r.err
 
     def _record_change(self, r: Ran) -> None:
-        if r.code == 0 and r.json:
+        if r.code == 0 and r.wants_json:
             wid = json.loads(r.out).get("workflow_id")
             if wid and wid.startswith("change-"):
                 self.applied.add(wid)
@@ -442,7 +434,7 @@ class Campaign:
                 problems.append(f"{r.line}: traceback:\n{r.err[-800:]}")
             if r.code not in DOCUMENTED_EXITS and not (r.args[0] == "audit"):
                 problems.append(f"{r.line}: undocumented exit code {r.code}: {r.err.strip()[-200:]}")
-            if r.json and r.code == 0:
+            if r.wants_json and r.code == 0:
                 try:
                     json.loads(r.out)
                 except ValueError:
