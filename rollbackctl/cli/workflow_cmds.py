@@ -353,8 +353,7 @@ async def _follow(client, wid: str, as_json: bool) -> int:
     seen = -1
     last_wait = None
     while True:
-        desc = await client.get_workflow_handle(wid).describe()
-        p, _, _ = await truthful_progress(client, wid)
+        p, temporal, _ = await truthful_progress(client, wid)  # one describe and one query per poll
         if as_json:
             print_json(p.model_dump(mode="json"))
         else:
@@ -365,10 +364,10 @@ async def _follow(client, wid: str, as_json: bool) -> int:
             if p.awaiting and p.awaiting.step != last_wait:
                 last_wait = p.awaiting.step
                 print(f"  WAITING for {p.awaiting.expects} ({p.awaiting.min_role}+): {p.awaiting.prompt}")
-        if desc.status != WorkflowExecutionStatus.RUNNING:
-            print(f"{wid}: {desc.status.name.lower()}" + (f", {p.result}" if p.result else "")
+        if temporal != WorkflowExecutionStatus.RUNNING.name.lower():
+            print(f"{wid}: {temporal}" + (f", {p.result}" if p.result else "")
                   + (f" ({p.detail})" if p.detail else ""))
-            return 0 if desc.status == WorkflowExecutionStatus.COMPLETED else 1
+            return 0 if temporal == WorkflowExecutionStatus.COMPLETED.name.lower() else 1
         sys.stdout.flush()
         await asyncio.sleep(1.0)
 
