@@ -23,8 +23,8 @@ from temporalio.worker import Worker
 from activities.switch_activities import SwitchActivities
 from activities.switch_store import SwitchStore
 from activities.temporal_ops import TemporalOps
-from rollbackctl.etcd import Etcd
-from rollbackctl.settings import (
+from core.etcd import Etcd
+from core.settings import (
     SIGNING_OFF_WARNING,
     EtcdSettings,
     PagingSettings,
@@ -105,7 +105,7 @@ def build_worker(client: Client, task_queue: str, activities: list, worker_class
 
 
 async def run(stop: asyncio.Event | None = None) -> None:
-    from rollbackctl.temporal_client import connect
+    from core.temporal_client import connect
 
     from activities.paging import check_paging
 
@@ -134,7 +134,7 @@ async def run(stop: asyncio.Event | None = None) -> None:
 
 
 def main() -> None:
-    from rollbackctl import log as logsetup
+    from core import log as logsetup
 
     logsetup.configure()
     code = 0

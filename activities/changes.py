@@ -1,7 +1,7 @@
 """Models of the switch store's requests and records. Pure data: workflows import these too.
 
 A request is one payload (actor, action, target, values, reason); the signed requests behind it
-(rollbackctl/identity.py `Proof`) travel with it and are written into its audit record.
+(core/identity.py `Proof`) travel with it and are written into its audit record.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from manual.roles import Role
-from rollbackctl.identity import Proof
+from core.identity import Proof
 
 
 class Authority(str, Enum):
@@ -112,14 +112,14 @@ class Operator(BaseModel):
     role: Role
     added_at: str
     added_by: str
-    public_key: str | None = None  # base64 Ed25519 (rollbackctl/identity.py); the private key never leaves its owner
+    public_key: str | None = None  # base64 Ed25519 (core/identity.py); the private key never leaves its owner
     # Public keys rotated out: a request signed with one is refused as "removed key"; a workflow
     # decision accepted before the rotation still verifies when its change set is written.
     retired_keys: list[str] = []
 
     @property
     def key_id(self) -> str | None:
-        from rollbackctl.identity import key_id
+        from core.identity import key_id
 
         return key_id(self.public_key) if self.public_key else None
 

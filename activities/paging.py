@@ -13,7 +13,7 @@ calls these. Their rules come from the services' documentation (see contracts/pa
   escaped (`&` `<` `>` -> `&amp;` `&lt;` `&gt;`): "margin <150% ... > 200%" would otherwise be read as a
   control sequence and shown mangled.
 
-Settings (rollbackctl.settings.PagingSettings; all secrets, never logged nor put in an error):
+Settings (core.settings.PagingSettings; all secrets, never logged nor put in an error):
 - ROLLBACKCTL_PAGERDUTY_URL: the Events API v2 endpoint (https://events.pagerduty.com/v2/enqueue;
   the dev stack points it at the simulator's sink, http://127.0.0.1:8700/sim/pagerduty/v2/enqueue);
   ROLLBACKCTL_PAGERDUTY_CHANGE_URL: the Change Events endpoint (default: the same URL with
@@ -51,7 +51,7 @@ from contracts.paging import (
     SUMMARY_MAX,
 )
 from manual import escalation
-from rollbackctl.settings import PagingSettings
+from core.settings import PagingSettings
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ from activities.changes import BreakGlass, ChangeSetRequest, Operator, SwitchCha
 from activities.switch_store import InvalidChange, PermissionDenied, SwitchStore
 from manual import approvals, switches
 from manual.roles import Role
-from rollbackctl import identity
+from core import identity
 from workflows.request_models import SECOND_APPROVAL_STEP, RequestApply, RequestOutcome
 
 

@@ -15,8 +15,8 @@ from temporalio.exceptions import ApplicationError
 from activities import errors
 from activities.changes import ChangeSetRequest, ChangeSetResult, SeenRecord, Snapshot
 from activities.switch_store import Conflict, InvalidChange, NotInitialised, PermissionDenied, SwitchStore
-from rollbackctl import identity
-from rollbackctl.etcd import EtcdAuthError, EtcdUnavailable
+from core import identity
+from core.etcd import EtcdAuthError, EtcdUnavailable
 
 
 class CanaryClaim(BaseModel):
@@ -62,7 +62,7 @@ def _classify(e: Exception) -> Exception:
 def signing_setting(signing: bool | None) -> bool:
     if signing is not None:
         return signing
-    from rollbackctl.settings import SigningSettings
+    from core.settings import SigningSettings
 
     return SigningSettings().signing
 

@@ -38,8 +38,8 @@ from activities.changes import (
 )
 from manual import approvals, switches
 from manual.roles import MONITOR_IDENTITY, RESERVED_NAMES, Role
-from rollbackctl import identity
-from rollbackctl.etcd import KV, Compare, Etcd, Put
+from core import identity
+from core.etcd import KV, Compare, Etcd, Put
 
 
 class StoreError(Exception):

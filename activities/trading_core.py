@@ -1,6 +1,6 @@
 """The trading core: its HTTP contract (as pydantic models) and the activities that call it.
 
-The contract is documented in docs/trading-core-api.md; the simulator (rollbackctl.sim) serves it
+The contract is documented in docs/trading-core-api.md; the simulator (simulator) serves it
 and validates its own answers against these models.
 
 Error classes, raised as `ApplicationError(type=...)` (the `type` names are the constants below;
@@ -43,7 +43,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationErro
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from rollbackctl.settings import TradingCoreSettings
+from core.settings import TradingCoreSettings
 
 log = logging.getLogger(__name__)
 

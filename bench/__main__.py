@@ -50,7 +50,7 @@ def _version(args: list[str]) -> str:
 
 
 def machine() -> dict:
-    from rollbackctl import procs
+    from core import procs
 
     mem = next((ln.split()[1] for ln in Path("/proc/meminfo").read_text().splitlines() if ln.startswith("MemTotal")), "0")
     cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()

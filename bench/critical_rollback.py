@@ -22,7 +22,7 @@ from activities.changes import ChangeSetRequest, SwitchChange
 from bench.stack import BenchStack
 from bench.stats import summary
 from manual.rollback import Durations, Scope, Severity
-from rollbackctl.temporal_client import connect
+from core.temporal_client import connect
 from workflows.models import RollbackInput
 from workflows.rollback import RollbackWorkflow
 

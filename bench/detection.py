@@ -116,7 +116,7 @@ async def run(st=None, runs: int = 20, interval: float = 1.0) -> dict:
         os.environ["ROLLBACKCTL_MONITOR_INTERVAL_S"] = str(interval)
         async with isolated_stack() as stack:
             return await run(stack, runs, interval)
-    from rollbackctl.temporal_client import connect
+    from core.temporal_client import connect
 
     client = await connect(st.temporal)
     base = st.core.url.rstrip("/")

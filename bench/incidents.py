@@ -44,8 +44,8 @@ def _ts(s: str) -> float:
 
 async def run(st: BenchStack, incidents: int = 200, max_inflight: int = 16) -> dict:
     from activities.monitor import TemporalIncidents
-    from rollbackctl.sim.core import extra_symbol_names
-    from rollbackctl.temporal_client import connect
+    from simulator.core import extra_symbol_names
+    from core.temporal_client import connect
     from workflows.incident import IncidentWorkflow
     from workflows.incident_models import ConditionReport, KeyState, ResolveRequest, incident_workflow_id
 

@@ -40,9 +40,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from activities.changes import ChangeSetRequest, SwitchChange  # noqa: E402
 from activities.switch_store import SwitchStore  # noqa: E402
 from activities.trading_core import TradingCoreActivities, WaitAppliedInput  # noqa: E402
-from rollbackctl import procs  # noqa: E402
-from rollbackctl.etcd import Etcd  # noqa: E402
-from rollbackctl.settings import TradingCoreSettings  # noqa: E402
+from core import procs  # noqa: E402
+from core.etcd import Etcd  # noqa: E402
+from core.settings import TradingCoreSettings  # noqa: E402
 
 
 def stats(xs: list[float]) -> dict[str, float]:
@@ -64,7 +64,7 @@ async def run(n: int) -> dict:
     prefix = f"/bench-{uuid.uuid4().hex[:8]}/"
     sim_url = f"http://127.0.0.1:{sport}"
     t_spawn = time.monotonic()
-    sim_proc = procs.spawn([sys.executable, "-m", "rollbackctl.sim"], tmp / "sim.log", env={
+    sim_proc = procs.spawn([sys.executable, "-m", "simulator"], tmp / "sim.log", env={
         "ROLLBACKCTL_ETCD_ENDPOINTS": f"127.0.0.1:{cport}", "ROLLBACKCTL_ETCD_PREFIX": prefix,
         "ROLLBACKCTL_TRADING_CORE_URL": sim_url, "ROLLBACKCTL_TRADING_CORE_TOKEN": token,
         "ROLLBACKCTL_LOG_LEVEL": "WARNING", "ROLLBACKCTL_SIM_PARENT_PID": str(os.getpid()),

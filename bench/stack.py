@@ -29,9 +29,10 @@ from activities.changes import ChangeSetRequest, SwitchChange
 from activities.switch_store import SwitchStore
 from manual import switches
 from manual.roles import Role
-from rollbackctl import devstack, identity, keys, procs
-from rollbackctl.etcd import Etcd
-from rollbackctl.settings import EtcdSettings, TemporalSettings, TradingCoreSettings
+from core import identity, keys, procs
+from rollbackctl import devstack
+from core.etcd import Etcd
+from core.settings import EtcdSettings, TemporalSettings, TradingCoreSettings
 
 SUPER_ADMIN = "alice"
 OPERATORS = {"rita": Role.RISK_MANAGER, "oscar": Role.ON_CALL, "sam": Role.SUPER_ADMIN}
@@ -213,7 +214,7 @@ async def reset(st: BenchStack) -> dict:
     """
     from temporalio.service import RPCError
 
-    from rollbackctl.temporal_client import connect
+    from core.temporal_client import connect
 
     client = await connect(st.temporal)
     running = [wf async for wf in client.list_workflows(

@@ -34,8 +34,8 @@ from activities.changes import Authority, ChangeSetRequest, SwitchChange  # noqa
 from activities.switch_store import SwitchStore  # noqa: E402
 from manual import degradation, switches  # noqa: E402
 from manual.roles import Role  # noqa: E402
-from rollbackctl import procs  # noqa: E402
-from rollbackctl.etcd import Etcd  # noqa: E402
+from core import procs  # noqa: E402
+from core.etcd import Etcd  # noqa: E402
 
 
 def _pct(xs: list[float], p: float) -> float:

@@ -23,7 +23,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from activities.switch_store import record_hash
-from rollbackctl import identity
+from core import identity
 from workflows.request_models import change_request_workflow_id
 
 BROKEN_EXIT = 7

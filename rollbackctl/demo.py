@@ -84,7 +84,7 @@ class Demo:
     def ensure_operator(self, name: str, role: str, show: bool = True) -> None:
         """`name` is an operator of `role` whose public key matches their key file under the demo's key
         directory (a stack kept from an earlier run keeps its operators and keys)."""
-        from rollbackctl import identity, keys
+        from core import identity, keys
 
         path = self.key_file(name)
         pub = identity.public_key_text(keys.load_file(path, name)) if path.exists() else None
@@ -112,8 +112,8 @@ class Demo:
             raise DemoError(f"{wid} {p['result']}: {p.get('detail')}")
 
     def etcdctl(self, *args: str) -> None:
-        from rollbackctl import procs
-        from rollbackctl.settings import EtcdSettings
+        from core import procs
+        from core.settings import EtcdSettings
 
         endpoints = EtcdSettings().endpoints
         print(f"$ etcdctl {' '.join(_quote(a) for a in args)}", flush=True)
@@ -160,7 +160,7 @@ def header(text: str, char: str = "=") -> None:
 @step("Initialise the control matrix in etcd (never overwrites; bootstraps the first super admin and her key)")
 def initialise(demo: Demo) -> None:
     demo.cli("init", "--super-admin", demo.super_admin, "--generate-key")
-    from rollbackctl import identity, keys
+    from core import identity, keys
 
     ops = {o["name"]: o for o in demo.cli_json("operator", "list")}
     mine = identity.public_key_text(keys.load_file(demo.key_file(demo.super_admin)))
@@ -206,7 +206,7 @@ def paging_test(demo: Demo) -> None:
 @step("The audit trail (one record per change set, hash-chained) and the raw etcd keys")
 def show_audit(demo: Demo) -> None:
     demo.cli("audit", "--limit", "5")
-    from rollbackctl.settings import EtcdSettings
+    from core.settings import EtcdSettings
 
     prefix = EtcdSettings().prefix
     last = demo.cli_json("audit", "--limit", "1")[-1]
@@ -230,7 +230,8 @@ SCENARIOS = ["rollbackctl.demo_rollback", "rollbackctl.demo_canary", "rollbackct
 def main() -> int:
     import importlib
 
-    from rollbackctl import devstack, procs
+    from core import procs
+    from rollbackctl import devstack
 
     for mod in SCENARIOS:
         importlib.import_module(mod)

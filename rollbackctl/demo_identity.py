@@ -48,8 +48,8 @@ def level_3(demo: Demo) -> None:
 
 async def _copy_tampered(demo: Demo) -> str:
     """Copy the demo's audit trail (records, head, operators) under another prefix, one record edited."""
-    from rollbackctl.etcd import Etcd
-    from rollbackctl.settings import EtcdSettings
+    from core.etcd import Etcd
+    from core.settings import EtcdSettings
 
     s = EtcdSettings()
     async with Etcd.from_settings(s) as etcd:
@@ -66,8 +66,8 @@ async def _copy_tampered(demo: Demo) -> str:
 
 
 async def _drop_copy() -> None:
-    from rollbackctl.etcd import Etcd
-    from rollbackctl.settings import EtcdSettings
+    from core.etcd import Etcd
+    from core.settings import EtcdSettings
 
     async with Etcd.from_settings(EtcdSettings()) as etcd:
         await etcd.delete_prefix(TAMPERED_PREFIX)

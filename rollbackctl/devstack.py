@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Callable
 from urllib.parse import urlparse
 
-from rollbackctl import procs
-from rollbackctl.settings import DevStackSettings, EtcdSettings, TemporalSettings, TradingCoreSettings
+from core import procs
+from core.settings import DevStackSettings, EtcdSettings, TemporalSettings, TradingCoreSettings
 
 
 @dataclass
@@ -85,7 +85,7 @@ class Stack:
     @property
     def webhook_url(self) -> str:
         from rollbackctl.pagerhook import PATH
-        from rollbackctl.settings import PagingSettings
+        from core.settings import PagingSettings
 
         return f"http://{PagingSettings().paging_listen}{PATH}"
 
@@ -170,7 +170,7 @@ def _start_sim(st: Stack) -> int:
     that start next read it); a simulator that dies first is reported with its log, not as started."""
     host, port = st.sim_hostport
     procs.require_free(host, port, "simulator")
-    p = procs.spawn([sys.executable, "-m", "rollbackctl.sim"], st.log("sim"), env=st.env())
+    p = procs.spawn([sys.executable, "-m", "simulator"], st.log("sim"), env=st.env())
     try:
         procs.wait_tcp(host, port, 30, p, f"simulator (log {st.log('sim')})")
     except BaseException:
@@ -199,7 +199,7 @@ def check(st: Stack) -> None:
     import os
 
     from activities.paging import check_paging
-    from rollbackctl.settings import PagingSettings
+    from core.settings import PagingSettings
 
     saved = {k: os.environ.get(k) for k in st.env()}
     os.environ.update(st.env())

@@ -151,8 +151,8 @@ async def serve(host: str, port: int, *, stop=None) -> int:
     import uvicorn
 
     from activities.pager_client import forward_alert_event
-    from rollbackctl.settings import PagingSettings, TemporalSettings
-    from rollbackctl.temporal_client import connect
+    from core.settings import PagingSettings, TemporalSettings
+    from core.temporal_client import connect
 
     ps, ts = PagingSettings(), TemporalSettings()
     secrets = [s.strip() for s in (ps.pagerduty_webhook_secret.get_secret_value() if ps.pagerduty_webhook_secret

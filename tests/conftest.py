@@ -22,8 +22,8 @@ import pytest_asyncio
 
 from activities.switch_store import SwitchStore
 from manual.roles import Role
-from rollbackctl import procs
-from rollbackctl.etcd import Etcd
+from core import procs
+from core.etcd import Etcd
 
 # Workers and activities built in-process read ROLLBACKCTL_SIGNING when not told: the suite's workflow
 # tests send unsigned decisions (signing off, as in a local drill); tests of signing pass signing=True

@@ -1,6 +1,6 @@
 """Simulator fixtures (registered from conftest.py with `pytest_plugins`).
 
-- `sim_server` (session): the simulator as a real subprocess (`python -m rollbackctl.sim`) on a free
+- `sim_server` (session): the simulator as a real subprocess (`python -m simulator`) on a free
   loopback port, following the session's test etcd (`etcd_server`), with its own bearer token.
   Start-up measured here: ~0.6 s to the first answer (Python imports, then etcd), so one process
   serves the session.
@@ -30,9 +30,9 @@ from pydantic import SecretStr
 
 from activities.changes import ChangeSetRequest, SwitchChange
 from manual import escalation
-from rollbackctl import procs
-from rollbackctl.settings import PagingSettings, TradingCoreSettings
-from rollbackctl.sim.client import SimClient
+from core import procs
+from core.settings import PagingSettings, TradingCoreSettings
+from simulator.client import SimClient
 
 SIM_TOKEN = f"sim-token-{uuid.uuid4().hex}"
 # PagerDuty integration keys are exactly 32 characters (its Events API answers 400 otherwise).
@@ -73,7 +73,7 @@ def start_sim(etcd_endpoint: str, prefix: str = "/sim-idle/", timeout: float = 2
         "ROLLBACKCTL_SIM_PAGERDUTY_KEYS": ",".join(LEVEL_KEYS),  # the account's integration keys
     }
     t0 = time.monotonic()
-    proc = procs.spawn([sys.executable, "-m", "rollbackctl.sim"], log, env=env)
+    proc = procs.spawn([sys.executable, "-m", "simulator"], log, env=env)
     srv = SimServer(proc, port, log, 0.0)
     deadline = t0 + timeout
     while True:

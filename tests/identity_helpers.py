@@ -13,7 +13,7 @@ from tests.wf_helpers import PagedWorker
 
 from activities.requests import RequestActivities
 from activities.switch_activities import SwitchActivities
-from rollbackctl import identity
+from core import identity
 from tests.test_store_helpers import dump
 from workflows.models import Decision
 from workflows.registry import WORKFLOWS

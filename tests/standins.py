@@ -6,7 +6,7 @@ Each stand-in records its calls, and the health it serves can be changed by the 
 
 Paging is not stubbed: `paging.page`, `paging.chat` and `paging.change_event` are the production
 activities (activities/paging.py) whose HTTP client is wired in-process to the simulator's sink models
-(rollbackctl/sim/sinks.py: PagerDuty's alert, dedup, acknowledge/resolve and notification rules, Slack's
+(simulator/sinks.py: PagerDuty's alert, dedup, acknowledge/resolve and notification rules, Slack's
 payload and escaping rules), and the pager workflow sends them. So `si.pd.notifications` is what
 PagerDuty would have notified. Only the rate limits are off here: they are wall-clock windows, and
 under the time-skipping server workflow time runs ahead of the wall clock (the simulator's sinks keep
@@ -28,7 +28,7 @@ from activities.pager_client import PagerClient
 from contracts.paging import PagerLimits
 from activities.paging import ChatInput, ChatResult, PageInput, PageResult, PagingActivities
 from manual import escalation
-from rollbackctl.sim.sinks import PagerDutySink, SlackSink
+from simulator.sinks import PagerDutySink, SlackSink
 
 SINK_KEYS = [uuid.uuid4().hex for _ in escalation.LEVELS]  # 32 characters, as PagerDuty's integration keys
 SINK_HOOKS = [f"/slack/T0/B{lv.level}/{uuid.uuid4().hex[:12]}" for lv in escalation.LEVELS]

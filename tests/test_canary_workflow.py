@@ -18,7 +18,7 @@ from temporalio.client import WorkflowUpdateFailedError
 from manual import canary
 from manual.canary import CanaryPlan
 from tests.standins import StandIns
-from rollbackctl.temporal_client import run_histories
+from core.temporal_client import run_histories
 from tests.wf_helpers import PagedWorker, audit_of, make_worker, save_history, values
 from workflows.canary import CanaryWorkflow
 from workflows.canary_models import CanaryDecision, CanaryInput, CanaryStatus

@@ -13,7 +13,7 @@ from temporalio.client import WorkflowUpdateFailedError
 
 from activities.requests import RequestVerifier
 from activities.switch_store import Conflict, PermissionDenied
-from rollbackctl import identity
+from core import identity
 from tests.identity_helpers import Signers, Unchanged, signing_worker
 from tests.standins import StandIns
 from tests.test_store_helpers import req

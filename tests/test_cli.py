@@ -10,7 +10,7 @@ import io
 import pytest
 
 from manual import switches
-from rollbackctl import procs
+from core import procs
 from rollbackctl.cli import build_parser
 from tests.test_store_helpers import dump, run_cli
 

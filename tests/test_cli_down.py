@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from rollbackctl import procs
+from core import procs
 from tests.test_store_helpers import run_cli
 
 COMMANDS = [

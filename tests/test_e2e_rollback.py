@@ -14,7 +14,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 
 from manual.rollback import Durations, Scope, Severity
-from rollbackctl import procs
+from core import procs
 from tests import histories_io
 from tests.fixtures_sim import apply_and_wait
 from tests.wf_helpers import awaiting, incident, poll_progress, real_worker, save_history, values

@@ -22,9 +22,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from activities.switch_store import SwitchStore
-from rollbackctl import procs
-from rollbackctl.etcd import Etcd, EtcdAuthError, EtcdUnavailable
-from rollbackctl.watcher import SwitchWatcher
+from core import procs
+from core.etcd import Etcd, EtcdAuthError, EtcdUnavailable
+from core.watcher import SwitchWatcher
 from tests.test_store_helpers import EtcdProcess, req, run_cli, wait_until
 
 

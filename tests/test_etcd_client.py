@@ -1,4 +1,4 @@
-"""rollbackctl.etcd on a real etcd: several endpoints (failover), unreachable and silent endpoints
+"""core.etcd on a real etcd: several endpoints (failover), unreachable and silent endpoints
 (fast, clear errors), transactions, compaction, watches."""
 
 from __future__ import annotations
@@ -10,10 +10,10 @@ import time
 import pytest
 
 from activities.switch_store import SwitchStore
-from rollbackctl import procs
-from rollbackctl.etcd import Compare, Etcd, EtcdCompacted, EtcdUnavailable, Put
-from rollbackctl.settings import EtcdSettings
-from rollbackctl.watcher import SwitchWatcher
+from core import procs
+from core.etcd import Compare, Etcd, EtcdCompacted, EtcdUnavailable, Put
+from core.settings import EtcdSettings
+from core.watcher import SwitchWatcher
 from tests.test_store_helpers import TcpProxy, req, wait_until
 
 

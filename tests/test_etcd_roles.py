@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives import serialization
 
 from activities.switch_store import SwitchStore
 from manual.roles import Role
-from rollbackctl.etcd import Etcd, EtcdAuthError
+from core.etcd import Etcd, EtcdAuthError
 from tests.identity_helpers import Signers, signing_worker
 from tests.standins import StandIns
 from tests.test_store_helpers import EtcdProcess, dump, req, run_cli

@@ -1,4 +1,4 @@
-"""Signed requests (rollbackctl/identity.py, pure) and key files (rollbackctl/keys.py)."""
+"""Signed requests (core/identity.py, pure) and key files (core/keys.py)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import stat
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from rollbackctl import identity, keys
-from rollbackctl.identity import Refusal, Refused, SignedRequest
+from core import identity, keys
+from core.identity import Refusal, Refused, SignedRequest
 
 
 def req(**kw) -> SignedRequest:

@@ -116,9 +116,9 @@ def test_the_sdk_cores_own_log_lines_go_to_stderr_through_logging(ts_env):
         import asyncio, logging, os, sys
         from temporalio import activity
         from temporalio.worker import Worker
-        from rollbackctl import log
-        from rollbackctl.settings import TemporalSettings
-        from rollbackctl.temporal_client import connect
+        from core import log
+        from core.settings import TemporalSettings
+        from core.temporal_client import connect
 
         @activity.defn(name="probe.noop")
         async def noop() -> None:

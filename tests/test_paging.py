@@ -12,7 +12,7 @@ from temporalio.testing import ActivityEnvironment
 from activities import paging as pg
 from activities.paging import ChatInput, PageInput, PagingActivities, PagingNotConfigured
 from manual import escalation
-from rollbackctl.settings import PagingSettings
+from core.settings import PagingSettings
 from tests.fixtures_sim import LEVEL_HOOKS, LEVEL_KEYS
 
 

@@ -30,7 +30,7 @@ import uvicorn
 from activities.pager_client import forward_alert_event
 from contracts.paging import QueueView, pager_workflow_id
 from manual.rollback import Durations, Scope, Severity
-from rollbackctl import procs
+from core import procs
 from rollbackctl.pagerhook import PATH, create_app
 from tests.fixtures_sim import LEVEL_HOOKS, LEVEL_KEYS
 from tests.test_store_helpers import ROLLBACKCTL, run_cli

@@ -10,7 +10,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from manual.rollback import Durations, Scope, Severity
-from rollbackctl import identity
+from core import identity
 from tests.identity_helpers import Signers, Unchanged, refused, save_signed_history, signing_worker
 from tests.standins import StandIns
 from tests.wf_helpers import audit_of, awaiting, incident, set_switches, terminate_idle, values, wait_for

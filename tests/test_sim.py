@@ -17,8 +17,9 @@ import httpx
 import pytest
 
 from activities.trading_core import ExposureReport, HealthSnapshot, exposure_mismatches, recompute_exposure
-from rollbackctl import devstack, procs
-from rollbackctl.sim.client import SimClient
+from core import procs
+from rollbackctl import devstack
+from simulator.client import SimClient
 from tests.fixtures_sim import apply, apply_and_wait, order
 
 
@@ -271,7 +272,7 @@ async def test_openapi_documents_the_contract(sim):
 def test_sim_routes_answer_loopback_clients_only():
     from starlette.requests import Request
 
-    from rollbackctl.sim.app import _loopback
+    from simulator.app import _loopback
 
     def req(host: str) -> Request:
         return Request({"type": "http", "method": "GET", "path": "/sim/faults", "headers": [],
@@ -316,7 +317,7 @@ async def test_a_person_acks_in_the_pagerduty_app_and_the_signed_webhook_goes_ou
     from starlette.responses import Response
     from starlette.routing import Route
 
-    from rollbackctl import procs
+    from core import procs
     from tests.fixtures_sim import LEVEL_KEYS
 
     got = []
@@ -407,7 +408,7 @@ def test_dev_up_refuses_a_taken_simulator_port_and_records_nothing(sim_server, t
 def test_extra_listed_symbols_take_per_symbol_actions_but_are_not_traded():
     """ROLLBACKCTL_SIM_EXTRA_SYMBOLS: S001.. are listed (one P0 incident per symbol, bench/incidents.py),
     not traded by the market model."""
-    from rollbackctl.sim.core import ActionError, Simulator
+    from simulator.core import ActionError, Simulator
 
     sim = Simulator(None, extra_symbols=200)
     act = lambda *a: asyncio.run(sim.act(*a))  # noqa: E731

@@ -1,4 +1,4 @@
-"""The PagerDuty and Slack sinks are as strict as the real services (rollbackctl/sim/sinks.py).
+"""The PagerDuty and Slack sinks are as strict as the real services (simulator/sinks.py).
 
 Each rule is PagerDuty's or Slack's documented behaviour:
 - PagerDuty Events API v2 (github.com/PagerDuty/developer-docs docs/events-API-v2/02-Trigger-Events.md):
@@ -28,7 +28,7 @@ import uuid
 
 import pytest
 
-from rollbackctl.sim.sinks import PagerDutySink, SlackSink, change_event_errors, pagerduty_errors, slack_mangles
+from simulator.sinks import PagerDutySink, SlackSink, change_event_errors, pagerduty_errors, slack_mangles
 
 KEY = uuid.uuid4().hex  # 32 characters
 KEY2 = uuid.uuid4().hex

@@ -9,7 +9,7 @@ import asyncio
 import pytest
 
 from activities.switch_store import Conflict, SwitchStore
-from rollbackctl.etcd import Etcd
+from core.etcd import Etcd
 from tests.test_store_helpers import req
 from tests.test_store import _audit_raw, _verify_chain
 

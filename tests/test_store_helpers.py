@@ -23,8 +23,8 @@ from typing import Any, Awaitable, Callable
 from activities.changes import ActorKind, Authority, ChangeSetRequest, SwitchChange
 from manual import switches
 from manual.switches import Switch, SwitchType
-from rollbackctl import procs
-from rollbackctl.etcd import Etcd
+from core import procs
+from core.etcd import Etcd
 
 
 async def dump(etcd: Etcd, prefix: str) -> list[tuple[str, bytes, int]]:

@@ -24,7 +24,7 @@ async def test_dev_server_starts(dev_env):
 
 # -- the Temporal client's TLS settings (a cluster; the dev server has no TLS to test against) ------------
 def _settings(monkeypatch, **env):
-    from rollbackctl.settings import TemporalSettings
+    from core.settings import TemporalSettings
 
     for k in [k for k in __import__("os").environ if k.startswith("TEMPORAL_TLS") or k == "TEMPORAL_API_KEY"]:
         monkeypatch.delenv(k)
@@ -37,7 +37,7 @@ def test_temporal_tls_settings(monkeypatch, tmp_path):
     import pytest
     from temporalio.client import TLSConfig
 
-    from rollbackctl.temporal_client import tls_config
+    from core.temporal_client import tls_config
 
     ca, cert, key = (tmp_path / n for n in ("ca.pem", "cert.pem", "key.pem"))
     for f in (ca, cert, key):

@@ -30,8 +30,8 @@ from activities.trading_core import (
     exposure_mismatches,
     recompute_exposure,
 )
-from rollbackctl import procs
-from rollbackctl.settings import TradingCoreSettings
+from core import procs
+from core.settings import TradingCoreSettings
 from tests.fixtures_sim import apply, apply_and_wait, order
 
 
@@ -202,7 +202,7 @@ async def test_a_maintenance_problem_document_is_still_maintenance(sim, store, c
 def test_the_simulator_keeps_answers_for_its_ttl_then_forgets_them():
     import asyncio
 
-    from rollbackctl.sim.core import IDEMPOTENCY_TTL_S, Simulator
+    from simulator.core import IDEMPOTENCY_TTL_S, Simulator
 
     from workflows.runner import CORE_ACTION_HORIZON
 

@@ -8,8 +8,8 @@ import asyncio
 import pytest
 
 from manual import switches
-from rollbackctl.etcd import Etcd, EtcdUnavailable
-from rollbackctl.watcher import SwitchUpdate, SwitchWatcher
+from core.etcd import Etcd, EtcdUnavailable
+from core.watcher import SwitchUpdate, SwitchWatcher
 from tests.test_store_helpers import TcpProxy, req, wait_until
 
 

@@ -9,7 +9,7 @@ from pydantic import BaseModel, Field
 
 from activities.changes import BreakGlass, ChangeSetResult, Snapshot
 from manual.canary import CanaryPlan, Phase
-from rollbackctl.identity import Proof
+from core.identity import Proof
 from workflows.models import CheckResult, Decision, Progress
 from workflows.runner import ObserveClock
 

@@ -10,7 +10,7 @@ from pydantic import BaseModel, Field, model_validator
 from activities.changes import BreakGlass, ChangeSetResult
 from contracts.paging import AlertRecord, PagingFailure
 from manual.rollback import Durations, Scope, Severity, target_changes
-from rollbackctl.identity import Proof, SignedRequest
+from core.identity import Proof, SignedRequest
 
 # Decision fields that carry the signature itself rather than the decision's content.
 _SIGNATURE_FIELDS = frozenset({"actor", "signature", "nonce", "action", "workflow_id", "step", "key_id"})
@@ -20,7 +20,7 @@ class Decision(BaseModel):
     """Every human input to a workflow: one payload with the actor in it, signed by the CLI.
 
     The signature binds the decision's content to (action, workflow id, step awaited, nonce):
-    rollbackctl/identity.py. Unsigned (signature None) when signing is off, or from the Web UI.
+    core/identity.py. Unsigned (signature None) when signing is off, or from the Web UI.
     """
 
     actor: str = Field(min_length=1, max_length=64)
@@ -49,7 +49,7 @@ class Decision(BaseModel):
 
     def signed(self, private_key: Any, kind: str, workflow_id: str, step: str) -> Decision:
         """This decision signed as the CLI sends it: for decision `kind` at `step` of `workflow_id`, new nonce."""
-        from rollbackctl import identity
+        from core import identity
 
         d = self.model_copy(update={"action": kind, "workflow_id": workflow_id, "step": step,
                                     "nonce": identity.new_nonce()})

@@ -8,7 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from activities.changes import ChangeSetResult
-from rollbackctl.identity import Proof
+from core.identity import Proof
 
 REQUEST_ACTIONS = ("switch.set", "operator.add", "operator.rotate_key")
 SECOND_APPROVAL_STEP = "second_approval"
@@ -19,7 +19,7 @@ def change_request_workflow_id(nonce: str) -> str:
 
 
 class ChangeRequestInput(BaseModel):
-    proof: Proof  # the operator's signed request (rollbackctl/identity.py)
+    proof: Proof  # the operator's signed request (core/identity.py)
     approval_timeout: timedelta = Field(default=timedelta(minutes=15), gt=timedelta(0), le=timedelta(hours=24))
     # A worker must pick the request up within this long of its submission, or it expires with nothing
     # applied: a CLI that could not confirm the outcome can say exactly until when it may still land.

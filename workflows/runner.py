@@ -6,7 +6,7 @@ Human decisions arrive through the workflows' Updates: `validate` (pure, synchro
 change) refuses the wrong person or the wrong moment; `accept` delivers the decision to the step
 that waits for it. With signing on (the worker's setting, carried by the roster) a decision must
 also carry a valid signature of its actor's current key, bound to this workflow, the step awaited
-and the decision kind, with a nonce this workflow has not seen (rollbackctl/identity.py). The
+and the decision kind, with a nonce this workflow has not seen (core/identity.py). The
 roster (roles and keys) is refreshed every ROSTER_REFRESH while a step waits for a human, so a
 rotated or removed key stops working for approvals within that interval. Steps under the
 two-person rule (`AwaitConfirmation.approvals == 2`) wait for a second, different operator.
@@ -49,7 +49,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from manual import approvals, escalation, switches
     from manual.roles import Role
-    from rollbackctl import identity
+    from core import identity
     from activities.changes import BreakGlass
     from manual.steps import (
         ApplySwitches,

@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from rollbackctl import log
+    from core import log
 
     log.configure(level=os.environ.get("ROLLBACKCTL_LOG_LEVEL", "WARNING"))
     parser = build_parser()

@@ -192,7 +192,7 @@ async def start_canary(client, store, inp, task_queue: str) -> str:
 
 
 def links(wid: str) -> str:
-    from rollbackctl.settings import TemporalSettings
+    from core.settings import TemporalSettings
 
     return f"workflow {wid}\nWeb UI   {TemporalSettings().workflow_url(wid)}"
 
@@ -220,8 +220,8 @@ async def cmd_start(args) -> int:
     from manual.roles import Role
     from rollbackctl.cli.common import switch_store
     from rollbackctl.cli.signing import signing_on
-    from rollbackctl.settings import SigningSettings, TemporalSettings
-    from rollbackctl.temporal_client import connect
+    from core.settings import SigningSettings, TemporalSettings
+    from core.temporal_client import connect
     from workflows.canary_models import CanaryInput
 
     plan_in, plan = resolve_plan(args.phase, args.plan, args.time_scale)
@@ -287,7 +287,7 @@ async def cmd_decision(args) -> int:
     from temporalio.service import RPCError
 
     from rollbackctl.cli.common import switch_store
-    from rollbackctl.temporal_client import connect
+    from core.temporal_client import connect
     from workflows.canary_models import CanaryDecision
 
     client = await connect()
@@ -363,7 +363,7 @@ async def cmd_status(args) -> int:
     from temporalio.service import RPCError
 
     from rollbackctl.cli.common import switch_store
-    from rollbackctl.temporal_client import connect
+    from core.temporal_client import connect
 
     client = await connect()
     async with switch_store() as store:

@@ -20,7 +20,7 @@ class CliError(Exception):
 
 def exit_code_for(e: BaseException) -> int:
     from activities.switch_store import StoreError
-    from rollbackctl.etcd import EtcdAuthError, EtcdOutcomeUnknown, EtcdUnavailable
+    from core.etcd import EtcdAuthError, EtcdOutcomeUnknown, EtcdUnavailable
 
     if isinstance(e, CliError):
         return e.exit_code
@@ -45,8 +45,8 @@ def exit_code_for(e: BaseException) -> int:
 @asynccontextmanager
 async def switch_store():
     from activities.switch_store import SwitchStore
-    from rollbackctl.etcd import Etcd
-    from rollbackctl.settings import EtcdSettings
+    from core.etcd import Etcd
+    from core.settings import EtcdSettings
 
     s = EtcdSettings()
     async with Etcd.from_settings(s) as etcd:

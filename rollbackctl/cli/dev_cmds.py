@@ -21,7 +21,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_up(args) -> int:
-    from rollbackctl import devstack, procs
+    from core import procs
+    from rollbackctl import devstack
 
     from activities.paging import PagingNotConfigured
 

@@ -103,7 +103,7 @@ async def _update(name: str, ident: str, arg, sign_as: str | None = None) -> str
     from temporalio.client import WorkflowUpdateFailedError
     from temporalio.service import RPCError
 
-    from rollbackctl.temporal_client import connect
+    from core.temporal_client import connect
 
     client = await connect()
     wid = workflow_id(ident)
@@ -129,7 +129,7 @@ async def _update(name: str, ident: str, arg, sign_as: str | None = None) -> str
 
 
 def _link(wid: str) -> str:
-    from rollbackctl.settings import TemporalSettings
+    from core.settings import TemporalSettings
 
     return f"Web UI   {TemporalSettings().workflow_url(wid)}"
 
@@ -138,7 +138,7 @@ def _link(wid: str) -> str:
 async def cmd_incidents(args) -> int:
     from temporalio.service import RPCError
 
-    from rollbackctl.temporal_client import connect
+    from core.temporal_client import connect
     from workflows.incident_models import IncidentState
 
     client = await connect()
@@ -157,7 +157,7 @@ async def cmd_incidents(args) -> int:
         raise CliError(f"cannot list incidents: {e.message}", 5) from None
     from rollbackctl.cli.paging_cmds import pager_queue, queue_lines
     from rollbackctl.cli.workflow_cmds import paging_lines
-    from rollbackctl.settings import TemporalSettings
+    from core.settings import TemporalSettings
 
     q = await pager_queue(client, TemporalSettings().task_queue)
     if args.json:
@@ -254,8 +254,8 @@ async def monitor_status(client, wid: str) -> dict:
 
 async def cmd_monitor(args) -> int:
     from activities.monitor import MonitorSettings
-    from rollbackctl.settings import TemporalSettings
-    from rollbackctl.temporal_client import connect
+    from core.settings import TemporalSettings
+    from core.temporal_client import connect
     from workflows.monitor import monitor_workflow_id
 
     ms, ts = MonitorSettings(), TemporalSettings()
@@ -291,9 +291,9 @@ async def run_monitor(ms, ts, interval: float | None = None, stop: asyncio.Event
     from activities.monitor import MonitorActivities
     from activities.switch_store import SwitchStore
     from activities.trading_core import TradingCoreActivities
-    from rollbackctl.etcd import Etcd
-    from rollbackctl.settings import EtcdSettings, TradingCoreSettings
-    from rollbackctl.temporal_client import connect
+    from core.etcd import Etcd
+    from core.settings import EtcdSettings, TradingCoreSettings
+    from core.temporal_client import connect
     from workflows.incident_models import MonitorInput
     from workflows.monitor import MonitorWorkflow, monitor_workflow_id
 

@@ -72,8 +72,8 @@ def queue_lines(q) -> list[str]:
 
 
 async def cmd_status(args) -> int:
-    from rollbackctl.settings import TemporalSettings
-    from rollbackctl.temporal_client import connect
+    from core.settings import TemporalSettings
+    from core.temporal_client import connect
 
     ts = TemporalSettings()
     q = await pager_queue(await connect(ts), ts.task_queue)
@@ -90,8 +90,8 @@ async def cmd_status(args) -> int:
 async def cmd_test(args) -> int:
     from temporalio.service import RPCError
 
-    from rollbackctl.settings import TemporalSettings
-    from rollbackctl.temporal_client import connect
+    from core.settings import TemporalSettings
+    from core.temporal_client import connect
     from workflows.paging_test import PagingTestInput, PagingTestResult
 
     ts = TemporalSettings()
@@ -125,7 +125,7 @@ async def cmd_test(args) -> int:
 async def cmd_serve(args) -> int:
     from activities.paging import PagingNotConfigured
     from rollbackctl.pagerhook import serve
-    from rollbackctl.settings import PagingSettings
+    from core.settings import PagingSettings
 
     ps = PagingSettings()
     host, port = listen_address(args.listen or ps.paging_listen)

@@ -11,7 +11,7 @@ import asyncio
 import sys
 from typing import Any
 
-from rollbackctl import identity
+from core import identity
 from rollbackctl.cli.common import CliError
 
 _warned = False
@@ -20,7 +20,7 @@ _warned = False
 def signing_on() -> bool:
     """ROLLBACKCTL_SIGNING (on unless `off`); off is announced, loudly, once per command."""
     global _warned
-    from rollbackctl.settings import SIGNING_OFF_WARNING, SigningSettings
+    from core.settings import SIGNING_OFF_WARNING, SigningSettings
 
     on = SigningSettings().signing
     if not on and not _warned:
@@ -30,8 +30,8 @@ def signing_on() -> bool:
 
 
 def sign(actor: str, **fields: Any) -> identity.Proof:
-    """Sign a request as `actor` with their private key (rollbackctl/keys.py)."""
-    from rollbackctl import keys
+    """Sign a request as `actor` with their private key (core/keys.py)."""
+    from core import keys
 
     nonce = fields.pop("nonce", None) or identity.new_nonce()
     return identity.sign(keys.load(actor), identity.SignedRequest(actor=actor, nonce=nonce, **fields))
@@ -39,7 +39,7 @@ def sign(actor: str, **fields: Any) -> identity.Proof:
 
 async def signed_decision(client, wid: str, kind: str, d):
     """`d` signed for workflow `wid`, decision `kind` and the step the workflow waits at now."""
-    from rollbackctl import keys
+    from core import keys
     from workflows.models import Progress
 
     if not signing_on():
@@ -50,7 +50,7 @@ async def signed_decision(client, wid: str, kind: str, d):
 
 def start_proof(inp, action: str, wid: str) -> identity.Proof | None:
     """The requester's signed start of workflow `wid` (None when signing is off)."""
-    from rollbackctl import keys
+    from core import keys
 
     if not signing_on():
         return None
@@ -88,8 +88,8 @@ async def submit(proof: identity.Proof, wait: bool = False, wait_s: float | None
     from temporalio.exceptions import WorkflowAlreadyStartedError
     from temporalio.service import RPCError, RPCStatusCode
 
-    from rollbackctl.settings import SigningSettings, TemporalSettings
-    from rollbackctl.temporal_client import connect
+    from core.settings import SigningSettings, TemporalSettings
+    from core.temporal_client import connect
     from workflows.models import Progress
     from workflows.request_models import ChangeRequestInput, ChangeRequestResult, change_request_workflow_id
 
@@ -144,7 +144,7 @@ async def submit(proof: identity.Proof, wait: bool = False, wait_s: float | None
 def report(res, pending, what: str, as_json: bool) -> int:
     """Print a change request's outcome; the exit code."""
     from rollbackctl.cli.common import print_json
-    from rollbackctl.settings import TemporalSettings
+    from core.settings import TemporalSettings
 
     if pending is not None:
         aw = pending.awaiting

@@ -6,7 +6,7 @@ import argparse
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from rollbackctl.sim.runner import add_arguments
+    from simulator.runner import add_arguments
 
     p = sub.add_parser(
         "sim",
@@ -19,8 +19,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_sim(args) -> int:
-    from rollbackctl import log
-    from rollbackctl.sim.runner import run_from_args
+    from core import log
+    from simulator.runner import run_from_args
 
     log.configure(level="INFO")
     return run_from_args(args)

@@ -93,7 +93,7 @@ def _key_args(p: argparse.ArgumentParser, whose: str) -> None:
 
 def _public_key(args, name: str, temp: bool = False) -> tuple[str | None, object]:
     """The public key the arguments give (generating one if asked) and the key file written (or None)."""
-    from rollbackctl import keys
+    from core import keys
 
     if args.public_key:
         return args.public_key.strip(), None
@@ -127,7 +127,7 @@ def _row(sw, st) -> dict:
 async def cmd_init(args) -> int:
     pub = None
     if args.super_admin and (args.public_key or args.generate_key):
-        from rollbackctl import identity, keys
+        from core import identity, keys
 
         if args.generate_key and keys.key_path(args.super_admin).exists():  # a re-run: keep the key
             pub = identity.public_key_text(keys.load(args.super_admin))
@@ -150,7 +150,7 @@ async def cmd_init(args) -> int:
 async def cmd_keygen(args) -> int:
     from pathlib import Path
 
-    from rollbackctl import identity, keys
+    from core import identity, keys
 
     path = Path(args.out).expanduser() if args.out else keys.key_path(args.operator)
     pub = keys.generate(path, force=args.force)
@@ -373,7 +373,7 @@ async def cmd_operator_rotate_key(args) -> int:
             path.unlink(missing_ok=True)
         raise
     if path is not None:  # applied: the new private key takes the old one's place
-        from rollbackctl import keys
+        from core import keys
 
         os.replace(path, keys.key_path(args.name))
         print(f"{keys.key_path(args.name)} now holds the new private key")

@@ -122,7 +122,7 @@ async def _operator_role(actor: str):
 
 
 def _links(wid: str) -> str:
-    from rollbackctl.settings import TemporalSettings
+    from core.settings import TemporalSettings
 
     return f"workflow {wid}\nWeb UI   {TemporalSettings().workflow_url(wid)}"
 
@@ -131,8 +131,8 @@ async def _start(workflow_run, inp, wid: str, what: str, wait: bool, client=None
     from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
     from temporalio.exceptions import WorkflowAlreadyStartedError
 
-    from rollbackctl.settings import TemporalSettings
-    from rollbackctl.temporal_client import connect
+    from core.settings import TemporalSettings
+    from core.temporal_client import connect
 
     s = TemporalSettings()
     client = client or await connect(s)
@@ -170,7 +170,7 @@ async def cmd_rollback_start(args) -> int:
                         break_glass=args.break_glass)
     from manual.roles import Role
     from rollbackctl.cli import signing
-    from rollbackctl.temporal_client import connect
+    from core.temporal_client import connect
 
     inp.proof = signing.start_proof(inp, "rollback.start", f"rollback-{args.incident}")  # ~0.1 ms: not on the clock
 
@@ -223,7 +223,7 @@ async def cmd_decision(args) -> int:
     from temporalio.client import WorkflowUpdateFailedError
     from temporalio.service import RPCError
 
-    from rollbackctl.temporal_client import connect
+    from core.temporal_client import connect
     from workflows.models import Decision
 
     from rollbackctl.cli.signing import signed_decision
@@ -375,7 +375,7 @@ async def _follow(client, wid: str, as_json: bool) -> int:
 async def cmd_status(args) -> int:
     from temporalio.service import RPCError
 
-    from rollbackctl.temporal_client import connect
+    from core.temporal_client import connect
 
     client = await connect()
     if not args.id:

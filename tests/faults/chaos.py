@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rollbackctl import procs
+from core import procs
 from tests.faults.infra import EtcdNode, TemporalServer, WorkerProc, Workers, connect
 from tests.fixtures_sim import LEVEL_HOOKS, LEVEL_KEYS, SIM_TOKEN
 from tests.test_store_helpers import CliResult, run_cli
@@ -120,7 +120,7 @@ class Campaign:
         elif name == "temporal":
             self.temporal.start()
         elif name == "sim":
-            self.procs["sim"] = self.ws.run("sim", [sys.executable, "-m", "rollbackctl.sim"],
+            self.procs["sim"] = self.ws.run("sim", [sys.executable, "-m", "simulator"],
                                             ROLLBACKCTL_LOG_LEVEL="WARNING")
         elif name == "worker":
             self.procs["worker"] = self.ws.start("worker")
@@ -381,7 +381,7 @@ class Campaign:
     # -- the invariants --------------------------------------------------------------------------------
     async def check(self) -> dict[str, Any]:
         from activities.switch_store import SwitchStore
-        from rollbackctl.etcd import Etcd
+        from core.etcd import Etcd
         from temporalio.client import WorkflowExecutionStatus
 
         problems: list[str] = []

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
-from rollbackctl import procs
+from core import procs
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -15,7 +15,7 @@ from collections import Counter
 from typing import Any
 
 from activities.switch_store import record_hash
-from rollbackctl.etcd import Etcd
+from core.etcd import Etcd
 
 
 async def dump(etcd: Etcd, prefix: str) -> list[tuple[str, bytes, int]]:

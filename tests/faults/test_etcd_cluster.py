@@ -17,8 +17,8 @@ import pytest
 from activities.changes import ChangeSetRequest, SwitchChange
 from activities.switch_store import SwitchStore
 from manual.roles import Role
-from rollbackctl.etcd import Etcd, EtcdError
-from rollbackctl.watcher import SwitchWatcher
+from core.etcd import Etcd, EtcdError
+from core.watcher import SwitchWatcher
 from tests.faults.infra import EtcdCluster, wait_until
 from tests.faults.store_checks import check_store
 from tests.test_store_helpers import run_cli

@@ -26,9 +26,9 @@ from activities.changes import ChangeSetRequest, SwitchChange
 from activities.switch_store import SwitchStore
 from manual.roles import Role
 from manual.rollback import Durations, Scope, Severity
-from rollbackctl import procs
-from rollbackctl.etcd import Etcd, EtcdError, EtcdUnavailable, Put
-from rollbackctl.settings import PagingSettings, TradingCoreSettings
+from core import procs
+from core.etcd import Etcd, EtcdError, EtcdUnavailable, Put
+from core.settings import PagingSettings, TradingCoreSettings
 from tests.faults.infra import EtcdNode, wait_until
 from tests.faults.store_checks import check_store, dump
 from tests.fixtures_sim import LEVEL_HOOKS, LEVEL_KEYS, start_sim

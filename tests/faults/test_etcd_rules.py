@@ -1,4 +1,4 @@
-"""The etcd client keeps etcd's own client rules (rollbackctl/etcd.py), against a real etcd behind proxies.
+"""The etcd client keeps etcd's own client rules (core/etcd.py), against a real etcd behind proxies.
 
 - etcd clientv3 (client/v3/retry.go): reads are retried on Unavailable; "mutable requests (e.g. Put,
   Delete, Txn) should only be retried when ... initial connection has not been established ...
@@ -19,8 +19,8 @@ import pytest
 from activities.changes import SeenRecord
 from activities.switch_store import SwitchStore
 from manual.roles import Role
-from rollbackctl import etcd as etcd_mod
-from rollbackctl.etcd import Etcd, EtcdOutcomeUnknown, Failure, Put, classify
+from core import etcd as etcd_mod
+from core.etcd import Etcd, EtcdOutcomeUnknown, Failure, Put, classify
 from tests.test_store_helpers import dump, req
 
 
@@ -128,7 +128,7 @@ async def test_every_write_the_store_makes_is_guarded_so_a_retried_commit_cannot
         await store.add_operator("rita", Role.RISK_MANAGER, actor="alice")
         from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-        from rollbackctl import identity
+        from core import identity
 
         await store.rotate_key("rita", identity.public_key_text(Ed25519PrivateKey.generate()), actor="alice")
         await store.apply(req("rita", {"hedge_enabled": False}))  # apply (change id marker)

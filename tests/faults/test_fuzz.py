@@ -181,7 +181,7 @@ async def test_change_sets_apply_or_are_refused_without_a_trace(store, etcd, pre
 async def test_store_invariants_after_the_fuzzing(etcd):
     """On the prefix the change sets were fuzzed into (it used to read a fresh, empty prefix and could not
     fail), then shown to catch a corruption injected there."""
-    from rollbackctl.etcd import Put
+    from core.etcd import Put
 
     fuzzed = FUZZED.get("prefix")
     assert fuzzed, "run with test_change_sets_apply_or_are_refused_without_a_trace (it records its prefix)"

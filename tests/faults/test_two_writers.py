@@ -20,7 +20,7 @@ import pytest
 
 from activities.switch_store import SwitchStore
 from manual.rollback import Durations, Scope, Severity
-from rollbackctl.etcd import Etcd
+from core.etcd import Etcd
 from tests.faults.infra import clean_env
 from tests.faults.store_checks import check_store, dump
 from tests.fixtures_sim import apply_and_wait

@@ -14,7 +14,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 
-from rollbackctl.etcd import Etcd, EtcdCompacted, EtcdError, EtcdUnavailable
+from core.etcd import Etcd, EtcdCompacted, EtcdError, EtcdUnavailable
 
 log = logging.getLogger(__name__)
 

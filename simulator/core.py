@@ -17,13 +17,13 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from activities.trading_core import ACTIONS, ExposureReport, HealthSnapshot
 from manual import switches as matrix
-from rollbackctl.etcd import Etcd
-from rollbackctl.sim.faults import ApiFaults, Faults
-from rollbackctl.sim.model import RECONCILIATION_S, SYMBOLS, Controls, Market, internalization_block, route_order
-from rollbackctl.sim.sinks import PagerDutySink, SlackSink
-from rollbackctl.watcher import SwitchUpdate, SwitchWatcher
+from core.etcd import Etcd
+from simulator.faults import ApiFaults, Faults
+from simulator.model import RECONCILIATION_S, SYMBOLS, Controls, Market, internalization_block, route_order
+from simulator.sinks import PagerDutySink, SlackSink
+from core.watcher import SwitchUpdate, SwitchWatcher
 
-log = logging.getLogger("rollbackctl.sim")
+log = logging.getLogger("simulator")
 
 
 def utcnow() -> datetime:
@@ -61,7 +61,7 @@ class PagingConfig(BaseModel):
     @field_validator("slack_broken")
     @classmethod
     def _errors(cls, v: dict[str, str]) -> dict[str, str]:
-        from rollbackctl.sim.sinks import SLACK_PERMANENT
+        from simulator.sinks import SLACK_PERMANENT
 
         bad = [e for e in v.values() if e not in SLACK_PERMANENT]
         if bad:

@@ -2,7 +2,7 @@
 
 Workflow validators import this (they are synchronous and may not do I/O): everything a check needs
 (the operator's public key, the keys they retired, the nonces already used, the step awaited) is
-passed in. Key files on an operator's machine are rollbackctl/keys.py; nothing here touches disk.
+passed in. Key files on an operator's machine are core/keys.py; nothing here touches disk.
 
 What is signed (`SignedRequest`), as its canonical encoding (sorted-key compact JSON, ASCII, with
 a domain tag so a signature made here means nothing anywhere else):

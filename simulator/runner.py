@@ -30,9 +30,9 @@ from urllib.parse import urlparse
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from rollbackctl.settings import EtcdSettings, TradingCoreSettings
+from core.settings import EtcdSettings, TradingCoreSettings
 
-log = logging.getLogger("rollbackctl.sim")
+log = logging.getLogger("simulator")
 
 
 class SimSettings(BaseSettings):
@@ -43,7 +43,7 @@ class SimSettings(BaseSettings):
     seed: int = 7
     tick_s: float = Field(default=0.25, gt=0, le=10)
     extra_symbols: int = Field(default=0, ge=0, le=999)
-    # The PagerDuty and Slack sinks (rollbackctl/sim/sinks.py): the real services' limits by default.
+    # The PagerDuty and Slack sinks (simulator/sinks.py): the real services' limits by default.
     pagerduty_events_per_min: int = Field(default=120, ge=1)
     slack_per_s: float = Field(default=1.0, gt=0)
     pagerduty_keys: str = ""  # comma list: the account's integration keys (empty: any well-formed key)
@@ -51,7 +51,7 @@ class SimSettings(BaseSettings):
     pagerduty_webhook_secret: str = ""  # the webhook subscription's secret (signs them)
 
     def paging_config(self) -> "PagingConfig":
-        from rollbackctl.sim.core import PagingConfig
+        from simulator.core import PagingConfig
 
         return PagingConfig(
             pagerduty_events_per_min=self.pagerduty_events_per_min, slack_per_s=self.slack_per_s,
@@ -67,9 +67,9 @@ def listen_address(core: TradingCoreSettings, host: str | None = None, port: int
 
 def build_app(*, prefix: str | None = None, seed: int | None = None, with_etcd: bool = True):
     """The ASGI app from the environment (also usable with any ASGI server)."""
-    from rollbackctl.etcd import Etcd
-    from rollbackctl.sim.app import create_app
-    from rollbackctl.sim.core import Simulator
+    from core.etcd import Etcd
+    from simulator.app import create_app
+    from simulator.core import Simulator
 
     es, core, ss = EtcdSettings(), TradingCoreSettings(), SimSettings()
     etcd = Etcd.from_settings(es) if with_etcd else None
@@ -81,7 +81,7 @@ def build_app(*, prefix: str | None = None, seed: int | None = None, with_etcd: 
 async def serve(host: str, port: int, *, prefix: str | None = None, seed: int | None = None) -> int:
     import uvicorn
 
-    from rollbackctl import procs
+    from core import procs
 
     if procs.port_in_use(host, port):
         print(f"rollbackctl sim: {host}:{port} is already taken (set ROLLBACKCTL_TRADING_CORE_URL or --port)",
@@ -129,9 +129,9 @@ def run_from_args(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from rollbackctl import log as logsetup
+    from core import log as logsetup
 
-    p = argparse.ArgumentParser(prog="python -m rollbackctl.sim", description="trading-core simulator")
+    p = argparse.ArgumentParser(prog="python -m simulator", description="trading-core simulator")
     add_arguments(p)
     args = p.parse_args(argv)
     logsetup.configure(level=os.environ.get("ROLLBACKCTL_LOG_LEVEL", "INFO"))

@@ -31,8 +31,8 @@ from activities.trading_core import (
     ExposureReport,
     HealthSnapshot,
 )
-from rollbackctl.sim.core import ActionError, PagingConfig, Simulator
-from rollbackctl.sim.faults import ApiFaults, FaultError
+from simulator.core import ActionError, PagingConfig, Simulator
+from simulator.faults import ApiFaults, FaultError
 
 Result = tuple[int, Any, dict[str, str]]  # status, JSON payload, extra headers
 Handler = Callable[[Request], Awaitable[Result]]

@@ -8,7 +8,7 @@ from temporalio.client import Client, TLSConfig
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.runtime import LogForwardingConfig, LoggingConfig, Runtime, TelemetryConfig, TelemetryFilter
 
-from rollbackctl.settings import TemporalSettings
+from core.settings import TemporalSettings
 
 _RUNTIME: Runtime | None = None
 
@@ -18,7 +18,7 @@ def runtime() -> Runtime:
 
     By default the core prints its own lines (e.g. `WARN temporalio_client::retry: gRPC call
     query_workflow retried 5 times`) straight to stdout, where they broke `--json` output. Forwarded,
-    they go through structlog (rollbackctl/log.py) to stderr, at the level the process logs at."""
+    they go through structlog (core/log.py) to stderr, at the level the process logs at."""
     global _RUNTIME
     if _RUNTIME is None:
         _RUNTIME = Runtime(telemetry=TelemetryConfig(logging=LoggingConfig(

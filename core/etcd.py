@@ -10,7 +10,7 @@ production needs and PITFALLS.md found missing (each point has a test against a 
   token is renewed, for calls and before each watch;
 - transactions with compares on mod_revision / create_revision / value;
 - prefix watches from a revision, raising `EtcdUnavailable` / `EtcdCompacted` so that the caller
-  (rollbackctl.watcher) can resume without missing a change; HTTP/2 pings end a watch whose link
+  (core.watcher) can resume without missing a change; HTTP/2 pings end a watch whose link
   went silent (no RST) instead of waiting on it forever.
 
 Not supported: TLS with the system's CA store (TLS is on only when a CA certificate is given), a
@@ -42,7 +42,7 @@ os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 import grpc  # noqa: E402
 from aetcd import rpc
 
-from rollbackctl.settings import EtcdSettings
+from core.settings import EtcdSettings
 
 
 class EtcdError(Exception):

@@ -115,7 +115,7 @@ class PagingSettings(BaseSettings):
 
 
 class SigningSettings(BaseSettings):
-    """ROLLBACKCTL_SIGNING: signed requests and approvals, and the two-person rule (rollbackctl/identity.py).
+    """ROLLBACKCTL_SIGNING: signed requests and approvals, and the two-person rule (core/identity.py).
 
     On unless set `off`: the CLI signs every change and approval and sends switch changes to the
     worker; the worker refuses what is unsigned. `off` is for local drills only (loudly warned):

@@ -1,6 +1,6 @@
 """The simulated exchange: metrics as seeded random walks, a synthetic order flow routed by the switches.
 
-No I/O, no clock of its own: `Market.tick(dt, ...)` advances it, the caller (rollbackctl.sim.core)
+No I/O, no clock of its own: `Market.tick(dt, ...)` advances it, the caller (simulator.core)
 supplies the switch values, the control actions in force and the effective metrics (fault
 overrides included), so a fault such as a volatility spike changes routing the way it would in
 the real core.
