@@ -22,7 +22,7 @@ from pydantic import BaseModel, Field
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.changes import AuditRecord
+from contracts.changes import AuditRecord
 from activities.paging import BAD_REQUEST, ChangeEventInput, PagingActivities
 from activities.switch_store import SwitchStore
 

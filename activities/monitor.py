@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from datetime import datetime, timezone
 from typing import Any, Awaitable, Callable, Protocol
 
@@ -36,10 +35,10 @@ from temporalio.client import Client
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.service import RPCError, RPCStatusCode
 
-from activities.changes import ActorKind, Authority, ChangeSetRequest, SwitchChange
+from contracts.changes import ActorKind, Authority, ChangeSetRequest, SwitchChange
 from manual import alerts, approvals
 from manual.roles import MONITOR_IDENTITY
-from workflows.incident_models import (
+from contracts.incidents import (
     ConditionReport,
     IncidentInput,
     KeyState,
@@ -406,7 +405,7 @@ class MonitorActivities:
         self.client, self.store, self.core = client, store, core
 
     async def _read(self, timeout_s: float) -> dict[str, Any]:
-        from activities.trading_core import ReadHealthInput
+        from contracts.trading_core import ReadHealthInput
 
         snap = await self.core.read_health(ReadHealthInput(timeout_s=timeout_s))
         return snap.model_dump(mode="json") if hasattr(snap, "model_dump") else dict(snap)

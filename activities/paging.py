@@ -41,6 +41,7 @@ from pydantic import BaseModel, Field, SecretStr
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from contracts.errors import ErrorKind
 from contracts.paging import (
     DEDUP_KEY_MAX,
     ROUTING_KEY_LENGTH,
@@ -50,15 +51,15 @@ from contracts.paging import (
     SLACK_TEXT_MAX,
     SUMMARY_MAX,
 )
-from manual import escalation
 from core.settings import PagingSettings
+from manual import escalation
 
 log = logging.getLogger(__name__)
 
-BAD_REQUEST = "BadRequest"
-NOT_CONFIGURED = "NotConfigured"
-PAGING_UNAVAILABLE = "PagingUnavailable"
-PAGING_TIMEOUT = "PagingTimeout"
+BAD_REQUEST = ErrorKind.BAD_REQUEST
+NOT_CONFIGURED = ErrorKind.NOT_CONFIGURED
+PAGING_UNAVAILABLE = ErrorKind.PAGING_UNAVAILABLE
+PAGING_TIMEOUT = ErrorKind.PAGING_TIMEOUT
 NON_RETRYABLE = [BAD_REQUEST, NOT_CONFIGURED]
 
 _KEY = re.compile(rf"^[A-Za-z0-9]{{{ROUTING_KEY_LENGTH}}}$")

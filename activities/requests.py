@@ -20,12 +20,17 @@ from typing import Any
 
 from temporalio import activity
 
-from activities.changes import BreakGlass, ChangeSetRequest, Operator, SwitchChange
-from activities.switch_store import InvalidChange, PermissionDenied, SwitchStore
-from manual import approvals, switches
-from manual.roles import Role
+from activities.switch_store import (
+    InvalidChange,
+    PermissionDenied,
+    SwitchStore,
+    application_error,
+)
+from contracts.changes import BreakGlass, ChangeSetRequest, Operator, SwitchChange
+from contracts.requests import SECOND_APPROVAL_STEP, RequestApply, RequestOutcome
+from contracts.roles import Role
 from core import identity
-from workflows.request_models import SECOND_APPROVAL_STEP, RequestApply, RequestOutcome
+from manual import approvals, switches
 
 
 def _refused(kind: identity.Refusal, detail: str) -> identity.Refused:
@@ -201,13 +206,12 @@ class RequestActivities:
 
     @activity.defn(name="request.apply")
     async def apply(self, inp: RequestApply) -> RequestOutcome:
-        from activities.switch_activities import _classify
 
         info = activity.info()
         try:
             out = await self.verifier.apply(inp, info.workflow_id, f"{info.workflow_id}/{info.workflow_run_id}")
         except Exception as e:
-            raise _classify(e) from e
+            raise application_error(e) from e
         r = inp.proof.request
         activity.logger.info("signed request %s %s by %s (key %s): %s", r.action, r.target, r.actor,
                              inp.proof.key_id, out.status)

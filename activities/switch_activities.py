@@ -12,11 +12,10 @@ from pydantic import BaseModel, Field
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities import errors
-from activities.changes import ChangeSetRequest, ChangeSetResult, SeenRecord, Snapshot
-from activities.switch_store import Conflict, InvalidChange, NotInitialised, PermissionDenied, SwitchStore
+from activities.switch_store import SwitchStore, application_error
+from contracts import errors
+from contracts.changes import ChangeSetRequest, ChangeSetResult, SeenRecord, Snapshot
 from core import identity
-from core.etcd import EtcdAuthError, EtcdUnavailable
 
 
 class CanaryClaim(BaseModel):
@@ -33,30 +32,6 @@ class Roster(BaseModel):
     keys: dict[str, str] = {}  # operator -> public key (base64)
     retired: dict[str, list[str]] = {}  # operator -> ids of rotated-out keys
     signing: bool = False
-
-
-_TYPES = {
-    InvalidChange: errors.INVALID_CHANGE,
-    PermissionDenied: errors.PERMISSION_DENIED,
-    Conflict: errors.CONFLICT,
-    NotInitialised: errors.NOT_INITIALISED,
-}
-
-
-def _classify(e: Exception) -> Exception:
-    for cls, type_name in _TYPES.items():
-        if isinstance(e, cls):
-            # A contended store (not a value mismatch) is worth another try.
-            retry = isinstance(e, Conflict) and "still contended" in str(e)
-            return ApplicationError(str(e), type=type_name, non_retryable=not retry)
-    if isinstance(e, identity.Refused):
-        return ApplicationError(str(e), type=errors.CONFLICT if e.kind is identity.Refusal.STALE
-                                else errors.PERMISSION_DENIED, non_retryable=True)
-    if isinstance(e, EtcdAuthError):
-        return ApplicationError(str(e), type=errors.PERMISSION_DENIED, non_retryable=True)
-    if isinstance(e, EtcdUnavailable):
-        return ApplicationError(str(e), type=errors.STORE_UNAVAILABLE)
-    return e
 
 
 def signing_setting(signing: bool | None) -> bool:
@@ -90,7 +65,7 @@ class SwitchActivities:
                 await requests.verify_workflow_change(self.store, req, info.workflow_id)
             res = await self.store.apply(req)
         except Exception as e:
-            raise _classify(e) from e
+            raise application_error(e) from e
         activity.logger.info("change set %s applied as audit %s (replayed=%s)", req.change_id, res.audit_id, res.replayed)
         return res
 
@@ -99,14 +74,14 @@ class SwitchActivities:
         try:
             return await self.store.snapshot()
         except Exception as e:
-            raise _classify(e) from e
+            raise application_error(e) from e
 
     @activity.defn(name="switch.roster")
     async def roster(self) -> Roster:
         try:
             ops = await self.store.operators()
         except Exception as e:
-            raise _classify(e) from e
+            raise application_error(e) from e
         return Roster(roles={o.name: o.role.value for o in ops},
                       keys={o.name: o.public_key for o in ops if o.public_key},
                       retired={o.name: [identity.key_id(k) for k in o.retired_keys] for o in ops if o.retired_keys},
@@ -118,7 +93,7 @@ class SwitchActivities:
         try:
             return await self.store.record_seen(seen)
         except Exception as e:
-            raise _classify(e) from e
+            raise application_error(e) from e
 
     @activity.defn(name="canary.claim_seq")
     async def claim_canary_seq(self, claim: CanaryClaim) -> int:
@@ -131,7 +106,7 @@ class SwitchActivities:
         try:
             return await self.store.advance_counter(f"canary/{claim.phase}/seq", claim.n)
         except Exception as e:
-            raise _classify(e) from e
+            raise application_error(e) from e
 
     def methods(self) -> list:
         """Every activity of this class (workers register them all)."""

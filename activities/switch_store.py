@@ -24,7 +24,9 @@ import random
 from datetime import datetime, timezone
 from typing import Any
 
-from activities.changes import (
+from temporalio.exceptions import ApplicationError
+
+from contracts.changes import (
     ActorKind,
     AuditRecord,
     Authority,
@@ -36,35 +38,63 @@ from activities.changes import (
     Snapshot,
     SwitchState,
 )
-from manual import approvals, switches
-from manual.roles import MONITOR_IDENTITY, RESERVED_NAMES, Role
+from contracts.errors import ErrorKind
+from contracts.roles import Role
 from core import identity
-from core.etcd import KV, Compare, Etcd, Put
+from core.etcd import KV, Compare, Etcd, EtcdAuthError, EtcdUnavailable, Put
+from manual import approvals, switches
+from manual.roles import MONITOR_IDENTITY, RESERVED_NAMES
 
 
 class StoreError(Exception):
+    """A refused or failed store operation; `error_kind` is how it crosses the activity boundary."""
+
     exit_code = 1
     kind = "error"
+    error_kind: ErrorKind | None = None
 
 
 class InvalidChange(StoreError):
     exit_code = 2
     kind = "invalid"
+    error_kind = ErrorKind.INVALID_CHANGE
 
 
 class PermissionDenied(StoreError):
     exit_code = 3
     kind = "permission"
+    error_kind = ErrorKind.PERMISSION_DENIED
 
 
 class Conflict(StoreError):
     exit_code = 4
     kind = "conflict"
+    error_kind = ErrorKind.CONFLICT
+
+
+class Contended(Conflict):
+    """The store stayed contended through every compare-and-swap attempt: nothing was written, a retry may succeed."""
 
 
 class NotInitialised(StoreError):
     exit_code = 2
     kind = "not_initialised"
+    error_kind = ErrorKind.NOT_INITIALISED
+
+
+def application_error(e: Exception) -> Exception:
+    """`e` as the activity raises it: a store refusal, a refused signature or an etcd error becomes an
+    ApplicationError of its kind (retryable only when the store was contended or etcd unavailable)."""
+    if isinstance(e, StoreError) and e.error_kind is not None:
+        return ApplicationError(str(e), type=e.error_kind.value, non_retryable=not isinstance(e, Contended))
+    if isinstance(e, identity.Refused):
+        kind = ErrorKind.CONFLICT if e.kind is identity.Refusal.STALE else ErrorKind.PERMISSION_DENIED
+        return ApplicationError(str(e), type=kind.value, non_retryable=True)
+    if isinstance(e, EtcdAuthError):
+        return ApplicationError(str(e), type=ErrorKind.PERMISSION_DENIED.value, non_retryable=True)
+    if isinstance(e, EtcdUnavailable):
+        return ApplicationError(str(e), type=ErrorKind.STORE_UNAVAILABLE.value)
+    return e
 
 
 def utcnow() -> str:
@@ -375,7 +405,7 @@ class SwitchStore:
             if done is not None:
                 return done
             await self._backoff(attempt)
-        raise Conflict(f"change set {req.change_id}: still contended after {MAX_ATTEMPTS} attempts; try again")
+        raise Contended(f"change set {req.change_id}: still contended after {MAX_ATTEMPTS} attempts; try again")
 
     def counter_key(self, name: str) -> str:
         return f"{self.prefix}{name}"
@@ -394,7 +424,7 @@ class SwitchStore:
             if ok:
                 return to
             await self._backoff(attempt)
-        raise Conflict(f"counter {name}: still contended; try again")
+        raise Contended(f"counter {name}: still contended; try again")
 
     async def record_seen(self, seen: "SeenRecord") -> str:
         """An audit record with no switch change: a person acted on an alert in PagerDuty (seen, not a
@@ -419,7 +449,7 @@ class SwitchStore:
             if done is not None:
                 return done.audit_id
             await self._backoff(attempt)
-        raise Conflict(f"audit record {change_id}: still contended; try again")
+        raise Contended(f"audit record {change_id}: still contended; try again")
 
     # -- init and operators -------------------------------------------------------------------
     async def init(self, super_admin: str | None = None, actor: str = "system",
@@ -523,7 +553,7 @@ class SwitchStore:
             if await self.operator(name) is not None:
                 raise Conflict(f"operator {name!r} already exists")
             await self._backoff(attempt)
-        raise Conflict(f"operator {name}: still contended; try again")
+        raise Contended(f"operator {name}: still contended; try again")
 
     async def rotate_key(
         self, name: str, public_key: str, actor: str, bootstrap: bool = False, proofs: list[identity.Proof] = (),
@@ -568,4 +598,4 @@ class SwitchStore:
             if ok:
                 return new
             await self._backoff(attempt)
-        raise Conflict(f"operator {name}: still contended; try again")
+        raise Contended(f"operator {name}: still contended; try again")

@@ -42,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.stack import Signer  # noqa: E402
 from manual import escalation  # noqa: E402
-from manual.roles import Role  # noqa: E402
+from contracts.roles import Role  # noqa: E402
 from core import procs  # noqa: E402
 from core.settings import PagingSettings, TradingCoreSettings  # noqa: E402
 from core.temporal_client import run_histories  # noqa: E402

@@ -38,7 +38,8 @@ from bench.stats import summary
 from manual import switches
 from manual.rollback import Durations, Scope, Severity
 from core.temporal_client import connect
-from workflows.models import Decision, Progress, RollbackInput
+from contracts.progress import Decision, Progress
+from workflows.models import RollbackInput
 
 # The manual's own rows (not the Level 3 switch: a bench does not put the simulator in maintenance).
 TARGETS = [s.name for s in switches.SWITCHES if s.name != "global_api_enabled"]

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import httpx
 
-from activities.changes import ChangeSetRequest, SwitchChange
+from contracts.changes import ChangeSetRequest, SwitchChange
 from bench.stack import BenchStack
 from bench.stats import summary
 from manual.rollback import Durations, Scope, Severity

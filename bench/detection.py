@@ -66,7 +66,7 @@ async def _wait(fetch, pred, timeout: float, what: str, every: float = 0.02):
 
 async def one(http: httpx.AsyncClient, client, base: str, rule: str, interval: float, signer=None) -> dict:
     from workflows.incident import IncidentWorkflow
-    from workflows.incident_models import ResolveRequest, incident_workflow_id
+    from contracts.incidents import ResolveRequest, incident_workflow_id
 
     fault, action = RULES[rule]
     await http.delete(f"{base}/sim/actions")

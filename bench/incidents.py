@@ -47,7 +47,7 @@ async def run(st: BenchStack, incidents: int = 200, max_inflight: int = 16) -> d
     from simulator.core import extra_symbol_names
     from core.temporal_client import connect
     from workflows.incident import IncidentWorkflow
-    from workflows.incident_models import ConditionReport, KeyState, ResolveRequest, incident_workflow_id
+    from contracts.incidents import ConditionReport, KeyState, ResolveRequest, incident_workflow_id
 
     client = await connect(st.temporal)
     base = st.core.url.rstrip("/")

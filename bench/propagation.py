@@ -10,7 +10,7 @@ from datetime import datetime, timezone
 
 import httpx
 
-from activities.changes import ChangeSetRequest, SwitchChange
+from contracts.changes import ChangeSetRequest, SwitchChange
 from bench.stack import BenchStack
 from bench.stats import summary
 

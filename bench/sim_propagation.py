@@ -37,9 +37,10 @@ from pydantic import SecretStr
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from activities.changes import ChangeSetRequest, SwitchChange  # noqa: E402
+from contracts.changes import ChangeSetRequest, SwitchChange  # noqa: E402
 from activities.switch_store import SwitchStore  # noqa: E402
-from activities.trading_core import TradingCoreActivities, WaitAppliedInput  # noqa: E402
+from contracts.trading_core import WaitAppliedInput  # noqa: E402
+from activities.trading_core import TradingCoreActivities  # noqa: E402
 from core import procs  # noqa: E402
 from core.etcd import Etcd  # noqa: E402
 from core.settings import TradingCoreSettings  # noqa: E402

@@ -25,10 +25,10 @@ from pathlib import Path
 
 import httpx
 
-from activities.changes import ChangeSetRequest, SwitchChange
+from contracts.changes import ChangeSetRequest, SwitchChange
 from activities.switch_store import SwitchStore
 from manual import switches
-from manual.roles import Role
+from contracts.roles import Role
 from core import identity, keys, procs
 from rollbackctl import devstack
 from core.etcd import Etcd
@@ -67,7 +67,7 @@ class Signer:
     async def decide(self, client, wid: str, update: str, d, kind: str | None = None):
         """Send Update `update` with `d` signed at the step `wid` is at now (one `progress` query first,
         as `rollbackctl confirm|resolve|...` does)."""
-        from workflows.models import Progress
+        from contracts.progress import Progress
 
         h = client.get_workflow_handle(wid)
         if not hasattr(d, "signed_request"):  # a request model that carries no signature

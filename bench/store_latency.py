@@ -30,10 +30,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from activities.changes import Authority, ChangeSetRequest, SwitchChange  # noqa: E402
+from contracts.changes import Authority, ChangeSetRequest, SwitchChange  # noqa: E402
 from activities.switch_store import SwitchStore  # noqa: E402
 from manual import degradation, switches  # noqa: E402
-from manual.roles import Role  # noqa: E402
+from contracts.roles import Role  # noqa: E402
 from core import procs  # noqa: E402
 from core.etcd import Etcd  # noqa: E402
 

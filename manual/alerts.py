@@ -32,7 +32,7 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from manual import switches
-from manual.roles import Role
+from contracts.roles import Role
 
 SYMBOL = "$symbol"  # in an action body: replaced by the incident's symbol (per-symbol rules)
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 from typing import Any
 
 from manual import degradation, switches
-from manual.roles import Role
+from contracts.roles import Role
 
 # Never pre-approved, whatever the value: Level 3 is a super admin's call.
 SUPER_ADMIN_ONLY = frozenset({"global_api_enabled"})

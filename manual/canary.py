@@ -26,7 +26,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from manual import approvals, switches
-from manual.roles import Role
+from contracts.roles import Role
 from manual.steps import ApplySwitches, AwaitConfirmation, HealthCheck, Observe, Plan
 
 DAY = timedelta(days=1)

@@ -14,7 +14,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from manual import switches
-from manual.roles import Role
+from contracts.roles import Role
 
 
 class CoreAction(BaseModel):

@@ -22,7 +22,7 @@ from datetime import timedelta
 
 from pydantic import BaseModel, ConfigDict
 
-from manual.roles import Role
+from contracts.roles import Role
 
 ACK_WITHIN = timedelta(minutes=5)  # "5-min confirm"
 ACTION_WITHIN = timedelta(minutes=10)  # "10-min action"

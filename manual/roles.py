@@ -1,37 +1,7 @@
-"""Roles and the service identity (manual: "Permission Levels")."""
+"""The service identity and reserved names (manual: "Permission Levels"; the roles are contracts/roles.py)."""
 
 from __future__ import annotations
 
-from enum import Enum
-
-
-class Role(str, Enum):
-    """Ordered: each role may do what the roles below it may."""
-
-    VIEWER = "viewer"
-    ON_CALL = "on_call"
-    RISK_MANAGER = "risk_manager"
-    SUPER_ADMIN = "super_admin"
-
-    @property
-    def rank(self) -> int:
-        return _RANK[self]
-
-    def at_least(self, other: "Role") -> bool:
-        return self.rank >= other.rank
-
-    @property
-    def title(self) -> str:
-        return _TITLE[self]
-
-
-_RANK = {Role.VIEWER: 0, Role.ON_CALL: 1, Role.RISK_MANAGER: 2, Role.SUPER_ADMIN: 3}
-_TITLE = {
-    Role.VIEWER: "Viewer",
-    Role.ON_CALL: "On-call",
-    Role.RISK_MANAGER: "Risk Manager",
-    Role.SUPER_ADMIN: "Super Admin",
-}
 
 # The P0 monitor acts under this identity. It is not an operator: the CLI refuses the name,
 # and the store lets it make only the manual's pre-approved moves.

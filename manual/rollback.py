@@ -18,7 +18,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from manual import approvals, checklist, degradation, switches
-from manual.roles import Role
+from contracts.roles import Role
 from manual.steps import (
     ApplySwitches,
     AwaitConfirmation,

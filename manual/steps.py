@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from manual import switches
-from manual.roles import Role
+from contracts.roles import Role
 
 
 class _Step(BaseModel):

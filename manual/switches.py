@@ -24,7 +24,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, model_validator
 
-from manual.roles import Role
+from contracts.roles import Role
 
 
 class SwitchType(str, Enum):

@@ -24,7 +24,7 @@ from pydantic import BaseModel, ValidationError
 
 from activities.switch_store import record_hash
 from core import identity
-from workflows.request_models import change_request_workflow_id
+from contracts.requests import change_request_workflow_id
 
 BROKEN_EXIT = 7
 

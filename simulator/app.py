@@ -22,7 +22,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from activities.trading_core import (
+from contracts.trading_core import (
     ACTIONS,
     IDEMPOTENCY_HEADER,
     REPLAYED_HEADER,

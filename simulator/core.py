@@ -15,7 +15,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from activities.trading_core import ACTIONS, ExposureReport, HealthSnapshot
+from contracts.trading_core import ACTIONS, ExposureReport, HealthSnapshot
 from manual import switches as matrix
 from core.etcd import Etcd
 from simulator.faults import ApiFaults, Faults

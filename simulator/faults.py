@@ -33,7 +33,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
-from activities.trading_core import HealthSnapshot
+from contracts.trading_core import HealthSnapshot
 
 METRIC_FIELDS = {n: f for n, f in HealthSnapshot.model_fields.items() if n not in ("as_of", "maintenance", "controls")}
 MAP_FIELDS = {n for n, f in METRIC_FIELDS.items() if f.annotation == dict[str, float]}

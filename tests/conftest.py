@@ -21,7 +21,7 @@ import pytest
 import pytest_asyncio
 
 from activities.switch_store import SwitchStore
-from manual.roles import Role
+from contracts.roles import Role
 from core import procs
 from core.etcd import Etcd
 

@@ -28,7 +28,7 @@ import pytest
 import pytest_asyncio
 from pydantic import SecretStr
 
-from activities.changes import ChangeSetRequest, SwitchChange
+from contracts.changes import ChangeSetRequest, SwitchChange
 from manual import escalation
 from core import procs
 from core.settings import PagingSettings, TradingCoreSettings

@@ -15,7 +15,7 @@ from activities.requests import RequestActivities
 from activities.switch_activities import SwitchActivities
 from core import identity
 from tests.test_store_helpers import dump
-from workflows.models import Decision
+from contracts.progress import Decision
 from workflows.registry import WORKFLOWS
 
 NAMES = ("alice", "sam", "rita", "oscar", "vic")

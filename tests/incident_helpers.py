@@ -14,7 +14,7 @@ from activities.switch_activities import SwitchActivities
 from tests.standins import StandIns
 from tests.wf_helpers import PagedWorker, terminate_idle
 from workflows.incident import IncidentWorkflow
-from workflows.incident_models import (
+from contracts.incidents import (
     ConditionReport,
     IncidentInput,
     IncidentState,

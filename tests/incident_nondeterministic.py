@@ -7,7 +7,7 @@ from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
     from workflows.incident import IncidentWorkflow
-    from workflows.incident_models import IncidentInput, IncidentResult
+    from contracts.incidents import IncidentInput, IncidentResult
 
 
 @workflow.defn(name="IncidentWorkflow")

@@ -7,9 +7,9 @@ from datetime import timedelta
 import pytest
 from pydantic import ValidationError
 
-from activities.trading_core import ACTIONS, HealthSnapshot
+from contracts.trading_core import ACTIONS, HealthSnapshot
 from manual import alerts, approvals, switches
-from manual.roles import Role
+from contracts.roles import Role
 
 MANUAL_ROWS = [  # Alert, Trigger, Immediate Action, Further: the manual's table, word for word
     ("HL disconnection", "WS/REST down >1min", "Slack/PagerDuty, pause new orders", "Reconnect; if >5min → manual"),

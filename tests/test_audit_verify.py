@@ -12,7 +12,7 @@ from activities.switch_store import record_hash
 from rollbackctl import audit_verify
 from tests.identity_helpers import Signers
 from tests.test_store_helpers import req, run_cli
-from workflows.request_models import RequestApply
+from contracts.requests import RequestApply
 
 
 async def signed_set(store, signers, actor, name, value, n):
@@ -54,7 +54,7 @@ async def test_an_intact_trail_verifies(trail):
 
 
 async def test_an_acknowledgement_seen_in_pagerduty_is_an_observation_in_the_chain(trail):
-    from activities.changes import SeenRecord
+    from contracts.changes import SeenRecord
 
     seen = SeenRecord(event_id="E1", event="acknowledged", by="Olive", at="2026-12-02T03:00:00Z",
                       dedup_key="rollback-x/p1:L1", source="rollback-x", awaiting="confirm")

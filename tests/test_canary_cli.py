@@ -93,7 +93,7 @@ async def test_phase3_cli_promotes_through_four_stages_then_a_fault_rolls_the_ne
         assert len(audit) == 4 and all("[time-scale 86400" in a.reason for a in audit)
 
         # a second canary (a fresh Phase 1: internalization off again) rolls back on an injected fault
-        await store.apply(__import__("activities.changes", fromlist=["x"]).ChangeSetRequest(
+        await store.apply(__import__("contracts.changes", fromlist=["x"]).ChangeSetRequest(
             change_id=f"reset-{wid}", actor="alice", reason="test: back to Phase 1",
             changes=[{"switch": k, "value": canary.switches.get(k).default} for k in final]))
         code, out = await cli("canary", "start", "phase3", "--as", "alice", "--time-scale", "86400")

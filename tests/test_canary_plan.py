@@ -8,7 +8,7 @@ import pytest
 from pydantic import ValidationError
 
 from manual import canary, switches
-from manual.roles import Role
+from contracts.roles import Role
 from manual.steps import HealthCheck
 from workflows.runner import check_one, evaluate
 

@@ -22,7 +22,7 @@ from core.temporal_client import run_histories
 from tests.wf_helpers import PagedWorker, audit_of, make_worker, save_history, values
 from workflows.canary import CanaryWorkflow
 from workflows.canary_models import CanaryDecision, CanaryInput, CanaryStatus
-from workflows.models import Progress
+from contracts.progress import Progress
 
 H = timedelta(hours=1)
 DAY = timedelta(days=1)

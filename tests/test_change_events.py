@@ -16,7 +16,7 @@ from temporalio.testing import ActivityEnvironment
 
 from activities.change_events import ChangeEventRelay, RelayInput, change_event_for
 from activities.paging import PagingActivities
-from manual.roles import Role
+from contracts.roles import Role
 from tests.fixtures_sim import LEVEL_KEYS, apply
 from tests.wf_helpers import real_worker
 from workflows.change_events import ChangeEventsWorkflow, change_events_workflow_id
@@ -56,7 +56,7 @@ async def test_a_change_event_pagerduty_refuses_is_skipped_and_counted_not_retri
 
 
 def test_the_event_says_who_what_and_why():
-    from activities.changes import AuditRecord, ChangeRecord
+    from contracts.changes import AuditRecord, ChangeRecord
 
     rec = AuditRecord(id="000000000042", at="2026-12-02T03:00:00Z", actor="oscar", role="on_call",
                       reason="P0 hedge margin", source="rollback-inc-1", action="rollback.apply",

@@ -19,8 +19,8 @@ from tests.standins import StandIns
 from tests.test_store_helpers import req
 from tests.wf_helpers import poll_progress, values
 from workflows.change_request import ChangeRequestWorkflow
-from workflows.models import Decision
-from workflows.request_models import ChangeRequestInput, RequestApply, change_request_workflow_id
+from contracts.progress import Decision
+from contracts.requests import ChangeRequestInput, RequestApply, change_request_workflow_id
 
 
 @pytest.fixture

@@ -19,7 +19,8 @@ from tests import histories_io
 from tests.fixtures_sim import apply_and_wait
 from tests.wf_helpers import awaiting, incident, poll_progress, real_worker, save_history, values
 from workflows.degradation import DegradationWorkflow, degrade_workflow_id
-from workflows.models import Decision, DegradeInput, RollbackInput
+from contracts.progress import Decision
+from workflows.models import DegradeInput, RollbackInput
 from workflows.registry import WORKFLOWS
 from workflows.rollback import RollbackWorkflow, rollback_workflow_id
 

@@ -15,7 +15,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 
 from activities.switch_store import SwitchStore
-from manual.roles import Role
+from contracts.roles import Role
 from core.etcd import Etcd, EtcdAuthError
 from tests.identity_helpers import Signers, signing_worker
 from tests.standins import StandIns

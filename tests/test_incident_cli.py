@@ -16,7 +16,7 @@ from tests.test_store_helpers import ROLLBACKCTL, run_cli
 from tests.test_monitor_workflow import wait
 from worker import activity_methods, activity_objects, build_worker
 from workflows.incident import IncidentWorkflow
-from workflows.incident_models import incident_workflow_id
+from contracts.incidents import incident_workflow_id
 
 
 def cli_env(dev_env, etcd_server, prefix, **extra) -> dict[str, str]:

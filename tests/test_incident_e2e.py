@@ -14,13 +14,14 @@ import pytest
 from temporalio.client import WorkflowExecutionStatus
 
 from activities.monitor import AutoMode, Monitor, TemporalGuard, TemporalIncidents
-from activities.trading_core import ReadHealthInput, TradingCoreActivities
+from contracts.trading_core import ReadHealthInput
+from activities.trading_core import TradingCoreActivities
 from manual import alerts
 from tests.fixtures_sim import LEVEL_KEYS
 from worker import activity_methods, activity_objects, build_worker
 from workflows.incident import IncidentWorkflow
-from workflows.incident_models import MonitorInput, ResolveRequest, incident_workflow_id
-from workflows.models import Decision
+from contracts.incidents import MonitorInput, ResolveRequest, incident_workflow_id
+from contracts.progress import Decision
 
 INTERVAL = 0.05
 

@@ -23,8 +23,8 @@ from tests.incident_helpers import GuardStandIn, clear, fire, incident_worker, o
 from tests.standins import StandIns
 from tests.test_rollback_workflow import set_switches
 from workflows.incident import IncidentWorkflow
-from workflows.incident_models import ResolveRequest, TickRequest
-from workflows.models import Decision
+from contracts.incidents import ResolveRequest, TickRequest
+from contracts.progress import Decision
 from workflows.registry import WORKFLOWS
 
 DIR = Path(__file__).parent / "histories"

@@ -30,8 +30,8 @@ from tests.incident_helpers import (
 from tests.standins import StandIns
 from tests.test_rollback_workflow import set_switches, values
 from workflows.incident import IncidentWorkflow
-from workflows.incident_models import ResolveRequest, TickRequest, Timings, UndoGuardResult
-from workflows.models import Decision
+from contracts.incidents import ResolveRequest, TickRequest, Timings, UndoGuardResult
+from contracts.progress import Decision
 from workflows.rollback import rollback_workflow_id
 
 MIN = timedelta(minutes=1)

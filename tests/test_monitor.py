@@ -11,7 +11,7 @@ from temporalio.exceptions import ApplicationError
 from activities.monitor import AutoMode, Detector, Monitor
 from tests.fixtures_sim import apply
 from tests.standins import HEALTHY
-from workflows.incident_models import ConditionReport, KeyState, MonitorInput, MonitorState
+from contracts.incidents import ConditionReport, KeyState, MonitorInput, MonitorState
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
 

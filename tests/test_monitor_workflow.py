@@ -16,7 +16,7 @@ from activities.monitor import MonitorActivities
 from activities.trading_core import TradingCoreActivities
 from rollbackctl.cli.incident_cmds import monitor_status
 from worker import activity_methods, activity_objects, build_worker
-from workflows.incident_models import MonitorInput, incident_workflow_id
+from contracts.incidents import MonitorInput, incident_workflow_id
 from workflows.monitor import MonitorWorkflow, monitor_workflow_id
 
 

@@ -35,7 +35,8 @@ from rollbackctl.pagerhook import PATH, create_app
 from tests.fixtures_sim import LEVEL_HOOKS, LEVEL_KEYS
 from tests.test_store_helpers import ROLLBACKCTL, run_cli
 from tests.wf_helpers import audit_of, incident, poll_progress, real_worker, terminate_idle
-from workflows.models import Decision, RollbackInput
+from contracts.progress import Decision
+from workflows.models import RollbackInput
 from workflows.rollback import RollbackWorkflow, rollback_workflow_id
 
 SECRET = f"whsec-{uuid.uuid4().hex}"

@@ -20,11 +20,12 @@ from temporalio.client import WorkflowUpdateFailedError
 
 from manual import degradation, switches
 from manual.rollback import MODULES, Durations, Scope, Severity, target_changes
-from manual.roles import Role
+from contracts.roles import Role
 from tests.standins import StandIns
 from tests.wf_helpers import audit_of, awaiting, incident, make_worker, save_history, set_switches, wait_for
 from workflows.degradation import DegradationWorkflow, degrade_workflow_id
-from workflows.models import Decision, DegradeInput, RollbackInput
+from contracts.progress import Decision
+from workflows.models import DegradeInput, RollbackInput
 from workflows.rollback import RollbackWorkflow, rollback_workflow_id
 
 D = Durations(observe=timedelta(minutes=5), check_interval=timedelta(seconds=30))
@@ -133,7 +134,7 @@ async def test_a_workflow_cancelled_in_temporal_says_what_stays_and_pages_it(ts_
     needs a fix and its approvals), leaves that alert open for a human, and ends CANCELED."""
     from temporalio.client import WorkflowExecutionStatus, WorkflowFailureError
 
-    from workflows.models import Progress
+    from contracts.progress import Progress
 
     await set_switches(store, "alice", global_betting_enabled=True, routing_mode="NORMAL_MODE")
     inc, si = incident(), StandIns()

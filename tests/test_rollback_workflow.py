@@ -15,7 +15,8 @@ from tests.standins import StandIns
 from tests import wf_helpers
 from tests.wf_helpers import (awaiting, incident, make_worker, save_history, set_switches, terminate_idle,
                               values, wait_for)
-from workflows.models import Decision, RollbackInput
+from contracts.progress import Decision
+from workflows.models import RollbackInput
 from workflows.rollback import RollbackWorkflow, rollback_workflow_id
 
 D = Durations(observe=timedelta(minutes=5), check_interval=timedelta(seconds=30))

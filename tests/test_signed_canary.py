@@ -246,7 +246,7 @@ async def test_the_worker_keeps_a_nonce_owner_only_under_the_workflows_own_id(st
 
     from temporalio.testing import ActivityEnvironment
 
-    from activities.changes import ChangeSetRequest, SwitchChange
+    from contracts.changes import ChangeSetRequest, SwitchChange
     from activities.switch_activities import SwitchActivities
 
     env = ActivityEnvironment()

@@ -15,7 +15,8 @@ from tests.identity_helpers import Signers, Unchanged, refused, save_signed_hist
 from tests.standins import StandIns
 from tests.wf_helpers import audit_of, awaiting, incident, set_switches, terminate_idle, values, wait_for
 from workflows.degradation import DegradationWorkflow, degrade_workflow_id
-from workflows.models import Decision, DegradeInput, RollbackInput
+from contracts.progress import Decision
+from workflows.models import DegradeInput, RollbackInput
 from workflows.rollback import RollbackWorkflow, rollback_workflow_id
 
 D = Durations(observe=timedelta(minutes=1), check_interval=timedelta(seconds=30))
@@ -262,7 +263,7 @@ async def _step_now(h) -> str:
 async def test_incident_tick_and_resolve_are_refused_unless_signed(ts_env, store, etcd, prefix, signers, task_queue):
     from tests.incident_helpers import GuardStandIn, clear, incident_worker, open_incident, until
     from workflows.incident import IncidentWorkflow
-    from workflows.incident_models import ResolveRequest, TickRequest
+    from contracts.incidents import ResolveRequest, TickRequest
 
     si, guard = StandIns(), GuardStandIn()
     async with incident_worker(ts_env, store, si, guard, task_queue, signing=True):

@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from activities.trading_core import ExposureReport, HealthSnapshot, exposure_mismatches, recompute_exposure
+from contracts.trading_core import ExposureReport, HealthSnapshot, exposure_mismatches, recompute_exposure
 from core import procs
 from rollbackctl import devstack
 from simulator.client import SimClient

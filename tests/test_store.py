@@ -9,7 +9,7 @@ import re
 
 import pytest
 
-from activities.changes import Authority
+from contracts.changes import Authority
 from activities.switch_store import (
     Conflict,
     InvalidChange,
@@ -19,7 +19,7 @@ from activities.switch_store import (
     record_hash,
 )
 from manual import switches
-from manual.roles import Role
+from contracts.roles import Role
 from tests.test_store_helpers import dump, req
 
 ISO_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
@@ -173,7 +173,7 @@ async def test_uninitialised_switch_writes_nothing(store, etcd, prefix):
 
 
 async def test_a_switch_named_twice_is_refused(store, etcd, prefix):
-    from activities.changes import SwitchChange
+    from contracts.changes import SwitchChange
 
     r = req("rita", {"hedge_enabled": False})
     r.changes.append(SwitchChange(switch="hedge_enabled", value=True))

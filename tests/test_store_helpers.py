@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
-from activities.changes import ActorKind, Authority, ChangeSetRequest, SwitchChange
+from contracts.changes import ActorKind, Authority, ChangeSetRequest, SwitchChange
 from manual import switches
 from manual.switches import Switch, SwitchType
 from core import procs

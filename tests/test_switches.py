@@ -10,7 +10,7 @@ import pytest
 
 from activities.switch_store import InvalidChange
 from manual import approvals, degradation, switches
-from manual.roles import Role
+from contracts.roles import Role
 from manual.switches import SWITCHES, SwitchType, SwitchValueError
 from tests.test_store_helpers import SWITCH_NAMES, dump, other_value, req
 

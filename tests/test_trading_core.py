@@ -18,18 +18,18 @@ from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
-from activities import trading_core as tc
-from activities.trading_core import (
+from contracts import trading_core as tc
+from contracts.trading_core import (
     AppliedConfig,
     CoreActionInput,
     CoreActionResult,
     HealthSnapshot,
     ReadHealthInput,
-    TradingCoreActivities,
     WaitAppliedInput,
     exposure_mismatches,
     recompute_exposure,
 )
+from activities.trading_core import TradingCoreActivities
 from core import procs
 from core.settings import TradingCoreSettings
 from tests.fixtures_sim import apply, apply_and_wait, order

@@ -7,7 +7,7 @@ from datetime import timedelta
 
 from temporalio.worker import Worker
 
-from activities.changes import ChangeSetRequest, SwitchChange
+from contracts.changes import ChangeSetRequest, SwitchChange
 from activities.switch_activities import SwitchActivities
 from workflows.registry import WORKFLOWS
 
@@ -42,7 +42,7 @@ async def paging_invariants(client, si) -> None:
     from temporalio.service import RPCError
 
     from contracts.paging import AlertStatus, owner_of
-    from workflows.models import Progress
+    from contracts.progress import Progress
 
     for a in si.pd.alerts.values():
         crit = [e for e in a["log"] if e["action"] == "trigger" and e["severity"] == "critical"]
@@ -106,7 +106,7 @@ async def wait_for(handle, env, pred, step=timedelta(seconds=30), limit=400):
     """Query progress until `pred` holds, skipping `step` of workflow time between queries."""
     p = None
     for _ in range(limit):
-        p = await handle.query("progress", result_type=__import__("workflows.models", fromlist=["Progress"]).Progress)
+        p = await handle.query("progress", result_type=__import__("contracts.progress", fromlist=["Progress"]).Progress)
         if pred(p):
             return p
         await env.sleep(step)
@@ -177,7 +177,7 @@ async def poll_progress(handle, pred, timeout: float = 20.0):
     import asyncio
     import time
 
-    from workflows.models import Progress
+    from contracts.progress import Progress
 
     deadline = time.monotonic() + timeout
     p = None

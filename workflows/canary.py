@@ -39,15 +39,15 @@ from typing import Any
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ApplicationError
 
 with workflow.unsafe.imports_passed_through():
-    from activities import errors
-    from activities.changes import BreakGlass
+    from contracts import errors
+    from contracts.errors import invalid, not_permitted, refusal_error
+    from contracts.changes import BreakGlass
     from activities.switch_activities import CanaryClaim, SwitchActivities
     from manual import approvals, canary, switches
     from manual.canary import human
-    from manual.roles import Role
+    from contracts.roles import Role
     from manual.steps import ApplySwitches, AwaitConfirmation
     from workflows.canary_models import (
         KEEP_DECISIONS,
@@ -60,7 +60,7 @@ with workflow.unsafe.imports_passed_through():
         CanaryStatus,
         StageRecord,
     )
-    from workflows.models import Awaiting, Decision, DecisionAck, DecisionRecord, Progress
+    from contracts.progress import Awaiting, Decision, DecisionAck, DecisionRecord, Progress
     from workflows.runner import PAGER_OUTBOX, ObserveClock, PagingHandlers, Runner, StepFailed
 
 SEQ_RETRY = RetryPolicy(initial_interval=timedelta(milliseconds=200), maximum_interval=timedelta(seconds=5),
@@ -189,12 +189,12 @@ class CanaryWorkflow(PagingHandlers):
         st, p, s = self.st, self.r.progress, self._stage()
         role = self.r.role_of(d.actor)
         if role is None:
-            return f"{d.actor!r} is not an operator"
+            return not_permitted(f"{d.actor!r} is not an operator")
         need = NEEDS[kind]
         if kind == "promote" and st.part == "gate" and s.gate is not None and s.gate.min_role.rank > need.rank:
             need = s.gate.min_role
         if not role.at_least(need):
-            return f"{d.actor} is {role.value}; {kind} needs {need.value} or above"
+            return not_permitted(f"{d.actor} is {role.value}; {kind} needs {need.value} or above")
         if p.result is not None or st.part == "done":
             return f"{self.wid} has finished ({p.result}): nothing to {kind}"
         if p.status == "rolling_back" or st.abort is not None:
@@ -209,29 +209,29 @@ class CanaryWorkflow(PagingHandlers):
             if not st.paused:
                 return f"{self.wid} is not paused"
             if st.paused_for_rollback and not d.reason.strip():
-                return f"{st.paused_for_rollback} paused this canary: resuming over it needs a --reason"
+                return invalid(f"{st.paused_for_rollback} paused this canary: resuming over it needs a --reason")
         if kind == "promote":
             if st.paused:
                 return f"{self.wid} is paused: resume it before promoting"
             if st.part not in ("observe", "gate"):
                 return f"{self.wid} is not in a stage's wait (part {st.part})"
         if kind == "abort" and not d.reason.strip():
-            return "abort needs a --reason (it is written in the rollback's audit record)"
+            return invalid("abort needs a --reason (it is written in the rollback's audit record)")
         if kind == "extend":
             if st.part != "observe":
                 return (f"{self.wid} is at stage {s.number}'s gate: it already waits for a promote; extend lengthens "
                         "a stage's observation" if st.part == "gate" else f"{self.wid} is not observing a stage")
             by = getattr(d, "extend_by", None)
             if by is None or by <= timedelta(0):
-                return "extend needs a positive --by (e.g. 12h)"
+                return invalid("extend needs a positive --by (e.g. 12h)")
             if by > MAX_EXTEND:
-                return f"extend by at most {human(MAX_EXTEND)} at a time"
+                return invalid(f"extend by at most {human(MAX_EXTEND)} at a time")
         return None
 
     def _validate(self, kind: str, d: Decision) -> None:
         why = self.r.check_decision(kind, d)
         if why:
-            raise ApplicationError(why, type="Refused", non_retryable=True)
+            raise refusal_error(why)
 
     def _set_paused(self, paused: bool, by: str | None = None, reason: str = "") -> None:
         st, now = self.st, workflow.now()
@@ -640,7 +640,7 @@ class CanaryWorkflow(PagingHandlers):
                 restored = restore
                 break
             except StepFailed as e:
-                if str(e).startswith("conflict") and attempt < 2:
+                if e.conflict and attempt < 2:
                     continue  # someone wrote in between: look again
                 r.progress.detail = f"{why}; ROLLBACK FAILED: {e}"
                 await r.notify(f"{self.wid}: canary rollback FAILED ({e}). {why}. Restore Phase 1 by hand "

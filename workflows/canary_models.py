@@ -7,10 +7,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from activities.changes import BreakGlass, ChangeSetResult, Snapshot
+from contracts.changes import BreakGlass, ChangeSetResult, Snapshot
 from manual.canary import CanaryPlan, Phase
 from core.identity import Proof
-from workflows.models import CheckResult, Decision, Progress
+from contracts.progress import CheckResult, Decision, Progress
 from workflows.runner import ObserveClock
 
 # Continue-as-new once a run's history reaches this many events (checked after each health check):

@@ -19,11 +19,12 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ApplicationError, FailureError
 
 with workflow.unsafe.imports_passed_through():
-    from activities import errors
-    from manual.roles import Role
+    from contracts import errors
+    from contracts.errors import refusal_error
+    from contracts.roles import Role
     from manual.steps import AwaitConfirmation
-    from workflows.models import Decision, DecisionAck, Progress
-    from workflows.request_models import (
+    from contracts.progress import Decision, DecisionAck, Progress
+    from contracts.requests import (
         SECOND_APPROVAL_STEP,
         ChangeRequestInput,
         ChangeRequestResult,
@@ -65,7 +66,7 @@ class ChangeRequestWorkflow(PagingHandlers):
     def _v_confirm(self, d: Decision) -> None:
         why = self._check(d)
         if why:
-            raise ApplicationError(why, type="Refused", non_retryable=True)
+            raise refusal_error(why)
 
     @workflow.signal(name="confirm")
     def confirm_signal(self, d: Decision) -> None:

@@ -16,13 +16,14 @@ import asyncio
 from datetime import timedelta
 
 from temporalio import workflow
-from temporalio.exceptions import ApplicationError
 
 with workflow.unsafe.imports_passed_through():
+    from contracts.errors import refusal_error
     from manual import checklist, degradation, rollback, switches
-    from activities.changes import BreakGlass
+    from contracts.changes import BreakGlass
     from manual.steps import ApplySwitches, AwaitConfirmation, Checklist, CoreActions, Observe
-    from workflows.models import Decision, DecisionAck, DegradeInput, Progress, RunResult
+    from contracts.progress import Decision, DecisionAck, Progress, RunResult
+    from workflows.models import DegradeInput
     from workflows.runner import CANCEL_HANDLED, PAGER_OUTBOX, RESTORE_ONLY_CHANGES, PagingHandlers, Runner, StartRefused, StepFailed
 
 
@@ -50,7 +51,7 @@ class DegradationWorkflow(PagingHandlers):
     def _validate(self, kind: str, d: Decision) -> None:
         why = self.r.check_decision(kind, d)
         if why:
-            raise ApplicationError(why, type="Refused", non_retryable=True)
+            raise refusal_error(why)
 
     @workflow.update
     def confirm(self, d: Decision) -> DecisionAck:
@@ -93,7 +94,7 @@ class DegradationWorkflow(PagingHandlers):
             raise  # Temporal records it CANCELED
         except StepFailed as e:
             status = ("refused" if isinstance(e, StartRefused)
-                      else "restore_blocked" if str(e).startswith("conflict") else "failed")
+                      else "restore_blocked" if e.conflict else "failed")
             self.r.progress.detail = str(e)
             await self.r.notify(f"{self.r.wid} stopped: {e}", page=True, severity="critical", kind="stopped")
         self.r.progress.status = self.r.progress.result = status
@@ -177,9 +178,10 @@ class DegradationWorkflow(PagingHandlers):
         not_undone: list[str] = []
         if undo:
             done = await self.r.run_core_actions(CoreActions(name=f"undo_level_{lvl.level}_actions", actions=undo))
-            not_undone = [a for a in done if " FAILED (" in a]
             undone_of = {a.undo: a.action for a in lvl.core_actions}
-            self._core_held = [undone_of.get(a.split(" FAILED (")[0], a) for a in not_undone]
+            failed = [a for a in done if not a.ok]
+            not_undone = [str(a) for a in failed]
+            self._core_held = [undone_of.get(a.action, str(a)) for a in failed]
         await self.r.run_apply(
             ApplySwitches(name="restore", changes=restore_to, authority="plan",
                           reason=f"restore from degradation level {lvl.level} after fix {fix.reference}: "

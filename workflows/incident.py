@@ -28,13 +28,15 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ApplicationError, FailureError
 
 with workflow.unsafe.imports_passed_through():
-    from activities.changes import BreakGlass
+    from contracts.errors import refusal_error
+    from contracts.changes import BreakGlass
     from manual import alerts, escalation, switches
-    from manual.roles import MONITOR_IDENTITY, Role
+    from contracts.roles import Role
+    from manual.roles import MONITOR_IDENTITY
     from manual.rollback import Scope, Severity
     from manual.steps import ApplySwitches, AwaitConfirmation, CoreActions
     from workflows.degradation import DegradationWorkflow, degrade_workflow_id
-    from workflows.incident_models import (
+    from contracts.incidents import (
         INCIDENT_PREFIX,
         ActionRecord,
         ChecklistItemState,
@@ -49,9 +51,10 @@ with workflow.unsafe.imports_passed_through():
         UndoGuardInput,
         UndoGuardResult,
     )
-    from workflows.models import Decision, DecisionAck, DegradeInput, Progress, RollbackInput
+    from contracts.progress import Decision, DecisionAck, Progress
+    from workflows.models import DegradeInput, RollbackInput
     from workflows.rollback import RollbackWorkflow, rollback_workflow_id
-    from contracts.paging import AlertStatus, Channel, Delivery
+    from contracts.paging import Channel, Delivery
     from workflows.runner import PAGER_OUTBOX, PagingHandlers, Runner, StepFailed
 
 
@@ -61,7 +64,7 @@ def incident_id_for(workflow_id: str, start: datetime) -> str:
 
 
 def _refuse(why: str) -> None:
-    raise ApplicationError(why, type="Refused", non_retryable=True)
+    raise refusal_error(why)
 
 
 @workflow.defn(name="IncidentWorkflow")
@@ -460,8 +463,8 @@ class IncidentWorkflow(PagingHandlers):
             done = await self.r.run_core_actions(
                 CoreActions(name=phase, actions=tuple((m.action, m.body_for(self.st.symbol)) for m in core)))
             for m, rec, res in zip(core, recs, done):
-                ok = " FAILED (" not in res
-                rec.status, rec.detail, rec.at = ("ok" if ok else "failed"), ("" if ok else res), workflow.now()
+                ok = res.ok
+                rec.status, rec.detail, rec.at = ("ok" if ok else "failed"), ("" if ok else str(res)), workflow.now()
                 if ok and m.undo and m.action not in self._in_force:
                     self._in_force.append(m.action)
         if phase == "immediate":
@@ -486,7 +489,7 @@ class IncidentWorkflow(PagingHandlers):
             try:
                 res = await self.r.run_apply(step, expected={m.switch: cur}, action="p0.immediate_action")
             except StepFailed as e:
-                if str(e).startswith("conflict") and attempt == 0:
+                if e.conflict and attempt == 0:
                     continue  # changed between the read and the write: read again
                 self._record(phase, f"switch {m.switch}", "failed", str(e))
                 return
@@ -525,8 +528,8 @@ class IncidentWorkflow(PagingHandlers):
             done = await self.r.run_core_actions(
                 CoreActions(name=phase, actions=tuple((m.undo, m.body_for(self.st.symbol)) for m in core)))
             for m, rec, res in zip(core, recs, done):
-                ok = " FAILED (" not in res
-                rec.status, rec.detail, rec.at = ("ok" if ok else "failed"), ("" if ok else res), workflow.now()
+                ok = res.ok
+                rec.status, rec.detail, rec.at = ("ok" if ok else "failed"), ("" if ok else str(res)), workflow.now()
                 if ok:
                     self._in_force.remove(m.action)
         if phase == "human_undo":
@@ -543,7 +546,7 @@ class IncidentWorkflow(PagingHandlers):
                                                                 f"(audit {res.audit_id})", by=actor)
                     del self._set_by_incident[name]
                 except StepFailed as e:
-                    status = "conflict" if str(e).startswith("conflict") else "failed"
+                    status = "conflict" if e.conflict else "failed"
                     self._record(phase, f"switch {name}", status,
                                  ("changed by someone since the incident set it: left as is. " if status == "conflict"
                                   else "") + str(e), by=actor)

@@ -1,165 +1,15 @@
-"""Workflow inputs, outputs, human decisions and progress views (pure pydantic, no I/O)."""
+"""Rollback and degradation inputs (pure pydantic; they name the manual's scopes and severities).
+
+Decisions, progress and results are contracts/progress.py."""
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, Field, model_validator
 
-from activities.changes import BreakGlass, ChangeSetResult
-from contracts.paging import AlertRecord, PagingFailure
 from manual.rollback import Durations, Scope, Severity, target_changes
-from core.identity import Proof, SignedRequest
-
-# Decision fields that carry the signature itself rather than the decision's content.
-_SIGNATURE_FIELDS = frozenset({"actor", "signature", "nonce", "action", "workflow_id", "step", "key_id"})
-
-
-class Decision(BaseModel):
-    """Every human input to a workflow: one payload with the actor in it, signed by the CLI.
-
-    The signature binds the decision's content to (action, workflow id, step awaited, nonce):
-    core/identity.py. Unsigned (signature None) when signing is off, or from the Web UI.
-    """
-
-    actor: str = Field(min_length=1, max_length=64)
-    reason: str = ""
-    reference: str | None = None  # fix: the deployed fix (commit, release, ticket)
-    tests_passed: bool = False  # fix: the fix's tests passed
-    restore: bool = True  # fix: restore through the 5% canary (false: close without restore)
-    level: int | None = None  # escalate / level choice: degradation level 2 or 3
-    break_glass: str | None = None  # a super admin forces a two-person step alone (the reason; audited, paged)
-    signature: str | None = None
-    nonce: str | None = None
-    # What the signature is bound to (set by the CLI when it signs)
-    action: str | None = None  # the decision kind: confirm, fix, escalate, ...
-    workflow_id: str | None = None
-    step: str | None = None  # the step the workflow waited at
-    key_id: str | None = None
-
-    def signed_values(self) -> dict[str, Any]:
-        """The decision's content as signed: every field not at its default, the signature fields aside."""
-        return self.model_dump(mode="json", exclude_defaults=True, exclude=set(_SIGNATURE_FIELDS))
-
-    def signed_request(self) -> SignedRequest:
-        return SignedRequest(action=self.action or "-", actor=self.actor, target=self.workflow_id or "-",
-                             values=self.signed_values(), workflow_id=self.workflow_id, step=self.step,
-                             nonce=self.nonce or "")
-
-    def signed(self, private_key: Any, kind: str, workflow_id: str, step: str) -> Decision:
-        """This decision signed as the CLI sends it: for decision `kind` at `step` of `workflow_id`, new nonce."""
-        from core import identity
-
-        d = self.model_copy(update={"action": kind, "workflow_id": workflow_id, "step": step,
-                                    "nonce": identity.new_nonce()})
-        proof = identity.sign(private_key, d.signed_request())
-        return d.model_copy(update={"signature": proof.signature, "key_id": proof.key_id})
-
-    def glass(self) -> BreakGlass | None:
-        """This decision's break-glass, as the audit records it (None when it is not one)."""
-        return BreakGlass(by=self.actor, reason=self.break_glass) if self.break_glass else None
-
-    def proof(self) -> Proof | None:
-        """The signed request this decision carries (None: unsigned; a malformed one fails as a bad signature)."""
-        if self.signature is None:
-            return None
-        try:
-            req = self.signed_request()
-        except ValueError:  # a malformed nonce: the signature cannot be for this decision
-            req = SignedRequest(action=self.action or "-", actor=self.actor, target="-", nonce="malformed-nonce-0000")
-        return Proof(request=req, key_id=self.key_id or "-", signature=self.signature)
-
-
-class DecisionAck(BaseModel):
-    accepted: bool
-    step: str
-    message: str
-
-
-class StepRecord(BaseModel):
-    index: int
-    name: str
-    kind: str
-    started_at: datetime
-    ended_at: datetime | None = None
-    outcome: str | None = None
-    detail: str = ""
-
-
-class Awaiting(BaseModel):
-    step: str
-    expects: str
-    min_role: str
-    since: datetime
-    deadline: datetime | None
-    prompt: str
-    repages: int = 0
-    # Two-person rule: how many different operators must approve, who has, who may still
-    approvals_needed: int = 1
-    approved_by: list[str] = []
-    still_needed: list[str] = []
-    # Paging: the alerts that asked for this decision; an acknowledgement of one of them in PagerDuty
-    # (seen_by) stops the re-pages (reminders go to chat) until PagerDuty says it is unacknowledged.
-    alerts: list[str] = []
-    seen_by: str | None = None
-    seen_at: datetime | None = None
-    reminders: int = 0
-
-
-class ChecklistResult(BaseModel):
-    id: str
-    title: str
-    status: Literal["ok", "failed", "skipped", "not_applicable"]
-    detail: str = ""
-    at: datetime
-
-
-class CheckResult(BaseModel):
-    at: datetime
-    ok: bool
-    breaches: list[str] = []
-    error: str | None = None
-
-
-class DecisionRecord(BaseModel):
-    at: datetime
-    kind: str
-    actor: str
-    accepted: bool
-    detail: str = ""
-    key_id: str | None = None  # signed with this key
-    break_glass: str | None = None
-
-
-class Progress(BaseModel):
-    workflow_id: str
-    kind: str
-    status: str = "running"
-    current_step: str | None = None
-    history: list[StepRecord] = []
-    awaiting: Awaiting | None = None
-    checklist: list[ChecklistResult] = []
-    snapshot_revision: int | None = None
-    snapshot: dict[str, Any] = {}
-    applied: list[ChangeSetResult] = []
-    checks: list[CheckResult] = []  # the most recent ones
-    decisions: list[DecisionRecord] = []
-    level: str | None = None
-    escalations: list[str] = []
-    page_level: int = 1
-    result: str | None = None
-    detail: str = ""
-    roster_at: datetime | None = None  # when the roles and keys the validators check against were read
-    # Paging (patch "pager-outbox"): every alert this workflow opened and what became of it, and every
-    # page or message that failed (with where it went instead).
-    alerts: list[AlertRecord] = []
-    paging_failures: list[PagingFailure] = []
-
-    def decision_step(self) -> str:
-        """The step a decision sent now is bound to when signed: the one awaited, else the current one."""
-        return (self.awaiting.step if self.awaiting is not None else self.current_step) or "-"
-
+from core.identity import Proof
 
 class RollbackInput(BaseModel):
     incident_id: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.:-]+$")
@@ -200,13 +50,3 @@ class DegradeInput(BaseModel):
 
     def signed_values(self) -> dict[str, Any]:
         return self.model_dump(mode="json", exclude_defaults=True, exclude={"proof"})
-
-
-class RunResult(BaseModel):
-    workflow_id: str
-    status: str  # restored | closed_without_restore | monitored | cancelled | restore_blocked | restore_failed | failed
-    # | refused (the start request's signature) | not_applied (no second approval in time)
-    detail: str = ""
-    level: str | None = None
-    applied: list[ChangeSetResult] = []
-    escalations: list[str] = []

@@ -16,7 +16,7 @@ from temporalio import workflow
 from temporalio.common import RetryPolicy
 
 with workflow.unsafe.imports_passed_through():
-    from workflows.incident_models import MONITOR_WORKFLOW_ID, MonitorInput, MonitorState
+    from contracts.incidents import MONITOR_WORKFLOW_ID, MonitorInput, MonitorState
 
 
 def monitor_workflow_id(namespace: str = "") -> str:

@@ -16,15 +16,16 @@ import asyncio
 from typing import Any
 
 from temporalio import workflow
-from temporalio.exceptions import ApplicationError
 
 with workflow.unsafe.imports_passed_through():
+    from contracts.errors import refusal_error
     from manual import degradation, rollback, switches
     from manual.rollback import Scope, Severity
-    from manual.roles import Role
-    from activities.changes import BreakGlass
+    from contracts.roles import Role
+    from contracts.changes import BreakGlass
     from manual.steps import ApplySwitches, AwaitConfirmation, CoreActions, Observe
-    from workflows.models import Decision, DecisionAck, Progress, RollbackInput, RunResult
+    from contracts.progress import Decision, DecisionAck, Progress, RunResult
+    from workflows.models import RollbackInput
     from workflows.runner import CANCEL_HANDLED, PAGER_OUTBOX, RESTORE_ONLY_CHANGES, PagingHandlers, Runner, StartRefused, StepFailed
 
 
@@ -63,7 +64,7 @@ class RollbackWorkflow(PagingHandlers):
     def _validate(self, kind: str, d: Decision) -> None:
         why = self.r.check_decision(kind, d)
         if why:
-            raise ApplicationError(why, type="Refused", non_retryable=True)
+            raise refusal_error(why)
 
     @workflow.update
     def confirm(self, d: Decision) -> DecisionAck:
@@ -134,7 +135,7 @@ class RollbackWorkflow(PagingHandlers):
             raise  # Temporal records it CANCELED; `status` says so (rollbackctl/cli/workflow_cmds.py)
         except StepFailed as e:
             status = ("refused" if isinstance(e, StartRefused)
-                      else "restore_blocked" if str(e).startswith("conflict") else "failed")
+                      else "restore_blocked" if e.conflict else "failed")
             self.r.progress.detail = str(e)
             await self.r.notify(f"{self.r.wid} stopped: {e}", page=True, severity="critical", kind="stopped")
         self.r.progress.status = status
@@ -261,7 +262,7 @@ class RollbackWorkflow(PagingHandlers):
         if self.core_in_force:  # orders must flow again before the 5% canary can observe anything
             done = await self.r.run_core_actions(CoreActions(
                 name="undo_core_actions", actions=tuple((undo, {}) for _, undo in reversed(self.core_in_force))))
-            self.core_in_force = [pair for pair, res in zip(reversed(self.core_in_force), done) if " FAILED (" in res]
+            self.core_in_force = [pair for pair, res in zip(reversed(self.core_in_force), done) if not res.ok]
         status = await self._restore(restore_to, fix, d)
         await self._core_left_in_force()
         return status

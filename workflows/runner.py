@@ -15,6 +15,7 @@ two-person rule (`AwaitConfirmation.approvals == 2`) wait for a second, differen
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Callable
 
@@ -25,11 +26,12 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError, CancelledError, FailureError
 
 with workflow.unsafe.imports_passed_through():
-    from activities import errors
-    from activities.changes import ChangeSetRequest, ChangeSetResult, Snapshot, SwitchChange
+    from contracts import errors
+    from contracts.errors import Refusal, invalid, not_permitted
+    from contracts.changes import ChangeSetRequest, ChangeSetResult, Snapshot, SwitchChange
     from activities.switch_activities import Roster, SwitchActivities
-    from activities.changes import SeenRecord
-    from activities.trading_core import ExposureReport, exposure_mismatches
+    from contracts.changes import SeenRecord
+    from contracts.trading_core import ExposureReport, exposure_mismatches
     from activities.pager_client import PagerClient
     from activities.paging import ChatInput, PageInput, PagingActivities
     from contracts.paging import (
@@ -48,9 +50,9 @@ with workflow.unsafe.imports_passed_through():
         owner_of,
     )
     from manual import approvals, escalation, switches
-    from manual.roles import Role
+    from contracts.roles import Role
     from core import identity
-    from activities.changes import BreakGlass
+    from contracts.changes import BreakGlass
     from manual.steps import (
         ApplySwitches,
         AwaitConfirmation,
@@ -60,7 +62,7 @@ with workflow.unsafe.imports_passed_through():
         Notify,
         Observe,
     )
-    from workflows.models import (
+    from contracts.progress import (
         Awaiting,
         ChecklistResult,
         CheckResult,
@@ -120,7 +122,31 @@ def root_cause(e: BaseException) -> BaseException:
 
 
 class StepFailed(Exception):
-    """A step could not complete; the workflow ends with this message."""
+    """A step could not complete; the workflow ends with this message. `kind`: the error kind when
+    one is known (CONFLICT: someone changed a switch in between; a caller may read again)."""
+
+    def __init__(self, message: str, kind: "errors.ErrorKind | None" = None):
+        super().__init__(message)
+        self.kind = kind
+
+    @property
+    def conflict(self) -> bool:
+        return self.kind is errors.ErrorKind.CONFLICT
+
+
+@dataclass(frozen=True)
+class ActionOutcome:
+    """What one trading-core action of a CoreActions step came to (str(): the line shown and logged)."""
+
+    action: str
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def __str__(self) -> str:
+        return self.action if self.ok else f"{self.action} FAILED ({self.error})"
 
 
 class StartRefused(StepFailed):
@@ -807,7 +833,7 @@ class Runner:
             msg = str(cause.message if isinstance(cause, ApplicationError) else e)
             self._end(rec, "failed", msg)
             if isinstance(cause, ApplicationError) and cause.type == errors.CONFLICT:
-                raise StepFailed(f"conflict: {msg}") from e
+                raise StepFailed(f"conflict: {msg}", errors.ErrorKind.CONFLICT) from e
             raise StepFailed(msg) from e
         detail = f"audit {res.audit_id}, etcd revision {res.revision}" + (" (already applied)" if res.replayed else "")
         if step.verify_applied:
@@ -815,20 +841,20 @@ class Runner:
         self._end(rec, "ok", detail)
         return res
 
-    async def run_core_actions(self, step: CoreActions) -> list[str]:
+    async def run_core_actions(self, step: CoreActions) -> list[ActionOutcome]:
         """Each action once (idempotency key per step occurrence); returns what happened to each."""
         rec = self._begin(step.name, step.kind)
         done = []
         for action, body in step.actions:
             try:
                 await self.core_action(step.name, action, body)
-                done.append(action)
+                done.append(ActionOutcome(action))
             except FailureError as e:
                 if isinstance(root_cause(e), CancelledError):  # the step itself was cancelled: stop here
-                    self._end(rec, "cancelled", ", ".join(done))
+                    self._end(rec, "cancelled", ", ".join(map(str, done)))
                     raise
-                done.append(f"{action} FAILED ({root_cause(e)})")
-        self._end(rec, "ok", ", ".join(done))
+                done.append(ActionOutcome(action, str(root_cause(e))))
+        self._end(rec, "ok", ", ".join(map(str, done)))
         return done
 
     async def run_notify(self, step: Notify) -> None:
@@ -1053,16 +1079,17 @@ class Runner:
                            step=self.progress.decision_step(), used_nonces=self.used_nonces)
         except identity.Refused as e:
             if e.kind is identity.Refusal.UNSIGNED:
-                return (f"{e}: signing is on, and the Web UI or `temporal workflow signal` cannot sign; use "
-                        f"`rollbackctl {kind} {self.wid} --as {d.actor}`")
-            return str(e)
+                return not_permitted(f"{e}: signing is on, and the Web UI or `temporal workflow signal` cannot "
+                                     f"sign; use `rollbackctl {kind} {self.wid} --as {d.actor}`")
+            # Signed for another step: the workflow moved on (not a matter of who asked).
+            return Refusal(str(e)) if e.kind is identity.Refusal.WRONG_STEP else not_permitted(str(e))
         return None
 
     def check_decision(self, kind: str, d: Decision) -> str | None:
         """Why this decision is refused now, or None. Pure: no state change, no I/O."""
         role = self.role_of(d.actor)
         if role is None:
-            return f"{d.actor!r} is not an operator"
+            return not_permitted(f"{d.actor!r} is not an operator")
         if self._decision is not None and self.progress.awaiting is not None:
             # Two decisions in the same workflow task (e.g. proceed and cancel at once): the first one
             # accepted wins; the later one must be refused, not acknowledged and then overwritten.
@@ -1076,13 +1103,13 @@ class Runner:
         if d.break_glass is not None:
             aw = self.progress.awaiting
             if aw is None or aw.approvals_needed < 2:
-                return "--break-glass forces a two-person approval alone; this step does not need two"
+                return invalid("--break-glass forces a two-person approval alone; this step does not need two")
             if not role.at_least(Role.SUPER_ADMIN):
-                return f"{d.actor} is {role.value}; break-glass needs a super_admin"
+                return not_permitted(f"{d.actor} is {role.value}; break-glass needs a super_admin")
             if not d.break_glass.strip():
-                return "--break-glass needs a reason"
+                return invalid("--break-glass needs a reason")
         if kind == "escalate" and self._escalate_open:
-            return None if role.at_least(Role.ON_CALL) else f"{d.actor} is {role.value}; escalating needs on_call"
+            return None if role.at_least(Role.ON_CALL) else not_permitted(f"{d.actor} is {role.value}; escalating needs on_call")
         if kind in self.extra_answers:
             return self.extra_answers[kind](kind, d)
         aw = self.progress.awaiting
@@ -1091,20 +1118,20 @@ class Runner:
         if kind not in ANSWERS.get(aw.expects, ()):
             return f"{self.wid} waits for {aw.expects!r} at step {aw.step!r}, not {kind!r}"
         if not role.at_least(Role(aw.min_role)):
-            return f"{d.actor} is {role.value}; step {aw.step!r} needs {aw.min_role} or above"
+            return not_permitted(f"{d.actor} is {role.value}; step {aw.step!r} needs {aw.min_role} or above")
         if kind == "cancel" and not d.reason.strip():
-            return "cancel needs a reason"
+            return invalid("cancel needs a reason")
         if kind == "fix":
             if d.restore and not (d.reference and d.reference.strip()):
-                return "fix needs --reference (the deployed fix: commit, release or ticket)"
+                return invalid("fix needs --reference (the deployed fix: commit, release or ticket)")
             if d.restore and not d.tests_passed:
-                return "fix needs --tests-passed: the manual restores only after fix + unit tests"
+                return invalid("fix needs --tests-passed: the manual restores only after fix + unit tests")
         if aw.expects == "level_choice" and d.level not in (2, 3):
-            return "choose degradation level 2 or 3 (--level 2|3)"
+            return invalid("choose degradation level 2 or 3 (--level 2|3)")
         if aw.expects == "level_choice" and d.level == 3 and not role.at_least(Role.SUPER_ADMIN):
-            return f"{d.actor} is {role.value}; level 3 needs super_admin"
+            return not_permitted(f"{d.actor} is {role.value}; level 3 needs super_admin")
         if aw.approvals_needed > 1 and d.actor in aw.approved_by and self._counts_as_approval(kind, d):
-            return (f"{d.actor} already approved step {aw.step!r}: the two-person rule needs a different "
+            return not_permitted(f"{d.actor} already approved step {aw.step!r}: the two-person rule needs a different "
                     f"{aw.min_role} (still needed: one of {', '.join(aw.still_needed) or 'nobody'})")
         return None
 

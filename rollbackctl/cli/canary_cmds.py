@@ -217,7 +217,7 @@ async def cmd_start(args) -> int:
 
     from manual import switches
     from manual.canary import human
-    from manual.roles import Role
+    from contracts.roles import Role
     from rollbackctl.cli.common import switch_store
     from rollbackctl.cli.signing import signing_on
     from core.settings import SigningSettings, TemporalSettings
@@ -300,9 +300,9 @@ async def cmd_decision(args) -> int:
         d = await signed_decision(client, wid, args.kind, d)  # signing on: bound to the canary, its step and kind
         ack = await client.get_workflow_handle(wid).execute_update(args.kind, d, result_type=dict)
     except WorkflowUpdateFailedError as e:
-        msg = str(getattr(e.cause, "message", None) or e.cause or e)
-        code = 3 if re.search(r"needs \w+ or above|not an operator", msg) else 4
-        raise CliError(f"{args.kind} refused by {wid}: {msg}", code) from None
+        from rollbackctl.cli.common import refused
+
+        raise refused(e, args.kind, wid) from None
     except RPCError as e:
         raise CliError(f"{wid}: {e.message}", 4 if "complete" in e.message.lower() else 5) from None
     print(f"{ack.get('message', 'accepted')}\n{links(wid)}")

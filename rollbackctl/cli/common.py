@@ -18,6 +18,36 @@ class CliError(Exception):
         self.exit_code = code
 
 
+# Every error kind's exit code (README "exit | meaning"): the one table the CLI maps outcomes with.
+def _exit_codes() -> dict:
+    from contracts.errors import ErrorKind as K
+
+    return {
+        K.INVALID_CHANGE: 2, K.NOT_INITIALISED: 2, K.INVALID_DECISION: 2, K.BAD_REQUEST: 2,
+        K.PERMISSION_DENIED: 3, K.NOT_PERMITTED: 3, K.UNAUTHORIZED: 3,
+        K.CONFLICT: 4, K.REFUSED: 4,
+        K.STORE_UNAVAILABLE: 5, K.CORE_UNAVAILABLE: 5, K.CORE_TIMEOUT: 5, K.PAGING_UNAVAILABLE: 5,
+        K.PAGING_TIMEOUT: 5, K.MAINTENANCE: 5, K.NOT_APPLIED: 5, K.SCHEMA_VIOLATION: 5,
+        K.NOT_CONFIGURED: 8,
+    }
+
+
+def exit_code_of_kind(type_name: str | None, default: int = 4) -> int:
+    """The exit code for an ApplicationError type (an error kind); `default` for anything else."""
+    from contracts.errors import kind_of
+
+    kind = kind_of(type_name)
+    return _exit_codes().get(kind, default) if kind is not None else default
+
+
+def refused(e: BaseException, what: str, wid: str) -> CliError:
+    """A workflow's refusal of an Update (its validator's ApplicationError) as the CLI says it: one line,
+    the exit code of its kind (who asked: 3; what was asked is incomplete: 2; not now: 4)."""
+    cause = getattr(e, "cause", None)
+    msg = str(getattr(cause, "message", None) or cause or e)
+    return CliError(f"{what} refused by {wid}: {msg}", exit_code_of_kind(getattr(cause, "type", None)))
+
+
 def exit_code_for(e: BaseException) -> int:
     from activities.switch_store import StoreError
     from core.etcd import EtcdAuthError, EtcdOutcomeUnknown, EtcdUnavailable

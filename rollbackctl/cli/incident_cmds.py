@@ -65,7 +65,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 # -- helpers -----------------------------------------------------------------------------------------------
 def workflow_id(ident: str) -> str:
-    from workflows.incident_models import INCIDENT_PREFIX
+    from contracts.incidents import INCIDENT_PREFIX
 
     ident = _STAMP.sub("", ident.strip())
     return ident if ident.startswith(INCIDENT_PREFIX) else INCIDENT_PREFIX + ident
@@ -117,9 +117,9 @@ async def _update(name: str, ident: str, arg, sign_as: str | None = None) -> str
                 arg = await signed_decision(client, wid, sign_as, arg)
         res = await client.get_workflow_handle(wid).execute_update(name, arg)
     except WorkflowUpdateFailedError as e:
-        msg = str(getattr(e.cause, "message", None) or e.cause or e)
-        code = 3 if re.search(r"needs|not an operator|is (viewer|on_call|risk_manager)", msg) else 4
-        raise CliError(f"{name} refused by {wid}: {msg}", code) from None
+        from rollbackctl.cli.common import refused
+
+        raise refused(e, name, wid) from None
     except RPCError as e:
         if "not found" in e.message.lower() or "completed" in e.message.lower():
             raise CliError(f"{wid}: no open incident ({e.message})", 4) from None
@@ -139,7 +139,7 @@ async def cmd_incidents(args) -> int:
     from temporalio.service import RPCError
 
     from core.temporal_client import connect
-    from workflows.incident_models import IncidentState
+    from contracts.incidents import IncidentState
 
     client = await connect()
     q = "WorkflowType = 'IncidentWorkflow'" + ("" if args.all else " AND ExecutionStatus = 'Running'")
@@ -199,7 +199,7 @@ async def cmd_incidents(args) -> int:
 
 
 async def cmd_ack(args) -> int:
-    from workflows.models import Decision
+    from contracts.progress import Decision
 
     # signed (signing on) like `rollbackctl confirm`: the manual's "5-min confirm" is this acknowledgement
     print(await _update("acknowledge", args.id, Decision(actor=args.actor, reason=args.reason), sign_as="confirm"))
@@ -207,7 +207,7 @@ async def cmd_ack(args) -> int:
 
 
 async def cmd_tick(args) -> int:
-    from workflows.incident_models import TickRequest
+    from contracts.incidents import TickRequest
 
     print(await _update("tick", args.id, TickRequest(actor=args.actor, item=args.item, note=args.note,
                                                       done=not args.reopen), sign_as="tick"))
@@ -215,7 +215,7 @@ async def cmd_tick(args) -> int:
 
 
 async def cmd_resolve(args) -> int:
-    from workflows.incident_models import ResolveRequest
+    from contracts.incidents import ResolveRequest
 
     print(await _update("resolve", args.id, ResolveRequest(actor=args.actor, reason=args.reason, undo=args.undo,
                                                             force=args.force), sign_as="resolve"))
@@ -227,7 +227,7 @@ async def monitor_status(client, wid: str) -> dict:
     from temporalio.client import WorkflowExecutionStatus
     from temporalio.service import RPCError
 
-    from workflows.incident_models import MonitorState
+    from contracts.incidents import MonitorState
 
     try:
         desc = await client.get_workflow_handle(wid).describe()
@@ -294,7 +294,7 @@ async def run_monitor(ms, ts, interval: float | None = None, stop: asyncio.Event
     from core.etcd import Etcd
     from core.settings import EtcdSettings, TradingCoreSettings
     from core.temporal_client import connect
-    from workflows.incident_models import MonitorInput
+    from contracts.incidents import MonitorInput
     from workflows.monitor import MonitorWorkflow, monitor_workflow_id
 
     es = EtcdSettings()

@@ -40,7 +40,7 @@ def sign(actor: str, **fields: Any) -> identity.Proof:
 async def signed_decision(client, wid: str, kind: str, d):
     """`d` signed for workflow `wid`, decision `kind` and the step the workflow waits at now."""
     from core import keys
-    from workflows.models import Progress
+    from contracts.progress import Progress
 
     if not signing_on():
         return d
@@ -58,7 +58,6 @@ def start_proof(inp, action: str, wid: str) -> identity.Proof | None:
 
 
 # -- direct changes through the worker (ChangeRequestWorkflow) ----------------------------------------
-EXIT_FOR_REFUSAL = {"PermissionDenied": 3, "Conflict": 4, "InvalidChange": 2, "NotInitialised": 2}
 PENDING_EXIT = 6
 UNCONFIRMED_EXIT = 9  # submitted, outcome not confirmed: it may still be applied until the pickup deadline
 QUERY_TIMEOUT_S = 3.0  # one progress query; a worker that does not answer is asked again until the deadline
@@ -90,8 +89,8 @@ async def submit(proof: identity.Proof, wait: bool = False, wait_s: float | None
 
     from core.settings import SigningSettings, TemporalSettings
     from core.temporal_client import connect
-    from workflows.models import Progress
-    from workflows.request_models import ChangeRequestInput, ChangeRequestResult, change_request_workflow_id
+    from contracts.progress import Progress
+    from contracts.requests import ChangeRequestInput, ChangeRequestResult, change_request_workflow_id
 
     s = TemporalSettings()
     client = await connect(s)  # unreachable: TemporalUnavailable, exit 5, nothing submitted
@@ -156,7 +155,9 @@ def report(res, pending, what: str, as_json: bool) -> int:
                   f"Web UI   {TemporalSettings().workflow_url(pending.workflow_id)}")
         return PENDING_EXIT
     if res.status == "refused":
-        raise CliError(f"{what} refused by the worker: {res.detail}", EXIT_FOR_REFUSAL.get(res.refusal_type or "", 3))
+        from rollbackctl.cli.common import exit_code_of_kind
+
+        raise CliError(f"{what} refused by the worker: {res.detail}", exit_code_of_kind(res.refusal_type, 3))
     if res.status == "expired":
         raise CliError(f"{what}: {res.detail}", 4)
     if as_json:

@@ -210,7 +210,7 @@ def _switch(name: str):
 
 
 async def cmd_set(args) -> int:
-    from activities.changes import ChangeSetRequest, SwitchChange
+    from contracts.changes import ChangeSetRequest, SwitchChange
 
     sw = _switch(args.name)
     try:
@@ -314,7 +314,7 @@ async def cmd_audit_verify(args) -> int:
 
 
 async def cmd_operator_add(args) -> int:
-    from manual.roles import Role
+    from contracts.roles import Role
     from rollbackctl.cli import signing
 
     if signing.signing_on():

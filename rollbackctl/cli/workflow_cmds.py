@@ -168,7 +168,7 @@ async def cmd_rollback_start(args) -> int:
                         severity=rollback.Severity(args.severity), scope=scope, switch=args.switch,
                         requested_by=args.actor, reason=args.reason, durations=_durations(args), drill=args.drill,
                         break_glass=args.break_glass)
-    from manual.roles import Role
+    from contracts.roles import Role
     from rollbackctl.cli import signing
     from core.temporal_client import connect
 
@@ -224,7 +224,7 @@ async def cmd_decision(args) -> int:
     from temporalio.service import RPCError
 
     from core.temporal_client import connect
-    from workflows.models import Decision
+    from contracts.progress import Decision
 
     from rollbackctl.cli.signing import signed_decision
 
@@ -237,9 +237,9 @@ async def cmd_decision(args) -> int:
         d = await signed_decision(client, wid, args.decision, d)
         ack = await client.get_workflow_handle(wid).execute_update(args.decision, d, result_type=dict)
     except WorkflowUpdateFailedError as e:
-        msg = str(getattr(e.cause, "message", None) or e.cause or e)
-        code = 3 if re.search(r"needs|not an operator|is (viewer|on_call|risk_manager)|refused \((?!other step)", msg) else 4
-        raise CliError(f"{args.decision} refused by {wid}: {msg}", code) from None
+        from rollbackctl.cli.common import refused
+
+        raise refused(e, args.decision, wid) from None
     except RPCError as e:
         raise CliError(f"{wid}: {e.message}", 4 if "completed" in e.message.lower() else 5) from None
     print(f"{ack.get('message', 'accepted')}\n{_links(wid)}")
@@ -296,7 +296,7 @@ def paging_lines(alerts, failures) -> list[str]:
 
 
 async def _progress(client, wid: str):
-    from workflows.models import Progress
+    from contracts.progress import Progress
 
     return await client.get_workflow_handle(wid).query("progress", result_type=Progress)
 
@@ -314,7 +314,7 @@ async def truthful_progress(client, wid: str):
     from temporalio.client import WorkflowExecutionStatus, WorkflowQueryFailedError
     from temporalio.service import RPCError
 
-    from workflows.models import Progress
+    from contracts.progress import Progress
 
     desc = await client.get_workflow_handle(wid).describe()
     st = desc.status or WorkflowExecutionStatus.RUNNING

@@ -25,8 +25,9 @@ from tests.faults.infra import wait_until
 from tests.fixtures_sim import apply_and_wait
 from tests.wf_helpers import awaiting, incident, poll_progress, save_history, values
 from workflows.degradation import DegradationWorkflow, degrade_workflow_id
-from workflows.incident_models import incident_workflow_id
-from workflows.models import Decision, DegradeInput, RollbackInput
+from contracts.incidents import incident_workflow_id
+from contracts.progress import Decision
+from workflows.models import DegradeInput, RollbackInput
 from workflows.monitor import monitor_workflow_id
 from workflows.rollback import RollbackWorkflow, rollback_workflow_id
 

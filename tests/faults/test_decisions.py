@@ -14,7 +14,8 @@ from temporalio.service import RPCError
 from manual.rollback import Durations, Scope, Severity
 from tests.fixtures_sim import apply_and_wait
 from tests.wf_helpers import awaiting, incident, poll_progress, real_worker
-from workflows.models import Decision, RollbackInput
+from contracts.progress import Decision
+from workflows.models import RollbackInput
 from workflows.rollback import RollbackWorkflow, rollback_workflow_id
 
 pytestmark = pytest.mark.timeout(180)

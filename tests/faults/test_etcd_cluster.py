@@ -14,9 +14,9 @@ import uuid
 
 import pytest
 
-from activities.changes import ChangeSetRequest, SwitchChange
+from contracts.changes import ChangeSetRequest, SwitchChange
 from activities.switch_store import SwitchStore
-from manual.roles import Role
+from contracts.roles import Role
 from core.etcd import Etcd, EtcdError
 from core.watcher import SwitchWatcher
 from tests.faults.infra import EtcdCluster, wait_until

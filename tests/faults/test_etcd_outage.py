@@ -22,9 +22,9 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from activities.changes import ChangeSetRequest, SwitchChange
+from contracts.changes import ChangeSetRequest, SwitchChange
 from activities.switch_store import SwitchStore
-from manual.roles import Role
+from contracts.roles import Role
 from manual.rollback import Durations, Scope, Severity
 from core import procs
 from core.etcd import Etcd, EtcdError, EtcdUnavailable, Put
@@ -34,7 +34,8 @@ from tests.faults.store_checks import check_store, dump
 from tests.fixtures_sim import LEVEL_HOOKS, LEVEL_KEYS, start_sim
 from tests.wf_helpers import incident, poll_progress
 from worker import activity_methods, activity_objects, build_worker
-from workflows.models import Decision, RollbackInput
+from contracts.progress import Decision
+from workflows.models import RollbackInput
 from workflows.rollback import RollbackWorkflow, rollback_workflow_id
 
 pytestmark = pytest.mark.timeout(240)

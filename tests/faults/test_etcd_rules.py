@@ -16,9 +16,9 @@ import uuid
 import grpc
 import pytest
 
-from activities.changes import SeenRecord
+from contracts.changes import SeenRecord
 from activities.switch_store import SwitchStore
-from manual.roles import Role
+from contracts.roles import Role
 from core import etcd as etcd_mod
 from core.etcd import Etcd, EtcdOutcomeUnknown, Failure, Put, classify
 from tests.test_store_helpers import dump, req

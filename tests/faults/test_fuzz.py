@@ -29,12 +29,13 @@ from temporalio.client import WorkflowUpdateFailedError
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.exceptions import ApplicationError
 
-from activities.changes import ActorKind, Authority, ChangeSetRequest
+from contracts.changes import ActorKind, Authority, ChangeSetRequest
 from activities.monitor import Detector
 from activities.switch_store import Conflict, InvalidChange, NotInitialised, PermissionDenied, StoreError
-from activities.trading_core import SCHEMA_VIOLATION, HealthSnapshot, TradingCoreActivities
+from contracts.trading_core import SCHEMA_VIOLATION, HealthSnapshot
+from activities.trading_core import TradingCoreActivities
 from manual import checklist, degradation, rollback, switches
-from manual.roles import Role
+from contracts.roles import Role
 from manual.steps import AwaitConfirmation, Checklist, Observe
 from rollbackctl.cli import build_parser
 from rollbackctl.cli.common import exit_code_for
@@ -42,8 +43,9 @@ from tests.faults.crew import event_counts
 from tests.faults.store_checks import check_store, dump
 from tests.test_store_helpers import other_value
 from tests.wf_helpers import incident, poll_progress, real_worker
-from workflows.incident_models import MonitorState
-from workflows.models import Awaiting, Decision, DegradeInput, RollbackInput
+from contracts.incidents import MonitorState
+from contracts.progress import Awaiting, Decision
+from workflows.models import DegradeInput, RollbackInput
 from workflows.rollback import RollbackWorkflow, rollback_workflow_id
 from workflows.runner import ANSWERS, Runner, evaluate
 

@@ -13,7 +13,7 @@ import pytest
 from tests.faults.infra import wait_until
 from tests.faults.test_two_writers import cli
 from tests.fixtures_sim import LEVEL_HOOKS, LEVEL_KEYS, apply_and_wait
-from workflows.incident_models import incident_workflow_id
+from contracts.incidents import incident_workflow_id
 from workflows.monitor import monitor_workflow_id
 from workflows.rollback import RollbackWorkflow
 

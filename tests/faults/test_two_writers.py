@@ -26,7 +26,8 @@ from tests.faults.store_checks import check_store, dump
 from tests.fixtures_sim import apply_and_wait
 from tests.wf_helpers import incident, poll_progress
 from worker import activity_methods, activity_objects, build_worker
-from workflows.models import Decision, RollbackInput
+from contracts.progress import Decision
+from workflows.models import RollbackInput
 from workflows.rollback import RollbackWorkflow, rollback_workflow_id
 
 pytestmark = pytest.mark.timeout(180)

@@ -26,7 +26,8 @@ from tests.faults.infra import wait_until
 from tests.fixtures_sim import apply_and_wait
 from tests.wf_helpers import audit_of, awaiting, incident, poll_progress, save_history, values
 from workflows.degradation import DegradationWorkflow, degrade_workflow_id
-from workflows.models import Decision, DegradeInput, RollbackInput
+from contracts.progress import Decision
+from workflows.models import DegradeInput, RollbackInput
 from workflows.rollback import RollbackWorkflow, rollback_workflow_id
 
 pytestmark = pytest.mark.timeout(420)

@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from activities.changes import ChangeSetResult
+from contracts.changes import ChangeSetResult
 from core.identity import Proof
 
 REQUEST_ACTIONS = ("switch.set", "operator.add", "operator.rotate_key")

@@ -8,7 +8,7 @@ from typing import Any, Literal
 from contracts.paging import AlertRecord, PagingFailure
 from pydantic import BaseModel, Field
 
-from workflows.models import Decision
+from contracts.progress import Decision
 
 INCIDENT_PREFIX = "incident-"
 MONITOR_WORKFLOW_ID = "monitor"

@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from manual.roles import Role
+from contracts.roles import Role
 from core.identity import Proof
 
 
