@@ -168,5 +168,36 @@ def task_queue() -> str:
     return f"tq-{uuid.uuid4()}"
 
 
+_LEFT_RUNNING: list[str] = []
+
+
+@pytest_asyncio.fixture(autouse=True)
+async def _end_dev_leftovers(request):
+    """A dev-server test that fails mid-way must not leave its workflows running on the shared server:
+    a running canary refuses every later start of its phase ("already running: canary-phase2-1"), a
+    running rollback or degradation holds back every later P0 monitor's auto-recovery (both seen in CI:
+    one failure became three). After each test that used `dev_env` and `task_queue`, whatever still runs
+    on its task queue is terminated and named in the session summary."""
+    if not {"dev_env", "task_queue"} <= set(request.fixturenames):
+        yield
+        return
+    env, tq = request.getfixturevalue("dev_env"), request.getfixturevalue("task_queue")
+    yield
+    try:
+        async for wf in env.client.list_workflows(f'TaskQueue="{tq}" AND ExecutionStatus="Running"'):
+            try:
+                await env.client.get_workflow_handle(wf.id, run_id=wf.run_id).terminate("test cleanup")
+                _LEFT_RUNNING.append(f"{request.node.nodeid}: {wf.id}")
+            except Exception:
+                pass  # ended meanwhile
+    except Exception:
+        pass  # the dev server is gone (a test that stops it says so itself)
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _LEFT_RUNNING:
+        terminalreporter.write_line(f"workflows left running by a test, terminated: {'; '.join(_LEFT_RUNNING)}")
+
+
 # Simulator fixtures: sim_server (session), sim (per test), core_settings, paging_settings, sim_env.
 pytest_plugins = ["tests.fixtures_sim"]

@@ -151,7 +151,7 @@ async def test_cli_pause_extend_resume_abort_and_a_rollback_pauses_the_canary(
         assert s.paused_by == "rollback-inc-canary-test" and "not acted on" in s.waiting_for
 
         code, out = await cli("canary", "abort", "phase2", "--as", "rita")
-        assert code == 4 and "needs a --reason" in out
+        assert code == 2 and "needs a --reason" in out  # README: an empty --reason is bad input
         code, out = await cli("canary", "abort", "phase2", "--as", "rita", "--reason", "cli test over")
         assert code == 0, out
         res = await client.get_workflow_handle_for(CanaryWorkflow.run, wid).result()
