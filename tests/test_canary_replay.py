@@ -3,7 +3,8 @@
 They cover: a Phase 3 run passing its four stages with the Full Open gate promoted (dev server,
 simulator), an automatic rollback after 3 failed checks in a row, extend + promote + abort by a
 risk manager, a pause by a rollback workflow's signal, a Phase 2 risk-calc precision rollback,
-and a run that ends in continue-as-new (the state handed over). Record again with
+a run that ends in continue-as-new (the state handed over), and a CLI-started pass and rollback
+whose worker moved the phase's id counter (the canary-seq-by-worker patch). Record again with
 RECORD_HISTORIES=1 only for a new branch; a change that replays differently needs
 `workflow.patched`.
 """
@@ -26,7 +27,8 @@ from workflows.canary_models import CanaryInput
 HISTORIES = sorted((Path(__file__).parent / "histories").glob("canary_*.json"))
 REQUIRED = ("canary_phase3_passed", "canary_phase3_rolled_back", "canary_phase3_extended_promoted_aborted",
             "canary_phase3_paused_by_rollback", "canary_phase2_precision_rolled_back",
-            "canary_phase3_continued_as_new")
+            "canary_phase3_continued_as_new", "canary_phase3_passed_seq_by_worker",
+            "canary_phase3_rolled_back_seq_by_worker")
 
 
 def _history(path: Path) -> WorkflowHistory:
