@@ -52,7 +52,8 @@ from contracts.incidents import (
 
 log = logging.getLogger("rollbackctl.monitor")
 
-HL_MODE = "HL_MODE"
+AUTO = alerts.AUTO_MODE  # the auto mode switch's rule: its switches and thresholds (manual/alerts.py)
+HL_MODE = AUTO.forced
 ROLLBACK_TYPES = ("RollbackWorkflow", "DegradationWorkflow")
 
 
@@ -254,44 +255,35 @@ class AutoMode:
             return a.last
         snap = await self.store.snapshot()  # live: thresholds and the switch itself
         v = snap.values()
-        if not v.get("auto_mode_switch"):
+        if not v.get(AUTO.switch):
             a.over = a.under = 0
-            a.last = "auto_mode_switch off"
+            a.last = f"{AUTO.switch} off"
             return a.last
-        vols = health.get("volatility_pct") or {}
-        vol = max(vols.values(), default=0.0)
-        lat = health.get("hl_latency_ms") or 0.0
-        vmax, lmax = v.get("force_hl_volatility_pct"), v.get("force_hl_latency_ms")
-        why = []
-        if vmax is not None and vol > vmax:
-            worst = max(vols, key=vols.get)
-            why.append(f"volatility {worst} {vol:g}% > {vmax:g}%")
-        if lmax is not None and lat > lmax:
-            why.append(f"HL latency {lat:g} ms > {lmax} ms")
+        why = AUTO.over(v, health)
         a.over, a.under = (a.over + 1, 0) if why else (0, a.under + 1)
-        rm = snap.switches["routing_mode"]
+        rm = snap.switches[AUTO.routing]
         forced_from = self._forced_from(rm)
-        if why and a.over >= alerts.AUTO_MODE.force_polls and rm.value != HL_MODE:
+        if why and a.over >= AUTO.force_polls and rm.value != HL_MODE:
             await self.store.apply(ChangeSetRequest(
                 change_id=f"{self.prefix}force:{rm.value}:{rm.revision}", actor=MONITOR_IDENTITY,
                 actor_kind=ActorKind.SERVICE, authority=Authority.PREAPPROVED, action="p0.auto_mode_switch",
-                changes=[SwitchChange(switch="routing_mode", value=HL_MODE)], expected={"routing_mode": rm.value},
+                changes=[SwitchChange(switch=AUTO.routing, value=HL_MODE)], expected={AUTO.routing: rm.value},
                 source="monitor", reason=f"auto_mode_switch: {'; '.join(why)}: force HL_MODE (was {rm.value})"))
             a.last = f"forced HL_MODE (was {rm.value}): {'; '.join(why)}"
             log.warning("auto mode switch: %s", a.last)
-        elif forced_from and not why and a.under >= alerts.AUTO_MODE.release_polls:
+        elif forced_from and not why and a.under >= AUTO.release_polls:
             blocked = await self.guard.rollback_active()
             if blocked:
                 a.last = f"release withheld: {blocked}"
-            elif not approvals.is_preapproved("routing_mode", forced_from):
+            elif not approvals.is_preapproved(AUTO.routing, forced_from):
                 a.last = (f"conditions normal; routing_mode stays HL_MODE: restoring {forced_from} is not a "
                           "pre-approved move, a risk manager restores it")
             else:
                 await self.store.apply(ChangeSetRequest(
                     change_id=f"{self.prefix}release:{rm.revision}", actor=MONITOR_IDENTITY,
                     actor_kind=ActorKind.SERVICE, authority=Authority.PREAPPROVED, action="p0.auto_mode_switch",
-                    changes=[SwitchChange(switch="routing_mode", value=forced_from)],
-                    expected={"routing_mode": HL_MODE}, source="monitor",
+                    changes=[SwitchChange(switch=AUTO.routing, value=forced_from)],
+                    expected={AUTO.routing: HL_MODE}, source="monitor",
                     reason=f"auto_mode_switch: volatility and HL latency normal for {a.under} reads: "
                            f"release the forced HL_MODE back to {forced_from}"))
                 a.last = f"released HL_MODE back to {forced_from}"

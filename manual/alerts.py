@@ -360,6 +360,34 @@ class AutoModeSwitch(BaseModel):
     release_polls: int = 30
     why: str = ("forcing is the safe direction and happens at the first read over a threshold; releasing waits "
                 "30 reads (30 s) under both so a volatile market does not flip routing back and forth")
+    switch: str = "auto_mode_switch"  # on/off for the whole rule
+    routing: str = "routing_mode"  # what is forced
+    forced: str = "HL_MODE"  # to what: routing_mode's rollback value, so a pre-approved move
+    volatility_limit: str = "force_hl_volatility_pct"  # the switch holding the volatility threshold (%)
+    latency_limit: str = "force_hl_latency_ms"  # the switch holding the HL latency threshold (ms)
+
+    @model_validator(mode="after")
+    def _switches_exist(self) -> "AutoModeSwitch":
+        for name in (self.switch, self.routing, self.volatility_limit, self.latency_limit):
+            switches.get(name)
+        if switches.get(self.routing).rollback_value != self.forced:
+            raise ValueError(f"auto mode forces {self.routing}={self.forced}, which is not its rollback value")
+        return self
+
+    def over(self, values: dict[str, Any], health: dict[str, Any]) -> list[str]:
+        """Why routing must be forced at this read (empty: both under their thresholds). `values`: the
+        switches now; `health`: the core's snapshot (volatility_pct per symbol, hl_latency_ms)."""
+        vols = health.get("volatility_pct") or {}
+        vol = max(vols.values(), default=0.0)
+        lat = health.get("hl_latency_ms") or 0.0
+        vmax, lmax = values.get(self.volatility_limit), values.get(self.latency_limit)
+        why = []
+        if vmax is not None and vol > vmax:
+            worst = max(vols, key=vols.get)
+            why.append(f"volatility {worst} {vol:g}% > {vmax:g}%")
+        if lmax is not None and lat > lmax:
+            why.append(f"HL latency {lat:g} ms > {lmax} ms")
+        return why
 
 
 AUTO_MODE = AutoModeSwitch()

@@ -181,16 +181,27 @@ def only_changes(values: dict[str, Any], current: dict[str, Any]) -> dict[str, A
     return {k: v for k, v in values.items() if current.get(k) != v}
 
 
+# The switches whose restore brings internalization back (the 5% canary's reason to exist): the global
+# toggle itself, and, while it stays on, the routing mode and the symbol list that let orders in.
+INTERNALIZATION_TOGGLE = "global_betting_enabled"
+INTERNALIZATION_PATHS = ("routing_mode", "per_symbol_betting")
+
+
+def internalization_returns(snapshot: dict[str, Any], restore_to: dict[str, Any]) -> bool:
+    """Whether restoring `restore_to` (over `snapshot`, the values before the rollback) re-opens
+    internalization: the toggle comes back on, or it stayed on and a path into the book reopens."""
+    if INTERNALIZATION_TOGGLE in restore_to:
+        return restore_to[INTERNALIZATION_TOGGLE] is True
+    return snapshot.get(INTERNALIZATION_TOGGLE) is True and any(k in restore_to for k in INTERNALIZATION_PATHS)
+
+
 def restore_stages(snapshot: dict[str, Any], restore_to: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     """The restore's change sets (name, values), each carrying only the switches it changes.
 
     `restore_to` holds only switches the rollback changed. When internalization comes back with
     traffic above 5%: everything at 5% traffic first, then the traffic back ("5% canary -> full")."""
     pct = RESTORE_CANARY_SWITCH
-    internalization_back = restore_to.get("global_betting_enabled") is True or (
-        "global_betting_enabled" not in restore_to and snapshot.get("global_betting_enabled") is True
-        and any(k in restore_to for k in ("routing_mode", "per_symbol_betting")))
-    if internalization_back and (snapshot.get(pct) or 0) > RESTORE_CANARY_VALUE:
+    if internalization_returns(snapshot, restore_to) and (snapshot.get(pct) or 0) > RESTORE_CANARY_VALUE:
         return [("restore_5pct", {**restore_to, pct: RESTORE_CANARY_VALUE}), ("restore_full", {pct: snapshot.get(pct)})]
     return [("restore_full", dict(restore_to))]
 

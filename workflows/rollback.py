@@ -324,10 +324,7 @@ class RollbackWorkflow(PagingHandlers):
         snap = self.r.snapshot.values()
         expected = dict(self.set_by_rollback)
         pct = rollback.RESTORE_CANARY_SWITCH
-        internalization_back = restore_to.get("global_betting_enabled") is True or (
-            "global_betting_enabled" not in restore_to and snap.get("global_betting_enabled") is True
-            and any(k in restore_to for k in ("routing_mode", "per_symbol_betting")))
-        if internalization_back and (snap.get(pct) or 0) > rollback.RESTORE_CANARY_VALUE:
+        if rollback.internalization_returns(snap, restore_to) and (snap.get(pct) or 0) > rollback.RESTORE_CANARY_VALUE:
             stage1 = {**restore_to, pct: rollback.RESTORE_CANARY_VALUE}
             exp1 = {**expected, pct: expected.get(pct, snap.get(pct))}
             await self.r.run_apply(self._restore_step("restore_5pct", stage1, fix), values=stage1, expected=exp1,

@@ -228,6 +228,7 @@ async def monitor_status(client, wid: str) -> dict:
     from temporalio.service import RPCError
 
     from contracts.incidents import MonitorState
+    from manual import alerts
 
     try:
         desc = await client.get_workflow_handle(wid).describe()
@@ -248,7 +249,7 @@ async def monitor_status(client, wid: str) -> dict:
             out["last_error"] = st.last_error
             out["core_last_ok"] = st.last_ok_at.isoformat() if st.last_ok_at else None
             out["firing"] = sorted(k for k, ks in st.keys.items() if ks.firing)
-            out["auto_mode_switch"] = st.auto.last
+            out[alerts.AUTO_MODE.switch] = st.auto.last  # what the auto mode switch did last
     return out
 
 
