@@ -20,7 +20,8 @@ def change_request_workflow_id(nonce: str) -> str:
 
 class ChangeRequestInput(BaseModel):
     proof: Proof  # the operator's signed request (core/identity.py)
-    approval_timeout: timedelta = Field(default=timedelta(minutes=15), gt=timedelta(0), le=timedelta(hours=24))
+    # How long the second approval may take (the manual's: manual/approvals.APPROVAL_TIMEOUT, or the setting).
+    approval_timeout: timedelta = Field(gt=timedelta(0), le=timedelta(hours=24))
     # A worker must pick the request up within this long of its submission, or it expires with nothing
     # applied: a CLI that could not confirm the outcome can say exactly until when it may still land.
     pickup_deadline: timedelta = Field(default=timedelta(minutes=2), gt=timedelta(0), le=timedelta(hours=1))

@@ -125,8 +125,9 @@ class SigningSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="ROLLBACKCTL_", extra="ignore")
 
     signing: bool = True
-    # How long a two-person change request waits for its second approval.
-    approval_timeout_s: float = Field(default=900.0, gt=0)
+    # How long a two-person change (a request, a canary's start) waits for its second approval; unset:
+    # the manual's (manual/approvals.APPROVAL_TIMEOUT, 15 minutes). See `approval_timeout()` in the CLI.
+    approval_timeout_s: float | None = Field(default=None, gt=0)
     # How long after its submission a worker may still pick a change request up; later, it expires unapplied.
     change_pickup_s: float = Field(default=120.0, gt=0, le=3600)
     # How long the CLI waits for the worker's answer to a change request before it says "not confirmed yet".

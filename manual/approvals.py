@@ -15,10 +15,18 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 from manual import degradation, switches
 from contracts.roles import Role
+
+# How long a change under the two-person rule (a direct change request, a canary's start) waits for its
+# second approval before it expires with nothing applied: long enough to wake a second owner at night,
+# short enough that an approval cannot be given to a situation that has since changed.
+# ROLLBACKCTL_APPROVAL_TIMEOUT_S overrides it. Never scaled by a canary's --time-scale: a person answers
+# in real time.
+APPROVAL_TIMEOUT = timedelta(minutes=15)
 
 # Never pre-approved, whatever the value: Level 3 is a super admin's call.
 SUPER_ADMIN_ONLY = frozenset({"global_api_enabled"})

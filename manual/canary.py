@@ -25,7 +25,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from manual import approvals, switches
+from manual import alerts, approvals, switches
 from contracts.roles import Role
 from manual.steps import ApplySwitches, AwaitConfirmation, HealthCheck, Observe, Plan
 
@@ -37,6 +37,10 @@ GATE_REPAGE = timedelta(hours=4)
 MIN_SCALED_INTERVAL = timedelta(seconds=1)
 MIN_SCALED_REPAGE = timedelta(seconds=30)  # and a gate does not re-page every second
 PROMOTE_ROLE = Role.RISK_MANAGER  # `promote` and `abort` (and `resume`) need at least this role
+# Who may make each decision on a running canary: pause and extend only slow it down, so on-call may;
+# resume, promote and abort decide its course.
+DECISION_ROLES: dict[str, Role] = {"pause": Role.ON_CALL, "extend": Role.ON_CALL, "resume": PROMOTE_ROLE,
+                                   "promote": PROMOTE_ROLE, "abort": PROMOTE_ROLE}
 Phase = Literal["phase2", "phase3"]
 
 
@@ -193,11 +197,20 @@ RESERVE = _hc("risk_reserve_usd", ">=", threshold_switch="risk_reserve_min_usd",
 EXPOSURE = _hc("internal_net_exposure_usd", "<=", threshold_switch="max_internal_exposure_usd", consecutive=1,
                why="internal net exposure (worst symbol) within the stage's cap: above it the core is not "
                    "enforcing its own limit")
-# "No open P0": the P0 table's triggers that the health snapshot shows, as pass criteria.
+# "No open P0": the P0 table's triggers that the health snapshot shows, as pass criteria. Each is its
+# rule's trigger negated (the threshold is the P0 table's, in manual/alerts.py, written there once).
+_NOT = {"<": ">=", "<=": ">", ">": "<=", ">=": "<"}
+
+
+def _p0_clear(rule_id: str, why: str, **kw: Any) -> HealthCheck:
+    (trigger,) = alerts.get(rule_id).trigger
+    return _hc(trigger.metric, _NOT[trigger.op], trigger.threshold, why=why, **kw)
+
+
 P0_CLEAR = (
-    _hc("asset_mismatch_ratio", "<=", 0.001, consecutive=1, why="P0: user asset mismatch >0.1%"),
-    _hc("hl_margin_ratio", ">=", 1.5, why="P0: HL account margin <150%"),
-    _hc("hedge_margin_ratio", ">=", 2.0, why="P0: hedge account margin <200%"),
+    _p0_clear("asset_mismatch", consecutive=1, why="P0: user asset mismatch >0.1%"),
+    _p0_clear("hl_margin", why="P0: HL account margin <150%"),
+    _p0_clear("hedge_margin", why="P0: hedge account margin <200%"),
 )
 
 PHASE2_CHECKS = (ERROR_RATE, HL_ROUTING_ZERO, HL_UP)

@@ -14,16 +14,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from manual import switches
+from manual.alerts import CoreMove  # a trading-core action and its undo: one type for the P0 table and the levels
 from contracts.roles import Role
-
-
-class CoreAction(BaseModel):
-    """A trading-core action (POST /v1/actions/<action>) and the action that undoes it."""
-
-    model_config = ConfigDict(frozen=True)
-    action: str
-    body: dict[str, Any] = {}
-    undo: str | None = None
 
 
 class DegradationLevel(BaseModel):
@@ -33,7 +25,7 @@ class DegradationLevel(BaseModel):
     name: str
     trigger: str
     switch_set: dict[str, Any]
-    core_actions: tuple[CoreAction, ...] = ()
+    core_actions: tuple[CoreMove, ...] = ()
     available: tuple[str, ...]
     unavailable: tuple[str, ...]
     permission: Role  # who may start it (and restore from it)
@@ -65,8 +57,8 @@ LEVELS: dict[int, DegradationLevel] = {
         trigger="Liquidation completely broken / Multi-module failures",
         switch_set={"global_betting_enabled": False, "routing_mode": "HL_MODE", "liquidation_enabled": False},
         core_actions=(
-            CoreAction(action="pause_hl_opens", undo="resume_hl_opens"),
-            CoreAction(action="pause_large_withdrawals", body={"above_usd": 10_000}, undo="resume_large_withdrawals"),
+            CoreMove(action="pause_hl_opens", undo="resume_hl_opens"),
+            CoreMove(action="pause_large_withdrawals", body={"above_usd": 10_000}, undo="resume_large_withdrawals"),
         ),
         available=(
             "Read everything: balances, positions, orders, history",

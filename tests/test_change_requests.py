@@ -14,6 +14,7 @@ from temporalio.client import WorkflowUpdateFailedError
 from activities.requests import RequestVerifier
 from activities.switch_store import Conflict, PermissionDenied
 from core import identity
+from manual import approvals
 from tests.identity_helpers import Signers, Unchanged, signing_worker
 from tests.standins import StandIns
 from tests.test_store_helpers import req
@@ -115,7 +116,7 @@ async def test_permission_and_operator_requests(store, etcd, prefix, signers):
 
 async def start(env, proof, tq):
     wid = change_request_workflow_id(proof.request.nonce)
-    return await env.client.start_workflow(ChangeRequestWorkflow.run, ChangeRequestInput(proof=proof), id=wid,
+    return await env.client.start_workflow(ChangeRequestWorkflow.run, ChangeRequestInput(proof=proof, approval_timeout=approvals.APPROVAL_TIMEOUT), id=wid,
                                            task_queue=tq)
 
 
@@ -150,7 +151,7 @@ async def test_two_person_change_waits_for_a_second_super_admin(dev_env, store, 
         assert rec.approved_by == "sam"
 
         # the same signed request again, as a new workflow: a replay
-        replay = await dev_env.client.start_workflow(ChangeRequestWorkflow.run, ChangeRequestInput(proof=proof),
+        replay = await dev_env.client.start_workflow(ChangeRequestWorkflow.run, ChangeRequestInput(proof=proof, approval_timeout=approvals.APPROVAL_TIMEOUT),
                                                      id=f"{wid}-again", task_queue=task_queue)
         async with Unchanged(etcd, prefix):
             res = await replay.result()

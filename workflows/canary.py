@@ -66,9 +66,7 @@ with workflow.unsafe.imports_passed_through():
 SEQ_RETRY = RetryPolicy(initial_interval=timedelta(milliseconds=200), maximum_interval=timedelta(seconds=5),
                         non_retryable_error_types=errors.SWITCH_NON_RETRYABLE)
 KINDS = ("pause", "resume", "promote", "abort", "extend")
-# pause and extend only slow a canary down: on-call may. resume, promote and abort decide its course.
-NEEDS: dict[str, Role] = {"pause": Role.ON_CALL, "extend": Role.ON_CALL, "resume": canary.PROMOTE_ROLE,
-                          "promote": canary.PROMOTE_ROLE, "abort": canary.PROMOTE_ROLE}
+NEEDS = canary.DECISION_ROLES  # who may make each decision: the manual's table
 MAX_EXTEND = timedelta(days=30)
 FINAL = ("passed", "rolled_back", "aborted", "refused", "not_started", "failed", "rollback_incomplete")
 SIGNED_START = "signed-canary-start"  # patch: the signed start and the two-person rule

@@ -8,6 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from contracts.changes import BreakGlass, ChangeSetResult, Snapshot
+from manual import approvals
 from manual.canary import CanaryPlan, Phase
 from core.identity import Proof
 from contracts.progress import CheckResult, Decision, Progress
@@ -18,10 +19,6 @@ from workflows.runner import ObserveClock
 HISTORY_LIMIT = 2000
 KEEP_RECORDS = 40  # step records carried to the next run (older ones are in the previous run's history)
 KEEP_DECISIONS = 50
-# How long a start under the two-person rule waits for its second approval (the CLI passes
-# ROLLBACKCTL_APPROVAL_TIMEOUT_S, the same setting as a direct two-person change). Never scaled by
-# --time-scale: a person answers in real time.
-APPROVAL_TIMEOUT = timedelta(minutes=15)
 START_APPROVAL = "start_approval"  # the step that waits for the second approval of a start
 
 
@@ -86,7 +83,7 @@ class CanaryInput(BaseModel):
     drill: bool = False
     history_limit: int = Field(default=HISTORY_LIMIT, ge=100, le=40_000)
     # Signing on: a plan under the two-person rule waits this long for a second owner's approval.
-    approval_timeout: timedelta = Field(default=APPROVAL_TIMEOUT, gt=timedelta(0), le=timedelta(days=7))
+    approval_timeout: timedelta = Field(default=approvals.APPROVAL_TIMEOUT, gt=timedelta(0), le=timedelta(days=7))
     break_glass: str | None = Field(default=None, max_length=2000)  # a super admin starts it alone: the reason
     proof: Proof | None = None  # the requester's signed start ("canary.start", bound to the workflow id)
     # n of `canary-<phase>-<n>`, set by `canary start`: the worker moves the phase's counter to it

@@ -219,8 +219,8 @@ async def cmd_start(args) -> int:
     from manual.canary import human
     from contracts.roles import Role
     from rollbackctl.cli.common import switch_store
-    from rollbackctl.cli.signing import signing_on
-    from core.settings import SigningSettings, TemporalSettings
+    from rollbackctl.cli.signing import approval_timeout, signing_on
+    from core.settings import TemporalSettings
     from core.temporal_client import connect
     from workflows.canary_models import CanaryInput
 
@@ -241,8 +241,7 @@ async def cmd_start(args) -> int:
             raise CliError(f"{args.actor} is {op.role.value}; --break-glass needs a super_admin", 3)
         inp = CanaryInput(phase=args.phase, requested_by=args.actor, reason=args.reason, plan=plan_in,
                           time_scale=args.time_scale, drill=args.drill, break_glass=args.break_glass,
-                          approval_timeout=min(timedelta(seconds=SigningSettings().approval_timeout_s),
-                                               timedelta(days=7)))
+                          approval_timeout=approval_timeout(at_most=timedelta(days=7)))
         signing = signing_on()
         client = await connect(s)
         wid = await start_canary(client, store, inp, s.task_queue)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from datetime import timedelta
 from typing import Any
 
 from core import identity
@@ -27,6 +28,17 @@ def signing_on() -> bool:
         _warned = True
         print(f"rollbackctl: {SIGNING_OFF_WARNING}", file=sys.stderr, flush=True)
     return on
+
+
+def approval_timeout(at_most: timedelta | None = None) -> timedelta:
+    """How long a two-person change waits for its second approval: ROLLBACKCTL_APPROVAL_TIMEOUT_S when set,
+    else the manual's (manual/approvals.APPROVAL_TIMEOUT); capped at `at_most`."""
+    from core.settings import SigningSettings
+    from manual import approvals
+
+    s = SigningSettings().approval_timeout_s
+    t = timedelta(seconds=s) if s is not None else approvals.APPROVAL_TIMEOUT
+    return min(t, at_most) if at_most is not None else t
 
 
 def sign(actor: str, **fields: Any) -> identity.Proof:
@@ -97,7 +109,7 @@ async def submit(proof: identity.Proof, wait: bool = False, wait_s: float | None
     wid = change_request_workflow_id(proof.request.nonce)
     ss = SigningSettings()
     wait_s = ss.change_wait_s if wait_s is None else wait_s
-    inp = ChangeRequestInput(proof=proof, approval_timeout=timedelta(seconds=ss.approval_timeout_s),
+    inp = ChangeRequestInput(proof=proof, approval_timeout=approval_timeout(),
                              pickup_deadline=timedelta(seconds=ss.change_pickup_s))
     until = datetime.now(timezone.utc) + inp.pickup_deadline
     try:
