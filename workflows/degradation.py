@@ -13,15 +13,14 @@ is applied, paged to every escalation level and marked in the audit record.
 from __future__ import annotations
 
 import asyncio
-from datetime import timedelta
 
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
     from contracts.errors import refusal_error
-    from manual import checklist, degradation, rollback, switches
+    from manual import degradation, rollback
+    from manual import degradation_plan as plan
     from contracts.changes import BreakGlass
-    from manual.steps import ApplySwitches, AwaitConfirmation, Checklist, CoreActions, Observe
     from contracts.progress import Decision, DecisionAck, Progress, RunResult
     from workflows.models import DegradeInput
     from workflows.runner import CANCEL_HANDLED, PAGER_OUTBOX, RESTORE_ONLY_CHANGES, PagingHandlers, Runner, StartRefused, StepFailed
@@ -110,9 +109,7 @@ class DegradationWorkflow(PagingHandlers):
     async def _run(self, inp: DegradeInput) -> str:
         d, lvl = inp.durations, self.level
         changes = dict(lvl.switch_set)
-        outcome = await self.r.run_checklist(
-            Checklist(name="checklist", items=checklist.BEFORE_DEGRADATION, health_timeout=timedelta(milliseconds=300)),
-            required=lvl.permission, changes=changes)
+        outcome = await self.r.run_checklist(plan.checklist_step(), required=lvl.permission, changes=changes)
         if outcome == "role_needs_approval":
             raise StepFailed(f"degradation level {lvl.level} needs {lvl.permission.value}; "
                              f"{inp.requested_by} is {self.r.roster.get(inp.requested_by)}")
@@ -121,12 +118,8 @@ class DegradationWorkflow(PagingHandlers):
             if inp.break_glass:
                 glass = BreakGlass(by=inp.requested_by, reason=inp.break_glass)
             else:
-                _, ok = await self.r.run_await(AwaitConfirmation(
-                    name="second_approval", expects="confirm", min_role=lvl.permission, timeout=d.confirm_sla,
-                    on_timeout="fail", approvals=2,
-                    prompt=f"Degradation level {lvl.level} ({lvl.name}) requested by {inp.requested_by}: a second "
-                           f"{lvl.permission.value} must approve (`rollbackctl confirm ID --as OTHER`)."),
-                    approved_by=(inp.requested_by,))
+                _, ok = await self.r.run_await(plan.second_approval_step(lvl, d, inp.requested_by),
+                                               approved_by=(inp.requested_by,))
                 if ok is None:
                     self.r.progress.detail = (f"no second {lvl.permission.value} approved level {lvl.level} within "
                                               f"{d.confirm_sla}: nothing applied")
@@ -134,26 +127,18 @@ class DegradationWorkflow(PagingHandlers):
                                         kind="not_applied")
                     return "not_applied"
                 glass = ok.glass()
-        authority = "preapproved" if lvl.preapproved else "owner"
-        await self.r.run_apply(ApplySwitches(
-            name=f"apply_level_{lvl.level}", changes=changes, authority=authority,
-            reason=f"degradation level {lvl.level} ({lvl.name}): {inp.reason}"), break_glass=glass)
+        await self.r.run_apply(plan.apply_step(lvl, inp.reason), break_glass=glass)
         self._held = dict(changes)
         if glass is not None:
             await self.r.page_everyone(f"BREAK-GLASS: {self.r.wid}: degradation level {lvl.level} applied by "
                                        f"{glass.by} without a second approval: {glass.reason}")
-        if lvl.core_actions:
-            await self.r.run_core_actions(CoreActions(
-                name=f"level_{lvl.level}_actions", actions=tuple((a.action, a.body) for a in lvl.core_actions)))
+        if (actions := plan.actions_step(lvl)) is not None:
+            await self.r.run_core_actions(actions)
             self._core_held = [a.action for a in lvl.core_actions]
         await self.r.notify(f"{self.r.wid}: degradation level {lvl.level} ({lvl.name}) in force. Available: "
                             + "; ".join(lvl.available), page=True, severity="critical", kind="in_force")
-        await self.r.run_observe(Observe(name="observe", duration=d.observe, interval=d.interval(d.observe),
-                                         checks=rollback.OBSERVE_CHECKS, consecutive=d.consecutive_breaches,
-                                         on_breach="record"))
-        await self.r.run_await(AwaitConfirmation(
-            name="confirm", expects="confirm", min_role=lvl.permission, timeout=d.confirm_sla,
-            prompt=f"Confirm degradation level {lvl.level} holds (`rollbackctl confirm ID --as OP`)."))
+        await self.r.run_observe(plan.observe_step(d))
+        await self.r.run_await(plan.confirm_step(lvl, d))
 
         snap = self.r.snapshot.values()
         restore_to = {k: snap[k] for k in changes}
@@ -174,20 +159,15 @@ class DegradationWorkflow(PagingHandlers):
         if not fix.restore:
             self.r.progress.detail = f"closed without restore by {fix.actor}: {fix.reason}"
             return "closed_without_restore"
-        undo = tuple((a.undo, {}) for a in lvl.core_actions if a.undo)
         not_undone: list[str] = []
-        if undo:
-            done = await self.r.run_core_actions(CoreActions(name=f"undo_level_{lvl.level}_actions", actions=undo))
-            undone_of = {a.undo: a.action for a in lvl.core_actions}
+        if (undo := plan.undo_step(lvl)) is not None:
+            done = await self.r.run_core_actions(undo)
+            undone_of = plan.undone_by(lvl)
             failed = [a for a in done if not a.ok]
             not_undone = [str(a) for a in failed]
             self._core_held = [undone_of.get(a.action, str(a)) for a in failed]
-        await self.r.run_apply(
-            ApplySwitches(name="restore", changes=restore_to, authority="plan",
-                          reason=f"restore from degradation level {lvl.level} after fix {fix.reference}: "
-                                 + ", ".join(f"{k}={switches.get(k).render(v)}" for k, v in restore_to.items())),
-            values=restore_to, expected=changes, approved_by=fix.actor,
-            break_glass=fix.glass())
+        await self.r.run_apply(plan.restore_step(lvl, restore_to, fix.reference), values=restore_to, expected=changes,
+                               approved_by=fix.actor, break_glass=fix.glass())
         self._held = {}
         if fix.break_glass:
             await self.r.page_everyone(f"BREAK-GLASS: {self.r.wid}: restore from degradation level {lvl.level} by "

@@ -34,9 +34,9 @@ from activities.monitor import Detector
 from activities.switch_store import Conflict, InvalidChange, NotInitialised, PermissionDenied, StoreError
 from contracts.trading_core import SCHEMA_VIOLATION, HealthSnapshot
 from activities.trading_core import TradingCoreActivities
-from manual import checklist, degradation, rollback, switches
+from manual import degradation, degradation_plan, rollback, switches
 from contracts.roles import Role
-from manual.steps import AwaitConfirmation, Checklist, Observe
+from manual.steps import Observe
 from rollbackctl.cli import build_parser
 from rollbackctl.cli.common import exit_code_for
 from tests.faults.crew import event_counts
@@ -310,12 +310,7 @@ def test_degrade_inputs_are_refused_at_the_start_or_run_every_step(data):
         inp = DegradeInput.model_validate(data)
     except ValidationError:
         return
-    d, lvl = inp.durations, degradation.get(inp.level)
-    Checklist(name="checklist", items=checklist.BEFORE_DEGRADATION, health_timeout=timedelta(milliseconds=300))
-    Observe(name="observe", duration=d.observe, interval=d.interval(d.observe), checks=rollback.OBSERVE_CHECKS,
-            consecutive=d.consecutive_breaches, on_breach="record")
-    AwaitConfirmation(name="confirm", expects="confirm", min_role=lvl.permission, timeout=d.confirm_sla, prompt="p")
-    rollback.fix_step(d, rollback.restore_role(list(lvl.switch_set)))
+    degradation_plan.every_step(degradation.get(inp.level), inp.durations, inp.requested_by)  # the workflow's own
     _round_trip(inp)
 
 
