@@ -19,6 +19,7 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ApplicationError, FailureError
 
 with workflow.unsafe.imports_passed_through():
+    from activities.requests import RequestActivities
     from contracts import errors
     from contracts.errors import refusal_error
     from contracts.roles import Role
@@ -77,8 +78,8 @@ class ChangeRequestWorkflow(PagingHandlers):
             self.r.accept("confirm", d)
 
     async def _apply(self, approvals: list) -> RequestOutcome:
-        return await workflow.execute_local_activity(
-            "request.apply", RequestApply(proof=self.inp.proof, approvals=approvals), result_type=RequestOutcome,
+        return await workflow.execute_local_activity_method(
+            RequestActivities.apply, RequestApply(proof=self.inp.proof, approvals=approvals),
             start_to_close_timeout=timedelta(seconds=15), retry_policy=APPLY_RETRY)
 
     async def _done(self, status: str, detail: str, **kw) -> ChangeRequestResult:

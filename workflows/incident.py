@@ -28,6 +28,7 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ApplicationError, FailureError
 
 with workflow.unsafe.imports_passed_through():
+    from activities.monitor import IncidentOps
     from contracts.errors import refusal_error
     from contracts.changes import BreakGlass
     from manual import alerts, escalation, switches
@@ -503,9 +504,9 @@ class IncidentWorkflow(PagingHandlers):
         why = why or f"condition clear for {self.clear_hold}"
         undo = [m for m in self.rule.core_moves if m.undo and m.action in self._in_force]
         try:
-            guard: UndoGuardResult = await workflow.execute_activity(
-                "incident.undo_guard", UndoGuardInput(workflow_id=self.st.workflow_id, actions=[m.action for m in undo]),
-                result_type=UndoGuardResult, start_to_close_timeout=timedelta(seconds=20),
+            guard: UndoGuardResult = await workflow.execute_activity_method(
+                IncidentOps.undo_guard, UndoGuardInput(workflow_id=self.st.workflow_id, actions=[m.action for m in undo]),
+                start_to_close_timeout=timedelta(seconds=20),
                 retry_policy=RetryPolicy(maximum_attempts=3))
         except FailureError as e:
             guard = UndoGuardResult(ok=False, reason=f"could not check who else holds it: {getattr(e, 'cause', None) or e}")

@@ -16,6 +16,7 @@ from temporalio import workflow
 from temporalio.common import RetryPolicy
 
 with workflow.unsafe.imports_passed_through():
+    from activities.monitor import MonitorActivities
     from contracts.incidents import MONITOR_WORKFLOW_ID, MonitorInput, MonitorState
 
 
@@ -37,8 +38,8 @@ class MonitorWorkflow:
 
     @workflow.run
     async def run(self, inp: MonitorInput) -> MonitorState:
-        state: MonitorState = await workflow.execute_activity(
-            "monitor.run", inp, result_type=MonitorState,
+        state: MonitorState = await workflow.execute_activity_method(
+            MonitorActivities.run, inp,
             task_queue=inp.activity_task_queue or workflow.info().task_queue,
             start_to_close_timeout=timedelta(seconds=inp.run_for_s + 120),
             heartbeat_timeout=timedelta(seconds=inp.heartbeat_timeout_s),

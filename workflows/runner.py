@@ -31,7 +31,10 @@ with workflow.unsafe.imports_passed_through():
     from contracts.changes import ChangeSetRequest, ChangeSetResult, Snapshot, SwitchChange
     from activities.switch_activities import Roster, SwitchActivities
     from contracts.changes import SeenRecord
-    from contracts.trading_core import ExposureReport, exposure_mismatches
+    from contracts.trading_core import (CoreActionInput, CoreActionResult, ExposureReport, HealthSnapshot,
+                                        ReadHealthInput, WaitAppliedInput, exposure_mismatches)
+    from activities.temporal_ops import TemporalOps
+    from activities.trading_core import TradingCoreActivities
     from activities.pager_client import PagerClient
     from activities.paging import ChatInput, PageInput, PagingActivities
     from contracts.paging import (
@@ -287,11 +290,9 @@ class Runner:
     async def load_roster(self, local: bool = True) -> None:
         """`local` on the critical path (start); a refresh while waiting is a regular activity: it holds
         no workflow task open (and time-skipping tests skip through it)."""
-        run = workflow.execute_local_activity if local else workflow.execute_activity
-        r: Roster = await run(
-            "switch.roster", result_type=Roster, start_to_close_timeout=timedelta(seconds=10),
-            retry_policy=SWITCH_RETRY,
-        )
+        run = workflow.execute_local_activity_method if local else workflow.execute_activity_method
+        r: Roster = await run(SwitchActivities.roster, start_to_close_timeout=timedelta(seconds=10),
+                              retry_policy=SWITCH_RETRY)
         self.roster = r.roles
         self.keys, self.retired, self.signing = r.keys, r.retired, r.signing
         self.roster_at = self.progress.roster_at = workflow.now()
@@ -329,35 +330,34 @@ class Runner:
                                for lv in escalation.LEVELS))
 
     async def take_snapshot(self) -> Snapshot:
-        snap: Snapshot = await workflow.execute_local_activity(
-            "switch.snapshot", result_type=Snapshot, start_to_close_timeout=timedelta(seconds=10),
-            retry_policy=SWITCH_RETRY,
-        )
+        snap: Snapshot = await workflow.execute_local_activity_method(
+            SwitchActivities.snapshot, start_to_close_timeout=timedelta(seconds=10), retry_policy=SWITCH_RETRY)
         return snap
 
     async def read_health(self, timeout: timedelta, attempts: int = 2, local: bool = False) -> dict[str, Any]:
-        inp = {"timeout_s": timeout.total_seconds()}  # activities.trading_core.ReadHealthInput
+        """The core's health snapshot (GET /v1/health, validated by the activity), as the metrics the steps'
+        checks read by name (manual/steps.HealthCheck.metric)."""
+        inp = ReadHealthInput(timeout_s=timeout.total_seconds())
         policy = RetryPolicy(maximum_attempts=attempts, initial_interval=timedelta(milliseconds=100))
         if local:
-            return await workflow.execute_local_activity(
-                "core.read_health", inp, result_type=dict, start_to_close_timeout=timeout + timedelta(milliseconds=200),
-                retry_policy=policy,
-            )
-        return await workflow.execute_activity(
-            "core.read_health", inp, result_type=dict, start_to_close_timeout=timeout + timedelta(seconds=1),
-            retry_policy=policy,
-        )
+            snap: HealthSnapshot = await workflow.execute_local_activity_method(
+                TradingCoreActivities.read_health, inp, start_to_close_timeout=timeout + timedelta(milliseconds=200),
+                retry_policy=policy)
+        else:
+            snap = await workflow.execute_activity_method(
+                TradingCoreActivities.read_health, inp, start_to_close_timeout=timeout + timedelta(seconds=1),
+                retry_policy=policy)
+        return snap.model_dump(mode="json")
 
-    async def core_action(self, step: str, action: str, body: dict[str, Any]) -> dict[str, Any]:
+    async def core_action(self, step: str, action: str, body: dict[str, Any]) -> CoreActionResult:
         # activities.trading_core.CoreActionInput. A regular activity even on a critical path (a P0
         # immediate action): as a local activity, a core that is down holds the workflow task open
         # (no timer, no page meanwhile), and a failed local attempt followed by other commands did
         # not replay (sdk-core 1.35: nondeterminism on the next worker).
-        inp = {"action": action, "body": body, "idempotency_key": f"{self._key(step)}:{action}"}
-        return await workflow.execute_activity(
-            "core.action", inp, result_type=dict, start_to_close_timeout=timedelta(seconds=10),
-            schedule_to_close_timeout=CORE_ACTION_HORIZON, retry_policy=CORE_RETRY,
-        )
+        inp = CoreActionInput(action=action, body=body, idempotency_key=f"{self._key(step)}:{action}")
+        return await workflow.execute_activity_method(
+            TradingCoreActivities.action, inp, start_to_close_timeout=timedelta(seconds=10),
+            schedule_to_close_timeout=CORE_ACTION_HORIZON, retry_policy=CORE_RETRY)
 
     async def notify(self, text: str, *, page: bool, severity: str = "warning", event_action: str = "trigger",
                      wait: bool = True, level: int | None = None, dedup: str | None = None, kind: str = "notice",
@@ -640,18 +640,21 @@ class Runner:
 
         async def send() -> None:
             try:
+                # By name, results read as dicts: histories recorded before the pager outbox hold the
+                # answers of older paging activities, which today's ChatResult / PageResult do not decode
+                # (a method reference would impose its return type; the SDK ignores result_type then).
                 calls = [workflow.execute_activity(
-                    "paging.chat", {"text": f"{prefix}{text}", "escalation_level": level,
-                                  "fields": {"workflow": self.wid, "incident": self.incident}},  # paging.ChatInput
+                    "paging.chat", ChatInput(text=f"{prefix}{text}", escalation_level=level,
+                                                     fields={"workflow": self.wid, "incident": self.incident}),
                     result_type=dict, start_to_close_timeout=timedelta(seconds=10), retry_policy=NOTIFY_RETRY)]
                 if page:
                     calls.append(workflow.execute_activity(
-                        "paging.page", {  # activities.paging.PageInput
-                            "event_action": event_action,
-                            "dedup_key": f"{self.key_base}:L{level}" + (f":{dedup}" if dedup else ""),
-                            "summary": f"{prefix}{text}"[:1000], "severity": severity, "source": "rollbackctl",
-                            "escalation_level": level,
-                            "custom_details": {"workflow_id": self.wid, "incident": self.incident, "drill": self.drill}},
+                        "paging.page", PageInput(
+                            event_action=event_action,
+                            dedup_key=f"{self.key_base}:L{level}" + (f":{dedup}" if dedup else ""),
+                            summary=f"{prefix}{text}"[:1000], severity=severity, source="rollbackctl",
+                            escalation_level=level,
+                            custom_details={"workflow_id": self.wid, "incident": self.incident, "drill": self.drill}),
                         result_type=dict, start_to_close_timeout=timedelta(seconds=10), retry_policy=NOTIFY_RETRY))
                 await asyncio.gather(*calls)
             except FailureError as e:
@@ -691,10 +694,9 @@ class Runner:
             nonce_owner=f"{self.wid}/{workflow.info().first_execution_run_id}",
             break_glass=break_glass,
         )
-        res: ChangeSetResult = await workflow.execute_local_activity(
-            "switch.apply", req, result_type=ChangeSetResult, start_to_close_timeout=timedelta(seconds=15),
-            schedule_to_close_timeout=timedelta(minutes=30), retry_policy=SWITCH_RETRY,
-        )
+        res: ChangeSetResult = await workflow.execute_local_activity_method(
+            SwitchActivities.apply, req, start_to_close_timeout=timedelta(seconds=15),
+            schedule_to_close_timeout=timedelta(minutes=30), retry_policy=SWITCH_RETRY)
         if res.replayed:
             self._unsee_own_write(res)
         self.progress.applied.append(res)
@@ -723,9 +725,9 @@ class Runner:
 
     async def verify_applied(self, revision: int, timeout: timedelta) -> str:
         try:
-            await workflow.execute_activity(
-                "core.wait_applied", {"revision": revision, "timeout_s": timeout.total_seconds()},  # WaitAppliedInput
-                result_type=dict, start_to_close_timeout=timeout + timedelta(seconds=2),
+            await workflow.execute_activity_method(
+                TradingCoreActivities.wait_applied, WaitAppliedInput(revision=revision, timeout_s=timeout.total_seconds()),
+                start_to_close_timeout=timeout + timedelta(seconds=2),
                 retry_policy=RetryPolicy(maximum_attempts=3, non_retryable_error_types=["Maintenance"]),
             )
             return f"trading core applied revision {revision}"
@@ -815,10 +817,9 @@ class Runner:
     async def pause_canaries(self) -> str | None:
         """Signal running canaries to pause (nothing promotes over a rollback)."""
         try:
-            r = await workflow.execute_activity(
-                "ops.pause_canaries", self.wid, result_type=str, start_to_close_timeout=timedelta(seconds=10),
-                retry_policy=RetryPolicy(maximum_attempts=3),
-            )
+            r = await workflow.execute_activity_method(
+                TemporalOps.pause_canaries, self.wid, start_to_close_timeout=timedelta(seconds=10),
+                retry_policy=RetryPolicy(maximum_attempts=3))
             return r
         except FailureError as e:
             self.log("pausing canaries failed: %s", e)
@@ -866,8 +867,8 @@ class Runner:
         """Extra metrics a step asks for (Observe.probes), merged into the health snapshot."""
         out: dict[str, Any] = {}
         if "exposure_precision" in step.probes:
-            report: ExposureReport = await workflow.execute_activity(
-                "core.read_exposure", result_type=ExposureReport, start_to_close_timeout=timedelta(seconds=5),
+            report: ExposureReport = await workflow.execute_activity_method(
+                TradingCoreActivities.read_exposure, start_to_close_timeout=timedelta(seconds=5),
                 retry_policy=RetryPolicy(maximum_attempts=2, initial_interval=timedelta(milliseconds=100)))
             bad = exposure_mismatches(report)
             out["exposure_mismatches"] = len(bad)
