@@ -21,6 +21,7 @@ import pytest
 import pytest_asyncio
 
 from activities.switch_store import SwitchStore
+from contracts.paging import pager_workflow_id
 from contracts.roles import Role
 from core import procs
 from core.etcd import Etcd
@@ -177,7 +178,8 @@ async def _end_dev_leftovers(request):
     a running canary refuses every later start of its phase ("already running: canary-phase2-1"), a
     running rollback or degradation holds back every later P0 monitor's auto-recovery (both seen in CI:
     one failure became three). After each test that used `dev_env` and `task_queue`, whatever still runs
-    on its task queue is terminated and named in the session summary."""
+    on its task queue is terminated and named in the session summary (the task queue's pager workflow,
+which lives as long as its queue by design, is ended without being named)."""
     if not {"dev_env", "task_queue"} <= set(request.fixturenames):
         yield
         return
@@ -187,7 +189,8 @@ async def _end_dev_leftovers(request):
         async for wf in env.client.list_workflows(f'TaskQueue="{tq}" AND ExecutionStatus="Running"'):
             try:
                 await env.client.get_workflow_handle(wf.id, run_id=wf.run_id).terminate("test cleanup")
-                _LEFT_RUNNING.append(f"{request.node.nodeid}: {wf.id}")
+                if wf.id != pager_workflow_id(tq):
+                    _LEFT_RUNNING.append(f"{request.node.nodeid}: {wf.id}")
             except Exception:
                 pass  # ended meanwhile
     except Exception:
