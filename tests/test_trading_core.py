@@ -204,7 +204,7 @@ def test_the_simulator_keeps_answers_for_its_ttl_then_forgets_them():
 
     from simulator.core import IDEMPOTENCY_TTL_S, Simulator
 
-    from workflows.runner import CORE_ACTION_HORIZON
+    from workflows.base import CORE_ACTION_HORIZON
 
     assert IDEMPOTENCY_TTL_S >= CORE_ACTION_HORIZON.total_seconds()  # longer than any retry of one key
     sim = Simulator(None)

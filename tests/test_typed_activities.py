@@ -18,8 +18,8 @@ CALLS = {"execute_activity", "execute_local_activity", "start_activity", "start_
          "start_activity_method", "start_local_activity_method"}
 # (file, activity name): why it stays a call by name
 BY_NAME = {
-    ("workflows/runner.py", "paging.chat"): "pre-outbox histories: the answer is read as a dict",
-    ("workflows/runner.py", "paging.page"): "pre-outbox histories: the answer is read as a dict",
+    ("workflows/alerting.py", "paging.chat"): "pre-outbox histories: the answer is read as a dict",
+    ("workflows/alerting.py", "paging.page"): "pre-outbox histories: the answer is read as a dict",
 }
 
 

@@ -61,7 +61,9 @@ with workflow.unsafe.imports_passed_through():
         StageRecord,
     )
     from contracts.progress import Awaiting, Decision, DecisionAck, DecisionRecord, Progress
-    from workflows.runner import PAGER_OUTBOX, ObserveClock, PagingHandlers, Runner, StepFailed
+    from workflows.alerting import PagingHandlers
+    from workflows.base import PAGER_OUTBOX, StepFailed
+    from workflows.runner import ObserveClock, Runner
 
 SEQ_RETRY = RetryPolicy(initial_interval=timedelta(milliseconds=200), maximum_interval=timedelta(seconds=5),
                         non_retryable_error_types=errors.SWITCH_NON_RETRYABLE)

@@ -32,7 +32,9 @@ with workflow.unsafe.imports_passed_through():
         RequestApply,
         RequestOutcome,
     )
-    from workflows.runner import PAGER_OUTBOX, PagingHandlers, Runner, root_cause
+    from workflows.alerting import PagingHandlers
+    from workflows.base import PAGER_OUTBOX, root_cause
+    from workflows.runner import Runner
 
 PICKUP_DEADLINE = "change-pickup-deadline"  # patch: a request no worker ran in time expires, applying nothing
 APPLY_RETRY = RetryPolicy(initial_interval=timedelta(milliseconds=200), maximum_interval=timedelta(seconds=5),

@@ -23,7 +23,9 @@ with workflow.unsafe.imports_passed_through():
     from contracts.changes import BreakGlass
     from contracts.progress import Decision, DecisionAck, Progress, RunResult
     from workflows.models import DegradeInput
-    from workflows.runner import CANCEL_HANDLED, PAGER_OUTBOX, RESTORE_ONLY_CHANGES, PagingHandlers, Runner, StartRefused, StepFailed
+    from workflows.alerting import PagingHandlers
+    from workflows.base import CANCEL_HANDLED, PAGER_OUTBOX, RESTORE_ONLY_CHANGES, StartRefused, StepFailed
+    from workflows.runner import Runner
 
 
 def degrade_workflow_id(level: int, incident_id: str) -> str:

@@ -56,7 +56,9 @@ with workflow.unsafe.imports_passed_through():
     from workflows.models import DegradeInput, RollbackInput
     from workflows.rollback import RollbackWorkflow, rollback_workflow_id
     from contracts.paging import Channel, Delivery
-    from workflows.runner import PAGER_OUTBOX, PagingHandlers, Runner, StepFailed
+    from workflows.alerting import PagingHandlers
+    from workflows.base import PAGER_OUTBOX, StepFailed
+    from workflows.runner import Runner
 
 
 def incident_id_for(workflow_id: str, start: datetime) -> str:

@@ -14,7 +14,8 @@ from temporalio import workflow
 with workflow.unsafe.imports_passed_through():
     from contracts.paging import Channel, Delivery
     from manual import escalation
-    from workflows.runner import PagingHandlers, Runner
+    from workflows.alerting import PagingHandlers
+    from workflows.runner import Runner
 
 WAIT = timedelta(seconds=90)
 

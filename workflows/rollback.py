@@ -26,7 +26,9 @@ with workflow.unsafe.imports_passed_through():
     from manual.steps import ApplySwitches, AwaitConfirmation, CoreActions, Observe
     from contracts.progress import Decision, DecisionAck, Progress, RunResult
     from workflows.models import RollbackInput
-    from workflows.runner import CANCEL_HANDLED, PAGER_OUTBOX, RESTORE_ONLY_CHANGES, PagingHandlers, Runner, StartRefused, StepFailed
+    from workflows.alerting import PagingHandlers
+    from workflows.base import CANCEL_HANDLED, PAGER_OUTBOX, RESTORE_ONLY_CHANGES, StartRefused, StepFailed
+    from workflows.runner import Runner
 
 
 def rollback_workflow_id(incident_id: str) -> str:

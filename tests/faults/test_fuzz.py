@@ -47,7 +47,8 @@ from contracts.incidents import MonitorState
 from contracts.progress import Awaiting, Decision
 from workflows.models import DegradeInput, RollbackInput
 from workflows.rollback import RollbackWorkflow, rollback_workflow_id
-from workflows.runner import ANSWERS, Runner, evaluate
+from workflows.base import ANSWERS
+from workflows.runner import Runner, evaluate
 
 pytestmark = pytest.mark.timeout(600)
 

@@ -1,0 +1,94 @@
+"""What the interpreter's parts share (workflows/runner.py): patch names, retry policies, timing
+constants, which decision answers which awaited step, and how a step fails.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError
+
+with workflow.unsafe.imports_passed_through():
+    from contracts import errors
+
+SWITCH_RETRY = RetryPolicy(
+    initial_interval=timedelta(milliseconds=200),
+    maximum_interval=timedelta(seconds=5),
+    non_retryable_error_types=errors.SWITCH_NON_RETRYABLE,
+)
+CORE_RETRY = RetryPolicy(
+    initial_interval=timedelta(milliseconds=200),
+    maximum_interval=timedelta(seconds=5),
+    non_retryable_error_types=["BadRequest", "SchemaViolation", "Maintenance", "Unauthorized"],
+)
+NOTIFY_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30),
+                           maximum_attempts=20, non_retryable_error_types=["BadRequest", "NotConfigured"])
+SUBMIT_RETRY = RetryPolicy(initial_interval=timedelta(milliseconds=500), maximum_interval=timedelta(seconds=10),
+                           maximum_attempts=10)
+# Patch "pager-outbox": notices go through the pager workflow (budgets, storms, rerouting) and every alert
+# a workflow opens is in its ledger, resolved or handed on when it ends.
+PAGER_OUTBOX = "pager-outbox"
+# patch: restore change sets carry only the switches they change; `fix` needs the role the store will demand
+RESTORE_ONLY_CHANGES = "restore-only-changes"
+# patch: a workflow cancelled in Temporal says what stays and pages it before it ends CANCELED
+CANCEL_HANDLED = "cancel-handled"
+CLOSE_WAIT = timedelta(seconds=30)  # at its end a workflow waits this long to hear its alerts resolved
+# The longest a trading-core action is retried under one Idempotency-Key; the core must keep a
+# performed action's answer at least this long (docs/trading-core-api.md; the simulator: 24 h).
+CORE_ACTION_HORIZON = timedelta(hours=1)
+MAX_CHECKS_KEPT = 20
+# While a step waits for a human (signing on), the roster and its keys are re-read at least this often:
+# a rotated or removed key stops working for approvals within this interval.
+ROSTER_REFRESH = timedelta(seconds=30)
+
+# Which Update kinds answer which awaited step.
+ANSWERS: dict[str, tuple[str, ...]] = {
+    "confirm": ("confirm",),
+    "proceed_or_cancel": ("proceed", "cancel"),
+    "fix": ("fix",),
+    "escalate": ("escalate", "confirm"),
+    "level_choice": ("escalate",),
+    "promote": ("promote",),
+}
+
+
+def root_cause(e: BaseException) -> BaseException:
+    """The ApplicationError behind an activity failure (local activities raise it unwrapped)."""
+    while isinstance(e, ActivityError) and e.cause is not None:
+        e = e.cause
+    return e
+
+
+class StepFailed(Exception):
+    """A step could not complete; the workflow ends with this message. `kind`: the error kind when
+    one is known (CONFLICT: someone changed a switch in between; a caller may read again)."""
+
+    def __init__(self, message: str, kind: "errors.ErrorKind | None" = None):
+        super().__init__(message)
+        self.kind = kind
+
+    @property
+    def conflict(self) -> bool:
+        return self.kind is errors.ErrorKind.CONFLICT
+
+
+@dataclass(frozen=True)
+class ActionOutcome:
+    """What one trading-core action of a CoreActions step came to (str(): the line shown and logged)."""
+
+    action: str
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def __str__(self) -> str:
+        return self.action if self.ok else f"{self.action} FAILED ({self.error})"
+
+
+class StartRefused(StepFailed):
+    """The requester's signed start was refused (signing on): nothing was changed."""

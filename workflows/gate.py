@@ -1,0 +1,251 @@
+"""The decision gate: how every workflow that waits for a human waits (`run_await`: deadline,
+re-page, reminders, the two-person rule, roster refresh) and judges a decision (`check_decision`, pure:
+the Updates' validators; `accept`: the handlers). Part of `Runner` (workflows/runner.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+from typing import Any
+
+from temporalio import workflow
+
+with workflow.unsafe.imports_passed_through():
+    from contracts.errors import Refusal, invalid, not_permitted
+    from manual import approvals
+    from contracts.roles import Role
+    from core import identity
+    from manual.steps import AwaitConfirmation
+    from contracts.progress import Awaiting, Decision, DecisionAck, DecisionRecord
+from workflows.base import ROSTER_REFRESH, ANSWERS
+
+
+class DecisionGate:
+    """Awaiting, validating and accepting human decisions (Updates) and signed starts."""
+
+    def two_person(self, values: dict[str, Any]) -> int:
+        """How many different operators must approve a step leading to `values` (two-person rule)."""
+        if not self.signing or not approvals.two_person_changes(values):
+            return 1
+        return 2 if workflow.patched("two-person") else 1
+
+    def accept_start(self, action: str, proof: identity.Proof | None, values: dict[str, Any]) -> str | None:
+        """Check the requester's signed start (once; signing on). A refusal, or None (then the proof
+        goes with this workflow's change sets). A start by a parent workflow carries the parent's
+        authority: its human decision was checked there (a client cannot set a parent)."""
+        if not self.signing or self._start_checked:
+            return None
+        self._start_checked = True
+        if workflow.info().parent is not None:
+            return None
+        try:
+            identity.check(proof, actor=self.requested_by, public_key=self.keys.get(self.requested_by),
+                           retired=self.retired.get(self.requested_by, ()), workflow_id=self.wid, action=action,
+                           target=self.wid, values=values)
+        except identity.Refused as e:
+            hint = " (start it with the rollbackctl CLI, which signs)" if e.kind is identity.Refusal.UNSIGNED else ""
+            return f"start of {self.wid} by {self.requested_by} {e}{hint}"
+        self.used_nonces.append(proof.request.nonce)
+        self.proofs.append(proof)
+        return None
+
+    def _still_needed(self, aw: Awaiting) -> list[str]:
+        """Operators who could still approve `aw` (role, a key when signing on, not yet approved)."""
+        need = Role(aw.min_role)
+        return sorted(n for n, r in self.roster.items()
+                      if Role(r).at_least(need) and n not in aw.approved_by and (not self.signing or n in self.keys))
+
+    def _approval_prompt(self, aw: Awaiting, base: str) -> str:
+        if aw.approvals_needed < 2:
+            return base
+        got = ", ".join(aw.approved_by) or "nobody yet"
+        who = ", ".join(aw.still_needed) or "nobody: no other operator holds that role with a key"
+        return (f"{base} Two-person rule: {aw.approvals_needed} different {aw.min_role}s must approve; approved by "
+                f"{got}; still needed: one of {who} (a single super admin may force it with --break-glass REASON).")
+
+    async def _wait_decision(self, timeout: timedelta, refresh: bool) -> None:
+        """Wait up to `timeout` for a decision; with `refresh`, re-read the roster every ROSTER_REFRESH
+        meanwhile (raises asyncio.TimeoutError when the whole timeout has passed)."""
+        if not refresh:
+            await workflow.wait_condition(lambda: self._decision is not None, timeout=timeout)
+            return
+        deadline = workflow.now() + timeout
+        while True:
+            left = deadline - workflow.now()
+            if left <= timedelta(0):
+                raise asyncio.TimeoutError()
+            try:
+                await workflow.wait_condition(lambda: self._decision is not None, timeout=min(left, ROSTER_REFRESH))
+                return
+            except asyncio.TimeoutError:
+                if workflow.now() >= deadline:
+                    raise
+                await self.load_roster(local=False)
+                if self.progress.awaiting is not None:
+                    self.progress.awaiting.still_needed = self._still_needed(self.progress.awaiting)
+
+    async def run_await(self, step: AwaitConfirmation, approved_by: tuple[str, ...] = ()) -> tuple[str, Decision | None]:
+        """Wait for a decision. Returns (kind, decision); kind "timeout" when it proceeds/fails on time.
+
+        `step.approvals == 2` (two-person rule): the step ends when a second, different operator of
+        `step.min_role` approves (`approved_by`: who approved already, e.g. the signed requester), or a
+        super admin's break-glass decision forces it.
+        """
+        rec = self._begin(step.name, step.kind)
+        self._decision = None
+        since = workflow.now()
+        self.progress.awaiting = Awaiting(step=step.name, expects=step.expects, min_role=step.min_role.value,
+                                          since=since, deadline=since + step.timeout, prompt=step.prompt,
+                                          approvals_needed=step.approvals, approved_by=list(approved_by))
+        aw = self.progress.awaiting
+        if self.current_alert is not None:
+            aw.alerts.append(self.current_alert)  # the latest page asked for it
+        if step.approvals > 1:
+            aw.still_needed = self._still_needed(aw)
+            aw.prompt = self._approval_prompt(aw, step.prompt)
+        # Patch "roster-refresh": with signing on, keys are re-read while a human is awaited.
+        refresh = self.signing and workflow.patched("roster-refresh")
+        try:
+            while True:
+                try:
+                    await self._wait_decision(step.timeout, refresh)
+                except asyncio.TimeoutError:
+                    if step.on_timeout == "proceed":
+                        self._end(rec, "timeout", f"no decision in {step.timeout}: proceeding")
+                        return "timeout", None
+                    if step.on_timeout == "fail":
+                        self._end(rec, "timeout", f"no decision in {step.timeout}")
+                        return "timeout", None
+                    if self.outbox and aw.seen_by is not None:
+                        # Acknowledged in PagerDuty: a person has it. Remind in chat, page nobody else
+                        # (until PagerDuty says the acknowledgement timed out).
+                        aw.reminders += 1
+                        aw.deadline = workflow.now() + step.timeout
+                        await self.notify(f"STILL WAITING ({aw.reminders}) for {step.expects} ({step.min_role.value}+) "
+                                          f"at {self.wid}: seen in PagerDuty by {aw.seen_by} at "
+                                          f"{aw.seen_at:%H:%M:%S}, no signed decision yet. {step.prompt}", page=False,
+                                          kind="reminder")
+                        continue
+                    # re-page at the next escalation level and keep waiting
+                    self.progress.page_level += 1
+                    if self.on_repage is not None:
+                        self.on_repage(self.progress.page_level)
+                    self.progress.awaiting.repages += 1
+                    self.progress.awaiting.deadline = workflow.now() + step.timeout
+                    await self.notify(f"UNANSWERED after {step.timeout}: {self.wid} waits for {step.expects} "
+                                      f"({step.min_role.value}+). {step.prompt}", page=True, severity="critical",
+                                      kind="repage", group=self.group)
+                    continue
+                kind, d = self._decision
+                if aw.approvals_needed > 1 and self._counts_as_approval(kind, d) and not d.break_glass:
+                    aw.approved_by.append(d.actor)
+                    if len(aw.approved_by) < aw.approvals_needed:  # the first of two: keep waiting
+                        self._decision = None
+                        aw.still_needed = self._still_needed(aw)
+                        aw.prompt = self._approval_prompt(aw, step.prompt)
+                        await self.notify(f"{self.wid}: {d.actor} approved {step.name}; a second {aw.min_role} must "
+                                          f"approve too (one of {', '.join(aw.still_needed) or 'nobody'}): "
+                                          f"`rollbackctl {kind} {self.wid} --as OP`", page=True, severity="critical",
+                                          kind="second_approval")
+                        continue
+                who = " and ".join(aw.approved_by) if len(aw.approved_by) > 1 else d.actor
+                glass = f" [BREAK-GLASS: {d.break_glass}]" if d.break_glass else ""
+                self._end(rec, kind, f"{kind} by {who}{glass}" + (f": {d.reason}" if d.reason else ""))
+                return kind, d
+        finally:
+            self.progress.awaiting = None
+            self._decision = None
+
+    @staticmethod
+    def _counts_as_approval(kind: str, d: Decision) -> bool:
+        """A decision that changes nothing (`fix --no-restore`) needs no second person."""
+        return not (kind == "fix" and not d.restore)
+
+    def signature_refusal(self, kind: str, d: Decision) -> str | None:
+        """Why this decision's signature is refused (signing on), or None. Pure."""
+        try:
+            identity.check(d.proof(), actor=d.actor, public_key=self.keys.get(d.actor),
+                           retired=self.retired.get(d.actor, ()), workflow_id=self.wid, action=kind,
+                           step=self.progress.decision_step(), used_nonces=self.used_nonces)
+        except identity.Refused as e:
+            if e.kind is identity.Refusal.UNSIGNED:
+                return not_permitted(f"{e}: signing is on, and the Web UI or `temporal workflow signal` cannot "
+                                     f"sign; use `rollbackctl {kind} {self.wid} --as {d.actor}`")
+            # Signed for another step: the workflow moved on (not a matter of who asked).
+            return Refusal(str(e)) if e.kind is identity.Refusal.WRONG_STEP else not_permitted(str(e))
+        return None
+
+    def check_decision(self, kind: str, d: Decision) -> str | None:
+        """Why this decision is refused now, or None. Pure: no state change, no I/O."""
+        role = self.role_of(d.actor)
+        if role is None:
+            return not_permitted(f"{d.actor!r} is not an operator")
+        if self._decision is not None and self.progress.awaiting is not None:
+            # Two decisions in the same workflow task (e.g. proceed and cancel at once): the first one
+            # accepted wins; the later one must be refused, not acknowledged and then overwritten.
+            k, prev = self._decision
+            return (f"{k} by {prev.actor} was already accepted at step {self.progress.awaiting.step!r}; "
+                    f"this {kind} by {d.actor} is not applied")
+        if self.signing:
+            why = self.signature_refusal(kind, d)
+            if why:
+                return why
+        if d.break_glass is not None:
+            aw = self.progress.awaiting
+            if aw is None or aw.approvals_needed < 2:
+                return invalid("--break-glass forces a two-person approval alone; this step does not need two")
+            if not role.at_least(Role.SUPER_ADMIN):
+                return not_permitted(f"{d.actor} is {role.value}; break-glass needs a super_admin")
+            if not d.break_glass.strip():
+                return invalid("--break-glass needs a reason")
+        if kind == "escalate" and self._escalate_open:
+            return None if role.at_least(Role.ON_CALL) else not_permitted(f"{d.actor} is {role.value}; escalating needs on_call")
+        if kind in self.extra_answers:
+            return self.extra_answers[kind](kind, d)
+        aw = self.progress.awaiting
+        if aw is None:
+            return f"{self.wid} is not waiting for a decision now (step: {self.progress.current_step}, status {self.progress.status})"
+        if kind not in ANSWERS.get(aw.expects, ()):
+            return f"{self.wid} waits for {aw.expects!r} at step {aw.step!r}, not {kind!r}"
+        if not role.at_least(Role(aw.min_role)):
+            return not_permitted(f"{d.actor} is {role.value}; step {aw.step!r} needs {aw.min_role} or above")
+        if kind == "cancel" and not d.reason.strip():
+            return invalid("cancel needs a reason")
+        if kind == "fix":
+            if d.restore and not (d.reference and d.reference.strip()):
+                return invalid("fix needs --reference (the deployed fix: commit, release or ticket)")
+            if d.restore and not d.tests_passed:
+                return invalid("fix needs --tests-passed: the manual restores only after fix + unit tests")
+        if aw.expects == "level_choice" and d.level not in (2, 3):
+            return invalid("choose degradation level 2 or 3 (--level 2|3)")
+        if aw.expects == "level_choice" and d.level == 3 and not role.at_least(Role.SUPER_ADMIN):
+            return not_permitted(f"{d.actor} is {role.value}; level 3 needs super_admin")
+        if aw.approvals_needed > 1 and d.actor in aw.approved_by and self._counts_as_approval(kind, d):
+            return not_permitted(f"{d.actor} already approved step {aw.step!r}: the two-person rule needs a different "
+                    f"{aw.min_role} (still needed: one of {', '.join(aw.still_needed) or 'nobody'})")
+        return None
+
+    def accept(self, kind: str, d: Decision) -> DecisionAck:
+        step = self.progress.current_step or ""
+        if kind == "escalate" and self._escalate_open and self.progress.awaiting is None:
+            self._escalation = d
+        else:
+            self._decision = (kind, d)
+        proof = d.proof() if self.signing else None
+        if proof is not None:
+            self.used_nonces.append(proof.request.nonce)
+            self.proofs.append(proof)
+        self.progress.decisions.append(DecisionRecord(at=workflow.now(), kind=kind, actor=d.actor, accepted=True,
+                                                      detail=d.reason, key_id=d.key_id if proof else None,
+                                                      break_glass=d.break_glass))
+        return DecisionAck(accepted=True, step=step, message=f"{kind} by {d.actor} accepted at step {step}")
+
+    def refuse(self, kind: str, d: Decision, why: str) -> None:
+        """A refused signal: recorded, ignored (Updates are refused by their validators instead)."""
+        self.progress.decisions.append(DecisionRecord(at=workflow.now(), kind=kind, actor=d.actor, accepted=False,
+                                                      detail=why))
+
+    @property
+    def escalation(self) -> Decision | None:
+        return self._escalation
