@@ -203,4 +203,4 @@ def pytest_terminal_summary(terminalreporter):
 
 
 # Simulator fixtures: sim_server (session), sim (per test), core_settings, paging_settings, sim_env.
-pytest_plugins = ["tests.fixtures_sim"]
+pytest_plugins = ["tests.support.fixtures_sim"]

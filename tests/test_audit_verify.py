@@ -10,8 +10,8 @@ import pytest
 from activities.requests import RequestVerifier
 from activities.switch_store import record_hash
 from rollbackctl import audit_verify
-from tests.identity_helpers import Signers
-from tests.test_store_helpers import req, run_cli
+from tests.support.identity_helpers import Signers
+from tests.support.store_helpers import req, run_cli
 from contracts.requests import RequestApply
 
 

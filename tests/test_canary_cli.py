@@ -14,7 +14,7 @@ from manual import canary
 from rollbackctl.cli import build_parser
 from rollbackctl.cli.canary_cmds import start_canary
 from rollbackctl.cli.common import CliError
-from tests.wf_helpers import real_worker, save_history, values
+from tests.support.wf_helpers import real_worker, save_history, values
 from workflows.canary import CanaryWorkflow
 from workflows.canary_models import CanaryInput, CanaryStatus
 

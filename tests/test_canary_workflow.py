@@ -1,5 +1,5 @@
 """CanaryWorkflow under the time-skipping server, with the real switch store in etcd and stand-in
-trading-core and paging activities (tests/standins.py). Days pass with `env.sleep`; Updates are
+trading-core and paging activities (tests/support/standins.py). Days pass with `env.sleep`; Updates are
 sent while the workflow idles in a wait (the time-skipping server does not skip while an Update
 result is awaited)."""
 
@@ -17,9 +17,9 @@ from temporalio.client import WorkflowUpdateFailedError
 
 from manual import canary
 from manual.canary import CanaryPlan
-from tests.standins import StandIns
+from tests.support.standins import StandIns
 from core.temporal_client import run_histories
-from tests.wf_helpers import PagedWorker, audit_of, make_worker, save_history, values
+from tests.support.wf_helpers import PagedWorker, audit_of, make_worker, save_history, values
 from workflows.canary import CanaryWorkflow
 from workflows.canary_models import CanaryDecision, CanaryInput, CanaryStatus
 from contracts.progress import Progress
@@ -336,7 +336,7 @@ async def test_continue_as_new_carries_pause_clock_and_decisions(ts_env, store, 
         assert len(hist.events) <= 150 + 20
     first = await ts_env.client.get_workflow_handle(h.id, run_id=h.first_execution_run_id).fetch_history()
     if __import__("os").environ.get("RECORD_HISTORIES") == "1":
-        from tests.wf_helpers import HISTORIES
+        from tests.support.wf_helpers import HISTORIES
         (HISTORIES / "canary_phase3_continued_as_new.json").write_text(first.to_json())
 
 

@@ -17,8 +17,8 @@ from temporalio.testing import ActivityEnvironment
 from activities.change_events import ChangeEventRelay, RelayInput, change_event_for
 from activities.paging import PagingActivities
 from contracts.roles import Role
-from tests.fixtures_sim import LEVEL_KEYS, apply
-from tests.wf_helpers import real_worker
+from tests.support.fixtures_sim import LEVEL_KEYS, apply
+from tests.support.wf_helpers import real_worker
 from workflows.change_events import ChangeEventsWorkflow, change_events_workflow_id
 
 

@@ -15,10 +15,10 @@ from activities.requests import RequestVerifier
 from activities.switch_store import Conflict, PermissionDenied
 from core import identity
 from manual import approvals
-from tests.identity_helpers import Signers, Unchanged, signing_worker
-from tests.standins import StandIns
-from tests.test_store_helpers import req
-from tests.wf_helpers import poll_progress, values
+from tests.support.identity_helpers import Signers, Unchanged, signing_worker
+from tests.support.standins import StandIns
+from tests.support.store_helpers import req
+from tests.support.wf_helpers import poll_progress, values
 from workflows.change_request import ChangeRequestWorkflow
 from contracts.progress import Decision
 from contracts.requests import ChangeRequestInput, RequestApply, change_request_workflow_id

@@ -12,7 +12,7 @@ import pytest
 from manual import switches
 from core import procs
 from rollbackctl.cli import build_parser
-from tests.test_store_helpers import dump, run_cli
+from tests.support.store_helpers import dump, run_cli
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 
 from core import procs
-from tests.test_store_helpers import run_cli
+from tests.support.store_helpers import run_cli
 
 COMMANDS = [
     ["switch", "list"], ["switch", "get", "routing_mode"],

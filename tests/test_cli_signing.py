@@ -15,10 +15,10 @@ import stat
 
 from cryptography.hazmat.primitives import serialization
 
-from tests.identity_helpers import signing_worker
-from tests.standins import StandIns
-from tests.test_store_helpers import dump, run_cli
-from tests.wf_helpers import values
+from tests.support.identity_helpers import signing_worker
+from tests.support.standins import StandIns
+from tests.support.store_helpers import dump, run_cli
+from tests.support.wf_helpers import values
 
 
 async def cli(*args: str, env: dict[str, str]):

@@ -15,9 +15,9 @@ from temporalio.worker import Replayer
 
 from manual.rollback import Durations, Scope, Severity
 from core import procs
-from tests import histories_io
-from tests.fixtures_sim import apply_and_wait
-from tests.wf_helpers import awaiting, incident, poll_progress, real_worker, save_history, values
+from tests.support import histories_io
+from tests.support.fixtures_sim import apply_and_wait
+from tests.support.wf_helpers import awaiting, incident, poll_progress, real_worker, save_history, values
 from workflows.degradation import DegradationWorkflow, degrade_workflow_id
 from contracts.progress import Decision
 from workflows.models import DegradeInput, RollbackInput
@@ -64,7 +64,7 @@ async def test_cross_module_rollback_end_to_end(dev_env, store, sim, core_settin
     audit = [a for a in await store.audit() if a.source == rollback_workflow_id(inc)]
     assert len(audit) == 3
     # The history as an operator downloads it from a real server replays here as is: the format and
-    # loader the replay tests use (tests/histories_io.py) are Temporal's own, not a private variant.
+    # loader the replay tests use (tests/support/histories_io.py) are Temporal's own, not a private variant.
     # `temporal workflow show --output json` "you may pass the results to an SDK to perform a replay".
     out = subprocess.run([procs.binary("temporal"), "workflow", "show", "--workflow-id", h.id, "--output", "json",
                           "--address", dev_env.client.service_client.config.target_host],

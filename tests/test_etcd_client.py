@@ -14,7 +14,7 @@ from core import procs
 from core.etcd import Compare, Etcd, EtcdCompacted, EtcdUnavailable, Put
 from core.settings import EtcdSettings
 from core.watcher import SwitchWatcher
-from tests.test_store_helpers import TcpProxy, req, wait_until
+from tests.support.store_helpers import TcpProxy, req, wait_until
 
 
 def dead_endpoint() -> str:

@@ -17,9 +17,9 @@ from cryptography.hazmat.primitives import serialization
 from activities.switch_store import SwitchStore
 from contracts.roles import Role
 from core.etcd import Etcd, EtcdAuthError
-from tests.identity_helpers import Signers, signing_worker
-from tests.standins import StandIns
-from tests.test_store_helpers import EtcdProcess, dump, req, run_cli
+from tests.support.identity_helpers import Signers, signing_worker
+from tests.support.standins import StandIns
+from tests.support.store_helpers import EtcdProcess, dump, req, run_cli
 
 PREFIX = "/perps/"
 USERS = {"root": "root-pw", "rollbackctl-worker": "worker-pw", "oncall-laptop": "laptop-pw"}
@@ -102,8 +102,8 @@ async def test_every_operator_command_runs_with_a_read_only_etcd_user(roles_etcd
 
     from activities.requests import RequestActivities
     from activities.switch_activities import SwitchActivities
-    from tests.incident_helpers import GuardStandIn, clear, open_incident, until
-    from tests.wf_helpers import PagedWorker, stop_pager
+    from tests.support.incident_helpers import GuardStandIn, clear, open_incident, until
+    from tests.support.wf_helpers import PagedWorker, stop_pager
     from workflows.registry import WORKFLOWS
 
     prefix = f"/perps-ro-{os.urandom(3).hex()}/"

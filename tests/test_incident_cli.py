@@ -10,9 +10,9 @@ import uuid
 
 import httpx
 
-from tests.incident_helpers import GuardStandIn, clear, incident_worker, open_incident, until
-from tests.standins import StandIns
-from tests.test_store_helpers import ROLLBACKCTL, run_cli
+from tests.support.incident_helpers import GuardStandIn, clear, incident_worker, open_incident, until
+from tests.support.standins import StandIns
+from tests.support.store_helpers import ROLLBACKCTL, run_cli
 from tests.test_monitor_workflow import wait
 from worker import activity_methods, activity_objects, build_worker
 from workflows.incident import IncidentWorkflow

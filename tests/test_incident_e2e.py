@@ -17,7 +17,7 @@ from activities.monitor import AutoMode, Monitor, TemporalGuard, TemporalInciden
 from contracts.trading_core import ReadHealthInput
 from activities.trading_core import TradingCoreActivities
 from manual import alerts
-from tests.fixtures_sim import LEVEL_KEYS
+from tests.support.fixtures_sim import LEVEL_KEYS
 from worker import activity_methods, activity_objects, build_worker
 from workflows.incident import IncidentWorkflow
 from contracts.incidents import MonitorInput, ResolveRequest, incident_workflow_id
@@ -168,7 +168,7 @@ async def test_monitor_rides_out_trading_core_500s_and_timeouts(dev_env, store, 
 
 
 async def test_auto_mode_switch_through_the_simulator(dev_env, store, sim, core_settings, paging_settings, task_queue):
-    from tests.fixtures_sim import apply_and_wait
+    from tests.support.fixtures_sim import apply_and_wait
 
     ns = uuid.uuid4().hex[:8]
     await apply_and_wait(sim, store, global_betting_enabled=True, routing_mode="NORMAL_MODE", auto_mode_switch=True)

@@ -18,9 +18,9 @@ from temporalio.client import WorkflowHistory
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 
-from tests.incident_nondeterministic import PageFirst
-from tests.incident_helpers import GuardStandIn, clear, fire, incident_worker, open_incident, stop_child, until
-from tests.standins import StandIns
+from tests.support.incident_nondeterministic import PageFirst
+from tests.support.incident_helpers import GuardStandIn, clear, fire, incident_worker, open_incident, stop_child, until
+from tests.support.standins import StandIns
 from tests.test_rollback_workflow import set_switches
 from workflows.incident import IncidentWorkflow
 from contracts.incidents import ResolveRequest, TickRequest

@@ -18,7 +18,7 @@ from temporalio.client import WorkflowUpdateFailedError
 from temporalio.exceptions import ApplicationError
 
 from manual import alerts
-from tests.incident_helpers import (
+from tests.support.incident_helpers import (
     GuardStandIn,
     clear,
     fire,
@@ -27,7 +27,7 @@ from tests.incident_helpers import (
     triggers,
     until,
 )
-from tests.standins import StandIns
+from tests.support.standins import StandIns
 from tests.test_rollback_workflow import set_switches, values
 from workflows.incident import IncidentWorkflow
 from contracts.incidents import ResolveRequest, TickRequest, Timings, UndoGuardResult

@@ -9,8 +9,8 @@ import pytest
 from temporalio.exceptions import ApplicationError
 
 from activities.monitor import AutoMode, Detector, Monitor
-from tests.fixtures_sim import apply
-from tests.standins import HEALTHY
+from tests.support.fixtures_sim import apply
+from tests.support.standins import HEALTHY
 from contracts.incidents import ConditionReport, KeyState, MonitorInput, MonitorState
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)

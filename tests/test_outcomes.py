@@ -22,10 +22,10 @@ import subprocess
 import sys
 import textwrap
 
-from tests.identity_helpers import signing_worker
-from tests.standins import StandIns
-from tests.test_store_helpers import dump, run_cli
-from tests.wf_helpers import save_history, values
+from tests.support.identity_helpers import signing_worker
+from tests.support.standins import StandIns
+from tests.support.store_helpers import dump, run_cli
+from tests.support.wf_helpers import save_history, values
 
 
 async def cli(*args: str, env: dict[str, str]):

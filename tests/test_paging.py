@@ -13,7 +13,7 @@ from activities import paging as pg
 from activities.paging import ChatInput, PageInput, PagingActivities, PagingNotConfigured
 from manual import escalation
 from core.settings import PagingSettings
-from tests.fixtures_sim import LEVEL_HOOKS, LEVEL_KEYS
+from tests.support.fixtures_sim import LEVEL_HOOKS, LEVEL_KEYS
 
 
 @pytest.fixture

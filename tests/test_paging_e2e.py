@@ -32,9 +32,9 @@ from contracts.paging import QueueView, pager_workflow_id
 from manual.rollback import Durations, Scope, Severity
 from core import procs
 from rollbackctl.pagerhook import PATH, create_app
-from tests.fixtures_sim import LEVEL_HOOKS, LEVEL_KEYS
-from tests.test_store_helpers import ROLLBACKCTL, run_cli
-from tests.wf_helpers import audit_of, incident, poll_progress, real_worker, terminate_idle
+from tests.support.fixtures_sim import LEVEL_HOOKS, LEVEL_KEYS
+from tests.support.store_helpers import ROLLBACKCTL, run_cli
+from tests.support.wf_helpers import audit_of, incident, poll_progress, real_worker, terminate_idle
 from contracts.progress import Decision
 from workflows.models import RollbackInput
 from workflows.rollback import RollbackWorkflow, rollback_workflow_id

@@ -19,7 +19,7 @@ from temporalio.client import WorkflowHistory
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 
-from tests import histories_io
+from tests.support import histories_io
 from workflows.registry import WORKFLOWS
 
 HISTORIES = sorted((Path(__file__).parent / "histories").glob("*.json"))
@@ -27,7 +27,7 @@ SIGNED = sorted((Path(__file__).parent / "histories" / "signed").glob("*.json"))
 
 
 def _history(path: Path) -> WorkflowHistory:
-    # Temporal's own export format; the id it ran under is in its started event (tests/histories_io.py)
+    # Temporal's own export format; the id it ran under is in its started event (tests/support/histories_io.py)
     return histories_io.load(path)
 
 

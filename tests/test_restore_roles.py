@@ -21,8 +21,8 @@ from temporalio.client import WorkflowUpdateFailedError
 from manual import degradation, switches
 from manual.rollback import MODULES, Durations, Scope, Severity, target_changes
 from contracts.roles import Role
-from tests.standins import StandIns
-from tests.wf_helpers import audit_of, awaiting, incident, make_worker, save_history, set_switches, wait_for
+from tests.support.standins import StandIns
+from tests.support.wf_helpers import audit_of, awaiting, incident, make_worker, save_history, set_switches, wait_for
 from workflows.degradation import DegradationWorkflow, degrade_workflow_id
 from contracts.progress import Decision
 from workflows.models import DegradeInput, RollbackInput

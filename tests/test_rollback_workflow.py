@@ -1,6 +1,6 @@
 """RollbackWorkflow: every branch of the decision tree under the time-skipping server, with the real
 switch store in etcd (final values and audit records asserted there) and stand-in trading-core and
-paging activities (tests/standins.py). End-to-end runs against the simulator live in test_e2e_*."""
+paging activities (tests/support/standins.py). End-to-end runs against the simulator live in test_e2e_*."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from temporalio.client import WorkflowUpdateFailedError
 from temporalio.exceptions import WorkflowAlreadyStartedError
 
 from manual.rollback import Durations, Scope, Severity
-from tests.standins import StandIns
-from tests import wf_helpers
-from tests.wf_helpers import (awaiting, incident, make_worker, save_history, set_switches, terminate_idle,
+from tests.support.standins import StandIns
+from tests.support import wf_helpers
+from tests.support.wf_helpers import (awaiting, incident, make_worker, save_history, set_switches, terminate_idle,
                               values, wait_for)
 from contracts.progress import Decision
 from workflows.models import RollbackInput

@@ -16,11 +16,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from manual import canary
 from manual.canary import CanaryPlan
-from tests.identity_helpers import Signers, Unchanged, refused, save_signed_history, signing_worker
+from tests.support.identity_helpers import Signers, Unchanged, refused, save_signed_history, signing_worker
 from tests.test_canary_workflow import (  # noqa: F401 (_terminate_leftovers: the autouse fixture, here too)
     STARTED, Scripted, _terminate_leftovers, coarse, off_beat, status, until)
-from tests.test_store_helpers import dump
-from tests.wf_helpers import audit_of, set_switches, values
+from tests.support.store_helpers import dump
+from tests.support.wf_helpers import audit_of, set_switches, values
 from workflows.canary import CanaryWorkflow
 from workflows.canary_models import START_APPROVAL, CanaryDecision, CanaryInput
 

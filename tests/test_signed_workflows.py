@@ -11,9 +11,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from manual.rollback import Durations, Scope, Severity
 from core import identity
-from tests.identity_helpers import Signers, Unchanged, refused, save_signed_history, signing_worker
-from tests.standins import StandIns
-from tests.wf_helpers import audit_of, awaiting, incident, set_switches, terminate_idle, values, wait_for
+from tests.support.identity_helpers import Signers, Unchanged, refused, save_signed_history, signing_worker
+from tests.support.standins import StandIns
+from tests.support.wf_helpers import audit_of, awaiting, incident, set_switches, terminate_idle, values, wait_for
 from workflows.degradation import DegradationWorkflow, degrade_workflow_id
 from contracts.progress import Decision
 from workflows.models import DegradeInput, RollbackInput
@@ -261,7 +261,7 @@ async def _step_now(h) -> str:
 
 
 async def test_incident_tick_and_resolve_are_refused_unless_signed(ts_env, store, etcd, prefix, signers, task_queue):
-    from tests.incident_helpers import GuardStandIn, clear, incident_worker, open_incident, until
+    from tests.support.incident_helpers import GuardStandIn, clear, incident_worker, open_incident, until
     from workflows.incident import IncidentWorkflow
     from contracts.incidents import ResolveRequest, TickRequest
 

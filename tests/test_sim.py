@@ -20,7 +20,7 @@ from contracts.trading_core import ExposureReport, HealthSnapshot, exposure_mism
 from core import procs
 from rollbackctl import devstack
 from simulator.client import SimClient
-from tests.fixtures_sim import apply, apply_and_wait, order
+from tests.support.fixtures_sim import apply, apply_and_wait, order
 
 
 async def act(sim: SimClient, name: str, body: dict | None = None, key: str | None = None) -> httpx.Response:
@@ -285,7 +285,7 @@ def test_sim_routes_answer_loopback_clients_only():
 # -- sinks -----------------------------------------------------------------------------------------------
 async def test_pagerduty_sink_checks_events_like_pagerduty(sim):
     """Over HTTP at PagerDuty's path (the rules themselves: tests/test_sinks.py)."""
-    from tests.fixtures_sim import LEVEL_KEYS
+    from tests.support.fixtures_sim import LEVEL_KEYS
 
     url = sim.url("/sim/pagerduty/v2/enqueue")
     key = LEVEL_KEYS[0]
@@ -318,7 +318,7 @@ async def test_a_person_acks_in_the_pagerduty_app_and_the_signed_webhook_goes_ou
     from starlette.routing import Route
 
     from core import procs
-    from tests.fixtures_sim import LEVEL_KEYS
+    from tests.support.fixtures_sim import LEVEL_KEYS
 
     got = []
 

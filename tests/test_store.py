@@ -20,7 +20,7 @@ from activities.switch_store import (
 )
 from manual import switches
 from contracts.roles import Role
-from tests.test_store_helpers import dump, req
+from tests.support.store_helpers import dump, req
 
 ISO_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 

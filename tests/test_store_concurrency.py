@@ -10,7 +10,7 @@ import pytest
 
 from activities.switch_store import Conflict, SwitchStore
 from core.etcd import Etcd
-from tests.test_store_helpers import req
+from tests.support.store_helpers import req
 from tests.test_store import _audit_raw, _verify_chain
 
 N = 20

@@ -12,7 +12,7 @@ from contracts.changes import ActorKind, Authority
 from activities.switch_store import PermissionDenied
 from manual import approvals, degradation, switches
 from contracts.roles import Role
-from tests.test_store_helpers import SWITCH_NAMES, dump, non_preapproved_value, other_value, req
+from tests.support.store_helpers import SWITCH_NAMES, dump, non_preapproved_value, other_value, req
 
 BY_ROLE = {Role.SUPER_ADMIN: ["alice", "sam"], Role.RISK_MANAGER: ["rita"], Role.ON_CALL: ["oscar"], Role.VIEWER: ["vic"]}
 PRE = Authority.PREAPPROVED

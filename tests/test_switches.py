@@ -12,7 +12,7 @@ from activities.switch_store import InvalidChange
 from manual import approvals, degradation, switches
 from contracts.roles import Role
 from manual.switches import SWITCHES, SwitchType, SwitchValueError
-from tests.test_store_helpers import SWITCH_NAMES, dump, other_value, req
+from tests.support.store_helpers import SWITCH_NAMES, dump, other_value, req
 
 SA, RM = Role.SUPER_ADMIN, Role.RISK_MANAGER
 

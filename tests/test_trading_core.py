@@ -32,7 +32,7 @@ from contracts.trading_core import (
 from activities.trading_core import TradingCoreActivities
 from core import procs
 from core.settings import TradingCoreSettings
-from tests.fixtures_sim import apply, apply_and_wait, order
+from tests.support.fixtures_sim import apply, apply_and_wait, order
 
 
 @pytest.fixture

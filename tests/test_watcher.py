@@ -10,7 +10,7 @@ import pytest
 from manual import switches
 from core.etcd import Etcd, EtcdUnavailable
 from core.watcher import SwitchUpdate, SwitchWatcher
-from tests.test_store_helpers import TcpProxy, req, wait_until
+from tests.support.store_helpers import TcpProxy, req, wait_until
 
 
 class Seen:

@@ -39,8 +39,8 @@ from typing import Any
 
 from core import procs
 from tests.faults.infra import EtcdNode, TemporalServer, WorkerProc, Workers, connect
-from tests.fixtures_sim import LEVEL_HOOKS, LEVEL_KEYS, SIM_TOKEN
-from tests.test_store_helpers import CliResult, run_cli
+from tests.support.fixtures_sim import LEVEL_HOOKS, LEVEL_KEYS, SIM_TOKEN
+from tests.support.store_helpers import CliResult, run_cli
 
 DOCUMENTED_EXITS = {0, 2, 3, 4, 5, 6, 9}
 OPERATORS = {"rita": "risk_manager", "oscar": "on_call", "sam": "super_admin"}  # alice: the first super admin
@@ -54,7 +54,7 @@ QUICK = ["--observe", "1s", "--interval", "500ms"]
 
 @dataclass
 class Ran(CliResult):
-    """One CLI command (tests/test_store_helpers.run_cli's result) and the arguments it ran with."""
+    """One CLI command (tests/store_helpers.run_cli's result) and the arguments it ran with."""
 
     args: list[str] = field(default_factory=list)
 

@@ -22,8 +22,8 @@ from manual.rollback import Durations, Scope, Severity
 from rollbackctl.cli.incident_cmds import monitor_status
 from tests.faults.crew import event_counts
 from tests.faults.infra import wait_until
-from tests.fixtures_sim import apply_and_wait
-from tests.wf_helpers import awaiting, incident, poll_progress, save_history, values
+from tests.support.fixtures_sim import apply_and_wait
+from tests.support.wf_helpers import awaiting, incident, poll_progress, save_history, values
 from workflows.degradation import DegradationWorkflow, degrade_workflow_id
 from contracts.incidents import incident_workflow_id
 from contracts.progress import Decision

@@ -12,8 +12,8 @@ from temporalio.client import WorkflowUpdateFailedError
 from temporalio.service import RPCError
 
 from manual.rollback import Durations, Scope, Severity
-from tests.fixtures_sim import apply_and_wait
-from tests.wf_helpers import awaiting, incident, poll_progress, real_worker
+from tests.support.fixtures_sim import apply_and_wait
+from tests.support.wf_helpers import awaiting, incident, poll_progress, real_worker
 from contracts.progress import Decision
 from workflows.models import RollbackInput
 from workflows.rollback import RollbackWorkflow, rollback_workflow_id

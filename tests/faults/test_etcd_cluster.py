@@ -21,7 +21,7 @@ from core.etcd import Etcd, EtcdError
 from core.watcher import SwitchWatcher
 from tests.faults.infra import EtcdCluster, wait_until
 from tests.faults.store_checks import check_store
-from tests.test_store_helpers import run_cli
+from tests.support.store_helpers import run_cli
 
 pytestmark = pytest.mark.timeout(180)
 

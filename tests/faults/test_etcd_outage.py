@@ -31,8 +31,8 @@ from core.etcd import Etcd, EtcdError, EtcdUnavailable, Put
 from core.settings import PagingSettings, TradingCoreSettings
 from tests.faults.infra import EtcdNode, wait_until
 from tests.faults.store_checks import check_store, dump
-from tests.fixtures_sim import LEVEL_HOOKS, LEVEL_KEYS, start_sim
-from tests.wf_helpers import incident, poll_progress
+from tests.support.fixtures_sim import LEVEL_HOOKS, LEVEL_KEYS, start_sim
+from tests.support.wf_helpers import incident, poll_progress
 from worker import activity_methods, activity_objects, build_worker
 from contracts.progress import Decision
 from workflows.models import RollbackInput

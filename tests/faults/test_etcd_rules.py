@@ -21,7 +21,7 @@ from activities.switch_store import SwitchStore
 from contracts.roles import Role
 from core import etcd as etcd_mod
 from core.etcd import Etcd, EtcdOutcomeUnknown, Failure, Put, classify
-from tests.test_store_helpers import dump, req
+from tests.support.store_helpers import dump, req
 
 
 @pytest.mark.parametrize("code,details,kind", [

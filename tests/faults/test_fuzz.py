@@ -41,8 +41,8 @@ from rollbackctl.cli import build_parser
 from rollbackctl.cli.common import exit_code_for
 from tests.faults.crew import event_counts
 from tests.faults.store_checks import check_store, dump
-from tests.test_store_helpers import other_value
-from tests.wf_helpers import incident, poll_progress, real_worker
+from tests.support.store_helpers import other_value
+from tests.support.wf_helpers import incident, poll_progress, real_worker
 from contracts.incidents import MonitorState
 from contracts.progress import Awaiting, Decision
 from workflows.models import DegradeInput, RollbackInput

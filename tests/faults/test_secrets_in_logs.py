@@ -12,7 +12,7 @@ import pytest
 
 from tests.faults.infra import wait_until
 from tests.faults.test_two_writers import cli
-from tests.fixtures_sim import LEVEL_HOOKS, LEVEL_KEYS, apply_and_wait
+from tests.support.fixtures_sim import LEVEL_HOOKS, LEVEL_KEYS, apply_and_wait
 from contracts.incidents import incident_workflow_id
 from workflows.monitor import monitor_workflow_id
 from workflows.rollback import RollbackWorkflow

@@ -11,8 +11,8 @@ import pytest
 
 from manual.rollback import Durations, Scope, Severity
 from tests.faults.infra import TemporalServer, Workers, connect
-from tests.fixtures_sim import apply_and_wait
-from tests.wf_helpers import incident, poll_progress, values
+from tests.support.fixtures_sim import apply_and_wait
+from tests.support.wf_helpers import incident, poll_progress, values
 from contracts.progress import Decision
 from workflows.models import RollbackInput
 from workflows.rollback import RollbackWorkflow, rollback_workflow_id

@@ -23,8 +23,8 @@ from manual.rollback import Durations, Scope, Severity
 from core.etcd import Etcd
 from tests.faults.infra import clean_env
 from tests.faults.store_checks import check_store, dump
-from tests.fixtures_sim import apply_and_wait
-from tests.wf_helpers import incident, poll_progress
+from tests.support.fixtures_sim import apply_and_wait
+from tests.support.wf_helpers import incident, poll_progress
 from worker import activity_methods, activity_objects, build_worker
 from contracts.progress import Decision
 from workflows.models import RollbackInput

@@ -9,17 +9,17 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from temporalio.client import WorkflowUpdateFailedError
 from temporalio.worker import Worker
 
-from tests.wf_helpers import PagedWorker
+from tests.support.wf_helpers import PagedWorker
 
 from activities.requests import RequestActivities
 from activities.switch_activities import SwitchActivities
 from core import identity
-from tests.test_store_helpers import dump
+from tests.support.store_helpers import dump
 from contracts.progress import Decision
 from workflows.registry import WORKFLOWS
 
 NAMES = ("alice", "sam", "rita", "oscar", "vic")
-SIGNED_HISTORIES = __import__("pathlib").Path(__file__).parent / "histories" / "signed"
+SIGNED_HISTORIES = __import__("pathlib").Path(__file__).parent.parent / "histories" / "signed"
 
 
 async def save_signed_history(handle, name: str) -> None:
@@ -27,7 +27,7 @@ async def save_signed_history(handle, name: str) -> None:
     decisions are bound to the workflow id, so a replay must use the one in its started event (test_signed_replay.py)."""
     import os
 
-    from tests.histories_io import export
+    from tests.support.histories_io import export
 
     if os.environ.get("RECORD_HISTORIES") != "1":
         return

@@ -11,8 +11,8 @@ from temporalio import activity
 from temporalio.worker import Worker
 
 from activities.switch_activities import SwitchActivities
-from tests.standins import StandIns
-from tests.wf_helpers import PagedWorker, terminate_idle
+from tests.support.standins import StandIns
+from tests.support.wf_helpers import PagedWorker, terminate_idle
 from workflows.incident import IncidentWorkflow
 from contracts.incidents import (
     ConditionReport,

@@ -197,15 +197,15 @@ def real_worker(env, store, core_settings, paging_settings, http, task_queue: st
     return build_worker(env.client, task_queue, activity_methods(objs), worker_class=PagedWorker)
 
 
-HISTORIES = __import__("pathlib").Path(__file__).parent / "histories"
+HISTORIES = __import__("pathlib").Path(__file__).parent.parent / "histories"
 
 
 async def save_history(handle, name: str) -> None:
     """With RECORD_HISTORIES=1, write the workflow's history to tests/histories/<name>.json for replay tests,
-    in Temporal's export format (tests/histories_io.py)."""
+    in Temporal's export format (tests/support/histories_io.py)."""
     import os
 
-    from tests.histories_io import export
+    from tests.support.histories_io import export
 
     if os.environ.get("RECORD_HISTORIES") != "1":
         return
