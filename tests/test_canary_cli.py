@@ -14,6 +14,7 @@ from manual import canary
 from rollbackctl.cli import build_parser
 from rollbackctl.cli.canary_cmds import start_canary
 from rollbackctl.cli.common import CliError
+from tests.support.waits import wait_for_value
 from tests.support.wf_helpers import real_worker, save_history, values
 from workflows.canary import CanaryWorkflow
 from workflows.canary_models import CanaryInput, CanaryStatus
@@ -46,13 +47,7 @@ async def status(client, wid) -> CanaryStatus:
 
 
 async def poll(client, wid, pred, timeout=30.0) -> CanaryStatus:
-    s = None
-    for _ in range(int(timeout / 0.1)):
-        s = await status(client, wid)
-        if pred(s):
-            return s
-        await asyncio.sleep(0.1)  # real time: the dev server does not skip
-    raise AssertionError(f"condition not reached in {timeout}s; last status: {s}")
+    return await wait_for_value(lambda: status(client, wid), pred, timeout, f"a status of {wid}", every=0.1)
 
 
 def wid_of(out: str) -> str:

@@ -25,7 +25,8 @@ from activities.switch_store import SwitchStore
 from core import procs
 from core.etcd import Etcd, EtcdAuthError, EtcdUnavailable
 from core.watcher import SwitchWatcher
-from tests.support.store_helpers import EtcdProcess, req, run_cli, wait_until
+from tests.support.store_helpers import EtcdProcess, req, run_cli
+from tests.support.waits import wait_until
 
 
 @pytest.fixture(scope="module")

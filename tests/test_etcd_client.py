@@ -14,7 +14,9 @@ from core import procs
 from core.etcd import Compare, Etcd, EtcdCompacted, EtcdUnavailable, Put
 from core.settings import EtcdSettings
 from core.watcher import SwitchWatcher
-from tests.support.store_helpers import TcpProxy, req, wait_until
+from tests.support.store_helpers import req
+from tests.support.proxy import Proxy
+from tests.support.waits import wait_until
 
 
 def dead_endpoint() -> str:
@@ -58,7 +60,7 @@ async def test_fails_over_from_a_dead_first_endpoint(etcd_server, prefix):
 
 
 async def test_fails_over_when_the_current_endpoint_drops(etcd_server, prefix):
-    proxy = await TcpProxy(etcd_server.endpoint).start()
+    proxy = Proxy(etcd_server.endpoint).start()
     try:
         async with Etcd([proxy.endpoint, etcd_server.endpoint]) as e:
             await e.put(f"{prefix}a", b"1")
@@ -67,7 +69,7 @@ async def test_fails_over_when_the_current_endpoint_drops(etcd_server, prefix):
             assert (await e.get(f"{prefix}a")).value == b"1"  # the same call moved on
             assert e.endpoint == etcd_server.endpoint
     finally:
-        await proxy.close()
+        proxy.close()
 
 
 async def test_watcher_over_a_dead_first_endpoint(store, etcd_server, prefix):

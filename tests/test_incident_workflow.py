@@ -6,7 +6,6 @@ while an Update result is awaited); time passes with env.sleep.
 
 from __future__ import annotations
 
-import asyncio
 import re
 import time
 import uuid
@@ -28,6 +27,7 @@ from tests.support.incident_helpers import (
     until,
 )
 from tests.support.standins import StandIns
+from tests.support.waits import wait_for_value
 from tests.test_rollback_workflow import set_switches, values
 from workflows.incident import IncidentWorkflow
 from contracts.incidents import ResolveRequest, TickRequest, Timings, UndoGuardResult
@@ -344,16 +344,8 @@ async def test_hl_down_past_5_minutes_asks_for_level_2_or_3(dev_env, store, task
         await h.result()
 
 
-async def wait_query(handle, pred, limit: int = 300) -> dict:
-    for _ in range(limit):
-        try:
-            p = await handle.query("progress")
-            if pred(p):
-                return p
-        except Exception:  # not started yet
-            pass
-        await asyncio.sleep(0.02)
-    raise AssertionError("child never reached the state")
+async def wait_query(handle, pred, timeout: float = 20.0) -> dict:
+    return await wait_for_value(lambda: handle.query("progress"), pred, timeout, "the child's state")
 
 
 # -- one incident per rule, idempotent actions -------------------------------------------------------------

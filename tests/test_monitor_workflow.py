@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
 import uuid
 from contextlib import AsyncExitStack
 
@@ -17,19 +15,13 @@ from activities.trading_core import TradingCoreActivities
 from rollbackctl.cli.incident_cmds import monitor_status
 from worker import activity_methods, activity_objects, build_worker
 from contracts.incidents import MonitorInput, incident_workflow_id
+from tests.support.waits import wait_for_value
 from workflows.monitor import MonitorWorkflow, monitor_workflow_id
 
 
 async def wait(fetch, pred, timeout: float = 10.0, what: str = "condition"):
     """Poll an async fetch until pred holds (a deadline, not a sleep standing in for synchronisation)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        v = await fetch()
-        if pred(v):
-            return v
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not reached in {timeout}s: {v}")
-        await asyncio.sleep(0.05)
+    return await wait_for_value(fetch, pred, timeout, what)
 
 
 async def test_monitor_workflow_polls_continues_as_new_and_survives_losing_its_process(

@@ -10,7 +10,9 @@ import pytest
 from manual import switches
 from core.etcd import Etcd, EtcdUnavailable
 from core.watcher import SwitchUpdate, SwitchWatcher
-from tests.support.store_helpers import TcpProxy, req, wait_until
+from tests.support.store_helpers import req
+from tests.support.proxy import Proxy
+from tests.support.waits import wait_until
 
 
 class Seen:
@@ -26,9 +28,9 @@ class Seen:
 
 @pytest.fixture
 async def proxy(etcd_server):
-    p = await TcpProxy(etcd_server.endpoint).start()
+    p = Proxy(etcd_server.endpoint).start()
     yield p
-    await p.close()
+    p.close()
 
 
 async def _watch(endpoints: list[str], prefix: str, cb, **kw) -> tuple[SwitchWatcher, Etcd]:
@@ -103,7 +105,7 @@ async def test_resumes_after_a_dropped_connection_without_missing_a_change(store
         await wait_until(lambda: w.reconnects >= 1, 5, "the watcher to notice the drop")
         a = await store.apply(req("rita", {"hedge_max_leverage": 2.0}))  # made while it is cut off
         b = await store.apply(req("rita", {"hedge_max_leverage": 2.5}))
-        proxy.restore()
+        proxy.open()
         await wait_until(lambda: seen.has("hedge_max_leverage", 2.5), 10, "the changes made during the partition")
         # both changes, in order, with their own revisions (replayed from revision + 1, not re-read)
         assert [(u.value, u.revision) for u in seen.updates if u.name == "hedge_max_leverage"] == [
@@ -125,7 +127,7 @@ async def test_recovers_from_a_compacted_revision(store, etcd, proxy, prefix):
         last = await store.apply(req("rita", {"hedge_max_leverage": 1.5}))
         assert w.revision < last.revision - 1
         await etcd.compact(last.revision)  # the watcher's next revision is gone
-        proxy.restore()
+        proxy.open()
         await wait_until(lambda: seen.has("hedge_max_leverage", 1.5) and seen.has("betting_traffic_pct", 50),
                          10, "the re-read after compaction")
         assert w.values == (await store.snapshot()).values()
@@ -148,7 +150,7 @@ async def test_notices_a_silent_link_and_resumes(store, proxy, prefix):
         proxy.freeze()
         await wait_until(lambda: w.reconnects >= 1, 12, "an unanswered ping to reveal the silent link")
         await store.apply(req("rita", {"routing_mode": "BETTING_MODE"}))
-        proxy.restore()
+        proxy.open()
         await wait_until(lambda: seen.has("routing_mode", "BETTING_MODE"), 10, "the change made meanwhile")
     finally:
         await w.stop()

@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
-from tests.faults.infra import Proxy, TemporalServer, Workers, connect
+from tests.faults.infra import TemporalServer, Workers, connect
+from tests.support.proxy import Proxy
 
 
 @pytest.fixture(scope="package")

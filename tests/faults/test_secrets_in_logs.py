@@ -10,7 +10,7 @@ import uuid
 
 import pytest
 
-from tests.faults.infra import wait_until
+from tests.support.waits import wait_until
 from tests.faults.test_two_writers import cli
 from tests.support.fixtures_sim import LEVEL_HOOKS, LEVEL_KEYS, apply_and_wait
 from contracts.incidents import incident_workflow_id

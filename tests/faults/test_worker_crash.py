@@ -22,7 +22,7 @@ from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 
 from manual.rollback import Durations, Scope, Severity
 from tests.faults.crew import Crew, event_counts, patched, takeover_s
-from tests.faults.infra import wait_until
+from tests.support.waits import wait_until
 from tests.support.fixtures_sim import apply_and_wait
 from tests.support.wf_helpers import audit_of, awaiting, incident, poll_progress, save_history, values
 from workflows.degradation import DegradationWorkflow, degrade_workflow_id

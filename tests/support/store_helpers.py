@@ -1,24 +1,19 @@
 """Helpers shared by the switch-store, watcher, etcd-client and CLI tests (no tests in here).
 
 - `dump`: every key under a prefix with its value and mod_revision (for "nothing was written").
-- `wait_until`: poll a condition with a deadline (never a bare sleep standing in for sync).
 - `req`: a ChangeSetRequest with a fresh change id.
 - `other_value`: a valid value of a switch that differs from its default.
-- `TcpProxy`: a loopback TCP forwarder that can cut every connection (a network partition) and
-  freeze (a silent link: bytes stop, connections stay open).
 - `EtcdProcess`: a separate etcd with its own flags (auth, TLS).
 """
 
 from __future__ import annotations
 
-import asyncio
-import inspect
 import subprocess
 import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 from contracts.changes import ActorKind, Authority, ChangeSetRequest, SwitchChange
 from manual import switches
@@ -30,21 +25,6 @@ from core.etcd import Etcd
 async def dump(etcd: Etcd, prefix: str) -> list[tuple[str, bytes, int]]:
     kvs, _ = await etcd.get_prefix(prefix)
     return [(kv.key, kv.value, kv.mod_revision) for kv in kvs]
-
-
-async def wait_until(
-    pred: Callable[[], Any | Awaitable[Any]], timeout: float = 10.0, what: str = "condition", every: float = 0.02
-) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        r = pred()
-        if inspect.isawaitable(r):
-            r = await r
-        if r:
-            return r
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
-        await asyncio.sleep(every)
 
 
 def req(
@@ -111,84 +91,6 @@ def non_preapproved_value(sw: Switch) -> Any:
 
 
 SWITCH_NAMES = [s.name for s in switches.SWITCHES]
-
-
-class TcpProxy:
-    """Forward 127.0.0.1:<port> to an upstream host:port; `cut()` / `freeze()` / `restore()`."""
-
-    def __init__(self, upstream: str):
-        host, _, port = upstream.rpartition(":")
-        self.up_host, self.up_port = host, int(port)
-        self.port = 0
-        self.mode = "open"  # open | cut | frozen
-        self._server: asyncio.AbstractServer | None = None
-        self._conns: set[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = set()
-        self._tasks: set[asyncio.Task] = set()
-        self._thawed = asyncio.Event()
-        self._thawed.set()
-
-    @property
-    def endpoint(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    async def start(self) -> "TcpProxy":
-        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
-
-    async def _handle(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-        if self.mode == "cut":
-            w.transport.abort()
-            return
-        try:
-            ur, uw = await asyncio.open_connection(self.up_host, self.up_port)
-        except OSError:
-            w.transport.abort()
-            return
-        pair = (w, uw)
-        self._conns.add(pair)
-
-        async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-            try:
-                while data := await src.read(65536):
-                    await self._thawed.wait()
-                    dst.write(data)
-                    await dst.drain()
-            except (OSError, asyncio.CancelledError):
-                pass
-            finally:
-                dst.transport.abort()
-
-        for t in (asyncio.create_task(pump(r, uw)), asyncio.create_task(pump(ur, w))):
-            self._tasks.add(t)
-            t.add_done_callback(self._tasks.discard)
-        t.add_done_callback(lambda _: self._conns.discard(pair))
-
-    def cut(self) -> None:
-        """Every connection reset, new ones refused (as a partition with RSTs, or a crash)."""
-        self.mode = "cut"
-        self._thawed.set()
-        for a, b in list(self._conns):
-            a.transport.abort()
-            b.transport.abort()
-        self._conns.clear()
-
-    def freeze(self) -> None:
-        """Bytes stop flowing; connections stay open (a silent link: no RST, no FIN)."""
-        self.mode = "frozen"
-        self._thawed.clear()
-
-    def restore(self) -> None:
-        self.mode = "open"
-        self._thawed.set()
-
-    async def close(self) -> None:
-        self.cut()
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
-        for t in list(self._tasks):
-            t.cancel()
 
 
 @dataclass

@@ -174,19 +174,11 @@ def incident() -> str:
 
 async def poll_progress(handle, pred, timeout: float = 20.0):
     """On a real-time server: query progress until `pred` holds (a condition with a deadline)."""
-    import asyncio
-    import time
-
     from contracts.progress import Progress
+    from tests.support.waits import wait_for_value
 
-    deadline = time.monotonic() + timeout
-    p = None
-    while time.monotonic() < deadline:
-        p = await handle.query("progress", result_type=Progress)
-        if pred(p):
-            return p
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"condition not reached in {timeout}s; last progress: {p}")
+    return await wait_for_value(lambda: handle.query("progress", result_type=Progress), pred, timeout,
+                                "a progress condition")
 
 
 def real_worker(env, store, core_settings, paging_settings, http, task_queue: str) -> Worker:
