@@ -17,14 +17,14 @@ import asyncio
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
-    from contracts.errors import refusal_error
     from manual import degradation, rollback
     from manual import degradation_plan as plan
     from contracts.changes import BreakGlass
-    from contracts.progress import Decision, DecisionAck, Progress, RunResult
+    from contracts.progress import Progress, RunResult
     from workflows.models import DegradeInput
     from workflows.alerting import PagingHandlers
     from workflows.base import CANCEL_HANDLED, PAGER_OUTBOX, RESTORE_ONLY_CHANGES, StartRefused, StepFailed
+    from workflows.gate import decision_signal, decision_update
     from workflows.runner import Runner
 
 
@@ -49,34 +49,11 @@ class DegradationWorkflow(PagingHandlers):
     def progress(self) -> Progress:
         return self.r.progress
 
-    def _validate(self, kind: str, d: Decision) -> None:
-        why = self.r.check_decision(kind, d)
-        if why:
-            raise refusal_error(why)
+    # Human input: each an Update validated by the decision gate (workflows/gate.py)
+    confirm = decision_update("confirm")
+    fix = decision_update("fix")
 
-    @workflow.update
-    def confirm(self, d: Decision) -> DecisionAck:
-        return self.r.accept("confirm", d)
-
-    @confirm.validator
-    def _v_confirm(self, d: Decision) -> None:
-        self._validate("confirm", d)
-
-    @workflow.update
-    def fix(self, d: Decision) -> DecisionAck:
-        return self.r.accept("fix", d)
-
-    @fix.validator
-    def _v_fix(self, d: Decision) -> None:
-        self._validate("fix", d)
-
-    @workflow.signal(name="confirm")
-    def confirm_signal(self, d: Decision) -> None:
-        why = self.r.check_decision("confirm", d)
-        if why:
-            self.r.refuse("confirm", d, why)
-        else:
-            self.r.accept("confirm", d)
+    confirm_signal = decision_signal("confirm")  # the Web UI's way in: refused ones recorded, ignored
 
     @workflow.run
     async def run(self, inp: DegradeInput) -> RunResult:

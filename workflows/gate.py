@@ -12,7 +12,7 @@ from typing import Any
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
-    from contracts.errors import Refusal, invalid, not_permitted
+    from contracts.errors import Refusal, invalid, not_permitted, refusal_error
     from manual import approvals
     from contracts.roles import Role
     from core import identity
@@ -20,6 +20,41 @@ with workflow.unsafe.imports_passed_through():
     from contracts.progress import Awaiting, Decision, DecisionAck, DecisionRecord
 from workflows.base import ROSTER_REFRESH, ANSWERS
 
+
+
+def decision_update(kind: str) -> Any:
+    """The Update `kind` of a workflow whose Runner is `self.r`: its validator is the gate's
+    `check_decision` (pure; a refusal carries its error kind), its handler the gate's `accept`.
+    In a workflow class: `confirm = decision_update("confirm")`."""
+
+    def handler(self, d: Decision) -> DecisionAck:
+        return self.r.accept(kind, d)
+
+    def validator(self, d: Decision) -> None:
+        why = self.r.check_decision(kind, d)
+        if why:
+            raise refusal_error(why)
+
+    handler.__name__ = handler.__qualname__ = kind
+    validator.__name__ = validator.__qualname__ = f"_validate_{kind}"
+    update = workflow.update(name=kind)(handler)
+    update.validator(validator)
+    return update
+
+
+def decision_signal(kind: str) -> Any:
+    """The signal `kind` (the Web UI's and `temporal workflow signal`'s way in): the same checks as the
+    Update; a refused one is recorded in progress.decisions and ignored (a signal cannot be refused)."""
+
+    def handler(self, d: Decision) -> None:
+        why = self.r.check_decision(kind, d)
+        if why:
+            self.r.refuse(kind, d, why)
+        else:
+            self.r.accept(kind, d)
+
+    handler.__name__ = handler.__qualname__ = f"{kind}_signal"
+    return workflow.signal(name=kind)(handler)
 
 class DecisionGate:
     """Awaiting, validating and accepting human decisions (Updates) and signed starts."""

@@ -18,15 +18,15 @@ from typing import Any
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
-    from contracts.errors import refusal_error
     from manual import degradation, rollback, switches
     from manual.rollback import Scope, Severity
     from contracts.roles import Role
     from contracts.changes import BreakGlass
     from manual.steps import ApplySwitches, AwaitConfirmation, CoreActions, Observe
-    from contracts.progress import Decision, DecisionAck, Progress, RunResult
+    from contracts.progress import Decision, Progress, RunResult
     from workflows.models import RollbackInput
     from workflows.alerting import PagingHandlers
+    from workflows.gate import decision_signal, decision_update
     from workflows.base import CANCEL_HANDLED, PAGER_OUTBOX, RESTORE_ONLY_CHANGES, StartRefused, StepFailed
     from workflows.runner import Runner
 
@@ -63,59 +63,14 @@ class RollbackWorkflow(PagingHandlers):
     def progress(self) -> Progress:
         return self.r.progress
 
-    def _validate(self, kind: str, d: Decision) -> None:
-        why = self.r.check_decision(kind, d)
-        if why:
-            raise refusal_error(why)
+    # Human input: each an Update validated by the decision gate (workflows/gate.py)
+    confirm = decision_update("confirm")
+    proceed = decision_update("proceed")
+    cancel = decision_update("cancel")
+    fix = decision_update("fix")
+    escalate = decision_update("escalate")
 
-    @workflow.update
-    def confirm(self, d: Decision) -> DecisionAck:
-        return self.r.accept("confirm", d)
-
-    @confirm.validator
-    def _v_confirm(self, d: Decision) -> None:
-        self._validate("confirm", d)
-
-    @workflow.update
-    def proceed(self, d: Decision) -> DecisionAck:
-        return self.r.accept("proceed", d)
-
-    @proceed.validator
-    def _v_proceed(self, d: Decision) -> None:
-        self._validate("proceed", d)
-
-    @workflow.update
-    def cancel(self, d: Decision) -> DecisionAck:
-        return self.r.accept("cancel", d)
-
-    @cancel.validator
-    def _v_cancel(self, d: Decision) -> None:
-        self._validate("cancel", d)
-
-    @workflow.update
-    def fix(self, d: Decision) -> DecisionAck:
-        return self.r.accept("fix", d)
-
-    @fix.validator
-    def _v_fix(self, d: Decision) -> None:
-        self._validate("fix", d)
-
-    @workflow.update
-    def escalate(self, d: Decision) -> DecisionAck:
-        return self.r.accept("escalate", d)
-
-    @escalate.validator
-    def _v_escalate(self, d: Decision) -> None:
-        self._validate("escalate", d)
-
-    @workflow.signal(name="confirm")
-    def confirm_signal(self, d: Decision) -> None:
-        """For the Web UI and `temporal workflow signal`: same checks; a refused one is recorded, ignored."""
-        why = self.r.check_decision("confirm", d)
-        if why:
-            self.r.refuse("confirm", d, why)
-        else:
-            self.r.accept("confirm", d)
+    confirm_signal = decision_signal("confirm")  # the Web UI's way in: refused ones recorded, ignored
 
     # -- the tree ----------------------------------------------------------------------------------
     @workflow.run
