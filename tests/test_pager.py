@@ -52,20 +52,26 @@ async def test_300_pages_at_once_keep_pagerdutys_budget_and_none_is_lost(ts_env,
     assert all(m["mangled"] == [] for m in si.slack.messages)  # "<150%" escaped
 
 
-async def test_a_storm_goes_out_as_one_alert_naming_every_member(ts_env, task_queue):
+async def test_a_storm_goes_out_as_one_alert_naming_every_member(dev_env, task_queue):
     """200 incidents of one rule family within seconds: one PagerDuty alert (one notification) whose
-    follow-up updates name every symbol, Slack digests instead of 200 messages, within the budgets."""
+    follow-up updates name every symbol, Slack digests instead of 200 messages, within the budgets.
+
+    On the dev server (a real Temporal, real time: about 12 s), not the time-skipping one: there, a
+    signal whose workflow task cancels a timer that fired meanwhile is refused ("invalid history
+    builder state for action") and the run is stranded, never retried (temporalio/sdk-java#2606,
+    #3088; fix proposed in #3060, not released);
+    a storm of signals against the pager's flush timers hit it on a loaded CI machine (a 300 s hang)."""
     si = StandIns(real_limits=True)
     owner = "incident-storm"
-    async with worker(ts_env, si, task_queue):
-        h = await collector(ts_env, task_queue, 400, owner)
-        for batch in range(4):  # arriving over a few seconds, as the monitor opens them
-            await signal_pager(ts_env.client, task_queue, "submit", [
+    async with worker(dev_env, si, task_queue):
+        h = await collector(dev_env, task_queue, 400, owner)
+        for batch in range(4):  # arriving over a few seconds, as the monitor opens them (pacing, not sync)
+            await signal_pager(dev_env.client, task_queue, "submit", [
                 page(i, owner, group="order_deviation", kind="opened", member=f"S{i:03d}")
                 for i in range(batch * 50, batch * 50 + 50)])
-            await ts_env.sleep(timedelta(seconds=1))
+            await asyncio.sleep(1)
         got = await h.result()
-        pager = ts_env.client.get_workflow_handle(pager_workflow_id(task_queue))
+        pager = dev_env.client.get_workflow_handle(pager_workflow_id(task_queue))
         q = await pager.query("queue", result_type=QueueView)
         await save_history(pager, "pager_storm")
     pd = [d for d in got if d.channel.value == "pagerduty"]
