@@ -33,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from manual import switches
 from contracts.roles import Role
+from manual.steps import HealthCheck
 
 SYMBOL = "$symbol"  # in an action body: replaced by the incident's symbol (per-symbol rules)
 
@@ -398,6 +399,18 @@ def get(rule_id: str) -> Rule:
         return BY_ID[rule_id]
     except KeyError:
         raise KeyError(f"unknown P0 rule {rule_id!r} (one of {', '.join(BY_ID)})") from None
+
+
+_NEGATED = {"<": ">=", "<=": ">", ">": "<=", ">=": "<"}
+
+
+def not_triggered(rule_id: str, **kw: Any) -> HealthCheck:
+    """A health check that passes while `rule_id` does not fire: its (single) trigger negated, at the
+    table's threshold, named after its alert. How a canary's "no open P0" and a rollback's observation
+    read the P0 table without restating it."""
+    rule = get(rule_id)
+    (t,) = rule.trigger
+    return HealthCheck(metric=t.metric, op=_NEGATED[t.op], threshold=t.threshold, why=f"P0: {rule.alert}", **kw)
 
 
 def preapproved_switch_values() -> list[tuple[str, Any]]:

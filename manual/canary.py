@@ -197,20 +197,12 @@ RESERVE = _hc("risk_reserve_usd", ">=", threshold_switch="risk_reserve_min_usd",
 EXPOSURE = _hc("internal_net_exposure_usd", "<=", threshold_switch="max_internal_exposure_usd", consecutive=1,
                why="internal net exposure (worst symbol) within the stage's cap: above it the core is not "
                    "enforcing its own limit")
-# "No open P0": the P0 table's triggers that the health snapshot shows, as pass criteria. Each is its
-# rule's trigger negated (the threshold is the P0 table's, in manual/alerts.py, written there once).
-_NOT = {"<": ">=", "<=": ">", ">": "<=", ">=": "<"}
-
-
-def _p0_clear(rule_id: str, why: str, **kw: Any) -> HealthCheck:
-    (trigger,) = alerts.get(rule_id).trigger
-    return _hc(trigger.metric, _NOT[trigger.op], trigger.threshold, why=why, **kw)
-
-
+# "No open P0": the P0 table's triggers that the health snapshot shows, as pass criteria (each its
+# rule's trigger negated, at the threshold written once in manual/alerts.py).
 P0_CLEAR = (
-    _p0_clear("asset_mismatch", consecutive=1, why="P0: user asset mismatch >0.1%"),
-    _p0_clear("hl_margin", why="P0: HL account margin <150%"),
-    _p0_clear("hedge_margin", why="P0: hedge account margin <200%"),
+    alerts.not_triggered("asset_mismatch", consecutive=1),
+    alerts.not_triggered("hl_margin"),
+    alerts.not_triggered("hedge_margin"),
 )
 
 PHASE2_CHECKS = (ERROR_RATE, HL_ROUTING_ZERO, HL_UP)

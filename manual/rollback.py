@@ -17,7 +17,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from manual import approvals, checklist, degradation, switches
+from manual import alerts, approvals, checklist, degradation, switches
 from contracts.roles import Role
 from manual.steps import (
     ApplySwitches,
@@ -65,7 +65,7 @@ RESTORE_CANARY_VALUE = 5
 OBSERVE_CHECKS: tuple[HealthCheck, ...] = (
     HealthCheck(metric="error_rate", op="<=", threshold=0.01, why="the manual's >1% error-rate failure line"),
     HealthCheck(metric="hl_connected", op="==", threshold=True, why="HL_MODE needs HL up"),
-    HealthCheck(metric="asset_mismatch_ratio", op="<=", threshold=0.001, why="P0: user asset mismatch >0.1%"),
+    alerts.not_triggered("asset_mismatch"),
 )
 
 
