@@ -179,7 +179,7 @@ async def _end_dev_leftovers(request):
     running rollback or degradation holds back every later P0 monitor's auto-recovery (both seen in CI:
     one failure became three). After each test that used `dev_env` and `task_queue`, whatever still runs
     on its task queue is terminated and named in the session summary (the task queue's pager workflow,
-which lives as long as its queue by design, is ended without being named)."""
+    which lives as long as its queue by design, is ended without being named)."""
     if not {"dev_env", "task_queue"} <= set(request.fixturenames):
         yield
         return
