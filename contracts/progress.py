@@ -102,6 +102,7 @@ class Awaiting(BaseModel):
     approvals_needed: int = 1
     approved_by: list[str] = []
     still_needed: list[str] = []
+    no_break_glass: str = ""  # why break-glass is refused at this step (empty: allowed where two must approve)
     # Paging: the alerts that asked for this decision; an acknowledgement of one of them in PagerDuty
     # (seen_by) stops the re-pages (reminders go to chat) until PagerDuty says it is unacknowledged.
     alerts: list[str] = []

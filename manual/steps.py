@@ -129,6 +129,7 @@ class AwaitConfirmation(_Step):
     on_timeout: Literal["repage_and_wait", "proceed", "fail"] = "repage_and_wait"
     prompt: str
     approvals: int = Field(default=1, ge=1, le=2)  # 2: two different operators (two-person rule)
+    no_break_glass: str = ""  # why a break-glass decision is refused at this step (empty: the gate's rule)
 
 
 class Notify(_Step):

@@ -60,7 +60,7 @@ with workflow.unsafe.imports_passed_through():
         CanaryStatus,
         StageRecord,
     )
-    from contracts.progress import Awaiting, Decision, DecisionAck, DecisionRecord, Progress
+    from contracts.progress import Decision, DecisionAck, DecisionRecord, Progress
     from workflows.alerting import PagingHandlers
     from workflows.base import PAGER_OUTBOX, StepFailed
     from workflows.runner import ObserveClock, Runner
@@ -98,7 +98,7 @@ class CanaryWorkflow(PagingHandlers):
         self.r.proofs = list(self.st.proofs)
         self.r.used_nonces = list(self.st.used_nonces)
         for k in KINDS:
-            self.r.extra_answers[k] = self._refusal
+            self.r.standing[k] = self._refusal
         self._tasks: list[asyncio.Task] = []
         self.r.progress.level = self._level()
 
@@ -534,40 +534,28 @@ class CanaryWorkflow(PagingHandlers):
                 else:
                     self._stage_done("passed", f"{human(stage.duration)} observed, checks passed")
             if st.part == "gate":
+                # The gate: awaiting a promote while the stage's checks go on (a breach rolls back); no
+                # answer within the gate's timeout re-pages (or reminds whoever saw the page) and waits on.
                 gate = stage.gate
+                aw = r.progress.awaiting
+                if aw is None or aw.step != gate.name:  # (carried across continue-as-new: keep its pages)
+                    aw = r.open_await(gate.name, "promote", gate.min_role, since=st.gate_since, deadline=None,
+                                      prompt=gate.prompt)
                 while True:
-                    aw = r.progress.awaiting
-                    same = aw is not None and aw.step == gate.name
-                    repages = aw.repages if same else 0
-                    r.progress.awaiting = Awaiting(
-                        step=gate.name, expects="promote", min_role=gate.min_role.value, since=st.gate_since,
-                        deadline=workflow.now() + st.clock.left(), prompt=gate.prompt, repages=repages)
-                    if r.outbox:  # the pages that asked for this promote, and who saw them in PagerDuty
-                        r.progress.awaiting = r.progress.awaiting.model_copy(update=(
-                            {"alerts": aw.alerts, "seen_by": aw.seen_by, "seen_at": aw.seen_at,
-                             "reminders": aw.reminders} if same else
-                            {"alerts": [r.current_alert] if r.current_alert else []}))
+                    aw.deadline = workflow.now() + st.clock.left()
                     res = await r.run_observe(stage.observe.model_copy(update={"name": gate.name}), values=st.config,
                                               clock=st.clock)
                     if res != "ok":
                         break
-                    # no promote within the gate's timeout: re-page at the next escalation level, keep waiting
                     st.clock.duration += gate.timeout
-                    aw = r.progress.awaiting
-                    if r.outbox and aw is not None and aw.seen_by is not None:
-                        aw.reminders += 1  # acknowledged in PagerDuty: a reminder in chat, nobody else paged
-                        await r.notify(f"STILL WAITING ({aw.reminders}) for a {gate.min_role.value} to promote "
-                                       f"{self.wid}: seen in PagerDuty by {aw.seen_by}. {gate.prompt}", page=False,
-                                       kind="reminder")
-                        continue
-                    r.progress.page_level += 1
-                    r.progress.awaiting.repages += 1
-                    await r.notify(f"UNANSWERED for {human(workflow.now() - st.gate_since)}: {self.wid} waits for a "
-                                   f"{gate.min_role.value} to promote. {gate.prompt}", page=True, severity="warning",
-                                   kind="repage")
+                    await r.unanswered(aw, asks=f"a {gate.min_role.value} to promote", prompt=gate.prompt,
+                                       waited=human(workflow.now() - st.gate_since), severity="warning",
+                                       deadline=workflow.now() + st.clock.left())
+                if res == "continue_as_new":
+                    return res  # still awaited: the next run carries the awaiting on
+                r.close_await()
                 if res != "promoted":
                     return await self._after_observe(res, stage)
-                r.progress.awaiting = None
                 self._stage_done("promoted", f"gate passed: promoted by {st.promoted_by}")
             st.stage += 1
             st.part = "apply"

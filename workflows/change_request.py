@@ -21,10 +21,9 @@ from temporalio.exceptions import ApplicationError, FailureError
 with workflow.unsafe.imports_passed_through():
     from activities.requests import RequestActivities
     from contracts import errors
-    from contracts.errors import refusal_error
     from contracts.roles import Role
     from manual.steps import AwaitConfirmation
-    from contracts.progress import Decision, DecisionAck, Progress
+    from contracts.progress import Progress
     from contracts.requests import (
         SECOND_APPROVAL_STEP,
         ChangeRequestInput,
@@ -34,11 +33,14 @@ with workflow.unsafe.imports_passed_through():
     )
     from workflows.alerting import PagingHandlers
     from workflows.base import PAGER_OUTBOX, root_cause
+    from workflows.gate import decision_signal, decision_update
     from workflows.runner import Runner
 
 PICKUP_DEADLINE = "change-pickup-deadline"  # patch: a request no worker ran in time expires, applying nothing
 APPLY_RETRY = RetryPolicy(initial_interval=timedelta(milliseconds=200), maximum_interval=timedelta(seconds=5),
                           maximum_attempts=20, non_retryable_error_types=errors.SWITCH_NON_RETRYABLE)
+NO_BREAK_GLASS = ("break-glass is given by the requester when submitting (`switch set ... --break-glass REASON`); "
+                  "an approval is the second person")
 
 
 @workflow.defn(name="ChangeRequestWorkflow")
@@ -55,29 +57,10 @@ class ChangeRequestWorkflow(PagingHandlers):
     def progress(self) -> Progress:
         return self.r.progress
 
-    @workflow.update
-    def confirm(self, d: Decision) -> DecisionAck:
-        return self.r.accept("confirm", d)
-
-    def _check(self, d: Decision) -> str | None:
-        if d.break_glass is not None:
-            return ("break-glass is given by the requester when submitting (`switch set ... --break-glass REASON`); "
-                    "an approval is the second person")
-        return self.r.check_decision("confirm", d)
-
-    @confirm.validator
-    def _v_confirm(self, d: Decision) -> None:
-        why = self._check(d)
-        if why:
-            raise refusal_error(why)
-
-    @workflow.signal(name="confirm")
-    def confirm_signal(self, d: Decision) -> None:
-        why = self._check(d)
-        if why:
-            self.r.refuse("confirm", d, why)
-        else:
-            self.r.accept("confirm", d)
+    # The second approval: the gate's checks (role, signature, nonce, two-person rule, and this step's
+    # "break-glass comes from the requester" rule), as an Update (refusable) and as a signal.
+    confirm = decision_update("confirm")
+    confirm_signal = decision_signal("confirm")
 
     async def _apply(self, approvals: list) -> RequestOutcome:
         return await workflow.execute_local_activity_method(
@@ -118,7 +101,7 @@ class ChangeRequestWorkflow(PagingHandlers):
                                     f"{self.r.wid} --as OP`", page=True, severity="critical", kind="approval")
                 kind, d = await self.r.run_await(AwaitConfirmation(
                     name=SECOND_APPROVAL_STEP, expects="confirm", min_role=Role(out.owner_role),
-                    timeout=inp.approval_timeout, on_timeout="fail", approvals=2,
+                    timeout=inp.approval_timeout, on_timeout="fail", approvals=2, no_break_glass=NO_BREAK_GLASS,
                     prompt=f"{req.actor} asks {req.action} {req.target} = {req.values.get('value')!r}."),
                     approved_by=(req.actor,))
                 if d is None:

@@ -6,7 +6,7 @@ the Updates' validators; `accept`: the handlers). Part of `Runner` (workflows/ru
 from __future__ import annotations
 
 import asyncio
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from temporalio import workflow
@@ -120,6 +120,50 @@ class DecisionGate:
                 if self.progress.awaiting is not None:
                     self.progress.awaiting.still_needed = self._still_needed(self.progress.awaiting)
 
+    def answers(self, kind: str) -> bool:
+        """Whether a decision of `kind` answers the step awaited now (else it is a standing decision:
+        pause, tick, resolve... judged by the workflow's own rule in `standing`, never taken as the answer)."""
+        aw = self.progress.awaiting
+        return aw is not None and kind in ANSWERS.get(aw.expects, ())
+
+    def open_await(self, name: str, expects: str, min_role: Role, *, since: datetime, deadline: datetime | None,
+                   prompt: str, approvals: int = 1, approved_by: tuple[str, ...] = (),
+                   no_break_glass: str = "") -> Awaiting:
+        """Start awaiting a human (what `status`, the pages and the validators see); no decision yet."""
+        self._decision = None
+        aw = self.progress.awaiting = Awaiting(step=name, expects=expects, min_role=min_role.value, since=since,
+                                               deadline=deadline, prompt=prompt, approvals_needed=approvals,
+                                               approved_by=list(approved_by), no_break_glass=no_break_glass)
+        if self.current_alert is not None:
+            aw.alerts.append(self.current_alert)  # the latest page asked for it
+        if approvals > 1:
+            aw.still_needed = self._still_needed(aw)
+            aw.prompt = self._approval_prompt(aw, prompt)
+        return aw
+
+    def close_await(self) -> None:
+        self.progress.awaiting = None
+        self._decision = None
+
+    async def unanswered(self, aw: Awaiting, *, asks: str, prompt: str, waited: str, deadline: datetime | None,
+                         severity: str = "critical") -> None:
+        """Nobody answered `aw` in time: a reminder in chat if someone acknowledged the page in PagerDuty
+        (nobody else is paged until PagerDuty says the acknowledgement timed out), else a re-page at the
+        next escalation level. `asks`: what is awaited from whom, for the message."""
+        aw.deadline = deadline
+        if self.outbox and aw.seen_by is not None:
+            aw.reminders += 1
+            await self.notify(f"STILL WAITING ({aw.reminders}) for {asks} at {self.wid}: seen in PagerDuty by "
+                              f"{aw.seen_by} at {aw.seen_at:%H:%M:%S}, no signed decision yet. {prompt}", page=False,
+                              kind="reminder")
+            return
+        self.progress.page_level += 1
+        if self.on_repage is not None:
+            self.on_repage(self.progress.page_level)
+        aw.repages += 1
+        await self.notify(f"UNANSWERED after {waited}: {self.wid} waits for {asks}. {prompt}", page=True,
+                          severity=severity, kind="repage", group=self.group)
+
     async def run_await(self, step: AwaitConfirmation, approved_by: tuple[str, ...] = ()) -> tuple[str, Decision | None]:
         """Wait for a decision. Returns (kind, decision); kind "timeout" when it proceeds/fails on time.
 
@@ -128,17 +172,10 @@ class DecisionGate:
         super admin's break-glass decision forces it.
         """
         rec = self._begin(step.name, step.kind)
-        self._decision = None
         since = workflow.now()
-        self.progress.awaiting = Awaiting(step=step.name, expects=step.expects, min_role=step.min_role.value,
-                                          since=since, deadline=since + step.timeout, prompt=step.prompt,
-                                          approvals_needed=step.approvals, approved_by=list(approved_by))
-        aw = self.progress.awaiting
-        if self.current_alert is not None:
-            aw.alerts.append(self.current_alert)  # the latest page asked for it
-        if step.approvals > 1:
-            aw.still_needed = self._still_needed(aw)
-            aw.prompt = self._approval_prompt(aw, step.prompt)
+        aw = self.open_await(step.name, step.expects, step.min_role, since=since, deadline=since + step.timeout,
+                             prompt=step.prompt, approvals=step.approvals, approved_by=approved_by,
+                             no_break_glass=step.no_break_glass)
         # Patch "roster-refresh": with signing on, keys are re-read while a human is awaited.
         refresh = self.signing and workflow.patched("roster-refresh")
         try:
@@ -152,25 +189,8 @@ class DecisionGate:
                     if step.on_timeout == "fail":
                         self._end(rec, "timeout", f"no decision in {step.timeout}")
                         return "timeout", None
-                    if self.outbox and aw.seen_by is not None:
-                        # Acknowledged in PagerDuty: a person has it. Remind in chat, page nobody else
-                        # (until PagerDuty says the acknowledgement timed out).
-                        aw.reminders += 1
-                        aw.deadline = workflow.now() + step.timeout
-                        await self.notify(f"STILL WAITING ({aw.reminders}) for {step.expects} ({step.min_role.value}+) "
-                                          f"at {self.wid}: seen in PagerDuty by {aw.seen_by} at "
-                                          f"{aw.seen_at:%H:%M:%S}, no signed decision yet. {step.prompt}", page=False,
-                                          kind="reminder")
-                        continue
-                    # re-page at the next escalation level and keep waiting
-                    self.progress.page_level += 1
-                    if self.on_repage is not None:
-                        self.on_repage(self.progress.page_level)
-                    self.progress.awaiting.repages += 1
-                    self.progress.awaiting.deadline = workflow.now() + step.timeout
-                    await self.notify(f"UNANSWERED after {step.timeout}: {self.wid} waits for {step.expects} "
-                                      f"({step.min_role.value}+). {step.prompt}", page=True, severity="critical",
-                                      kind="repage", group=self.group)
+                    await self.unanswered(aw, asks=f"{step.expects} ({step.min_role.value}+)", prompt=step.prompt,
+                                          waited=str(step.timeout), deadline=workflow.now() + step.timeout)
                     continue
                 kind, d = self._decision
                 if aw.approvals_needed > 1 and self._counts_as_approval(kind, d) and not d.break_glass:
@@ -189,8 +209,7 @@ class DecisionGate:
                 self._end(rec, kind, f"{kind} by {who}{glass}" + (f": {d.reason}" if d.reason else ""))
                 return kind, d
         finally:
-            self.progress.awaiting = None
-            self._decision = None
+            self.close_await()
 
     @staticmethod
     def _counts_as_approval(kind: str, d: Decision) -> bool:
@@ -216,7 +235,7 @@ class DecisionGate:
         role = self.role_of(d.actor)
         if role is None:
             return not_permitted(f"{d.actor!r} is not an operator")
-        if self._decision is not None and self.progress.awaiting is not None:
+        if self._decision is not None and self.answers(kind):
             # Two decisions in the same workflow task (e.g. proceed and cancel at once): the first one
             # accepted wins; the later one must be refused, not acknowledged and then overwritten.
             k, prev = self._decision
@@ -228,6 +247,8 @@ class DecisionGate:
                 return why
         if d.break_glass is not None:
             aw = self.progress.awaiting
+            if aw is not None and aw.no_break_glass:
+                return invalid(aw.no_break_glass)
             if aw is None or aw.approvals_needed < 2:
                 return invalid("--break-glass forces a two-person approval alone; this step does not need two")
             if not role.at_least(Role.SUPER_ADMIN):
@@ -236,8 +257,8 @@ class DecisionGate:
                 return invalid("--break-glass needs a reason")
         if kind == "escalate" and self._escalate_open:
             return None if role.at_least(Role.ON_CALL) else not_permitted(f"{d.actor} is {role.value}; escalating needs on_call")
-        if kind in self.extra_answers:
-            return self.extra_answers[kind](kind, d)
+        if kind in self.standing:
+            return self.standing[kind](kind, d)
         aw = self.progress.awaiting
         if aw is None:
             return f"{self.wid} is not waiting for a decision now (step: {self.progress.current_step}, status {self.progress.status})"
@@ -261,16 +282,20 @@ class DecisionGate:
                     f"{aw.min_role} (still needed: one of {', '.join(aw.still_needed) or 'nobody'})")
         return None
 
-    def accept(self, kind: str, d: Decision) -> DecisionAck:
+    def accept(self, kind: str, d: Decision, *, authorizes: bool = True) -> DecisionAck:
+        """Take a checked decision: the awaited step's answer (what `run_await` returns), an escalation
+        out of an observation, or a standing decision (recorded; its workflow acts on it). Its nonce is
+        spent; its signed request goes with the next change sets when it `authorizes` them."""
         step = self.progress.current_step or ""
         if kind == "escalate" and self._escalate_open and self.progress.awaiting is None:
             self._escalation = d
-        else:
+        elif self.answers(kind):
             self._decision = (kind, d)
         proof = d.proof() if self.signing else None
         if proof is not None:
             self.used_nonces.append(proof.request.nonce)
-            self.proofs.append(proof)
+            if authorizes:
+                self.proofs.append(proof)
         self.progress.decisions.append(DecisionRecord(at=workflow.now(), kind=kind, actor=d.actor, accepted=True,
                                                       detail=d.reason, key_id=d.key_id if proof else None,
                                                       break_glass=d.break_glass))

@@ -29,7 +29,7 @@ from temporalio.exceptions import ApplicationError, FailureError
 
 with workflow.unsafe.imports_passed_through():
     from activities.monitor import IncidentOps
-    from contracts.errors import refusal_error
+    from contracts.errors import invalid, not_permitted, refusal_error
     from contracts.changes import BreakGlass
     from manual import alerts, escalation, switches
     from contracts.roles import Role
@@ -113,6 +113,7 @@ class IncidentWorkflow(PagingHandlers):
         self._level_choice: Decision | None = None
         self._resolve: ResolveRequest | None = None
         self._ack_task: asyncio.Task | None = None
+        self.r.standing.update(tick=self._tick_refusal, escalate=self._escalate_refusal, resolve=self._resolve_refusal)
 
     # -- queries --------------------------------------------------------------------------------
     @workflow.query
@@ -209,20 +210,64 @@ class IncidentWorkflow(PagingHandlers):
         self.r.accept("confirm", d)
         self._wake += 1
 
-    def _check_signed(self, kind: str, d: Decision) -> None:
-        """Signing on: `d` must be signed by its actor for this incident, the step it is at and `kind`."""
-        if self.r.signing:
-            why = self.r.signature_refusal(kind, d)
-            if why:
-                _refuse(why)
+    # Standing decisions (any time, not an awaited step's answer): the gate checks the operator and the
+    # signature (signing on: for this incident, the step it is at, the kind, a fresh nonce), then the
+    # rule below; the handler records it (progress.decisions) and spends the nonce.
+    def _tick_refusal(self, kind: str, req: TickRequest) -> str | None:
+        role = self._role(req.actor)
+        if not role.at_least(Role.ON_CALL):
+            return not_permitted(f"{req.actor} is {role.value}; the checklist needs on_call or above")
+        ids = [i.id for i in self.st.checklist]
+        if req.item not in ids:
+            return invalid(f"no checklist item {req.item!r}; items: {', '.join(ids)}")
+        if self.st.status == "resolved":
+            return f"{self.st.workflow_id} is resolved"
+        return None
 
-    def _used_nonce(self, d: Decision) -> None:
-        if d.signature is not None and d.nonce:
-            self.r.used_nonces.append(d.nonce)
+    def _escalate_refusal(self, kind: str, d: Decision) -> str | None:
+        role = self._role(d.actor)
+        if not role.at_least(Role.ON_CALL):
+            return not_permitted(f"{d.actor} is {role.value}; choosing a level needs on_call")
+        if not self._manual_asked:
+            return (f"{self.st.workflow_id} does not ask for a degradation level (only HL down past "
+                    f"{self.manual_after} does); start one with `rollbackctl degrade`")
+        if self._level_choice is not None:
+            return f"level already chosen: {self.st.level_choice}"
+        if d.level not in (2, 3):
+            return invalid("choose degradation level 2 or 3 (--level 2|3)")
+        if d.level == 3 and not role.at_least(Role.SUPER_ADMIN):
+            return not_permitted(f"{d.actor} is {role.value}; level 3 needs super_admin")
+        return None
+
+    def _resolve_refusal(self, kind: str, req: ResolveRequest) -> str | None:
+        role = self._role(req.actor)
+        if not role.at_least(Role.ON_CALL):
+            return not_permitted(f"{req.actor} is {role.value}; resolving needs on_call or above")
+        if self._resolve is not None:
+            return f"already being resolved by {self._resolve.actor}"
+        if not self._ready:
+            return "the incident is still taking its immediate action and paging; try again in a moment"
+        if req.undo and not role.at_least(self.rule.recovery.role):
+            return not_permitted(f"{req.actor} is {role.value}; undoing this rule's action needs "
+                                 f"{self.rule.recovery.role.value}: {self.rule.recovery.why}")
+        if self.st.condition == "firing":
+            if not req.force:
+                return (f"the monitor still reports {self.rule.alert} firing; resolve when it has cleared "
+                        "(a super admin may --force with a reason)")
+            if not role.at_least(Role.SUPER_ADMIN):
+                return not_permitted("--force needs a super_admin and a --reason")
+            if not req.reason.strip():
+                return invalid("--force needs a super_admin and a --reason")
+        return None
+
+    def _check(self, kind: str, d: Decision) -> None:
+        why = self.r.check_decision(kind, d)
+        if why:
+            _refuse(why)
 
     @workflow.update
     def tick(self, req: TickRequest) -> str:
-        self._used_nonce(req)
+        self.r.accept("tick", req, authorizes=False)
         item = next(i for i in self.st.checklist if i.id == req.item)
         item.done, item.by, item.at, item.note = req.done, req.actor, workflow.now(), req.note
         if req.done:
@@ -232,20 +277,12 @@ class IncidentWorkflow(PagingHandlers):
 
     @tick.validator
     def _v_tick(self, req: TickRequest) -> None:
-        role = self._role(req.actor)
-        if role is None or not role.at_least(Role.ON_CALL):
-            _refuse(f"{req.actor} is {role.value if role else 'not an operator'}; the checklist needs on_call or above")
-        ids = [i.id for i in self.st.checklist]
-        if req.item not in ids:
-            _refuse(f"no checklist item {req.item!r}; items: {', '.join(ids)}")
-        if self.st.status == "resolved":
-            _refuse(f"{self.st.workflow_id} is resolved")
-        self._check_signed("tick", req)
+        self._check("tick", req)
 
     @workflow.update
     def escalate(self, d: Decision) -> DecisionAck:
         """HL still down after 5 minutes: the human's choice of degradation level 2 or 3."""
-        self._used_nonce(d)
+        self.r.accept("escalate", d, authorizes=False)  # the degradation it starts carries its own authority
         self._level_choice = d
         self.st.level_choice = f"level {d.level} by {d.actor}"
         for i in self.st.checklist:
@@ -258,26 +295,12 @@ class IncidentWorkflow(PagingHandlers):
 
     @escalate.validator
     def _v_escalate(self, d: Decision) -> None:
-        role = self._role(d.actor)
-        if role is None or not role.at_least(Role.ON_CALL):
-            _refuse(f"{d.actor} is {role.value if role else 'not an operator'}; choosing a level needs on_call")
-        if not self._manual_asked:
-            _refuse(f"{self.st.workflow_id} does not ask for a degradation level (only HL down past "
-                    f"{self.manual_after} does); start one with `rollbackctl degrade`")
-        if self._level_choice is not None:
-            _refuse(f"level already chosen: {self.st.level_choice}")
-        if d.level not in (2, 3):
-            _refuse("choose degradation level 2 or 3 (--level 2|3)")
-        if d.level == 3 and not role.at_least(Role.SUPER_ADMIN):
-            _refuse(f"{d.actor} is {role.value}; level 3 needs super_admin")
-        self._check_signed("escalate", d)
+        self._check("escalate", d)
 
     @workflow.update
     def resolve(self, req: ResolveRequest) -> str:
-        self._used_nonce(req)
-        proof = req.proof() if self.r.signing else None
-        if proof is not None and req.undo:  # the signed resolve goes with the undo's change sets
-            self.r.proofs.append(proof)
+        # the signed resolve goes with the undo's change sets
+        self.r.accept("resolve", req, authorizes=req.undo)
         self._resolve = req
         aw = self.r.progress.awaiting
         if aw is not None and aw.step == "acknowledge":  # resolving acknowledges too
@@ -288,23 +311,7 @@ class IncidentWorkflow(PagingHandlers):
 
     @resolve.validator
     def _v_resolve(self, req: ResolveRequest) -> None:
-        role = self._role(req.actor)
-        if role is None or not role.at_least(Role.ON_CALL):
-            _refuse(f"{req.actor} is {role.value if role else 'not an operator'}; resolving needs on_call or above")
-        if self._resolve is not None:
-            _refuse(f"already being resolved by {self._resolve.actor}")
-        if not self._ready:
-            _refuse("the incident is still taking its immediate action and paging; try again in a moment")
-        if req.undo and not role.at_least(self.rule.recovery.role):
-            _refuse(f"{req.actor} is {role.value}; undoing this rule's action needs {self.rule.recovery.role.value}: "
-                    f"{self.rule.recovery.why}")
-        if self.st.condition == "firing":
-            if not req.force:
-                _refuse(f"the monitor still reports {self.rule.alert} firing; resolve when it has cleared "
-                        "(a super admin may --force with a reason)")
-            if not role.at_least(Role.SUPER_ADMIN) or not req.reason.strip():
-                _refuse("--force needs a super_admin and a --reason")
-        self._check_signed("resolve", req)
+        self._check("resolve", req)
 
     def _acted(self, actor: str, what: str) -> None:
         if self.st.sla.action_at is None:

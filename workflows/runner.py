@@ -127,7 +127,9 @@ class Runner(ActivityGateway, Alerting, DecisionGate):
         self._escalation: Decision | None = None
         self._runs: dict[str, int] = {}
         self._background: list[asyncio.Task] = []
-        self.extra_answers: dict[str, Callable[[str, Decision], str | None]] = {}
+        # Standing decisions (canary pause/promote, incident tick/resolve...): accepted whenever their
+        # rule (kind, decision) -> refusal-or-None allows, never taken as the awaited step's answer.
+        self.standing: dict[str, Callable[[str, Decision], str | None]] = {}
         # Patch "flip-first" (workflows set it from workflow.patched): the roster loads beside the
         # snapshot and canaries are paused beside the change, so nothing delays a critical flip.
         self.flip_first = False
