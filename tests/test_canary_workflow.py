@@ -6,135 +6,22 @@ result is awaited)."""
 from __future__ import annotations
 
 import time
-import uuid
 from datetime import timedelta
 
-from datetime import datetime, timezone
-
 import pytest
-from temporalio import activity
-from temporalio.client import WorkflowUpdateFailedError
 
-from manual import canary
-from manual.canary import CanaryPlan
-from tests.support.standins import StandIns
 from core.temporal_client import run_histories
+from manual import canary
+from tests.support.canary_helpers import (BAD, DAY, H, P2, P3, coarse, decide, off_beat, progress, refused, start,
+                                          standins, status, terminate_leftovers, touched_snapshot, until)
 from tests.support.wf_helpers import PagedWorker, audit_of, make_worker, save_history, values
 from workflows.canary import CanaryWorkflow
-from workflows.canary_models import CanaryDecision, CanaryInput, CanaryStatus
-from contracts.progress import Progress
-
-H = timedelta(hours=1)
-DAY = timedelta(days=1)
-
-
-class Scripted(StandIns):
-    """Health that passes every stage (exposure under Stage 1's $50K cap); `next` overrides the next reads,
-    one dict per read: a flaky check is one bad read."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.health["internal_net_exposure_usd"] = {"BTC": 20_000.0}
-        self.next: list[dict] = []
-
-    @activity.defn(name="core.read_health")
-    async def read_health(self, inp: dict) -> dict:
-        self.health_reads += 1
-        override = self.next.pop(0) if self.next else {}
-        return {**self.health, **override, "as_of": datetime.now(timezone.utc).isoformat()}
-
-
-def standins() -> Scripted:
-    return Scripted()
-
-
-def coarse(plan: CanaryPlan, interval: timedelta = H) -> CanaryPlan:
-    """The same plan (profiles, checks, gates) with fewer checks: tests about control flow run faster."""
-    data = plan.model_dump()
-    for st in data["stages"]:
-        st["observe"]["interval"] = min(interval, st["observe"]["duration"])
-    return CanaryPlan.model_validate(data)
-
-
-P3 = coarse(canary.PHASE3)
-P2 = coarse(canary.PHASE2)
-BAD = {"error_rate": 0.02}
-
-
-STARTED: list = []
 
 
 @pytest.fixture(autouse=True)
 async def _terminate_leftovers(ts_env):
-    """A test that fails mid-way must not leave a workflow whose pending task stops time skipping for
-    every later test of the session (the time-skipping server is shared)."""
     yield
-    while STARTED:
-        h = STARTED.pop()
-        try:
-            await ts_env.client.get_workflow_handle(h.id).terminate("test cleanup")
-        except Exception:
-            pass  # already closed
-
-
-async def start(env, tq, phase="phase3", by="alice", **kw):
-    wid = f"canary-{phase}-{uuid.uuid4().hex[:8]}"
-    h = await env.client.start_workflow(CanaryWorkflow.run, CanaryInput(phase=phase, requested_by=by, **kw),
-                                        id=wid, task_queue=tq)
-    STARTED.append(h)
-    return h
-
-
-async def status(env, wid) -> CanaryStatus:
-    return await env.client.get_workflow_handle(wid).query(CanaryWorkflow.status)
-
-
-async def until(env, wid, pred, step=6 * H, limit=200) -> CanaryStatus:
-    """Query the status until `pred` holds, skipping `step` of workflow time between queries."""
-    s = None
-    for _ in range(limit):
-        s = await status(env, wid)
-        if pred(s):
-            return s
-        await env.sleep(step)
-    raise AssertionError(f"condition not reached; last status: {s}")
-
-
-async def off_beat(env, wid) -> None:
-    """Move workflow time away from the canary's next timer before a signal or an Update.
-
-    The time-skipping test server refuses a workflow task that both sees a timer fire and cancels it
-    ("invalid history builder state for action"), which an Update or signal arriving on the very
-    instant of a health check or a stage's end causes there (the real server does not); the test
-    then hangs. So a decision is never sent within a minute of the next check or the stage's end."""
-    for _ in range(5):
-        if not (await status(env, wid)).timer_near(await env.get_current_time()):
-            return
-        await env.sleep(timedelta(minutes=2))
-
-
-async def decide(env, wid, kind, actor, **kw):
-    await off_beat(env, wid)
-    return await env.client.get_workflow_handle(wid).execute_update(kind, CanaryDecision(actor=actor, **kw))
-
-
-async def refused(env, wid, kind, actor, **kw) -> str:
-    with pytest.raises(WorkflowUpdateFailedError) as e:
-        await decide(env, wid, kind, actor, **kw)
-    return str(e.value.cause)
-
-
-async def progress(env, wid) -> Progress:
-    return await env.client.get_workflow_handle(wid).query(CanaryWorkflow.progress)
-
-
-def touched_snapshot(p: Progress, plan: CanaryPlan = canary.PHASE3) -> dict:
-    return {k: p.snapshot[k] for k in plan.touched()}
-
-
-
-
-
+    await terminate_leftovers(ts_env)
 
 
 async def test_full_phase3_passes_every_stage_in_order_with_bounded_history(ts_env, store, task_queue):
@@ -285,8 +172,6 @@ def uncached_worker(env, store, si, tq):
     """A worker without a workflow cache: each task replays the history. (The time-skipping test server
     keeps sending a stopped worker's workflow tasks and queries to its sticky queue; a real server moves
     them to the normal queue after sticky_queue_schedule_to_start_timeout.)"""
-    from temporalio.worker import Worker
-
     from activities.switch_activities import SwitchActivities
     from workflows.registry import WORKFLOWS
 
@@ -396,3 +281,22 @@ async def test_a_rollback_pauses_the_canary_and_breaches_wait_for_a_human(ts_env
         res = await h.result()
         await save_history(h, "canary_phase3_paused_by_rollback")
     assert res.status == "rolled_back", res
+
+
+async def test_pause_and_resume_at_a_gate_then_promote(ts_env, store, task_queue):
+    """Decisions that are not the gate's answer (pause, resume) must not take the place of one: after a
+    pause and a resume at the gate, the promote is still what the gate waits for, and it is accepted."""
+    si = standins()
+    async with make_worker(ts_env, store, si, task_queue):
+        h = await start(ts_env, task_queue, plan=P3)
+        await until(ts_env, h.id, lambda s: s.part == "gate", step=6 * H)
+        await decide(ts_env, h.id, "pause", "oscar", reason="HL maintenance window")
+        assert (await status(ts_env, h.id)).status == "paused"
+        await decide(ts_env, h.id, "resume", "rita")
+        s = await status(ts_env, h.id)
+        assert s.status == "waiting_gate" and s.part == "gate"
+        await decide(ts_env, h.id, "promote", "rita", reason="stage 3 clean")
+        s = await until(ts_env, h.id, lambda s: s.stage == 4 or s.part == "done", step=H)
+        await decide(ts_env, h.id, "abort", "rita", reason="test over")
+        res = await h.result()
+    assert res.status == "aborted" and [r.outcome for r in res.stages][:3] == ["passed", "passed", "promoted"]

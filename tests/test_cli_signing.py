@@ -135,7 +135,7 @@ async def test_canary_start_signed_by_the_cli_waits_for_a_second_super_admin(dev
                                                                              task_queue, tmp_path):
     """`canary start phase3` signs its start for the id it tries; the plan turns global_betting_enabled on,
     so nothing is applied until a second super admin confirms (`rollbackctl confirm <id>`, signed)."""
-    from tests.test_canary_workflow import Scripted
+    from tests.support.canary_helpers import Scripted
 
     env = {"ROLLBACKCTL_ETCD_ENDPOINTS": etcd_server.endpoint, "ROLLBACKCTL_ETCD_PREFIX": prefix,
            "TEMPORAL_ADDRESS": dev_env.client.service_client.config.target_host,
@@ -163,7 +163,7 @@ async def test_canary_start_signed_by_the_cli_waits_for_a_second_super_admin(dev
         assert "--break-glass needs a super_admin" in r.err
         r = await ok("canary", "start", "phase3", "--as", "alice", "--time-scale", "14400", "--reason", "launch")
         wid = re.search(r"^workflow (canary-phase3-\d+)$", r.out, re.M).group(1)
-        assert f"two-person rule: the plan sets global_betting_enabled" in r.out
+        assert "two-person rule: the plan sets global_betting_enabled" in r.out
         assert f"rollbackctl confirm {wid} --as OTHER" in r.out
         s = await canary_status(wid, lambda s: s["status"] == "awaiting_approval")
         assert "still needed: one of sam" in s["waiting_for"]

@@ -13,7 +13,7 @@ import httpx
 from tests.support.incident_helpers import GuardStandIn, clear, incident_worker, open_incident, until
 from tests.support.standins import StandIns
 from tests.support.store_helpers import ROLLBACKCTL, run_cli
-from tests.test_monitor_workflow import wait
+from tests.support.waits import wait_for_value as wait
 from worker import activity_methods, activity_objects, build_worker
 from workflows.incident import IncidentWorkflow
 from contracts.incidents import incident_workflow_id

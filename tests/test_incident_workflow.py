@@ -28,7 +28,7 @@ from tests.support.incident_helpers import (
 )
 from tests.support.standins import StandIns
 from tests.support.waits import wait_for_value
-from tests.test_rollback_workflow import set_switches, values
+from tests.support.wf_helpers import set_switches, values
 from workflows.incident import IncidentWorkflow
 from contracts.incidents import ResolveRequest, TickRequest, Timings, UndoGuardResult
 from contracts.progress import Decision
@@ -311,7 +311,7 @@ async def test_a_resolved_incident_hands_its_pages_on_to_the_rollback_that_still
         [p0] = [a for a in st.alerts if a.kind == "opened"]
         assert p0.status is AlertStatus.HANDED_ON and p0.handed_to == child.id
         assert si.pd.alerts[next(k for k in si.pd.alerts if k[1] == p0.dedup_key)]["status"] == "acknowledged"
-        p = await wait_query(child, lambda p: any(a["dedup_key"] == p0.dedup_key for a in p["alerts"]))
+        await wait_query(child, lambda p: any(a["dedup_key"] == p0.dedup_key for a in p["alerts"]))
         await child.execute_update(RollbackWorkflow.cancel, Decision(actor="oscar", reason="reconciled, not needed"))
         await child.result()
     alert = next(a for (rk, dk), a in si.pd.alerts.items() if dk == p0.dedup_key)

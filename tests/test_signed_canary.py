@@ -17,8 +17,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from manual import canary
 from manual.canary import CanaryPlan
 from tests.support.identity_helpers import Signers, Unchanged, refused, save_signed_history, signing_worker
-from tests.test_canary_workflow import (  # noqa: F401 (_terminate_leftovers: the autouse fixture, here too)
-    STARTED, Scripted, _terminate_leftovers, coarse, off_beat, status, until)
+from tests.support.canary_helpers import STARTED, Scripted, coarse, off_beat, status, terminate_leftovers, until
 from tests.support.store_helpers import dump
 from tests.support.wf_helpers import audit_of, set_switches, values
 from workflows.canary import CanaryWorkflow
@@ -27,6 +26,12 @@ from workflows.canary_models import START_APPROVAL, CanaryDecision, CanaryInput
 H = timedelta(hours=1)
 P3 = coarse(canary.PHASE3, 2 * H)
 P2 = coarse(canary.PHASE2)
+
+
+@pytest.fixture(autouse=True)
+async def _terminate_leftovers(ts_env):
+    yield
+    await terminate_leftovers(ts_env)
 
 
 @pytest.fixture
