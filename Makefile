@@ -25,7 +25,7 @@ test: $(STAMP)
 test-faults: $(STAMP)
 	$(BIN)/python -m pytest -q tests/faults
 
-# The seeded fault campaign (tests/faults/chaos.py): SEED=N replays one; a random one otherwise (printed).
+# The seeded fault campaign (tests/support/chaos.py): SEED=N replays one; a random one otherwise (printed).
 SEED ?= random
 STEPS ?= 40
 chaos: $(STAMP)

@@ -9,7 +9,6 @@ triaging an incident" and are shown on the incident's page; they notify nobody (
 from __future__ import annotations
 
 import asyncio
-from datetime import timedelta
 
 from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.testing import ActivityEnvironment

@@ -12,7 +12,6 @@ Every import counts, including those inside functions (a lazy import is still a 
 from __future__ import annotations
 
 import ast
-from collections import defaultdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -149,3 +148,20 @@ def test_the_checker_sees_an_import_against_the_direction(tmp_path):
     src = tmp_path / "x.py"
     src.write_text("def f():\n    from workflows.y import Thing\n")
     assert _imports(src, "activities.x", {"activities.x", "workflows.y"}) == {"workflows.y"}
+
+
+def _test_module_imports() -> list[str]:
+    """Test modules that import another test module (helpers belong in tests/support/)."""
+    tests = ROOT / "tests"
+    mods = {".".join(p.relative_to(ROOT).with_suffix("").parts): p for p in tests.rglob("test_*.py")}
+    bad = []
+    for m, p in sorted(mods.items()):
+        for d in sorted(_imports(p, m, set(mods))):
+            bad.append(f"{m} imports {d}")
+    return bad
+
+
+def test_tests_take_helpers_from_tests_support_only():
+    """One helpers package: a test module imports tests/support/, never another test module (which
+    would also make pytest's collection and fixtures depend on import order)."""
+    assert _test_module_imports() == []

@@ -13,7 +13,7 @@ import asyncio
 from datetime import datetime, timedelta, timezone
 
 from activities.pager_client import forward_alert_event, signal_pager
-from contracts.paging import AlertEvent, Delivery, Notice, QueueView, pager_workflow_id
+from contracts.paging import AlertEvent, Notice, QueueView, pager_workflow_id
 from tests.support.standins import SINK_HOOKS, SINK_KEYS, StandIns
 from tests.support.paging_collector import Collector
 from tests.support.wf_helpers import PagedWorker, save_history

@@ -1,8 +1,11 @@
-"""Replay every recorded history in tests/histories/ against today's workflow code.
+"""Replay every recorded history against today's workflow code: the one module for replay tests.
 
-A running workflow that started on older code must never break: a change to workflow logic that
-would replay differently needs `workflow.patched`. Re-record with RECORD_HISTORIES=1 only for a
-new branch, never to make this test pass.
+tests/histories/*.json (rollbacks, degradations, canaries, incidents, change requests, the pager) and
+tests/histories/signed/*.json (signed runs) are in Temporal's own export format; each replays under the
+workflow id in its started event (tests/support/histories_io.py), as a history downloaded from
+production would. A running workflow that started on older code must never break: a change to workflow
+logic that would replay differently needs `workflow.patched`. Re-record (RECORD_HISTORIES=1, see
+tests/support/wf_helpers.save_history) only for a new branch, never to make this test pass.
 """
 
 from __future__ import annotations
@@ -10,47 +13,43 @@ from __future__ import annotations
 import base64
 import json
 import re
-
 from pathlib import Path
 
 import pytest
-from temporalio import workflow
-from temporalio.client import WorkflowHistory
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 
 from tests.support import histories_io
+from tests.support.histories_io import REQUIRED
+from tests.support.nondeterministic import CanaryWithoutSnapshot, PageFirst, ReorderedRollback
 from workflows.registry import WORKFLOWS
 
-HISTORIES = sorted((Path(__file__).parent / "histories").glob("*.json"))
-SIGNED = sorted((Path(__file__).parent / "histories" / "signed").glob("*.json"))
+DIR = Path(__file__).parent / "histories"
+HISTORIES = sorted(DIR.glob("*.json"))
+SIGNED = sorted((DIR / "signed").glob("*.json"))
+ALL = HISTORIES + SIGNED
+
+def _name(p: Path) -> str:
+    return f"signed/{p.stem}" if p.parent.name == "signed" else p.stem
 
 
-def _history(path: Path) -> WorkflowHistory:
-    # Temporal's own export format; the id it ran under is in its started event (tests/support/histories_io.py)
-    return histories_io.load(path)
+def _path(name: str) -> Path:
+    return DIR / f"{name}.json"
 
 
-@pytest.mark.parametrize("path", HISTORIES, ids=[p.stem for p in HISTORIES])
+def _replayer(*workflows) -> Replayer:
+    return Replayer(workflows=list(workflows) or WORKFLOWS, data_converter=pydantic_data_converter)
+
+
+@pytest.mark.parametrize("path", ALL, ids=[_name(p) for p in ALL])
 async def test_history_replays(path):
-    replayer = Replayer(workflows=WORKFLOWS, data_converter=pydantic_data_converter)
-    await replayer.replay_workflow(_history(path))
+    await _replayer().replay_workflow(histories_io.load(path))
 
 
-def test_there_are_histories_for_each_branch():
-    names = {p.stem for p in HISTORIES}
-    for required in ("rollback_critical_cross_restored", "rollback_data_window_cancelled",
-                     "rollback_non_critical_monitored", "rollback_breach_escalated_to_level_3",
-                     "rollback_hl_down_level_2", "rollback_hl_down_level_2_restored", "rollback_restore_blocked",
-                     "degradation_level_2_restored", "pager_storm", "pager_reroute",
-                     # before patch "pager-outbox": workflows that started on the direct paging path
-                     "rollback_critical_cross_restored_pre_outbox", "degradation_level_2_restored_pre_outbox",
-                     # patches "snapshot-before-own-write", "undo-failures-paged", "restore-only-changes"
-                     "rollback_crash_after_own_write_restored", "degradation_level_2_undo_refused_paged",
-                     "degradation_level_1_restored_by_risk_manager",
-                     "change_request_expired_before_pickup",  # patch "change-pickup-deadline"
-                     "rollback_cancelled_in_temporal_at_confirm"):  # patch "cancel-handled"
-        assert required in names
+@pytest.mark.parametrize("kind", REQUIRED)
+def test_every_branch_has_a_history(kind):
+    missing = set(REQUIRED[kind]) - {_name(p) for p in ALL}
+    assert not missing, f"{kind} branches with no recorded history: {sorted(missing)}"
 
 
 def _patch_ids() -> set[str]:
@@ -79,23 +78,27 @@ def test_every_patch_has_a_recorded_history_that_takes_its_new_branch():
     ids = _patch_ids()
     assert {"pager-outbox", "snapshot-before-own-write", "undo-failures-paged", "restore-only-changes",
             "change-pickup-deadline", "cancel-handled"} <= ids
-    seen = set().union(*(_markers(p) for p in HISTORIES + SIGNED))
+    seen = set().union(*(_markers(p) for p in ALL))
     assert ids - seen == set(), f"patches with no recorded history taking them: {sorted(ids - seen)}"
 
 
-@workflow.defn(name="RollbackWorkflow")
-class ReorderedRollback:
-    """The same workflow type with a deliberate nondeterministic change: it skips the roster read."""
+@pytest.mark.parametrize("changed, name, says", [
+    (ReorderedRollback, "rollback_critical_cross_restored", "ondetermin"),  # skips the roster read
+    # applies stage 1 before the snapshot: the SDK hands the snapshot's recorded result to the apply
+    # (same command kind, matched by sequence), which cannot decode it
+    (CanaryWithoutSnapshot, "canary_phase3_rolled_back", "validation errors for ChangeSetResult"),
+    (PageFirst, "incident_hot_wallet_acked_auto_recovered", "ondetermin"),  # pages before the immediate action
+], ids=["rollback", "canary", "incident"])
+async def test_a_nondeterministic_change_is_caught(changed, name, says):
+    res = await _replayer(changed).replay_workflow(histories_io.load(_path(name)), raise_on_replay_failure=False)
+    assert res.replay_failure is not None
+    assert says in f"{type(res.replay_failure).__name__} {res.replay_failure}"
 
-    @workflow.run
-    async def run(self, inp: dict) -> dict:
-        await workflow.sleep(1)
-        return {}
 
-
-async def test_a_nondeterministic_change_is_caught():
-    path = next(p for p in HISTORIES if p.stem == "rollback_critical_cross_restored")
-    replayer = Replayer(workflows=[ReorderedRollback], data_converter=pydantic_data_converter)
-    result = await replayer.replay_workflow(_history(path), raise_on_replay_failure=False)
-    assert result.replay_failure is not None
-    assert "Nondeterminism" in type(result.replay_failure).__name__ or "nondetermin" in str(result.replay_failure).lower()
+@pytest.mark.parametrize("name, other", [("signed/degradation_level_3_two_person", "degrade-3-someone-else"),
+                                         ("signed/canary_phase3_two_person_start", "canary-phase3-someone-else")])
+async def test_a_signed_start_replayed_under_another_workflow_id_diverges(name, other):
+    """A signed decision is bound to its workflow id: replayed under another id, the validators' binding
+    (part of the history's logic) makes it diverge."""
+    res = await _replayer().replay_workflow(histories_io.load(_path(name), other), raise_on_replay_failure=False)
+    assert res.replay_failure is not None

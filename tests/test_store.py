@@ -16,27 +16,12 @@ from activities.switch_store import (
     NotInitialised,
     PermissionDenied,
     SwitchStore,
-    record_hash,
 )
 from manual import switches
 from contracts.roles import Role
-from tests.support.store_helpers import dump, req
+from tests.support.store_helpers import audit_raw, dump, req, verify_chain
 
 ISO_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
-
-
-async def _audit_raw(etcd, prefix) -> list[tuple[str, dict, int]]:
-    kvs, _ = await etcd.get_prefix(f"{prefix}audit/")
-    return [(kv.key, json.loads(kv.value), kv.mod_revision) for kv in kvs]
-
-
-def _verify_chain(raw: list[tuple[str, dict, int]]) -> None:
-    prev = None
-    for i, (key, rec, _rev) in enumerate(raw, start=1):
-        assert key.endswith(f"audit/{i:012d}") and rec["id"] == f"{i:012d}"
-        assert rec["prev_hash"] == prev, f"record {rec['id']} does not link to its predecessor"
-        assert record_hash(rec) == rec["hash"], f"record {rec['id']} was altered"
-        prev = rec["hash"]
 
 
 # -- key layout ----------------------------------------------------------------------------------
@@ -103,7 +88,7 @@ async def test_one_audit_record_per_change_set_with_old_and_new(store, etcd, pre
             seen.setdefault(c.switch, []).append(c.old)
     assert seen == expected_old
     assert (await store.get("normal_threshold")).value == 12_500.5
-    _verify_chain(await _audit_raw(etcd, prefix))
+    verify_chain(await audit_raw(etcd, prefix))
     head = json.loads((await etcd.get(f"{prefix}meta/audit_head")).value)
     assert head == {"seq": int(new[-1].id), "hash": new[-1].hash}
 
@@ -118,13 +103,13 @@ async def test_audit_limit_returns_the_newest(store):
 
 async def test_hash_chain_reveals_an_altered_record(store, etcd, prefix):
     await store.apply(req("rita", {"hedge_enabled": False}))
-    raw = await _audit_raw(etcd, prefix)
-    _verify_chain(raw)
+    raw = await audit_raw(etcd, prefix)
+    verify_chain(raw)
     key, rec, _ = raw[-1]
     rec["actor"] = "someone-else"
     await etcd.put(key, json.dumps(rec).encode())
     with pytest.raises(AssertionError, match="altered"):
-        _verify_chain(await _audit_raw(etcd, prefix))
+        verify_chain(await audit_raw(etcd, prefix))
 
 
 async def test_init_and_operator_records_are_in_the_chain(store, etcd, prefix):
@@ -133,7 +118,7 @@ async def test_init_and_operator_records_are_in_the_chain(store, etcd, prefix):
     init = recs[1]
     assert sorted(c.switch for c in init.changes) == sorted(s.name for s in switches.SWITCHES)
     assert all(c.old is None and c.new == switches.get(c.switch).default for c in init.changes)
-    _verify_chain(await _audit_raw(etcd, prefix))
+    verify_chain(await audit_raw(etcd, prefix))
 
 
 # -- atomicity -----------------------------------------------------------------------------------

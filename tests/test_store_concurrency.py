@@ -11,7 +11,7 @@ import pytest
 from activities.switch_store import Conflict, SwitchStore
 from core.etcd import Etcd
 from tests.support.store_helpers import req
-from tests.test_store import _audit_raw, _verify_chain
+from tests.support.store_helpers import audit_raw, verify_chain
 
 N = 20
 NAME = "liquidation_check_interval_ms"  # int, default 500
@@ -51,7 +51,7 @@ async def test_compare_and_swap_increments_lose_nothing(store, clients, prefix):
     assert len(recs) == N
     assert [(r.changes[0].old, r.changes[0].new) for r in recs] == [(500 + i, 501 + i) for i in range(N)]
     assert conflicts > 0, "the writers never overlapped: the test proved nothing"
-    _verify_chain(await _audit_raw(store.etcd, prefix))
+    verify_chain(await audit_raw(store.etcd, prefix))
 
 
 async def test_blind_writers_all_land_and_each_saw_the_latest(store, clients, prefix):
@@ -75,7 +75,7 @@ async def test_blind_writers_all_land_and_each_saw_the_latest(store, clients, pr
     # the audit records are in commit order: revisions strictly increase with the ids
     revs = [r.revision for r in recs]
     assert revs == sorted(revs) and len(set(revs)) == N
-    _verify_chain(await _audit_raw(store.etcd, prefix))
+    verify_chain(await audit_raw(store.etcd, prefix))
 
 
 async def test_writers_on_different_switches_all_land(store, clients, prefix):
@@ -89,4 +89,4 @@ async def test_writers_on_different_switches_all_land(store, clients, prefix):
     snap = await store.snapshot()
     assert {n: snap.switches[n].value for n in names} == dict(zip(names, values))
     assert len(await store.audit()) == base + len(names)
-    _verify_chain(await _audit_raw(store.etcd, prefix))
+    verify_chain(await audit_raw(store.etcd, prefix))

@@ -11,7 +11,6 @@ import httpx
 import pytest
 from pydantic import SecretStr
 from temporalio import workflow
-from temporalio.client import WorkflowFailureError
 from temporalio.common import RetryPolicy
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.exceptions import ApplicationError

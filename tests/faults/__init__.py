@@ -3,7 +3,7 @@ alone (~3.5 min on the 2-core machine); `make test` runs them with everything el
 
 - test_worker_crash.py: `python -m worker` subprocesses SIGKILLed at every step of a rollback, a
   Level 2 degradation and a Phase 2 canary; a standby finishes (crash points hit through proxies,
-  tests/faults/crew.py).
+  tests/support/crew.py).
 - test_etcd_outage.py / test_etcd_cluster.py: etcd SIGKILLed around a change set's transaction;
   a 3-member cluster losing a member and its leader.
 - test_temporal_restart.py: the dev server SIGKILLed and restarted on its --db-filename.

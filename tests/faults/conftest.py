@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
-from tests.faults.infra import TemporalServer, Workers, connect
+from tests.support.infra import TemporalServer, Workers, connect
 from tests.support.proxy import Proxy
 
 

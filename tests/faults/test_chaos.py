@@ -1,4 +1,4 @@
-"""The seeded fault campaign (tests/faults/chaos.py): one short seed in every `make test`; `make chaos`
+"""The seeded fault campaign (tests/support/chaos.py): one short seed in every `make test`; `make chaos`
 runs a longer one (a random seed unless CHAOS_SEED is given) and prints it.
 
 A seed that ever failed goes into REGRESSIONS (with what it found) and runs in every `make test`.
@@ -10,7 +10,7 @@ import os
 
 import pytest
 
-from tests.faults.chaos import Campaign, seed_from_env
+from tests.support.chaos import Campaign, seed_from_env
 
 pytestmark = pytest.mark.timeout(int(os.environ.get("CHAOS_TIMEOUT_S", "900")))
 

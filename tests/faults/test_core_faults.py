@@ -20,7 +20,7 @@ from temporalio.client import WorkflowExecutionStatus
 
 from manual.rollback import Durations, Scope, Severity
 from rollbackctl.cli.incident_cmds import monitor_status
-from tests.faults.crew import event_counts
+from tests.support.crew import event_counts
 from tests.support.waits import wait_until
 from tests.support.fixtures_sim import apply_and_wait
 from tests.support.wf_helpers import awaiting, incident, poll_progress, save_history, values

@@ -19,9 +19,9 @@ from activities.switch_store import SwitchStore
 from contracts.roles import Role
 from core.etcd import Etcd, EtcdError
 from core.watcher import SwitchWatcher
-from tests.faults.infra import EtcdCluster
+from tests.support.infra import EtcdCluster
 from tests.support.waits import wait_until
-from tests.faults.store_checks import check_store
+from tests.support.store_helpers import check_store
 from tests.support.store_helpers import run_cli
 
 pytestmark = pytest.mark.timeout(180)

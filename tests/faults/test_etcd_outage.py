@@ -29,9 +29,9 @@ from manual.rollback import Durations, Scope, Severity
 from core import procs
 from core.etcd import Etcd, EtcdError, EtcdUnavailable, Put
 from core.settings import PagingSettings, TradingCoreSettings
-from tests.faults.infra import EtcdNode
+from tests.support.infra import EtcdNode
 from tests.support.waits import wait_until
-from tests.faults.store_checks import check_store, dump
+from tests.support.store_helpers import check_store, dump
 from tests.support.fixtures_sim import LEVEL_HOOKS, LEVEL_KEYS, start_sim
 from tests.support.wf_helpers import incident, poll_progress
 from worker import activity_methods, activity_objects, build_worker

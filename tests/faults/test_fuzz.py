@@ -39,8 +39,8 @@ from contracts.roles import Role
 from manual.steps import Observe
 from rollbackctl.cli import build_parser
 from rollbackctl.cli.common import exit_code_for
-from tests.faults.crew import event_counts
-from tests.faults.store_checks import check_store, dump
+from tests.support.crew import event_counts
+from tests.support.store_helpers import check_store, dump
 from tests.support.store_helpers import other_value
 from tests.support.wf_helpers import incident, poll_progress, real_worker
 from contracts.incidents import MonitorState

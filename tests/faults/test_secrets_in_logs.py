@@ -11,7 +11,7 @@ import uuid
 import pytest
 
 from tests.support.waits import wait_until
-from tests.faults.test_two_writers import cli
+from tests.support.infra import cli
 from tests.support.fixtures_sim import LEVEL_HOOKS, LEVEL_KEYS, apply_and_wait
 from contracts.incidents import incident_workflow_id
 from workflows.monitor import monitor_workflow_id

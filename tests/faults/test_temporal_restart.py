@@ -10,7 +10,7 @@ from datetime import timedelta
 import pytest
 
 from manual.rollback import Durations, Scope, Severity
-from tests.faults.infra import TemporalServer, Workers, connect
+from tests.support.infra import TemporalServer, Workers, connect
 from tests.support.fixtures_sim import apply_and_wait
 from tests.support.wf_helpers import incident, poll_progress, values
 from contracts.progress import Decision

@@ -9,11 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
 from collections import defaultdict
-from dataclasses import dataclass
 from datetime import timedelta
-from pathlib import Path
 
 import httpx
 import pytest
@@ -21,8 +18,8 @@ import pytest
 from activities.switch_store import SwitchStore
 from manual.rollback import Durations, Scope, Severity
 from core.etcd import Etcd
-from tests.faults.infra import clean_env
-from tests.faults.store_checks import check_store, dump
+from tests.support.infra import Cli, cli
+from tests.support.store_helpers import check_store, dump
 from tests.support.fixtures_sim import apply_and_wait
 from tests.support.wf_helpers import incident, poll_progress
 from worker import activity_methods, activity_objects, build_worker
@@ -32,23 +29,8 @@ from workflows.rollback import RollbackWorkflow, rollback_workflow_id
 
 pytestmark = pytest.mark.timeout(180)
 
-ROLLBACKCTL = str(Path(sys.executable).parent / "rollbackctl")
 QUICK = Durations(observe=timedelta(milliseconds=500), check_interval=timedelta(milliseconds=250),
                   restore_observe=timedelta(milliseconds=500), confirm_sla=timedelta(minutes=10))
-
-
-@dataclass
-class Cli:
-    code: int
-    out: str
-    err: str
-
-
-async def cli(env: dict[str, str], *args: str) -> Cli:
-    p = await asyncio.create_subprocess_exec(ROLLBACKCTL, *args, env=clean_env(**env), stdin=asyncio.subprocess.DEVNULL,
-                                             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    out, err = await asyncio.wait_for(p.communicate(), 60)
-    return Cli(p.returncode, out.decode(), err.decode())
 
 
 @pytest.fixture

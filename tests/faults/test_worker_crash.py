@@ -3,7 +3,7 @@
 Real processes: `python -m worker` subprocesses (settings from the environment only) on a Temporal
 dev server with its state in a file, the session etcd and the trading-core simulator. Every
 worker talks to etcd and Temporal through its own proxy, which is how a crash point is hit exactly
-(tests/faults/crew.py): no test hook in the product.
+(tests/support/crew.py): no test hook in the product.
 
 What must hold after each crash: final switch values right, exactly one audit record per change
 set (change ids are idempotent), no trading-core action performed twice (GET /sim/actions), and
@@ -21,7 +21,7 @@ import pytest
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 
 from manual.rollback import Durations, Scope, Severity
-from tests.faults.crew import Crew, event_counts, patched, takeover_s
+from tests.support.crew import Crew, event_counts, patched, takeover_s
 from tests.support.waits import wait_until
 from tests.support.fixtures_sim import apply_and_wait
 from tests.support.wf_helpers import audit_of, awaiting, incident, poll_progress, save_history, values

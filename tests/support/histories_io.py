@@ -41,3 +41,29 @@ def export(hist: WorkflowHistory) -> str:
     data["events"][0].setdefault(STARTED, {}).setdefault("workflowId", hist.workflow_id)
     workflow_id_of(data)
     return json.dumps(data)
+
+
+# Each branch a running workflow may be on has a recorded history (a name: the workflow id it ran under,
+# a suffix for the same branch recorded before a patch).
+REQUIRED = {
+    "rollback": ("rollback_critical_cross_restored", "rollback_data_window_cancelled",
+                 "rollback_non_critical_monitored", "rollback_breach_escalated_to_level_3",
+                 "rollback_hl_down_level_2", "rollback_hl_down_level_2_restored", "rollback_restore_blocked",
+                 "rollback_crash_after_own_write_restored",  # patch "snapshot-before-own-write"
+                 "rollback_cancelled_in_temporal_at_confirm",  # patch "cancel-handled"
+                 "rollback_critical_cross_restored_pre_outbox"),  # before patch "pager-outbox"
+    "degradation": ("degradation_level_2_restored", "degradation_level_2_restored_pre_outbox",
+                    "degradation_level_2_undo_refused_paged",  # patch "undo-failures-paged"
+                    "degradation_level_1_restored_by_risk_manager"),  # patch "restore-only-changes"
+    "pager": ("pager_storm", "pager_reroute"),
+    "change request": ("change_request_expired_before_pickup",),  # patch "change-pickup-deadline"
+    "canary": ("canary_phase3_passed", "canary_phase3_rolled_back", "canary_phase3_extended_promoted_aborted",
+               "canary_phase3_paused_by_rollback", "canary_phase2_precision_rolled_back",
+               "canary_phase3_continued_as_new", "canary_phase3_passed_seq_by_worker",
+               "canary_phase3_rolled_back_seq_by_worker"),
+    "incident": ("incident_hot_wallet_acked_auto_recovered", "incident_hl_margin_unacked_escalated",
+                 "incident_hl_down_level_choice", "incident_asset_mismatch_rollback_child",
+                 "incident_hedge_margin_undo_conflict", "incident_hl_refired_after_recovery"),
+    "signed": ("signed/degradation_level_3_two_person", "signed/rollback_two_person_restore",
+               "signed/canary_phase3_two_person_start", "signed/canary_phase3_two_person_last_run"),
+}

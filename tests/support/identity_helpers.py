@@ -24,7 +24,7 @@ SIGNED_HISTORIES = __import__("pathlib").Path(__file__).parent.parent / "histori
 
 async def save_signed_history(handle, name: str) -> None:
     """With RECORD_HISTORIES=1, write tests/histories/signed/<name>.json in Temporal's export format: signed
-    decisions are bound to the workflow id, so a replay must use the one in its started event (test_signed_replay.py)."""
+    decisions are bound to the workflow id, so a replay must use the one in its started event (tests/test_replay.py)."""
     import os
 
     from tests.support.histories_io import export

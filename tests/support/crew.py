@@ -16,7 +16,7 @@ from datetime import timezone
 
 from temporalio.api.enums.v1 import EventType
 
-from tests.faults.infra import WorkerProc, Workers
+from tests.support.infra import WorkerProc, Workers
 from tests.support.proxy import Proxy
 from tests.support.waits import wait_until
 

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from core import procs
-from tests.faults.infra import EtcdNode, TemporalServer, WorkerProc, Workers, connect
+from tests.support.infra import EtcdNode, TemporalServer, WorkerProc, Workers, connect
 from tests.support.fixtures_sim import LEVEL_HOOKS, LEVEL_KEYS, SIM_TOKEN
 from tests.support.store_helpers import CliResult, run_cli
 

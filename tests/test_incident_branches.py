@@ -1,57 +1,32 @@
-"""Replay of recorded IncidentWorkflow histories (tests/histories/incident_*.json).
-
-tests/test_replay.py replays every history in the folder against today's code; this file checks
-that each incident branch has one, that a deliberate nondeterministic change is caught, and records
-them: `RECORD_HISTORIES=1 pytest tests/test_incident_replay.py -k record` (only for a new branch,
-never to make a replay pass).
+"""Each recorded incident branch (tests/histories/incident_*.json), run now by today's code on the
+time-skipping server: it completes, and its fresh history replays. With RECORD_HISTORIES=1 the history is
+also written to tests/histories/ (`RECORD_HISTORIES=1 pytest tests/test_incident_branches.py`: only for a
+new branch, never to make a replay pass). The recorded histories themselves are replayed in
+tests/test_replay.py.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from temporalio.client import WorkflowHistory
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 
-from tests.support.incident_nondeterministic import PageFirst
 from tests.support.incident_helpers import GuardStandIn, clear, fire, incident_worker, open_incident, stop_child, until
 from tests.support.standins import StandIns
-from tests.test_rollback_workflow import set_switches
+from tests.support.histories_io import REQUIRED
+from tests.support.wf_helpers import set_switches
 from workflows.incident import IncidentWorkflow
 from contracts.incidents import ResolveRequest, TickRequest
 from contracts.progress import Decision
 from workflows.registry import WORKFLOWS
 
 DIR = Path(__file__).parent / "histories"
-BRANCHES = ("incident_hot_wallet_acked_auto_recovered", "incident_hl_margin_unacked_escalated",
-            "incident_hl_down_level_choice", "incident_asset_mismatch_rollback_child",
-            "incident_hedge_margin_undo_conflict", "incident_hl_refired_after_recovery")
+BRANCHES = REQUIRED["incident"]
 MIN = timedelta(minutes=1)
-
-
-def _history(name: str) -> WorkflowHistory:
-    return WorkflowHistory.from_json(name, json.loads((DIR / f"{name}.json").read_text()))
-
-
-def test_every_incident_branch_has_a_history():
-    have = {p.stem for p in DIR.glob("incident_*.json")}
-    assert set(BRANCHES) <= have, set(BRANCHES) - have
-
-
-@pytest.mark.parametrize("name", BRANCHES)
-async def test_incident_history_replays(name):
-    await Replayer(workflows=WORKFLOWS, data_converter=pydantic_data_converter).replay_workflow(_history(name))
-
-
-async def test_a_nondeterministic_incident_change_is_caught():
-    replayer = Replayer(workflows=[PageFirst], data_converter=pydantic_data_converter)
-    res = await replayer.replay_workflow(_history(BRANCHES[0]), raise_on_replay_failure=False)
-    assert res.replay_failure is not None and "ondetermin" in f"{type(res.replay_failure).__name__} {res.replay_failure}"
 
 
 # -- recording --------------------------------------------------------------------------------------------

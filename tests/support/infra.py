@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -34,6 +35,23 @@ def clean_env(**settings: str) -> dict[str, str]:
     """os.environ without any ROLLBACKCTL_* / TEMPORAL_* of the caller, plus `settings`."""
     base = {k: v for k, v in os.environ.items() if not k.startswith(("ROLLBACKCTL_", "TEMPORAL_"))}
     return {**base, **settings}
+
+
+ROLLBACKCTL = str(Path(sys.executable).parent / "rollbackctl")
+
+
+@dataclass
+class Cli:
+    code: int
+    out: str
+    err: str
+
+
+async def cli(env: dict[str, str], *args: str) -> Cli:
+    p = await asyncio.create_subprocess_exec(ROLLBACKCTL, *args, env=clean_env(**env), stdin=asyncio.subprocess.DEVNULL,
+                                             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(p.communicate(), 60)
+    return Cli(p.returncode, out.decode(), err.decode())
 
 
 # -- Temporal ------------------------------------------------------------------------------------------
