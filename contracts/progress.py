@@ -90,6 +90,19 @@ class StepRecord(BaseModel):
     detail: str = ""
 
 
+class Exit(BaseModel):
+    """A way out of a wait other than its answer (on-call trust: no wait without an exit).
+
+    `withdraw`: end the workflow here; what it changed stays as it is and is said and paged. Allowed to
+    its starter, anyone of a higher role than the starter's, and anyone who could answer the step.
+    `stay`: at a proposed escalation, stay at the current level and go on (allowed from `min_role`).
+    Every exit needs a reason; it is signed and recorded like any decision."""
+
+    kind: Literal["withdraw", "stay"]
+    min_role: str | None = None  # None: the withdraw rule above
+    means: str
+
+
 class Awaiting(BaseModel):
     step: str
     expects: str
@@ -103,6 +116,7 @@ class Awaiting(BaseModel):
     approved_by: list[str] = []
     still_needed: list[str] = []
     no_break_glass: str = ""  # why break-glass is refused at this step (empty: allowed where two must approve)
+    exits: list[Exit] = []  # ways out other than the answer
     # Paging: the alerts that asked for this decision; an acknowledgement of one of them in PagerDuty
     # (seen_by) stops the re-pages (reminders go to chat) until PagerDuty says it is unacknowledged.
     alerts: list[str] = []
@@ -169,6 +183,7 @@ class RunResult(BaseModel):
     workflow_id: str
     status: str  # restored | closed_without_restore | monitored | cancelled | restore_blocked | restore_failed | failed
     # | refused (the start request's signature) | not_applied (no second approval in time)
+    # | withdrawn (an operator took a wait's withdraw exit)
     detail: str = ""
     level: str | None = None
     applied: list[ChangeSetResult] = []

@@ -46,7 +46,7 @@ class RequestOutcome(BaseModel):
 
 class ChangeRequestResult(BaseModel):
     workflow_id: str
-    status: Literal["applied", "refused", "expired"]
+    status: Literal["applied", "refused", "expired", "withdrawn"]
     detail: str = ""
     refusal_type: str | None = None  # the ApplicationError type of a refusal (PermissionDenied, Conflict, ...)
     outcome: RequestOutcome | None = None

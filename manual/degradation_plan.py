@@ -13,7 +13,7 @@ from typing import Any
 
 from manual import checklist, rollback, switches
 from manual.degradation import DegradationLevel
-from manual.steps import ApplySwitches, AwaitConfirmation, Checklist, CoreActions, Observe
+from manual.steps import WITHDRAW, ApplySwitches, AwaitConfirmation, Checklist, CoreActions, Observe
 
 CHECKLIST_HEALTH_TIMEOUT = timedelta(milliseconds=300)  # a degradation does not wait on a slow core
 
@@ -26,7 +26,7 @@ def second_approval_step(lvl: DegradationLevel, d: rollback.Durations, requested
     """The two-person rule's wait (signing on, Level 3): nothing applied until a second owner approves."""
     return AwaitConfirmation(
         name="second_approval", expects="confirm", min_role=lvl.permission, timeout=d.confirm_sla,
-        on_timeout="fail", approvals=2,
+        on_timeout="fail", approvals=2, exits=(WITHDRAW,),
         prompt=f"Degradation level {lvl.level} ({lvl.name}) requested by {requested_by}: a second "
                f"{lvl.permission.value} must approve (`rollbackctl confirm ID --as OTHER`).")
 
@@ -52,7 +52,7 @@ def observe_step(d: rollback.Durations) -> Observe:
 
 def confirm_step(lvl: DegradationLevel, d: rollback.Durations) -> AwaitConfirmation:
     return AwaitConfirmation(
-        name="confirm", expects="confirm", min_role=lvl.permission, timeout=d.confirm_sla,
+        name="confirm", expects="confirm", min_role=lvl.permission, timeout=d.confirm_sla, exits=(WITHDRAW,),
         prompt=f"Confirm degradation level {lvl.level} holds (`rollbackctl confirm ID --as OP`).")
 
 

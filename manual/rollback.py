@@ -20,12 +20,14 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from manual import alerts, approvals, checklist, degradation, switches
 from contracts.roles import Role
 from manual.steps import (
+    WITHDRAW,
     ApplySwitches,
     AwaitConfirmation,
     Checklist,
     HealthCheck,
     Notify,
     Observe,
+    stay,
 )
 
 
@@ -150,7 +152,7 @@ def observe_step(d: Durations, name: str = "observe") -> Observe:
 def confirm_step(d: Durations, scope: Scope) -> AwaitConfirmation:
     return AwaitConfirmation(
         name="confirm", expects="confirm", min_role=required_role(scope), timeout=d.confirm_sla,
-        on_timeout="repage_and_wait",
+        on_timeout="repage_and_wait", exits=(WITHDRAW,),
         prompt="Observation done: confirm the rollback holds (`rollbackctl confirm ID --as OP`).",
     )
 
@@ -166,6 +168,7 @@ def window_step(d: Durations) -> AwaitConfirmation:
 def fix_step(d: Durations, restore_role: Role) -> AwaitConfirmation:
     return AwaitConfirmation(
         name="fix", expects="fix", min_role=restore_role, timeout=d.fix_reminder, on_timeout="repage_and_wait",
+        exits=(WITHDRAW,),
         prompt="Waiting for `fix ID --reference REF --tests-passed` (or `--no-restore` to close without restoring).",
     )
 
@@ -213,10 +216,37 @@ def change_sets_role(change_sets: list[dict[str, Any]]) -> Role:
     return approvals.plan_owner_role(sorted({k for cs in change_sets for k in cs}))
 
 
+def super_admin_approval_step(d: Durations, approvals: int) -> AwaitConfirmation:
+    """A start whose level needs a super admin (an on-call asked for full_system): nothing applied yet."""
+    return AwaitConfirmation(
+        name="super_admin_approval", expects="confirm", min_role=Role.SUPER_ADMIN, timeout=d.confirm_sla,
+        approvals=approvals, exits=(WITHDRAW,),
+        prompt="Level 3 (maintenance mode) needs a super admin: `rollbackctl confirm ID --as SUPERADMIN`")
+
+
+def second_approval_step(d: Durations, first: str) -> AwaitConfirmation:
+    """Two-person rule: `first` asked for Level 3; a different super admin must approve."""
+    return AwaitConfirmation(
+        name="second_approval", expects="confirm", min_role=Role.SUPER_ADMIN, timeout=d.confirm_sla,
+        approvals=2, exits=(WITHDRAW,),
+        prompt=f"{first} asks for Level 3 (maintenance mode): a second super admin must approve "
+               "(`rollbackctl confirm ID --as OTHER`).")
+
+
+def approve_level_3_step(d: Durations, current: Scope, approvals: int) -> AwaitConfirmation:
+    """A breach persists at `current`: Level 3 is proposed. A super admin approves it; whoever could run
+    `current` may instead stay there (and go on to its confirmation); its starter may withdraw it."""
+    return AwaitConfirmation(
+        name="approve_level_3", expects="escalate", min_role=Role.SUPER_ADMIN, timeout=d.confirm_sla,
+        approvals=approvals, exits=(stay(required_role(current), current.value), WITHDRAW),
+        prompt="Breach persists: approve Level 3 maintenance mode (`rollbackctl escalate ID --as SUPERADMIN`), or "
+               f"stay at {current.value} (`rollbackctl stay ID --as OP --reason ...`)")
+
+
 def level_choice_step(d: Durations) -> AwaitConfirmation:
     return AwaitConfirmation(
         name="level_choice", expects="level_choice", min_role=Role.ON_CALL, timeout=d.confirm_sla,
-        on_timeout="repage_and_wait",
+        on_timeout="repage_and_wait", exits=(WITHDRAW,),
         prompt="HL is down: forcing HL_MODE would strand every order. New orders are paused. "
                "Choose degradation level 2 or 3 (`rollbackctl escalate ID --level 2|3`).",
     )

@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from manual import switches
+from contracts.progress import Exit
 from contracts.roles import Role
 
 
@@ -130,6 +131,17 @@ class AwaitConfirmation(_Step):
     prompt: str
     approvals: int = Field(default=1, ge=1, le=2)  # 2: two different operators (two-person rule)
     no_break_glass: str = ""  # why a break-glass decision is refused at this step (empty: the gate's rule)
+    exits: tuple[Exit, ...] = ()  # ways out other than the answer (withdraw, stay): contracts.progress.Exit
+
+
+WITHDRAW = Exit(kind="withdraw", means="end it here: what it changed stays as it is, said and paged; nothing more "
+                                       "is applied (`rollbackctl withdraw ID --as OP --reason ...`)")
+
+
+def stay(role: Role, level: str) -> Exit:
+    """The exit of a proposed escalation: stay at `level` and go on to its confirmation."""
+    return Exit(kind="stay", min_role=role.value,
+                means=f"stay at {level} and go on to its confirmation (`rollbackctl stay ID --as OP --reason ...`)")
 
 
 class Notify(_Step):

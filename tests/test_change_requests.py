@@ -169,3 +169,26 @@ async def test_break_glass_direct_change_is_applied_paged_and_marked(dev_env, st
     rec = (await store.audit())[-1]
     assert rec.model_extra["break_glass"] == {"by": "alice", "reason": "sam is on a plane; launch window closes"}
     assert sorted(pg["escalation_level"] for pg in si.pages if "BREAK-GLASS" in pg["summary"]) == [1, 2, 3]
+
+
+async def test_a_pending_two_person_change_is_withdrawn_by_its_requester(dev_env, store, etcd, prefix, signers,
+                                                                        task_queue):
+    """A mistaken request waiting for a second approver: its requester withdraws it (signed, with a reason);
+    another operator who could not approve is refused; nothing is applied."""
+    si = StandIns()
+    async with signing_worker(dev_env, store, si, task_queue):
+        proof = await switch_set(store, signers, "alice", "global_betting_enabled", True, reason="wrong switch")
+        h = await start(dev_env, proof, task_queue)
+        p = await poll_progress(h, lambda p: p.awaiting is not None)
+        assert [e.kind for e in p.awaiting.exits] == ["withdraw"]
+        wid = h.id
+        async with Unchanged(etcd, prefix):
+            with pytest.raises(WorkflowUpdateFailedError) as e:
+                await h.execute_update(ChangeRequestWorkflow.withdraw, signers.decision(
+                    wid, "withdraw", "second_approval", Decision(actor="rita", reason="not mine")))
+            assert "withdraw is for its starter alice" in str(e.value.cause)
+            await h.execute_update(ChangeRequestWorkflow.withdraw, signers.decision(
+                wid, "withdraw", "second_approval", Decision(actor="alice", reason="meant hedge_enabled")))
+            res = await h.result()
+    assert res.status == "withdrawn" and "withdrawn by alice" in res.detail and "nothing applied" in res.detail
+    assert (await values(store, "global_betting_enabled"))["global_betting_enabled"] is False

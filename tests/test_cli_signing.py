@@ -94,6 +94,16 @@ async def test_signed_cli_end_to_end_and_no_private_key_leaks(dev_env, store, et
         wid = re.search(r"rollbackctl confirm (change-\S+)", r.out).group(1)
         r = await ok("confirm", wid, "--as", "alice", code=3)
         assert "alice already approved" in r.err
+        # the same asked twice by mistake: its requester withdraws the second (signed); nothing applied
+        r = await ok("switch", "set", "global_betting_enabled", "true", "--as", "alice", "--reason", "again", code=6)
+        twice = re.search(r"rollbackctl confirm (change-\S+)", r.out).group(1)
+        r = await ok("status", twice)
+        assert "or withdraw (its starter, a higher role, or a super_admin)" in r.out
+        r = await ok("withdraw", twice, "--as", "alice", code=2)  # argparse: --reason is required
+        r = await ok("withdraw", twice, "--as", "alice", "--reason", "asked twice")
+        assert "withdraw by alice accepted" in r.out
+        res = await dev_env.client.get_workflow_handle(twice).result()
+        assert res["status"] == "withdrawn" and "nothing applied" in res["detail"]
         await ok("confirm", wid, "--as", "sam", "--reason", "agreed")
         res = await dev_env.client.get_workflow_handle(wid).result()
         assert res["status"] == "applied" and res["approved_by"] == ["alice", "sam"]
@@ -170,6 +180,16 @@ async def test_canary_start_signed_by_the_cli_waits_for_a_second_super_admin(dev
         assert (await values(store, "global_betting_enabled")) == {"global_betting_enabled": False}
         r = await ok("confirm", wid, "--as", "alice", code=3)
         assert "alice already approved" in r.err
+        # the same asked twice by mistake: its requester withdraws the second (signed); nothing applied
+        r = await ok("switch", "set", "global_betting_enabled", "true", "--as", "alice", "--reason", "again", code=6)
+        twice = re.search(r"rollbackctl confirm (change-\S+)", r.out).group(1)
+        r = await ok("status", twice)
+        assert "or withdraw (its starter, a higher role, or a super_admin)" in r.out
+        r = await ok("withdraw", twice, "--as", "alice", code=2)  # argparse: --reason is required
+        r = await ok("withdraw", twice, "--as", "alice", "--reason", "asked twice")
+        assert "withdraw by alice accepted" in r.out
+        res = await dev_env.client.get_workflow_handle(twice).result()
+        assert res["status"] == "withdrawn" and "nothing applied" in res["detail"]
         r = await ok("canary", "pause", "phase3", "--as", "rita", code=4)
         assert "has not started" in r.err
         await ok("confirm", wid, "--as", "sam", "--reason", "agreed")

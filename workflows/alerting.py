@@ -32,7 +32,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from manual import escalation, switches
     from contracts.progress import DecisionRecord
-from workflows.base import SWITCH_RETRY, NOTIFY_RETRY, SUBMIT_RETRY, CLOSE_WAIT, MAX_CHECKS_KEPT, root_cause
+from workflows.base import SWITCH_RETRY, NOTIFY_RETRY, SUBMIT_RETRY, CLOSE_WAIT, MAX_CHECKS_KEPT, Withdrawn, root_cause
 
 
 class Alerting:
@@ -295,6 +295,20 @@ class Alerting:
         await self.drain()
         await self.close_alerts(left_open=self.progress.detail)
         await self.drain()
+
+    async def withdrawn(self, w: Withdrawn, held: dict[str, Any], core_in_force: list[str]) -> None:
+        """An operator withdrew this workflow at a wait (its `withdraw` exit): nothing more is applied and
+        nothing is restored; say what stays and page it (an info page when it changed nothing)."""
+        d = w.decision
+        stays = ", ".join(f"{k}={switches.get(k).render(v)}" for k, v in held.items())
+        left = (f"the switches stay as it set them ({stays})" if stays else "it changed no switch") + (
+            f"; trading-core controls still in force: {', '.join(core_in_force)}" if core_in_force else "")
+        self.progress.detail = (f"withdrawn by {d.actor} at step {w.step}: {d.reason}. Nothing restored: {left}"
+                                + (". Decide by hand: `rollbackctl switch list`, `rollbackctl audit`."
+                                   if stays or core_in_force else "."))
+        changed = bool(stays or core_in_force)
+        await self.notify(f"{self.wid} WITHDRAWN: {self.progress.detail}", page=True,
+                          severity="critical" if changed else "info", kind="withdrawn")
 
     async def close_alerts(self, left_open: str | None = None) -> None:
         """At the end: resolve every alert still open, but for `left_open` (why a human must still act:

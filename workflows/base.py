@@ -13,6 +13,7 @@ from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
     from contracts import errors
+    from contracts.progress import Decision
 
 SWITCH_RETRY = RetryPolicy(
     initial_interval=timedelta(milliseconds=200),
@@ -53,6 +54,7 @@ ANSWERS: dict[str, tuple[str, ...]] = {
     "level_choice": ("escalate",),
     "promote": ("promote",),
 }
+EXITS = ("withdraw", "stay")  # ways out of a wait other than its answer, where the step offers them
 
 
 def root_cause(e: BaseException) -> BaseException:
@@ -60,6 +62,17 @@ def root_cause(e: BaseException) -> BaseException:
     while isinstance(e, ActivityError) and e.cause is not None:
         e = e.cause
     return e
+
+
+class Withdrawn(Exception):
+    """An operator took a wait's `withdraw` exit (workflows/gate.py raises it from run_await): the workflow
+    ends "withdrawn", leaving what it changed as it is, said and paged (each workflow that offers the exit
+    catches it in its run)."""
+
+    def __init__(self, step: str, decision: Decision):
+        super().__init__(f"withdrawn by {decision.actor} at step {step}: {decision.reason}")
+        self.step = step
+        self.decision = decision
 
 
 class StepFailed(Exception):

@@ -22,7 +22,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.requests import RequestActivities
     from contracts import errors
     from contracts.roles import Role
-    from manual.steps import AwaitConfirmation
+    from manual.steps import WITHDRAW, AwaitConfirmation
     from contracts.progress import Progress
     from contracts.requests import (
         SECOND_APPROVAL_STEP,
@@ -32,7 +32,7 @@ with workflow.unsafe.imports_passed_through():
         RequestOutcome,
     )
     from workflows.alerting import PagingHandlers
-    from workflows.base import PAGER_OUTBOX, root_cause
+    from workflows.base import PAGER_OUTBOX, Withdrawn, root_cause
     from workflows.gate import decision_signal, decision_update
     from workflows.runner import Runner
 
@@ -61,6 +61,7 @@ class ChangeRequestWorkflow(PagingHandlers):
     # "break-glass comes from the requester" rule), as an Update (refusable) and as a signal.
     confirm = decision_update("confirm")
     confirm_signal = decision_signal("confirm")
+    withdraw = decision_update("withdraw")  # the requester (or a higher role) takes the request back
 
     async def _apply(self, approvals: list) -> RequestOutcome:
         return await workflow.execute_local_activity_method(
@@ -102,6 +103,7 @@ class ChangeRequestWorkflow(PagingHandlers):
                 kind, d = await self.r.run_await(AwaitConfirmation(
                     name=SECOND_APPROVAL_STEP, expects="confirm", min_role=Role(out.owner_role),
                     timeout=inp.approval_timeout, on_timeout="fail", approvals=2, no_break_glass=NO_BREAK_GLASS,
+                    exits=(WITHDRAW,),
                     prompt=f"{req.actor} asks {req.action} {req.target} = {req.values.get('value')!r}."),
                     approved_by=(req.actor,))
                 if d is None:
@@ -114,6 +116,8 @@ class ChangeRequestWorkflow(PagingHandlers):
                     raise ApplicationError(f"the approvals do not satisfy the two-person rule: {out.detail}",
                                            type=errors.PERMISSION_DENIED, non_retryable=True)
             self.r._end(rec, "ok", out.detail)
+        except Withdrawn as w:
+            return await self._done("withdrawn", f"{w}: nothing applied", approved_by=approvers)
         except (FailureError, ApplicationError) as e:
             cause = root_cause(e)
             msg = str(cause.message if isinstance(cause, ApplicationError) else cause)

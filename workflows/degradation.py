@@ -23,7 +23,7 @@ with workflow.unsafe.imports_passed_through():
     from contracts.progress import Progress, RunResult
     from workflows.models import DegradeInput
     from workflows.alerting import PagingHandlers
-    from workflows.base import CANCEL_HANDLED, PAGER_OUTBOX, RESTORE_ONLY_CHANGES, StartRefused, StepFailed
+    from workflows.base import CANCEL_HANDLED, PAGER_OUTBOX, RESTORE_ONLY_CHANGES, StartRefused, StepFailed, Withdrawn
     from workflows.gate import decision_signal, decision_update
     from workflows.runner import Runner
 
@@ -52,6 +52,7 @@ class DegradationWorkflow(PagingHandlers):
     # Human input: each an Update validated by the decision gate (workflows/gate.py)
     confirm = decision_update("confirm")
     fix = decision_update("fix")
+    withdraw = decision_update("withdraw")  # the way out of its waits (second approval, confirm, fix)
 
     confirm_signal = decision_signal("confirm")  # the Web UI's way in: refused ones recorded, ignored
 
@@ -70,6 +71,9 @@ class DegradationWorkflow(PagingHandlers):
                 raise
             await self.r.cancelled_from_outside(self._held, self._core_held)
             raise  # Temporal records it CANCELED
+        except Withdrawn as w:
+            status = "withdrawn"
+            await self.r.withdrawn(w, self._held, self._core_held)
         except StepFailed as e:
             status = ("refused" if isinstance(e, StartRefused)
                       else "restore_blocked" if e.conflict else "failed")
@@ -78,7 +82,8 @@ class DegradationWorkflow(PagingHandlers):
         self.r.progress.status = self.r.progress.result = status
         self.r.progress.current_step = None
         await self.r.drain()
-        left = self.r.progress.detail if status in ("failed", "restore_blocked") or self._not_undone else None
+        left = (self.r.progress.detail if status in ("failed", "restore_blocked") or self._not_undone
+                or (status == "withdrawn" and (self._held or self._core_held)) else None)
         await self.r.close_alerts(left_open=left)
         await self.r.drain()
         await workflow.wait_condition(workflow.all_handlers_finished)

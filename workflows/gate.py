@@ -17,8 +17,8 @@ with workflow.unsafe.imports_passed_through():
     from contracts.roles import Role
     from core import identity
     from manual.steps import AwaitConfirmation
-    from contracts.progress import Awaiting, Decision, DecisionAck, DecisionRecord
-from workflows.base import ROSTER_REFRESH, ANSWERS
+    from contracts.progress import Awaiting, Decision, DecisionAck, DecisionRecord, Exit
+from workflows.base import ROSTER_REFRESH, ANSWERS, EXITS, Withdrawn
 
 
 
@@ -124,16 +124,22 @@ class DecisionGate:
         """Whether a decision of `kind` answers the step awaited now (else it is a standing decision:
         pause, tick, resolve... judged by the workflow's own rule in `standing`, never taken as the answer)."""
         aw = self.progress.awaiting
-        return aw is not None and kind in ANSWERS.get(aw.expects, ())
+        return aw is not None and (kind in ANSWERS.get(aw.expects, ()) or self.exit_of(kind) is not None)
+
+    def exit_of(self, kind: str) -> Exit | None:
+        """The awaited step's exit of `kind` (withdraw, stay), if it offers one."""
+        aw = self.progress.awaiting
+        return next((e for e in aw.exits if e.kind == kind), None) if aw is not None else None
 
     def open_await(self, name: str, expects: str, min_role: Role, *, since: datetime, deadline: datetime | None,
                    prompt: str, approvals: int = 1, approved_by: tuple[str, ...] = (),
-                   no_break_glass: str = "") -> Awaiting:
+                   no_break_glass: str = "", exits: tuple[Exit, ...] = ()) -> Awaiting:
         """Start awaiting a human (what `status`, the pages and the validators see); no decision yet."""
         self._decision = None
         aw = self.progress.awaiting = Awaiting(step=name, expects=expects, min_role=min_role.value, since=since,
                                                deadline=deadline, prompt=prompt, approvals_needed=approvals,
-                                               approved_by=list(approved_by), no_break_glass=no_break_glass)
+                                               approved_by=list(approved_by), no_break_glass=no_break_glass,
+                                               exits=list(exits))
         if self.current_alert is not None:
             aw.alerts.append(self.current_alert)  # the latest page asked for it
         if approvals > 1:
@@ -175,7 +181,7 @@ class DecisionGate:
         since = workflow.now()
         aw = self.open_await(step.name, step.expects, step.min_role, since=since, deadline=since + step.timeout,
                              prompt=step.prompt, approvals=step.approvals, approved_by=approved_by,
-                             no_break_glass=step.no_break_glass)
+                             no_break_glass=step.no_break_glass, exits=step.exits)
         # Patch "roster-refresh": with signing on, keys are re-read while a human is awaited.
         refresh = self.signing and workflow.patched("roster-refresh")
         try:
@@ -193,6 +199,11 @@ class DecisionGate:
                                           waited=str(step.timeout), deadline=workflow.now() + step.timeout)
                     continue
                 kind, d = self._decision
+                if self.exit_of(kind) is not None:  # a way out: no approvals to gather
+                    self._end(rec, kind, f"{kind} by {d.actor}: {d.reason}")
+                    if kind == "withdraw":
+                        raise Withdrawn(step.name, d)
+                    return kind, d
                 if aw.approvals_needed > 1 and self._counts_as_approval(kind, d) and not d.break_glass:
                     aw.approved_by.append(d.actor)
                     if len(aw.approved_by) < aw.approvals_needed:  # the first of two: keep waiting
@@ -245,7 +256,7 @@ class DecisionGate:
             why = self.signature_refusal(kind, d)
             if why:
                 return why
-        if d.break_glass is not None:
+        if d.break_glass is not None and kind not in EXITS:  # (an exit refuses it itself)
             aw = self.progress.awaiting
             if aw is not None and aw.no_break_glass:
                 return invalid(aw.no_break_glass)
@@ -262,6 +273,8 @@ class DecisionGate:
         aw = self.progress.awaiting
         if aw is None:
             return f"{self.wid} is not waiting for a decision now (step: {self.progress.current_step}, status {self.progress.status})"
+        if kind in EXITS:
+            return self._exit_refusal(kind, d, role)
         if kind not in ANSWERS.get(aw.expects, ()):
             return f"{self.wid} waits for {aw.expects!r} at step {aw.step!r}, not {kind!r}"
         if not role.at_least(Role(aw.min_role)):
@@ -280,6 +293,28 @@ class DecisionGate:
         if aw.approvals_needed > 1 and d.actor in aw.approved_by and self._counts_as_approval(kind, d):
             return not_permitted(f"{d.actor} already approved step {aw.step!r}: the two-person rule needs a different "
                     f"{aw.min_role} (still needed: one of {', '.join(aw.still_needed) or 'nobody'})")
+        return None
+
+    def _exit_refusal(self, kind: str, d: Decision, role: Role) -> str | None:
+        """Why an exit (withdraw, stay) from `d.actor` is refused at the step awaited now, or None."""
+        aw = self.progress.awaiting
+        ex = self.exit_of(kind)
+        if ex is None:
+            offered = ", ".join(e.kind for e in aw.exits) or "none: answer it"
+            return f"step {aw.step!r} of {self.wid} offers no {kind!r} (its exits: {offered}); it waits for {aw.expects!r}"
+        if d.break_glass is not None:
+            return invalid(f"{kind} needs no break-glass: it is a way out, not an approval")
+        if ex.min_role is not None:
+            if not role.at_least(Role(ex.min_role)):
+                return not_permitted(f"{d.actor} is {role.value}; {kind} at step {aw.step!r} needs {ex.min_role} or above")
+        else:
+            starter = self.role_of(self.requested_by)
+            if not (d.actor == self.requested_by or role.at_least(Role(aw.min_role))
+                    or (starter is not None and role.rank > starter.rank)):
+                return not_permitted(f"{d.actor} is {role.value}; {kind} is for its starter {self.requested_by}, a role "
+                                     f"above theirs, or a {aw.min_role} (who could answer step {aw.step!r})")
+        if not d.reason.strip():
+            return invalid(f"{kind} needs a --reason (it is paged and recorded)")
         return None
 
     def accept(self, kind: str, d: Decision, *, authorizes: bool = True) -> DecisionAck:

@@ -22,12 +22,12 @@ with workflow.unsafe.imports_passed_through():
     from manual.rollback import Scope, Severity
     from contracts.roles import Role
     from contracts.changes import BreakGlass
-    from manual.steps import ApplySwitches, AwaitConfirmation, CoreActions, Observe
+    from manual.steps import ApplySwitches, CoreActions, Observe
     from contracts.progress import Decision, Progress, RunResult
     from workflows.models import RollbackInput
     from workflows.alerting import PagingHandlers
     from workflows.gate import decision_signal, decision_update
-    from workflows.base import CANCEL_HANDLED, PAGER_OUTBOX, RESTORE_ONLY_CHANGES, StartRefused, StepFailed
+    from workflows.base import CANCEL_HANDLED, PAGER_OUTBOX, RESTORE_ONLY_CHANGES, StartRefused, StepFailed, Withdrawn
     from workflows.runner import Runner
 
 
@@ -49,6 +49,7 @@ class RollbackWorkflow(PagingHandlers):
         self.r.progress.level = inp.scope.value
         self.scope: Scope = inp.scope
         self.set_by_rollback: dict[str, Any] = {}  # what this rollback wrote last, per switch
+        self.orders_paused = False  # HL down at the checklist: new orders paused at the trading core
         self.applied: dict[str, Any] = {}  # what its rollback change sets applied (the values a re-rollback goes back to)
         self.stages: list[tuple[str, dict[str, Any]]] | None = None  # the restore's change sets (RESTORE_ONLY_CHANGES)
         self.approver: str | None = None  # a super admin who approved Level 3 for an on-call requester
@@ -69,6 +70,8 @@ class RollbackWorkflow(PagingHandlers):
     cancel = decision_update("cancel")
     fix = decision_update("fix")
     escalate = decision_update("escalate")
+    withdraw = decision_update("withdraw")  # the way out of any wait but the data window (which has cancel)
+    stay = decision_update("stay")  # at a proposed Level 3: stay at the current level
 
     confirm_signal = decision_signal("confirm")  # the Web UI's way in: refused ones recorded, ignored
 
@@ -88,8 +91,11 @@ class RollbackWorkflow(PagingHandlers):
         except asyncio.CancelledError:
             if not workflow.patched(CANCEL_HANDLED):
                 raise
-            await self.r.cancelled_from_outside(self.set_by_rollback, [a for a, _ in self.core_in_force])
+            await self.r.cancelled_from_outside(self.set_by_rollback, self._core_held())
             raise  # Temporal records it CANCELED; `status` says so (rollbackctl/cli/workflow_cmds.py)
+        except Withdrawn as w:
+            status = "withdrawn"
+            await self.r.withdrawn(w, self.set_by_rollback, self._core_held())
         except StepFailed as e:
             status = ("refused" if isinstance(e, StartRefused)
                       else "restore_blocked" if e.conflict else "failed")
@@ -99,7 +105,8 @@ class RollbackWorkflow(PagingHandlers):
         self.r.progress.result = status
         self.r.progress.current_step = None
         await self.r.drain()
-        left = self.r.progress.detail if status in NEEDS_HUMAN or self.core_in_force else None
+        left = (self.r.progress.detail if status in NEEDS_HUMAN or self.core_in_force
+                or (status == "withdrawn" and (self.set_by_rollback or self._core_held())) else None)
         await self.r.close_alerts(left_open=left)
         await self.r.drain()
         await workflow.wait_condition(workflow.all_handlers_finished)
@@ -132,10 +139,7 @@ class RollbackWorkflow(PagingHandlers):
         if outcome == "role_needs_approval":
             await self.r.notify(f"{self.r.wid}: level {self.scope.value} needs a super admin's confirmation", page=True,
                                 severity="critical", kind="approval")
-            _, ok = await self.r.run_await(rollback.AwaitConfirmation(
-                name="super_admin_approval", expects="confirm", min_role=Role.SUPER_ADMIN, timeout=d.confirm_sla,
-                prompt="Level 3 (maintenance mode) needs a super admin: `rollbackctl confirm ID --as SUPERADMIN`",
-                approvals=self.r.two_person(changes)))
+            _, ok = await self.r.run_await(rollback.super_admin_approval_step(d, self.r.two_person(changes)))
             self.approver = ok.actor
             self._glass(ok)
         elif outcome == "ok" and self.r.two_person(changes) > 1:
@@ -143,6 +147,7 @@ class RollbackWorkflow(PagingHandlers):
         elif outcome == "hl_down":
             # HL itself is down: HL_MODE would strand every order. Pause new orders (the P0 move), page, ask.
             await self.r.run_core_actions(CoreActions(name="pause_new_orders", actions=(("pause_new_orders", {}),)))
+            self.orders_paused = True  # in force from here (core_in_force has it once a level is chosen)
             await self.r.notify(f"{self.r.wid}: HL is down, HL_MODE not applied; new orders paused. "
                                 "Choose degradation level 2 or 3.", page=True, severity="critical", kind="level_choice")
             _, dec = await self.r.run_await(rollback.level_choice_step(d))
@@ -181,10 +186,14 @@ class RollbackWorkflow(PagingHandlers):
             await self.r.notify(f"{self.r.wid}: health breach, escalating {self.scope.value} -> {nxt.value}",
                                 page=True, severity="critical", kind="escalation")
             if rollback.required_role(nxt) is Role.SUPER_ADMIN:
-                _, ok = await self.r.run_await(rollback.AwaitConfirmation(
-                    name="approve_level_3", expects="escalate", min_role=Role.SUPER_ADMIN, timeout=d.confirm_sla,
-                    prompt="Breach persists: approve Level 3 maintenance mode (`rollbackctl escalate ID --as SUPERADMIN`)",
-                    approvals=self.r.two_person(rollback.target_changes(nxt, inp.switch))))
+                kind, ok = await self.r.run_await(rollback.approve_level_3_step(
+                    d, self.scope, self.r.two_person(rollback.target_changes(nxt, inp.switch))))
+                if kind == "stay":
+                    self.r.progress.escalations.append(f"stayed at {self.scope.value} by {ok.actor}: {ok.reason}")
+                    await self.r.notify(f"{self.r.wid}: {ok.actor} chose to stay at {self.scope.value} instead of "
+                                        f"Level 3 ({ok.reason}); the breach persists: confirmation next",
+                                        page=True, severity="warning", kind="stayed")
+                    break
                 self.approver = ok.actor
                 self._glass(ok)
             self.scope = nxt
@@ -224,6 +233,11 @@ class RollbackWorkflow(PagingHandlers):
         await self._core_left_in_force()
         return status
 
+    def _core_held(self) -> list[str]:
+        """The trading-core controls this rollback holds in force now (said when it ends early)."""
+        held = [a for a, _ in self.core_in_force]
+        return held if not self.orders_paused or "pause_new_orders" in held else ["pause_new_orders", *held]
+
     async def _core_left_in_force(self) -> None:
         """Trading-core controls this rollback took and did not undo: said in the result and paged, never silent."""
         if not self.core_in_force:
@@ -249,10 +263,7 @@ class RollbackWorkflow(PagingHandlers):
             return
         await self.r.notify(f"{self.r.wid}: {first} asks for Level 3 (maintenance mode); a second super admin must "
                             "approve", page=True, severity="critical", kind="second_approval")
-        _, ok = await self.r.run_await(AwaitConfirmation(
-            name="second_approval", expects="confirm", min_role=Role.SUPER_ADMIN, timeout=d.confirm_sla,
-            approvals=2, prompt=f"{first} asks for Level 3 (maintenance mode): a second super admin must approve "
-                                "(`rollbackctl confirm ID --as OTHER`)."), approved_by=(first,))
+        _, ok = await self.r.run_await(rollback.second_approval_step(d, first), approved_by=(first,))
         self.approver = ok.actor
         self._glass(ok)
 

@@ -170,7 +170,7 @@ def report(res, pending, what: str, as_json: bool) -> int:
         from rollbackctl.cli.common import exit_code_of_kind
 
         raise CliError(f"{what} refused by the worker: {res.detail}", exit_code_of_kind(res.refusal_type, 3))
-    if res.status == "expired":
+    if res.status in ("expired", "withdrawn"):
         raise CliError(f"{what}: {res.detail}", 4)
     if as_json:
         print_json(res.model_dump(mode="json"))

@@ -87,11 +87,17 @@ def register(sub: argparse._SubParsersAction) -> None:
         ("cancel", "data inconsistency: do not roll back (needs --reason)"),
         ("escalate", "escalate: a monitored incident to a rollback, a breach to Level 3, or choose --level 2|3"),
         ("fix", "the fix is deployed: restore through the 5%% canary (or --no-restore)"),
+        ("withdraw", "end a waiting rollback, degradation or change request here (its starter, a higher role, or "
+                     "whoever could answer the step; needs --reason): what it changed stays, said and paged"),
+        ("stay", "at a proposed Level 3: stay at the current level and go on to its confirmation (needs --reason)"),
     ]:
         p = sub.add_parser(name, help=help_)
         p.add_argument("id", help="workflow id or incident id")
-        p.add_argument("--as", dest="actor", required=True, metavar="OPERATOR")
-        p.add_argument("--reason", default="")
+        p.add_argument("--as", dest="actor", required=True, metavar="OPERATOR",
+                       help="who decides: an operator whose key signs it (rollbackctl operator list)")
+        p.add_argument("--reason", required=name in ("withdraw", "stay"), default="",
+                       help="why (recorded with the decision and in the pages)" +
+                            ("; required" if name in ("withdraw", "stay", "cancel") else ""))
         if name in ("confirm", "escalate", "fix"):
             p.add_argument("--break-glass", metavar="REASON",
                            help="super admin: force a two-person step alone (paged to everyone, audited)")
@@ -265,6 +271,9 @@ def _render(p) -> str:
         a = p.awaiting
         lines.append(f"  WAITING for {a.expects} ({a.min_role}+) at step {a.step}: {a.prompt}"
                      + (f"  [re-paged {a.repages}x]" if a.repages else ""))
+        for e in a.exits:
+            who = f"{e.min_role}+" if e.min_role else f"its starter, a higher role, or a {a.min_role}"
+            lines.append(f"    or {e.kind} ({who}): {e.means}")
         if a.seen_by:
             lines.append(f"    seen in PagerDuty by {a.seen_by} at {a.seen_at:%H:%M:%S} (not a decision): re-paging "
                          f"stopped, reminders in chat; still awaited: a signed {a.expects}")

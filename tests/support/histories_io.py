@@ -51,10 +51,12 @@ REQUIRED = {
                  "rollback_hl_down_level_2", "rollback_hl_down_level_2_restored", "rollback_restore_blocked",
                  "rollback_crash_after_own_write_restored",  # patch "snapshot-before-own-write"
                  "rollback_cancelled_in_temporal_at_confirm",  # patch "cancel-handled"
-                 "rollback_critical_cross_restored_pre_outbox"),  # before patch "pager-outbox"
+                 "rollback_critical_cross_restored_pre_outbox",  # before patch "pager-outbox"
+                 "rollback_breach_stayed_then_withdrawn", "rollback_full_system_withdrawn_by_starter"),  # exits
     "degradation": ("degradation_level_2_restored", "degradation_level_2_restored_pre_outbox",
                     "degradation_level_2_undo_refused_paged",  # patch "undo-failures-paged"
-                    "degradation_level_1_restored_by_risk_manager"),  # patch "restore-only-changes"
+                    "degradation_level_1_restored_by_risk_manager",  # patch "restore-only-changes"
+                    "degradation_level_2_withdrawn_at_confirm"),  # the withdraw exit
     "pager": ("pager_storm", "pager_reroute"),
     "change request": ("change_request_expired_before_pickup",),  # patch "change-pickup-deadline"
     "canary": ("canary_phase3_passed", "canary_phase3_rolled_back", "canary_phase3_extended_promoted_aborted",

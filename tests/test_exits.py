@@ -1,0 +1,177 @@
+"""Every wait has an exit (on-call trust): at each step that waits for a human, an authorised operator can
+end it (`withdraw`) or, at a proposed Level 3, redirect it (`stay`), with a reason, recorded and paged;
+what the workflow changed stays as it is and is said. Time-skipping server, real etcd, stand-in core and
+paging (tests/support/standins.py).
+
+Before the exits, a rollback whose breach persisted after HL_MODE waited at `approve_level_3` for a super
+admin's Level 3 (API down) and refused confirm, cancel and fix: the only way out was Temporal's
+cancellation."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from temporalio.client import WorkflowFailureError, WorkflowUpdateFailedError
+
+from contracts.progress import Decision
+from manual.rollback import Durations, Scope, Severity
+from tests.support.standins import StandIns
+from tests.support.wf_helpers import (audit_of, awaiting, incident, make_worker, save_history, set_switches, values,
+                                      wait_for)
+from workflows.degradation import DegradationWorkflow, degrade_workflow_id
+from workflows.models import DegradeInput, RollbackInput
+from workflows.rollback import RollbackWorkflow, rollback_workflow_id
+
+D = Durations(observe=timedelta(minutes=5), check_interval=timedelta(seconds=30))
+
+
+def start(env, tq, inc, scope=Scope.CROSS, switch=None, by="oscar", severity=Severity.CRITICAL):
+    return env.client.start_workflow(
+        RollbackWorkflow.run,
+        RollbackInput(incident_id=inc, summary="s", severity=severity, scope=scope, switch=switch,
+                      requested_by=by, reason="test", durations=D),
+        id=rollback_workflow_id(inc), task_queue=tq)
+
+
+async def refused(h, update, d: Decision) -> str:
+    with pytest.raises(WorkflowUpdateFailedError) as e:
+        await h.execute_update(update, d)
+    return str(e.value.cause)
+
+
+def pages_of(si: StandIns, word: str) -> list[dict]:
+    return [p for p in si.pages if word in p["summary"]]
+
+
+async def test_a_persistent_breach_can_stay_at_its_level_and_then_be_withdrawn(ts_env, store, task_queue):
+    """The wedge of the fault campaign: 3% errors persist after HL_MODE; Level 3 is proposed; the on-call
+    stays at cross_module instead, confirms nothing, and withdraws: HL_MODE stays, said and paged."""
+    await set_switches(store, "alice", global_betting_enabled=True, routing_mode="NORMAL_MODE")
+    si, inc = StandIns(), incident()
+    si.health["error_rate"] = 0.03  # does not clear after HL_MODE
+    async with make_worker(ts_env, store, si, task_queue):
+        h = await start(ts_env, task_queue, inc)
+        p = await wait_for(h, ts_env, awaiting("escalate"))
+        aw = p.awaiting
+        assert aw.step == "approve_level_3" and [e.kind for e in aw.exits] == ["stay", "withdraw"]
+        assert aw.exits[0].min_role == "on_call" and "stay at cross_module" in aw.exits[0].means
+        # refused, each with its reason, nothing changed
+        assert "needs a --reason" in await refused(h, RollbackWorkflow.stay, Decision(actor="oscar"))
+        assert "vic is viewer; stay at step 'approve_level_3' needs on_call" in await refused(
+            h, RollbackWorkflow.stay, Decision(actor="vic", reason="x"))
+        assert "needs super_admin" in await refused(h, RollbackWorkflow.escalate, Decision(actor="oscar"))
+        await h.execute_update(RollbackWorkflow.stay, Decision(actor="oscar", reason="API must stay up; HL is fine"))
+        p = await wait_for(h, ts_env, awaiting("confirm"))
+        assert p.escalations[-1] == "stayed at cross_module by oscar: API must stay up; HL is fine"
+        assert (await values(store, "global_api_enabled"))["global_api_enabled"] is True  # no Level 3
+        assert pages_of(si, "chose to stay at cross_module")
+        assert "offers no 'stay'" in await refused(h, RollbackWorkflow.stay, Decision(actor="oscar", reason="x"))
+        await h.execute_update(RollbackWorkflow.withdraw, Decision(actor="oscar", reason="handing over to the fix"))
+        res = await h.result()
+        await save_history(h, "rollback_breach_stayed_then_withdrawn")
+    assert res.status == "withdrawn"
+    assert "withdrawn by oscar at step confirm: handing over to the fix" in res.detail
+    assert "routing_mode=HL_MODE" in res.detail and "global_betting_enabled=false" in res.detail.lower()
+    assert await values(store, "routing_mode", "global_betting_enabled") == {
+        "routing_mode": "HL_MODE", "global_betting_enabled": False}  # nothing restored
+    assert len(await audit_of(store, rollback_workflow_id(inc))) == 1  # the rollback's change set only
+    (page,) = pages_of(si, "WITHDRAWN")
+    assert page["severity"] == "critical"
+
+
+async def test_a_mistaken_full_system_start_is_withdrawn_by_its_starter(ts_env, store, task_queue):
+    """An on-call's `--scope full_system` waits for a super admin: its starter (or a higher role) withdraws
+    it; another on-call's viewer is refused; nothing was applied and the page says so."""
+    si, inc = StandIns(), incident()
+    async with make_worker(ts_env, store, si, task_queue):
+        h = await start(ts_env, task_queue, inc, scope=Scope.FULL)
+        p = await wait_for(h, ts_env, awaiting("confirm"), step=timedelta(seconds=1))
+        assert p.awaiting.step == "super_admin_approval" and [e.kind for e in p.awaiting.exits] == ["withdraw"]
+        assert "vic is viewer; withdraw is for its starter oscar" in await refused(
+            h, RollbackWorkflow.withdraw, Decision(actor="vic", reason="x"))
+        assert "needs a --reason" in await refused(h, RollbackWorkflow.withdraw, Decision(actor="oscar"))
+        assert "needs no break-glass" in await refused(
+            h, RollbackWorkflow.withdraw, Decision(actor="oscar", reason="x", break_glass="y"))
+        await h.execute_update(RollbackWorkflow.withdraw, Decision(actor="oscar", reason="meant cross_module"))
+        res = await h.result()
+        await save_history(h, "rollback_full_system_withdrawn_by_starter")
+    assert res.status == "withdrawn" and "it changed no switch" in res.detail
+    assert await audit_of(store, rollback_workflow_id(inc)) == []
+    assert (await values(store, "global_api_enabled"))["global_api_enabled"] is True
+    (page,) = pages_of(si, "WITHDRAWN")
+    assert page["severity"] == "info"
+
+
+async def test_a_higher_role_may_withdraw_someone_elses_start(ts_env, store, task_queue):
+    si, inc = StandIns(), incident()
+    async with make_worker(ts_env, store, si, task_queue):
+        h = await start(ts_env, task_queue, inc, scope=Scope.FULL)
+        await wait_for(h, ts_env, awaiting("confirm"), step=timedelta(seconds=1))
+        await h.execute_update(RollbackWorkflow.withdraw, Decision(actor="rita", reason="oscar asked me to"))
+        res = await h.result()
+    assert res.status == "withdrawn" and "withdrawn by rita at step super_admin_approval" in res.detail
+
+
+async def test_hl_down_level_choice_withdrawn_says_new_orders_stay_paused(ts_env, store, task_queue):
+    si, inc = StandIns(), incident()
+    si.health.update(hl_connected=False, hl_disconnected_for_s=120.0)
+    async with make_worker(ts_env, store, si, task_queue):
+        h = await start(ts_env, task_queue, inc)
+        await wait_for(h, ts_env, awaiting("level_choice"), step=timedelta(seconds=1))
+        await h.execute_update(RollbackWorkflow.withdraw, Decision(actor="oscar", reason="HL back, handled by hand"))
+        res = await h.result()
+    assert res.status == "withdrawn"
+    assert "trading-core controls still in force: pause_new_orders" in res.detail
+    assert [a["action"] for a in si.actions] == ["pause_new_orders"]  # not undone: said, not silently reverted
+    (page,) = pages_of(si, "WITHDRAWN")
+    assert page["severity"] == "critical"
+
+
+async def test_the_fix_wait_can_be_withdrawn_by_its_on_call_starter(ts_env, store, task_queue):
+    """`fix` to restore a super admin's switch needs a super admin; the on-call who started it can still end
+    the wait (nothing restored, said)."""
+    await set_switches(store, "alice", global_betting_enabled=True, routing_mode="NORMAL_MODE")
+    si, inc = StandIns(), incident()
+    async with make_worker(ts_env, store, si, task_queue):
+        h = await start(ts_env, task_queue, inc)
+        await wait_for(h, ts_env, awaiting("confirm"))
+        await h.execute_update(RollbackWorkflow.confirm, Decision(actor="oscar", reason="holds"))
+        p = await wait_for(h, ts_env, awaiting("fix"))
+        assert p.awaiting.min_role == "super_admin" and [e.kind for e in p.awaiting.exits] == ["withdraw"]
+        await h.execute_update(RollbackWorkflow.withdraw, Decision(actor="oscar", reason="fix comes next week"))
+        res = await h.result()
+    assert res.status == "withdrawn" and "withdrawn by oscar at step fix" in res.detail
+    assert (await values(store, "routing_mode"))["routing_mode"] == "HL_MODE"
+
+
+async def test_a_degradation_is_withdrawn_at_its_confirmation_leaving_its_level_in_force(ts_env, store, task_queue):
+    si, inc = StandIns(), incident()
+    async with make_worker(ts_env, store, si, task_queue):
+        h = await ts_env.client.start_workflow(
+            DegradationWorkflow.run, DegradeInput(level=2, incident_id=inc, requested_by="oscar", reason="t",
+                                                  durations=D), id=degrade_workflow_id(2, inc), task_queue=task_queue)
+        p = await wait_for(h, ts_env, awaiting("confirm"))
+        assert [e.kind for e in p.awaiting.exits] == ["withdraw"]
+        assert "vic is viewer; withdraw is for its starter oscar" in await refused(
+            h, DegradationWorkflow.withdraw, Decision(actor="vic", reason="x"))
+        await h.execute_update(DegradationWorkflow.withdraw, Decision(actor="oscar", reason="handled by hand"))
+        res = await h.result()
+        await save_history(h, "degradation_level_2_withdrawn_at_confirm")
+    assert res.status == "withdrawn" and "liquidation_enabled=false" in res.detail and "pause_hl_opens" in res.detail
+    assert (await values(store, "liquidation_enabled"))["liquidation_enabled"] is False  # left in force, said
+
+
+async def test_cancelled_in_temporal_at_the_level_choice_says_new_orders_stay_paused(ts_env, store, task_queue):
+    """Temporal's cancellation at the HL-down level choice: new orders were paused before the choice; the
+    cancellation's page and status say so (before, they said nothing was held)."""
+    si, inc = StandIns(), incident()
+    si.health.update(hl_connected=False, hl_disconnected_for_s=120.0)
+    async with make_worker(ts_env, store, si, task_queue):
+        h = await start(ts_env, task_queue, inc)
+        await wait_for(h, ts_env, awaiting("level_choice"), step=timedelta(seconds=1))
+        await h.cancel()
+        with pytest.raises(WorkflowFailureError):
+            await h.result()
+        p = await h.query(RollbackWorkflow.progress)
+    assert p.status == "cancelled" and "trading-core controls still in force: pause_new_orders" in p.detail
