@@ -31,10 +31,27 @@ def build_parser() -> argparse.ArgumentParser:
         prog="rollbackctl",
         description="Durable launch-and-rollback automation: switches, rollbacks, degradation, canaries, P0 alerts.",
     )
+    p.add_argument("--version", action=_Version, help="print rollbackctl's version and exit")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for mod in COMMAND_MODULES:
         importlib.import_module(mod).register(sub)
+    from rollbackctl.cli import help_text
+
+    help_text.fill(p)
     return p
+
+
+class _Version(argparse.Action):
+    """`--version`, read from the installed package only when asked (no import cost on every command)."""
+
+    def __init__(self, option_strings, dest, **kw):
+        super().__init__(option_strings, dest, nargs=0, **kw)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from importlib.metadata import version
+
+        print(f"rollbackctl {version('rollbackctl')}")
+        parser.exit()
 
 
 def main(argv: list[str] | None = None) -> None:
