@@ -178,6 +178,36 @@ class Progress(BaseModel):
         """The step a decision sent now is bound to when signed: the one awaited, else the current one."""
         return (self.awaiting.step if self.awaiting is not None else self.current_step) or "-"
 
+    def details(self) -> str:
+        """Where it is, in Temporal markdown: the workflow's current details, which the Web UI shows on its
+        page (and `temporal workflow describe`), so the timeline reads like the runbook."""
+        head = f"**{self.kind}** · status **{self.status}**" + (f" · level {self.level}" if self.level else "")
+        lines = [head]
+        if self.result:
+            lines.append(f"Result: **{self.result}**" + (f": {self.detail}" if self.detail else ""))
+        elif self.current_step:
+            step = next((h for h in reversed(self.history) if h.name == self.current_step), None)
+            since = f" since {step.started_at:%H:%M:%S} UTC" if step is not None else ""
+            lines.append(f"Step: **{self.current_step}**{since}")
+        aw = self.awaiting
+        if aw is not None:
+            until = f" until {aw.deadline:%Y-%m-%d %H:%M:%S} UTC" if aw.deadline else ""
+            paged = f" (re-paged {aw.repages}x)" if aw.repages else ""
+            lines.append(f"Waiting for **{aw.expects}** from a {aw.min_role} or above{until}{paged}: {aw.prompt}")
+            if aw.approvals_needed > 1:
+                lines.append(f"Approved by: {', '.join(aw.approved_by) or 'nobody yet'}; still needed: one of "
+                             f"{', '.join(aw.still_needed) or 'nobody'}")
+            for e in aw.exits:
+                lines.append(f"Or **{e.kind}**" + (f" ({e.min_role} or above)" if e.min_role else "") + f": {e.means}")
+            if aw.seen_by:
+                lines.append(f"Seen in PagerDuty by {aw.seen_by} (not a decision)")
+        if self.checks and self.result is None:
+            c = self.checks[-1]
+            lines.append(f"Last health check {c.at:%H:%M:%S} UTC: " + ("ok" if c.ok else "; ".join(c.breaches)))
+        for e in self.escalations[-3:]:
+            lines.append(f"Escalation: {e}")
+        return "\n\n".join(lines)
+
 
 class RunResult(BaseModel):
     workflow_id: str

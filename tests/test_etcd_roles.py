@@ -162,6 +162,9 @@ async def test_every_operator_command_runs_with_a_read_only_etcd_user(roles_etcd
             await cli("rollback", "start", "--severity", "critical_path_failure", "--scope", "single_module",
                       "--switch", "hedging", "--incident", "RO-1", "--as", "oscar", "--reason", "hedge venue down", *quick)
             await waits("rollback-RO-1", "confirm")
+            # the Web UI's list shows what it is and why (the start's static summary)
+            desc = await dev_env.client.get_workflow_handle("rollback-RO-1").describe()
+            assert await desc.static_summary() == "rollback by oscar: hedge venue down"
             await cli("confirm", "rollback-RO-1", "--as", "oscar")
             await waits("rollback-RO-1", "fix")
             await cli("fix", "rollback-RO-1", "--as", "rita", "--reference", "pr-1", "--tests-passed")

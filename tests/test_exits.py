@@ -12,6 +12,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
+from temporalio.api.sdk.v1 import WorkflowMetadata
 from temporalio.client import WorkflowFailureError, WorkflowUpdateFailedError
 
 from contracts.progress import Decision
@@ -40,6 +41,13 @@ async def refused(h, update, d: Decision) -> str:
     return str(e.value.cause)
 
 
+async def web_ui_details(h) -> str:
+    """What Temporal's Web UI shows as the workflow's current details: "Within a Workflow, you can get and
+    set the current Workflow details ... this value can be updated throughout the life of the workflow"
+    (docs.temporal.io/develop/python/enriching-ui); the UI reads it with this built-in query."""
+    return (await h.query("__temporal_workflow_metadata", result_type=WorkflowMetadata)).current_details
+
+
 def pages_of(si: StandIns, word: str) -> list[dict]:
     return [p for p in si.pages if word in p["summary"]]
 
@@ -56,6 +64,10 @@ async def test_a_persistent_breach_can_stay_at_its_level_and_then_be_withdrawn(t
         aw = p.awaiting
         assert aw.step == "approve_level_3" and [e.kind for e in aw.exits] == ["stay", "withdraw"]
         assert aw.exits[0].min_role == "on_call" and "stay at cross_module" in aw.exits[0].means
+        # the Web UI shows where it is: the workflow's current details (its __temporal_workflow_metadata query)
+        md = await web_ui_details(h)
+        assert "Step: **approve_level_3**" in md and "Waiting for **escalate** from a super_admin or above" in md
+        assert "Or **stay** (on_call or above): stay at cross_module" in md and "Or **withdraw**" in md
         # refused, each with its reason, nothing changed
         assert "needs a --reason" in await refused(h, RollbackWorkflow.stay, Decision(actor="oscar"))
         assert "vic is viewer; stay at step 'approve_level_3' needs on_call" in await refused(
@@ -70,6 +82,7 @@ async def test_a_persistent_breach_can_stay_at_its_level_and_then_be_withdrawn(t
         await h.execute_update(RollbackWorkflow.withdraw, Decision(actor="oscar", reason="handing over to the fix"))
         res = await h.result()
         await save_history(h, "rollback_breach_stayed_then_withdrawn")
+        assert (await web_ui_details(h)).splitlines()[2].startswith("Result: **withdrawn**: withdrawn by oscar")
     assert res.status == "withdrawn"
     assert "withdrawn by oscar at step confirm: handing over to the fix" in res.detail
     assert "routing_mode=HL_MODE" in res.detail and "global_betting_enabled=false" in res.detail.lower()

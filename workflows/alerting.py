@@ -365,6 +365,7 @@ class Alerting:
 
     async def drain(self) -> None:
         """Let background notifications finish before the workflow returns."""
+        self.show()  # (its end: status and result as set)
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
             self._background.clear()

@@ -145,11 +145,13 @@ class DecisionGate:
         if approvals > 1:
             aw.still_needed = self._still_needed(aw)
             aw.prompt = self._approval_prompt(aw, prompt)
+        self.show()
         return aw
 
     def close_await(self) -> None:
         self.progress.awaiting = None
         self._decision = None
+        self.show()
 
     async def unanswered(self, aw: Awaiting, *, asks: str, prompt: str, waited: str, deadline: datetime | None,
                          severity: str = "critical") -> None:
@@ -159,6 +161,7 @@ class DecisionGate:
         aw.deadline = deadline
         if self.outbox and aw.seen_by is not None:
             aw.reminders += 1
+            self.show()
             await self.notify(f"STILL WAITING ({aw.reminders}) for {asks} at {self.wid}: seen in PagerDuty by "
                               f"{aw.seen_by} at {aw.seen_at:%H:%M:%S}, no signed decision yet. {prompt}", page=False,
                               kind="reminder")
@@ -167,6 +170,7 @@ class DecisionGate:
         if self.on_repage is not None:
             self.on_repage(self.progress.page_level)
         aw.repages += 1
+        self.show()
         await self.notify(f"UNANSWERED after {waited}: {self.wid} waits for {asks}. {prompt}", page=True,
                           severity=severity, kind="repage", group=self.group)
 

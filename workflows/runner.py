@@ -168,11 +168,20 @@ class Runner(ActivityGateway, Alerting, DecisionGate):
         rec = StepRecord(index=len(self.progress.history), name=name, kind=kind, started_at=workflow.now())
         self.progress.history.append(rec)
         self.progress.current_step = name
+        self.show()
         return rec
 
     def _end(self, rec: StepRecord, outcome: str, detail: str = "") -> None:
         rec.ended_at, rec.outcome, rec.detail = workflow.now(), outcome, detail
         self._runs[rec.name] = self._runs.get(rec.name, 0) + 1
+        self.show()
+
+    def show(self) -> None:
+        """Publish where it is as the workflow's current details (the Web UI shows them on its page; no
+        command, so replay-safe). Not when the workflow is being evicted from the worker's cache (its
+        coroutines' `finally` blocks run outside the workflow's event loop)."""
+        if workflow.in_workflow():
+            workflow.set_current_details(self.progress.details())
 
     def role_of(self, actor: str) -> Role | None:
         r = self.roster.get(actor)
@@ -347,6 +356,7 @@ class Runner(ActivityGateway, Alerting, DecisionGate):
                     c.checks += 1
                     c.next_check_at = workflow.now() + step.interval
                     self.progress.checks = [*self.progress.checks[-(MAX_CHECKS_KEPT - 1):], check]
+                    self.show()
                     c.streak = c.streak + 1 if not check.ok else 0
                     tripped = c.streak >= step.consecutive
                     for hc, verdict in zip(step.checks, verdicts):

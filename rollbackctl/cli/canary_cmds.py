@@ -180,6 +180,7 @@ async def start_canary(client, store, inp, task_queue: str) -> str:
         try:
             await client.start_workflow(
                 CanaryWorkflow.run, signed, id=wid, task_queue=task_queue,
+                static_summary=f"{inp.phase} canary by {inp.requested_by}"[:200],  # the Web UI's list
                 id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
                 id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
             )

@@ -116,7 +116,8 @@ async def submit(proof: identity.Proof, wait: bool = False, wait_s: float | None
         h = await client.start_workflow(
             "ChangeRequestWorkflow", inp, id=wid, task_queue=s.task_queue,
             id_conflict_policy=WorkflowIDConflictPolicy.FAIL, id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
-            request_eager_start=True, result_type=ChangeRequestResult)
+            request_eager_start=True, result_type=ChangeRequestResult,
+            static_summary=f"{proof.request.action} {proof.request.target} by {proof.request.actor}"[:200])
     except WorkflowAlreadyStartedError:
         raise Unconfirmed(wid, "a request with this nonce was already submitted", until) from None
     except RPCError as e:
