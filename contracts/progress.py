@@ -117,6 +117,7 @@ class Awaiting(BaseModel):
     still_needed: list[str] = []
     no_break_glass: str = ""  # why break-glass is refused at this step (empty: allowed where two must approve)
     exits: list[Exit] = []  # ways out other than the answer
+    on_timeout: str = "repage_and_wait"  # what the deadline brings: a re-page, "proceed" or "fail"
     # Paging: the alerts that asked for this decision; an acknowledgement of one of them in PagerDuty
     # (seen_by) stops the re-pages (reminders go to chat) until PagerDuty says it is unacknowledged.
     alerts: list[str] = []
@@ -138,6 +139,7 @@ class CheckResult(BaseModel):
     ok: bool
     breaches: list[str] = []
     error: str | None = None
+    readings: list[str] = []  # each check's value against its limit, e.g. "error_rate=0.002 (<= 0.01) ok"
 
 
 class DecisionRecord(BaseModel):
@@ -169,6 +171,9 @@ class Progress(BaseModel):
     result: str | None = None
     detail: str = ""
     roster_at: datetime | None = None  # when the roles and keys the validators check against were read
+    # A running observation: when it ends at this pace (None: none running, or paused) and the next check
+    observing_until: datetime | None = None
+    next_check_at: datetime | None = None
     # Paging (patch "pager-outbox"): every alert this workflow opened and what became of it, and every
     # page or message that failed (with where it went instead).
     alerts: list[AlertRecord] = []
@@ -193,7 +198,7 @@ class Progress(BaseModel):
         if aw is not None:
             until = f" until {aw.deadline:%Y-%m-%d %H:%M:%S} UTC" if aw.deadline else ""
             paged = f" (re-paged {aw.repages}x)" if aw.repages else ""
-            lines.append(f"Waiting for **{aw.expects}** from a {aw.min_role} or above{until}{paged}: {aw.prompt}")
+            lines.append(f"Waiting for **{aw.expects}** from {aw.min_role} or above{until}{paged}: {aw.prompt}")
             if aw.approvals_needed > 1:
                 lines.append(f"Approved by: {', '.join(aw.approved_by) or 'nobody yet'}; still needed: one of "
                              f"{', '.join(aw.still_needed) or 'nobody'}")
@@ -201,6 +206,9 @@ class Progress(BaseModel):
                 lines.append(f"Or **{e.kind}**" + (f" ({e.min_role} or above)" if e.min_role else "") + f": {e.means}")
             if aw.seen_by:
                 lines.append(f"Seen in PagerDuty by {aw.seen_by} (not a decision)")
+        if self.observing_until is not None and self.result is None:
+            nxt = f"; next check {self.next_check_at:%H:%M:%S} UTC" if self.next_check_at else ""
+            lines.append(f"Observing until {self.observing_until:%H:%M:%S} UTC{nxt}")
         if self.checks and self.result is None:
             c = self.checks[-1]
             lines.append(f"Last health check {c.at:%H:%M:%S} UTC: " + ("ok" if c.ok else "; ".join(c.breaches)))

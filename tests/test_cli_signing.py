@@ -98,7 +98,7 @@ async def test_signed_cli_end_to_end_and_no_private_key_leaks(dev_env, store, et
         r = await ok("switch", "set", "global_betting_enabled", "true", "--as", "alice", "--reason", "again", code=6)
         twice = re.search(r"rollbackctl confirm (change-\S+)", r.out).group(1)
         r = await ok("status", twice)
-        assert "or withdraw (its starter, a higher role, or a super_admin)" in r.out
+        assert "or withdraw (its starter, a higher role, or super_admin)" in r.out
         r = await ok("withdraw", twice, "--as", "alice", code=2)  # argparse: --reason is required
         r = await ok("withdraw", twice, "--as", "alice", "--reason", "asked twice")
         assert "withdraw by alice accepted" in r.out
@@ -184,7 +184,7 @@ async def test_canary_start_signed_by_the_cli_waits_for_a_second_super_admin(dev
         r = await ok("switch", "set", "global_betting_enabled", "true", "--as", "alice", "--reason", "again", code=6)
         twice = re.search(r"rollbackctl confirm (change-\S+)", r.out).group(1)
         r = await ok("status", twice)
-        assert "or withdraw (its starter, a higher role, or a super_admin)" in r.out
+        assert "or withdraw (its starter, a higher role, or super_admin)" in r.out
         r = await ok("withdraw", twice, "--as", "alice", code=2)  # argparse: --reason is required
         r = await ok("withdraw", twice, "--as", "alice", "--reason", "asked twice")
         assert "withdraw by alice accepted" in r.out

@@ -66,7 +66,7 @@ async def test_a_persistent_breach_can_stay_at_its_level_and_then_be_withdrawn(t
         assert aw.exits[0].min_role == "on_call" and "stay at cross_module" in aw.exits[0].means
         # the Web UI shows where it is: the workflow's current details (its __temporal_workflow_metadata query)
         md = await web_ui_details(h)
-        assert "Step: **approve_level_3**" in md and "Waiting for **escalate** from a super_admin or above" in md
+        assert "Step: **approve_level_3**" in md and "Waiting for **escalate** from super_admin or above" in md
         assert "Or **stay** (on_call or above): stay at cross_module" in md and "Or **withdraw**" in md
         # refused, each with its reason, nothing changed
         assert "needs a --reason" in await refused(h, RollbackWorkflow.stay, Decision(actor="oscar"))

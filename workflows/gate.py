@@ -133,13 +133,14 @@ class DecisionGate:
 
     def open_await(self, name: str, expects: str, min_role: Role, *, since: datetime, deadline: datetime | None,
                    prompt: str, approvals: int = 1, approved_by: tuple[str, ...] = (),
-                   no_break_glass: str = "", exits: tuple[Exit, ...] = ()) -> Awaiting:
+                   no_break_glass: str = "", exits: tuple[Exit, ...] = (),
+                   on_timeout: str = "repage_and_wait") -> Awaiting:
         """Start awaiting a human (what `status`, the pages and the validators see); no decision yet."""
         self._decision = None
         aw = self.progress.awaiting = Awaiting(step=name, expects=expects, min_role=min_role.value, since=since,
                                                deadline=deadline, prompt=prompt, approvals_needed=approvals,
                                                approved_by=list(approved_by), no_break_glass=no_break_glass,
-                                               exits=list(exits))
+                                               exits=list(exits), on_timeout=on_timeout)
         if self.current_alert is not None:
             aw.alerts.append(self.current_alert)  # the latest page asked for it
         if approvals > 1:
@@ -185,7 +186,7 @@ class DecisionGate:
         since = workflow.now()
         aw = self.open_await(step.name, step.expects, step.min_role, since=since, deadline=since + step.timeout,
                              prompt=step.prompt, approvals=step.approvals, approved_by=approved_by,
-                             no_break_glass=step.no_break_glass, exits=step.exits)
+                             no_break_glass=step.no_break_glass, exits=step.exits, on_timeout=step.on_timeout)
         # Patch "roster-refresh": with signing on, keys are re-read while a human is awaited.
         refresh = self.signing and workflow.patched("roster-refresh")
         try:

@@ -64,6 +64,17 @@ def check_one(c: HealthCheck, health: dict[str, Any], values: dict[str, Any]) ->
     return None if ok else f"{c.metric}={v} (needs {c.op} {t})"
 
 
+def reading(c: HealthCheck, health: dict[str, Any], values: dict[str, Any]) -> str:
+    """This check's value against its limit, for people (pure): "error_rate=0.002 (<= 0.01) ok"."""
+    v = metric_value(health, c.metric)
+    t = c.threshold
+    if c.threshold_switch:
+        sv = values.get(c.threshold_switch)
+        t = c.threshold if sv is None else (sv if c.threshold_factor == 1 else sv * c.threshold_factor)
+    shown = f"{v:.6g}" if isinstance(v, float) else str(v)
+    return f"{c.metric}={shown} ({c.op} {t}) " + ("FAILED" if check_one(c, health, values) else "ok")
+
+
 def evaluate(checks: tuple[HealthCheck, ...], health: dict[str, Any], values: dict[str, Any]) -> list[str]:
     """Breached checks, as readable lines (pure)."""
     return [why for c in checks if (why := check_one(c, health, values)) is not None]
@@ -319,10 +330,12 @@ class Runner(ActivityGateway, Alerting, DecisionGate):
                 health = {**health, **extra}
             else:
                 health = await read
-            verdicts = [check_one(c, health, values or self.progress.snapshot) for c in step.checks]
+            vals = values or self.progress.snapshot
+            verdicts = [check_one(c, health, vals) for c in step.checks]
             breaches = [v for v in verdicts if v is not None]
             breaches += [f"  {line}" for line in health.get("exposure_mismatch_detail") or []]
-            return CheckResult(at=workflow.now(), ok=not breaches, breaches=breaches), verdicts
+            return CheckResult(at=workflow.now(), ok=not breaches, breaches=breaches,
+                               readings=[reading(c, health, vals) for c in step.checks]), verdicts
         except FailureError as e:
             return (CheckResult(at=workflow.now(), ok=False, breaches=["health unreadable"], error=str(root_cause(e))),
                     [None] * len(step.checks))
@@ -380,6 +393,8 @@ class Runner(ActivityGateway, Alerting, DecisionGate):
                 wait = c.next_check_at - now
                 if not c.paused:
                     wait = min(wait, remaining)
+                self.progress.observing_until = None if c.paused else now + remaining  # (countdowns: status)
+                self.progress.next_check_at = c.next_check_at
                 if wait <= timedelta(0):
                     due = True
                     continue
@@ -392,6 +407,7 @@ class Runner(ActivityGateway, Alerting, DecisionGate):
                     due = True
         finally:
             self._escalate_open = False
+            self.progress.observing_until = self.progress.next_check_at = None
         self._end(rec, "ok", f"{c.duration} observed, last check {'ok' if self.progress.checks[-1].ok else 'failed'}")
         return "ok"
 

@@ -11,7 +11,8 @@ import argparse
 import asyncio
 import re
 import sys
-from datetime import timedelta
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 
 from rollbackctl.cli.common import CliError, print_json
 
@@ -282,8 +283,10 @@ def _render(p) -> str:
         lines.append(f"  WAITING for {a.expects} ({a.min_role}+) at step {a.step}: {a.prompt}"
                      + (f"  [re-paged {a.repages}x]" if a.repages else ""))
         for e in a.exits:
-            who = f"{e.min_role}+" if e.min_role else f"its starter, a higher role, or a {a.min_role}"
+            who = f"{e.min_role}+" if e.min_role else f"its starter, a higher role, or {a.min_role}"
             lines.append(f"    or {e.kind} ({who}): {e.means}")
+    if p.result is None and (clocks := countdowns(p, datetime.now(timezone.utc))):
+        lines.append("  clocks: " + "; ".join(clocks))
         if a.seen_by:
             lines.append(f"    seen in PagerDuty by {a.seen_by} at {a.seen_at:%H:%M:%S} (not a decision): re-paging "
                          f"stopped, reminders in chat; still awaited: a signed {a.expects}")
@@ -366,23 +369,82 @@ async def truthful_progress(client, wid: str):
     return p, temporal, note
 
 
+@dataclass
+class FollowState:
+    """What `status --follow` has printed so far (so each poll prints only what is new)."""
+
+    steps_seen: int = 0
+    last_check_at: datetime | None = None
+    waiting: str | None = None
+    last_clocks: datetime | None = None
+
+
+CLOCK_EVERY = timedelta(seconds=30)  # a countdown line at most this often (and whenever a wait begins)
+
+
+def countdowns(p, now: datetime) -> list[str]:
+    """Every running clock of `p` at `now`, as an on-call reads them (pure)."""
+    from manual.canary import human
+
+    out = []
+    if p.observing_until is not None:
+        nxt = f", next check in {human(max(p.next_check_at - now, timedelta(0)))}" if p.next_check_at else ""
+        out.append(f"{p.current_step or 'observation'}: {human(max(p.observing_until - now, timedelta(0)))} left{nxt}")
+    aw = p.awaiting
+    if aw is not None and aw.deadline is not None:
+        left = human(max(aw.deadline - now, timedelta(0)))
+        if aw.on_timeout == "proceed":
+            out.append(f"{aw.step}: proceeds on its own in {left} unless someone decides")
+        elif aw.on_timeout == "fail":
+            out.append(f"{aw.step}: expires in {left}, nothing applied")
+        elif aw.seen_by:
+            out.append(f"{aw.step}: seen by {aw.seen_by}; next reminder in {left}")
+        else:
+            out.append(f"{aw.step}: re-page at escalation level {p.page_level + 1} in {left}")
+    return out
+
+
+def follow_lines(st: FollowState, p, now: datetime) -> list[str]:
+    """The lines `status --follow` prints for this poll of `p` (pure): finished steps, each new health check
+    (each value against its limit), a new wait (what, from whom, its exits) and the clocks."""
+    news: list[tuple[datetime, str]] = []  # finished steps and new checks, in time order
+    done = [h for h in p.history if h.outcome is not None]
+    for h in done[st.steps_seen:]:
+        news.append((h.ended_at, f"  {h.ended_at:%H:%M:%S}  {h.name:<22} {h.outcome:<10} {h.detail}"))
+    st.steps_seen = len(done)
+    for c in p.checks:
+        if st.last_check_at is None or c.at > st.last_check_at:
+            what = ", ".join(c.readings) if c.readings else "; ".join(c.breaches) or "ok"
+            news.append((c.at, f"  {c.at:%H:%M:%S}  check {'ok' if c.ok else 'FAILED'}: {what}"))
+            st.last_check_at = c.at
+    out = [line for _, line in sorted(news, key=lambda x: x[0])]
+    aw = p.awaiting
+    began = aw is not None and aw.step != st.waiting
+    if began:
+        out.append(f"  WAITING for {aw.expects} from {aw.min_role} or above at step {aw.step}: {aw.prompt}")
+        for e in aw.exits:
+            who = f"{e.min_role}+" if e.min_role else f"its starter, a higher role, or {aw.min_role}"
+            out.append(f"    or {e.kind} ({who}): {e.means}")
+    st.waiting = aw.step if aw is not None else None
+    if began or st.last_clocks is None or now - st.last_clocks >= CLOCK_EVERY:
+        clocks = countdowns(p, now)
+        if clocks:
+            out.append(f"  {now:%H:%M:%S}  " + "; ".join(clocks))
+            st.last_clocks = now
+    return out
+
+
 async def _follow(client, wid: str, as_json: bool) -> int:
     from temporalio.client import WorkflowExecutionStatus
 
-    seen = -1
-    last_wait = None
+    st = FollowState()
     while True:
         p, temporal, _ = await truthful_progress(client, wid)  # one describe and one query per poll
         if as_json:
             print_json(p.model_dump(mode="json"))
         else:
-            done = [h for h in p.history if h.outcome is not None]
-            for h in done[seen + 1:]:
-                print(f"  {h.ended_at.strftime('%H:%M:%S')}  {h.name:<22} {h.outcome:<10} {h.detail}")
-            seen = len(done) - 1
-            if p.awaiting and p.awaiting.step != last_wait:
-                last_wait = p.awaiting.step
-                print(f"  WAITING for {p.awaiting.expects} ({p.awaiting.min_role}+): {p.awaiting.prompt}")
+            for line in follow_lines(st, p, datetime.now(timezone.utc)):
+                print(line)
         if temporal != WorkflowExecutionStatus.RUNNING.name.lower():
             print(f"{wid}: {temporal}" + (f", {p.result}" if p.result else "")
                   + (f" ({p.detail})" if p.detail else ""))
