@@ -254,3 +254,27 @@ def get(name: str) -> Switch:
 
 def defaults() -> dict[str, Any]:
     return {s.name: s.default for s in SWITCHES}
+
+
+# A numeric change that moves a switch away from its rollback value (the manual's safe state) by this
+# factor or more is asked again (`--yes`): a misplaced decimal point (1.5 typed as 15, $2,500 as $25,000)
+# is a 10x change; no change the manual describes is one. Towards the rollback value (100% -> the 5%
+# canary) is never asked: it lowers risk.
+LARGE_CHANGE_FACTOR = 5.0
+
+
+def large_change(sw: Switch, old: Any, new: Any) -> str | None:
+    """Why changing `sw` from `old` to `new` needs a second look (a large factor away from its rollback
+    value), or None. Pure."""
+    if sw.type not in (SwitchType.MONEY, SwitchType.FLOAT, SwitchType.INT):
+        return None
+    if not isinstance(old, (int, float)) or not isinstance(new, (int, float)) or not old or not new:
+        return None  # to or from zero: switching a limit off or on is not a typo's shape
+    safe = sw.rollback_value
+    if abs(new - safe) <= abs(old - safe):
+        return None  # towards the safe state
+    factor = max(new / old, old / new)
+    if factor < LARGE_CHANGE_FACTOR:
+        return None
+    return (f"{sw.name} {sw.render(old)} -> {sw.render(new)} is a {factor:.3g}x change away from its rollback "
+            f"value {sw.render(safe)} (a misplaced decimal point looks like this)")

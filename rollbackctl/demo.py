@@ -191,6 +191,10 @@ def audited_change(demo: Demo) -> None:
     demo.notes["change"] = ("hedge_max_leverage", target)
     print("A value outside the switch's bounds is refused with exit code 2, and nothing is written:")
     demo.cli("switch", "set", "hedge_max_leverage", "25", "--as", demo.risk_manager, "--reason", "typo", ok=(2,))
+    print("\nA valid value five times further from the safe one (a misplaced decimal point?) is shown and asked again;"
+          "\n--dry-run shows what a change would do and writes nothing:")
+    demo.cli("switch", "set", "hedge_max_leverage", "15", "--as", demo.risk_manager, "--reason", "typo", ok=(2,))
+    demo.cli("switch", "set", "hedge_max_leverage", target, "--as", demo.risk_manager, "--reason", why, "--dry-run")
     print("\nThe owner role (risk_manager) sets a valid value: the CLI signs it, the worker checks the signature and\n"
           "applies it; the change, its audit record (with the signature) and the nonce are one etcd transaction:")
     demo.cli("switch", "set", "hedge_max_leverage", target, "--as", demo.risk_manager,

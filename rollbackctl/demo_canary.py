@@ -53,8 +53,9 @@ def _second_approval(demo: Demo, wid: str, reason: str, show_refusal: bool = Fal
 def _phase1(demo: Demo) -> None:
     """The configuration before the canary (Phase 2 done): internalization off, every order to HL."""
     for name, value, who in PHASE1:
+        # --yes: a scripted reset; 5% -> 100% would otherwise be asked again (a 20x move from the safe value)
         demo.cli("switch", "set", name, value, "--as", who, "--reason", "demo: Phase 1 before the Phase 3 canary",
-                 show=False)
+                 "--yes", show=False)
     httpx.delete(f"{demo.core_url}/sim/faults", timeout=5)
 
 

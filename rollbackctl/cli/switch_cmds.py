@@ -52,6 +52,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--break-glass", metavar="REASON",
                    help="super admin: apply a two-person change alone (paged to everyone, marked in the audit)")
     p.add_argument("--wait", action="store_true", help="a two-person change: wait for the second approval")
+    p.add_argument("--yes", action="store_true",
+                   help="apply a change that is asked again: a large factor (a misplaced decimal point?) or a "
+                        "switch a running rollback, degradation or canary holds")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print old -> new, who may approve it, the two-person rule and any warning; write nothing")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_set)
 
@@ -220,10 +225,22 @@ async def cmd_set(args) -> int:
         raise CliError(str(e), 2) from None
     if not args.reason.strip():
         raise CliError("--reason must not be empty", 2)
+    from manual import switches
     from rollbackctl.cli import signing
 
+    async with switch_store() as store:
+        st = await store.get(sw.name)
+        op = await store.operator(args.actor) if args.dry_run else None
+    if st.revision == 0:
+        raise CliError(f"switch store not initialised ({sw.name} missing): run `rollbackctl init`", 2)
+    warnings = [w for w in (switches.large_change(sw, st.value, value), await _held_by(sw, st)) if w]
+    if args.dry_run:
+        return _dry_run(args, sw, st, value, op, warnings, signing.signing_on())
+    if warnings and not args.yes:
+        raise CliError(f"{sw.name}: {sw.render(st.value)} -> {sw.render(value)} not applied: "
+                       + "; ".join(warnings) + ". Re-run with --yes to apply it", 2)
     if signing.signing_on():
-        return await _set_signed(args, sw, value, expected)
+        return await _set_signed(args, sw, value, expected, st)
     if args.break_glass:
         raise CliError("--break-glass needs signing on (the two-person rule is off with ROLLBACKCTL_SIGNING=off)", 2)
     req = ChangeSetRequest(
@@ -244,14 +261,63 @@ async def cmd_set(args) -> int:
     return 0
 
 
-async def _set_signed(args, sw, value, expected) -> int:
+HOLDERS = ("rollback-", "degrade-", "canary-")  # workflow ids whose change sets hold switches until they end
+
+
+async def _held_by(sw, st) -> str | None:
+    """If the switch's last change came from a rollback, degradation or canary that still runs: who, and
+    what that means (its restore or rollback compares before it writes, so it would stop, not overwrite)."""
+    wid = (st.change_id or "").split(":", 1)[0]
+    if not wid.startswith(HOLDERS) or ":" not in (st.change_id or ""):
+        return None
+    from core.temporal_client import TemporalUnavailable, connect
+
+    try:
+        client = await connect()
+        desc = await client.get_workflow_handle(wid).describe()
+        if desc.status is not None and desc.status.name != "RUNNING":
+            return None
+        state = "still runs"
+    except TemporalUnavailable:
+        state = "may still run (Temporal unreachable: not checked)"
+    except Exception:  # not found (e.g. another namespace): not a known holder
+        return None
+    return (f"{sw.name} is held by {wid}, which {state}: it set {sw.render(st.value)}"
+            + (f" at {st.updated_at}" if st.updated_at else "") + "; its restore or rollback will stop at your "
+            f"change rather than overwrite it (`rollbackctl status {wid}`; `withdraw` it if it is done)")
+
+
+def _dry_run(args, sw, st, value, op, warnings: list[str], signing_on: bool) -> int:
+    from manual import approvals
+
+    role = op.role if op is not None else None
+    need = approvals.required_role(sw.name)
+    may = role is not None and role.at_least(need)
+    two = signing_on and approvals.needs_two_people(sw.name, value)
+    out = {
+        "dry_run": True, "switch": sw.name, "old": st.value, "new": value, "revision": st.revision,
+        "owner_role": need.value, "actor": args.actor, "actor_role": role.value if role else None, "allowed": may,
+        "two_person": two, "latency": sw.latency.value, "warnings": warnings, "needs_yes": bool(warnings),
+    }
+    if args.json:
+        print_json(out)
+        return 0
+    print(f"DRY RUN, nothing written: {sw.name} {sw.render(st.value)} -> {sw.render(value)} "
+          f"(etcd revision {st.revision}; effective everywhere within {sw.latency.value})")
+    who = (f"{args.actor} is {role.value}: " + ("allowed" if may else "REFUSED") if role is not None
+           else f"{args.actor} is not an operator: REFUSED")
+    print(f"  owner role {need.value}; {who}")
+    print("  two-person rule: " + ("a second super_admin must confirm (`rollbackctl confirm change-... --as OTHER`),"
+                                   " or --break-glass" if two else "no"))
+    for w in warnings:
+        print(f"  needs --yes: {w}")
+    return 0
+
+
+async def _set_signed(args, sw, value, expected, st) -> int:
     """Sign the change against the revision read now; the worker verifies and applies it."""
     from rollbackctl.cli import signing
 
-    async with switch_store() as store:
-        st = await store.get(sw.name)
-    if st.revision == 0:
-        raise CliError(f"switch store not initialised ({sw.name} missing): run `rollbackctl init`", 2)
     values = {"value": value, "reason": args.reason.strip()}
     if expected is not None:
         values["expected"] = expected[sw.name]
