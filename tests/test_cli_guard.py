@@ -85,3 +85,28 @@ async def test_a_switch_held_by_a_running_rollback_needs_yes(ts_env, store, etcd
     await set_switches(store, "alice", routing_mode="HL_MODE")
     r = run_cli("switch", "set", "routing_mode", "NORMAL_MODE", "--as", "rita", "--reason", "x", env=env)
     assert r.code == 0, r
+
+
+async def test_dry_runs_of_rollback_degrade_and_canary_start_nothing(store, etcd, prefix, env):
+    """With Temporal unreachable (127.0.0.1:1) a real start would exit 5: a dry run needs only etcd's roles,
+    prints the manual's plan for it, and writes nothing."""
+    before = await dump(etcd, prefix)
+    r = run_cli("rollback", "start", "--severity", "critical_path_failure", "--scope", "full_system", "--incident",
+                "D-1", "--as", "oscar", "--reason", "x", "--dry-run", env=env)
+    assert r.code == 0, r
+    out = r.out
+    assert out.startswith("DRY RUN, nothing started: rollback-D-1 (critical_path_failure, full_system) by oscar (on_call)")
+    assert "change set: global_api_enabled=False" in out
+    assert "full_system needs super_admin; oscar is on_call: it waits for a super admin's `confirm`" in out
+    assert "already at Level 3" in out and "`withdraw` ends it at any wait" in out
+    r = run_cli("rollback", "start", "--severity", "critical_path_failure", "--scope", "single_module", "--switch",
+                "hedging", "--incident", "D-2", "--as", "oscar", "--reason", "x", "--dry-run", env=env)
+    assert "3 failed in a row escalate: cross_module -> full_system (a super admin's escalate, or stay)" in r.out, r
+    r = run_cli("degrade", "2", "--incident", "D-3", "--as", "oscar", "--reason", "x", "--dry-run", env=env)
+    assert r.code == 0 and "level 2 (Read-Only + Limited" in r.out.splitlines()[0], r
+    assert "trading core: pause_hl_opens" in r.out and "approval: none needed" in r.out
+    r = run_cli("degrade", "3", "--incident", "D-4", "--as", "oscar", "--reason", "x", "--dry-run", env=env)
+    assert "REFUSED as asked: level 3 needs super_admin; oscar is on_call" in r.out, r
+    r = run_cli("canary", "start", "phase3", "--as", "alice", "--reason", "x", "--dry-run", env=env)
+    assert r.code == 0 and r.out.startswith("DRY RUN, nothing started:") and "stage 4" in r.out.lower(), r
+    assert await dump(etcd, prefix) == before

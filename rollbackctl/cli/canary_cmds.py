@@ -76,6 +76,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="super admin: start a plan under the two-person rule without a second approval (paged to "
                         "everyone, audited)")
     p.add_argument("--follow", action="store_true", help="print progress until the canary ends")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the plan, who may start it and the approvals it needs; start nothing")
     p.set_defaults(func=cmd_start)
 
     p = cs.add_parser("plan", help="show a phase's plan: stages, profiles, pass criteria, gates and their reasons")
@@ -240,6 +242,15 @@ async def cmd_start(args) -> int:
                            f"{', '.join(owned)} (owned by {need.value}): it needs a {need.value}", 3)
         if args.break_glass is not None and op.role is not Role.SUPER_ADMIN:
             raise CliError(f"{args.actor} is {op.role.value}; --break-glass needs a super_admin", 3)
+        if args.dry_run:
+            from manual import canary
+
+            print(f"DRY RUN, nothing started: {plan.title}{plan.scale_note()}, approved by {args.actor} "
+                  f"({op.role.value}; starting it needs {need.value})")
+            note = two_person_note(plan, args.break_glass) if signing_on() else None
+            print(f"  approval: {note}" if note else "  approval: none beyond yours")
+            print(canary.describe(plan))
+            return 0
         inp = CanaryInput(phase=args.phase, requested_by=args.actor, reason=args.reason, plan=plan_in,
                           time_scale=args.time_scale, drill=args.drill, break_glass=args.break_glass,
                           approval_timeout=approval_timeout(at_most=timedelta(days=7)))

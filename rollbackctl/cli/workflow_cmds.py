@@ -67,10 +67,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--break-glass", metavar="REASON",
                    help="super admin, full_system: apply Level 3 without a second approval (paged to everyone, audited)")
     p.add_argument("--wait", action="store_true", help="follow progress until the workflow ends")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the change set, checklist, approvals needed and escalation path; start nothing")
     _durations_args(p)
     p.set_defaults(func=cmd_rollback_start)
 
     p = sub.add_parser("degrade", help="apply degradation level 1, 2 or 3 as a durable workflow")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the level's switches and trading-core controls, checklist, approvals and what "
+                        "follows; start nothing")
     p.add_argument("level", type=int, choices=[1, 2, 3])
     p.add_argument("--incident", required=True)
     p.add_argument("--as", dest="actor", required=True, metavar="OPERATOR")
@@ -185,6 +190,8 @@ async def cmd_rollback_start(args) -> int:
                         severity=rollback.Severity(args.severity), scope=scope, switch=args.switch,
                         requested_by=args.actor, reason=args.reason, durations=_durations(args), drill=args.drill,
                         break_glass=args.break_glass)
+    if args.dry_run:  # no key needed: nothing is signed or started
+        return rollback_dry_run(inp, await _operator_role(args.actor))
     from contracts.roles import Role
     from rollbackctl.cli import signing
     from core.temporal_client import connect
@@ -201,6 +208,45 @@ async def cmd_rollback_start(args) -> int:
     return await _start("RollbackWorkflow", inp, f"rollback-{args.incident}", "rollback", args.wait, client)
 
 
+def rollback_dry_run(inp, role) -> int:
+    """What `rollback start` would do, from the manual's tables: nothing is started or written."""
+    from manual import approvals, rollback
+    from manual.canary import human
+
+    d, scope = inp.durations, inp.scope
+    changes = rollback.target_changes(scope, inp.switch)
+    need = rollback.required_role(scope)
+    print(f"DRY RUN, nothing started: rollback-{inp.incident_id} ({inp.severity.value}, {scope.value}) by "
+          f"{inp.requested_by} ({role.value})")
+    if inp.severity is rollback.Severity.NON_CRITICAL:
+        print(f"  no switch changes: notifies, observes {human(d.observe)}; `escalate` turns it into a rollback")
+        return 0
+    if inp.severity is rollback.Severity.DATA:
+        print(f"  first a {human(d.decision_window)} decision window: `proceed` now or `cancel`; it rolls back "
+              "when the window ends")
+    print("  change set: " + ", ".join(f"{k}={v}" for k, v in changes.items()))
+    step = rollback.checklist_step(changes, inp.severity is not rollback.Severity.DATA)
+    print("  checklist: " + "; ".join(i.title for i in step.items))
+    if not role.at_least(need):
+        print(f"  approval: {scope.value} needs {need.value}; {inp.requested_by} is {role.value}: it waits for a "
+              f"super admin's `confirm` (re-paged every {human(d.confirm_sla)}), nothing applied before")
+    elif approvals.two_person_changes(changes):
+        print(f"  approval: the two-person rule covers {', '.join(approvals.two_person_changes(changes))} (signing "
+              "on): a second super admin confirms, or --break-glass")
+    else:
+        print(f"  approval: none needed ({inp.requested_by} is {role.value}, {scope.value} needs {need.value})")
+    path, nxt = [], rollback.NEXT_SCOPE[scope]
+    while nxt is not None:
+        path.append(nxt.value + (" (a super admin's escalate, or stay)" if nxt is rollback.Scope.FULL else ""))
+        nxt = rollback.NEXT_SCOPE[nxt]
+    print(f"  then: observe {human(d.observe)}, a check every {human(d.check_interval)}; {d.consecutive_breaches} "
+          "failed in a row escalate" + (f": {' -> '.join(path)}" if path else ": already at Level 3"))
+    print(f"  then: `confirm` by {need.value}+ (re-paged every {human(d.confirm_sla)}), `fix` with a reference "
+          f"and passing tests, restore through the 5% stage ({human(d.restore_observe)} observed) to full; "
+          "`withdraw` ends it at any wait")
+    return 0
+
+
 async def cmd_degrade(args) -> int:
     from manual import degradation
     from workflows.degradation import DegradationWorkflow, degrade_workflow_id
@@ -208,6 +254,8 @@ async def cmd_degrade(args) -> int:
 
     lvl = degradation.get(args.level)
     role = await _operator_role(args.actor)
+    if args.dry_run:
+        return degrade_dry_run(lvl, args, role, _durations(args))
     if not role.at_least(lvl.permission):
         raise CliError(f"degradation level {lvl.level} needs {lvl.permission.value}; {args.actor} is {role.value}", 3)
     from rollbackctl.cli import signing
@@ -219,6 +267,30 @@ async def cmd_degrade(args) -> int:
     print("still available: " + "; ".join(lvl.available))
     return await _start(DegradationWorkflow.run, inp, degrade_workflow_id(args.level, args.incident), "degradation",
                         args.wait)
+
+
+def degrade_dry_run(lvl, args, role, d) -> int:
+    """What `degrade N` would do, from the manual's tables: nothing is started or written."""
+    from manual import approvals, checklist
+    from manual.canary import human
+
+    print(f"DRY RUN, nothing started: degrade-{lvl.level}-{args.incident}: level {lvl.level} ({lvl.name}) by "
+          f"{args.actor} ({role.value})")
+    print("  switches: " + ", ".join(f"{k}={v}" for k, v in lvl.switch_set.items()))
+    if lvl.core_actions:
+        print("  trading core: " + ", ".join(a.action for a in lvl.core_actions))
+    print("  still available: " + "; ".join(lvl.available))
+    print("  checklist: " + "; ".join(i.title for i in checklist.BEFORE_DEGRADATION))
+    if not role.at_least(lvl.permission):
+        print(f"  REFUSED as asked: level {lvl.level} needs {lvl.permission.value}; {args.actor} is {role.value}")
+    elif two := approvals.two_person_changes(dict(lvl.switch_set)):
+        print(f"  approval: the two-person rule covers {', '.join(two)} (signing on): a second "
+              f"{lvl.permission.value} confirms, or --break-glass")
+    else:
+        print("  approval: none needed")
+    print(f"  then: observe {human(d.observe)}; `confirm` by {lvl.permission.value}+ (re-paged every "
+          f"{human(d.confirm_sla)}); `fix` restores; `withdraw` ends it at any wait")
+    return 0
 
 
 async def resolve_id(client, ident: str) -> str:
