@@ -29,3 +29,17 @@ def test_version():
     exe = Path(sys.executable).parent / "rollbackctl"
     r = subprocess.run([str(exe), "--version"], capture_output=True, text=True, timeout=30)
     assert r.returncode == 0 and r.stdout.strip() == f"rollbackctl {version('rollbackctl')}"
+
+
+ACTIONS = ["confirm", "proceed", "cancel", "escalate", "fix", "withdraw", "stay", "ack", "tick", "resolve",
+           "canary pause", "canary resume", "canary promote", "canary abort", "canary extend", "switch set"]
+
+
+def test_every_action_command_can_answer_in_json():
+    """Scripts and the console read what a decision did without parsing prose."""
+    p = build_parser()
+    for cmd in ACTIONS:
+        sp = p
+        for word in cmd.split():
+            sp = next(a for a in sp._actions if a.__class__.__name__ == "_SubParsersAction").choices[word]
+        assert any("--json" in a.option_strings for a in sp._actions), f"`rollbackctl {cmd}` has no --json"

@@ -100,8 +100,10 @@ async def test_signed_cli_end_to_end_and_no_private_key_leaks(dev_env, store, et
         r = await ok("status", twice)
         assert "or withdraw (its starter, a higher role, or super_admin)" in r.out
         r = await ok("withdraw", twice, "--as", "alice", code=2)  # argparse: --reason is required
-        r = await ok("withdraw", twice, "--as", "alice", "--reason", "asked twice")
-        assert "withdraw by alice accepted" in r.out
+        r = await ok("withdraw", twice, "--as", "alice", "--reason", "asked twice", "--json")
+        j = json.loads(r.out)
+        assert (j["workflow_id"], j["action"], j["accepted"]) == (twice, "withdraw", True)
+        assert "withdraw by alice accepted" in j["message"] and j["web_ui"].endswith(twice)
         res = await dev_env.client.get_workflow_handle(twice).result()
         assert res["status"] == "withdrawn" and "nothing applied" in res["detail"]
         await ok("confirm", wid, "--as", "sam", "--reason", "agreed")
@@ -186,8 +188,10 @@ async def test_canary_start_signed_by_the_cli_waits_for_a_second_super_admin(dev
         r = await ok("status", twice)
         assert "or withdraw (its starter, a higher role, or super_admin)" in r.out
         r = await ok("withdraw", twice, "--as", "alice", code=2)  # argparse: --reason is required
-        r = await ok("withdraw", twice, "--as", "alice", "--reason", "asked twice")
-        assert "withdraw by alice accepted" in r.out
+        r = await ok("withdraw", twice, "--as", "alice", "--reason", "asked twice", "--json")
+        j = json.loads(r.out)
+        assert (j["workflow_id"], j["action"], j["accepted"]) == (twice, "withdraw", True)
+        assert "withdraw by alice accepted" in j["message"] and j["web_ui"].endswith(twice)
         res = await dev_env.client.get_workflow_handle(twice).result()
         assert res["status"] == "withdrawn" and "nothing applied" in res["detail"]
         r = await ok("canary", "pause", "phase3", "--as", "rita", code=4)

@@ -100,6 +100,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         p.add_argument("--reason", default="")
         if kind == "extend":
             p.add_argument("--by", type=duration, required=True, help="how much longer, e.g. 12h, 1d")
+        p.add_argument("--json", action="store_true")
         p.set_defaults(func=cmd_decision, kind=kind)
 
 
@@ -316,7 +317,9 @@ async def cmd_decision(args) -> int:
         raise refused(e, args.kind, wid) from None
     except RPCError as e:
         raise CliError(f"{wid}: {e.message}", 4 if "complete" in e.message.lower() else 5) from None
-    print(f"{ack.get('message', 'accepted')}\n{links(wid)}")
+    from rollbackctl.cli.common import report_action
+
+    report_action(args, wid, args.kind, ack.get("message", "accepted"))
     return 0
 
 

@@ -92,3 +92,21 @@ def table(rows: list[list[str]], headers: list[str]) -> str:
     widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows)]
     line = lambda r: "  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip()  # noqa: E731
     return "\n".join([line(headers), line(["-" * w for w in widths]), *(line(r) for r in rows)])
+
+
+def links(wid: str) -> str:
+    """Where to look: the workflow id and its page in Temporal's Web UI."""
+    from core.settings import TemporalSettings
+
+    return f"workflow {wid}\nWeb UI   {TemporalSettings().workflow_url(wid)}"
+
+
+def report_action(args, wid: str, action: str, message: str) -> None:
+    """What an accepted decision did, as text (with where to look) or, with --json, one object."""
+    if getattr(args, "json", False):
+        from core.settings import TemporalSettings
+
+        print_json({"workflow_id": wid, "action": action, "accepted": True, "message": message,
+                    "web_ui": TemporalSettings().workflow_url(wid)})
+    else:
+        print(f"{message}\n{links(wid)}")

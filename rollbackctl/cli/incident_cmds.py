@@ -20,7 +20,7 @@ import re
 import signal
 from datetime import datetime, timezone
 
-from rollbackctl.cli.common import CliError, print_json, table
+from rollbackctl.cli.common import CliError, print_json, report_action, table
 
 _STAMP = re.compile(r"-\d{8}T\d{6}Z$")
 
@@ -35,6 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("id")
     p.add_argument("--as", dest="actor", required=True, metavar="OPERATOR")
     p.add_argument("--reason", default="")
+    p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_ack)
 
     p = sub.add_parser("tick", help="tick a further step of a P0 incident's checklist")
@@ -43,6 +44,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--as", dest="actor", required=True, metavar="OPERATOR")
     p.add_argument("--note", default="")
     p.add_argument("--reopen", action="store_true", help="mark it not done")
+    p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_tick)
 
     p = sub.add_parser("resolve", help="resolve a P0 incident whose condition has cleared")
@@ -52,6 +54,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--undo", action="store_true",
                    help="also undo the immediate action (rules recovered by a human; switches by compare-and-swap)")
     p.add_argument("--force", action="store_true", help="super admin: although the monitor still reports it firing")
+    p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_resolve)
 
     p = sub.add_parser("monitor", help="run the P0 monitor in the foreground (or --status / --stop)")
@@ -98,7 +101,7 @@ def _sla_text(st, now: datetime) -> tuple[str, str]:
     return ack, act
 
 
-async def _update(name: str, ident: str, arg, sign_as: str | None = None) -> str:
+async def _update(name: str, ident: str, arg, sign_as: str | None = None) -> tuple[str, str]:
     """Send Update `name`; a Decision is signed for decision kind `sign_as` when signing is on."""
     from temporalio.client import WorkflowUpdateFailedError
     from temporalio.service import RPCError
@@ -124,8 +127,7 @@ async def _update(name: str, ident: str, arg, sign_as: str | None = None) -> str
         if "not found" in e.message.lower() or "completed" in e.message.lower():
             raise CliError(f"{wid}: no open incident ({e.message})", 4) from None
         raise CliError(f"{wid}: {e.message}", 5) from None
-    msg = res.get("message") if isinstance(res, dict) else res
-    return f"{msg}\n{_link(wid)}"
+    return wid, (res.get("message") if isinstance(res, dict) else res)
 
 
 def _link(wid: str) -> str:
@@ -202,23 +204,26 @@ async def cmd_ack(args) -> int:
     from contracts.progress import Decision
 
     # signed (signing on) like `rollbackctl confirm`: the manual's "5-min confirm" is this acknowledgement
-    print(await _update("acknowledge", args.id, Decision(actor=args.actor, reason=args.reason), sign_as="confirm"))
+    wid, msg = await _update("acknowledge", args.id, Decision(actor=args.actor, reason=args.reason), sign_as="confirm")
+    report_action(args, wid, "acknowledge", msg)
     return 0
 
 
 async def cmd_tick(args) -> int:
     from contracts.incidents import TickRequest
 
-    print(await _update("tick", args.id, TickRequest(actor=args.actor, item=args.item, note=args.note,
-                                                      done=not args.reopen), sign_as="tick"))
+    wid, msg = await _update("tick", args.id, TickRequest(actor=args.actor, item=args.item, note=args.note,
+                                                           done=not args.reopen), sign_as="tick")
+    report_action(args, wid, "tick", msg)
     return 0
 
 
 async def cmd_resolve(args) -> int:
     from contracts.incidents import ResolveRequest
 
-    print(await _update("resolve", args.id, ResolveRequest(actor=args.actor, reason=args.reason, undo=args.undo,
-                                                            force=args.force), sign_as="resolve"))
+    wid, msg = await _update("resolve", args.id, ResolveRequest(actor=args.actor, reason=args.reason, undo=args.undo,
+                                                                 force=args.force), sign_as="resolve")
+    report_action(args, wid, "resolve", msg)
     return 0
 
 

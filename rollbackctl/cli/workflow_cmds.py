@@ -109,6 +109,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                            help="super admin: force a two-person step alone (paged to everyone, audited)")
         if name == "escalate":
             p.add_argument("--level", type=int, choices=[2, 3])
+        p.add_argument("--json", action="store_true")
         if name == "fix":
             p.add_argument("--reference", help="the deployed fix: commit, release or ticket")
             p.add_argument("--tests-passed", action="store_true", help="the fix's unit tests passed")
@@ -331,7 +332,9 @@ async def cmd_decision(args) -> int:
         raise refused(e, args.decision, wid) from None
     except RPCError as e:
         raise CliError(f"{wid}: {e.message}", 4 if "completed" in e.message.lower() else 5) from None
-    print(f"{ack.get('message', 'accepted')}\n{_links(wid)}")
+    from rollbackctl.cli.common import report_action
+
+    report_action(args, wid, args.decision, ack.get("message", "accepted"))
     return 0
 
 
