@@ -34,8 +34,25 @@ def cmd_up(args) -> int:
     except PagingNotConfigured as e:
         raise CliError(str(e), 2) from None
     print(f"\nWeb UI: {st.ui_url}    data and logs: {st.dir}")
-    print("stop it with: rollbackctl dev down")
+    print("\nIn another shell, to use this stack (and act as the demo's operators, whose keys are kept here):")
+    print("\n".join(export_lines(st)))
+    print("\nstop it with: rollbackctl dev down")
     return 0
+
+
+def export_lines(st) -> list[str]:
+    """`export` lines for a shell to reach the stack `st` (no secrets: the paging test token and webhook
+    secret stay in the stack's files; the trading-core token is the simulator's public dev token)."""
+    import shlex
+
+    from core.settings import TradingCoreSettings
+
+    env = {**st.env(), "ROLLBACKCTL_KEY_DIR": str(st.dir / "keys"),
+           "ROLLBACKCTL_TRADING_CORE_TOKEN": TradingCoreSettings().token.get_secret_value()}
+    keep = ("ROLLBACKCTL_ETCD_ENDPOINTS", "ROLLBACKCTL_ETCD_PREFIX", "TEMPORAL_ADDRESS", "TEMPORAL_NAMESPACE",
+            "ROLLBACKCTL_TASK_QUEUE", "ROLLBACKCTL_TRADING_CORE_URL", "ROLLBACKCTL_TRADING_CORE_TOKEN",
+            "ROLLBACKCTL_TEMPORAL_UI_URL", "ROLLBACKCTL_KEY_DIR")
+    return [f"export {k}={shlex.quote(str(env[k]))}" for k in keep if env.get(k)]
 
 
 def cmd_down(args) -> int:
