@@ -289,6 +289,10 @@ async def test_restore_does_not_overwrite_a_switch_changed_since(ts_env, store, 
     assert res.status == "restore_blocked"
     await save_history(h, "rollback_restore_blocked")
     assert "routing_mode is BETTING_MODE (set by rita" in res.detail
+    # the page names every switch still off, not only the one in the way
+    assert "Not restored" in res.detail and "global_betting_enabled=false (was true)" in res.detail
+    (stopped,) = [p for p in si.pages if "stopped:" in p["summary"]]
+    assert "global_betting_enabled=false (was true)" in stopped["summary"]
     assert await values(store, "routing_mode", "global_betting_enabled") == {
         "routing_mode": "BETTING_MODE", "global_betting_enabled": False}
 

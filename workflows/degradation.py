@@ -17,7 +17,7 @@ import asyncio
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
-    from manual import degradation, rollback
+    from manual import degradation, rollback, switches
     from manual import degradation_plan as plan
     from contracts.changes import BreakGlass
     from contracts.progress import Progress, RunResult
@@ -77,8 +77,11 @@ class DegradationWorkflow(PagingHandlers):
         except StepFailed as e:
             status = ("refused" if isinstance(e, StartRefused)
                       else "restore_blocked" if e.conflict else "failed")
-            self.r.progress.detail = str(e)
-            await self.r.notify(f"{self.r.wid} stopped: {e}", page=True, severity="critical", kind="stopped")
+            held = ", ".join(f"{k}={switches.get(k).render(v)}" for k, v in self._held.items())
+            self.r.progress.detail = str(e) + (f". Still as this degradation set them, not restored: {held}"
+                                               if held else "")
+            await self.r.notify(f"{self.r.wid} stopped: {self.r.progress.detail}", page=True, severity="critical",
+                                kind="stopped")
         self.r.progress.status = self.r.progress.result = status
         self.r.progress.current_step = None
         await self.r.drain()

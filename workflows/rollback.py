@@ -99,8 +99,9 @@ class RollbackWorkflow(PagingHandlers):
         except StepFailed as e:
             status = ("refused" if isinstance(e, StartRefused)
                       else "restore_blocked" if e.conflict else "failed")
-            self.r.progress.detail = str(e)
-            await self.r.notify(f"{self.r.wid} stopped: {e}", page=True, severity="critical", kind="stopped")
+            self.r.progress.detail = str(e) + self._still_off()
+            await self.r.notify(f"{self.r.wid} stopped: {self.r.progress.detail}", page=True, severity="critical",
+                                kind="stopped")
         self.r.progress.status = status
         self.r.progress.result = status
         self.r.progress.current_step = None
@@ -232,6 +233,18 @@ class RollbackWorkflow(PagingHandlers):
         status = await self._restore(restore_to, fix, d)
         await self._core_left_in_force()
         return status
+
+    def _still_off(self) -> str:
+        """What this rollback set that is not back at its pre-incident value (said when it stops early)."""
+        if self.r.snapshot is None:
+            return ""
+        snap = self.r.snapshot.values()
+        off = {k: v for k, v in self.set_by_rollback.items() if snap.get(k) != v}
+        if not off:
+            return ""
+        return (". Not restored (as this rollback set them, unless changed since as said above): "
+                + ", ".join(f"{k}={switches.get(k).render(v)} (was {switches.get(k).render(snap.get(k))})"
+                            for k, v in off.items()))
 
     def _core_held(self) -> list[str]:
         """The trading-core controls this rollback holds in force now (said when it ends early)."""

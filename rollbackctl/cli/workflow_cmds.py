@@ -203,7 +203,10 @@ async def cmd_rollback_start(args) -> int:
     role, client = await asyncio.gather(_operator_role(args.actor), connect())
     if not role.at_least(Role.ON_CALL):
         raise CliError(f"{args.actor} is {role.value}; starting a rollback needs on_call or above", 3)
-    print("change set: " + ", ".join(f"{k}={v}" for k, v in changes.items()))
+    # Not applied yet: the workflow applies it after its checklist (and not at all if HL is down or an
+    # approval is missing); `status` says when it is (step `apply ok`, with the audit id and revision).
+    print("change set to apply (after the checklist; `status` shows when it is applied): "
+          + ", ".join(f"{k}={v}" for k, v in changes.items()))
     if not role.at_least(rollback.required_role(scope)):
         print(f"note: {scope.value} needs a super admin; the workflow will page and wait for one to confirm")
     return await _start("RollbackWorkflow", inp, f"rollback-{args.incident}", "rollback", args.wait, client)
@@ -264,7 +267,8 @@ async def cmd_degrade(args) -> int:
     inp = DegradeInput(level=args.level, incident_id=args.incident, requested_by=args.actor, reason=args.reason,
                        durations=_durations(args), drill=args.drill, break_glass=args.break_glass)
     inp.proof = signing.start_proof(inp, "degrade.start", degrade_workflow_id(args.level, args.incident))
-    print(f"level {lvl.level}: {lvl.name}\nswitches: " + ", ".join(f"{k}={v}" for k, v in lvl.switch_set.items()))
+    print(f"level {lvl.level}: {lvl.name}\nswitches to apply (after the checklist; `status` shows when they are): "
+          + ", ".join(f"{k}={v}" for k, v in lvl.switch_set.items()))
     print("still available: " + "; ".join(lvl.available))
     return await _start(DegradationWorkflow.run, inp, degrade_workflow_id(args.level, args.incident), "degradation",
                         args.wait)
