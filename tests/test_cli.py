@@ -90,8 +90,13 @@ async def test_switch_set_is_audited(env, store):
         "rita", "risk_manager", "hedge margin low", "cli")
     assert first["changes"] == [{"switch": "hedge_max_leverage", "old": 3.0, "new": 1.5}]
     assert first["revision"] > 0 and first["hash"] and recs[1]["prev_hash"] == first["hash"]
-    r = run_cli("audit", env=env)
+    r = run_cli("audit", env={**env, "COLUMNS": "200"})
     assert r.code == 0 and "hedge_max_leverage 3x -> 1.5x" in r.out and "rita (risk_manager)" in r.out
+    # it fits the terminal (a reason cut with "…"); --wide shows every column in full
+    narrow = run_cli("audit", env={**env, "COLUMNS": "100"}).out.splitlines()
+    assert max(len(line) for line in narrow) <= 100 and any("…" in line for line in narrow), narrow
+    wide = run_cli("audit", "--wide", env={**env, "COLUMNS": "100"}).out
+    assert "ban all" in wide and max(len(line) for line in wide.splitlines()) > 100
     r = run_cli("audit", "--limit", "0", "--json", env=env)
     assert len(r.json()) == len(await store.audit())
 

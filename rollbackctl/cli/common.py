@@ -94,6 +94,25 @@ def table(rows: list[list[str]], headers: list[str]) -> str:
     return "\n".join([line(headers), line(["-" * w for w in widths]), *(line(r) for r in rows)])
 
 
+def fit(rows: list[list[str]], headers: list[str], width: int, flexible: list[int]) -> list[list[str]]:
+    """`rows` with the `flexible` columns cut (ending in "…") so the table is at most `width` wide: the
+    widest flexible column gives way first, none below 8 characters."""
+    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows)]
+    while sum(widths) + 2 * (len(widths) - 1) > width:
+        col = max(flexible, key=lambda i: widths[i])
+        if widths[col] <= 8:
+            break
+        widths[col] -= 1
+    return [[c if i not in flexible or len(str(c)) <= widths[i] else str(c)[: widths[i] - 1] + "…"
+             for i, c in enumerate(r)] for r in rows]
+
+
+def terminal_width() -> int:
+    import shutil
+
+    return shutil.get_terminal_size((120, 24)).columns
+
+
 def links(wid: str) -> str:
     """Where to look: the workflow id and its page in Temporal's Web UI."""
     from core.settings import TemporalSettings

@@ -66,6 +66,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--limit", type=int, default=20, help="how many records (default 20; 0 = all)")
     p.add_argument("--expect-head", metavar="SEQ:HASH",
                    help="verify: the record SEQ must still have this hash (a head noted earlier, kept outside etcd)")
+    p.add_argument("--wide", action="store_true",
+                   help="every column in full (default: cut to the terminal's width, COLUMNS or 120)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_audit)
 
@@ -363,7 +365,12 @@ async def cmd_audit(args) -> int:
         if extra.get("break_glass"):
             actor += f" [BREAK-GLASS: {extra['break_glass'].get('reason')}]"
         rows.append([r.id, r.at, actor, r.source + (" [DRILL]" if r.drill else ""), what, r.reason])
-    print(table(rows, ["ID", "AT", "ACTOR", "SOURCE", "CHANGES", "REASON"]) if rows else "(no audit records)")
+    headers = ["ID", "AT", "ACTOR", "SOURCE", "CHANGES", "REASON"]
+    if rows and not args.wide:
+        from rollbackctl.cli.common import fit, terminal_width
+
+        rows = fit(rows, headers, terminal_width(), flexible=[2, 3, 4, 5])
+    print(table(rows, headers) if rows else "(no audit records)")
     return 0
 
 
