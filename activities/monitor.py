@@ -19,6 +19,8 @@ Per poll (default every 1 s, ROLLBACKCTL_MONITOR_INTERVAL_S):
    second one. A cleared rule is signalled too. Deliveries run beside the poll loop (one in flight
    per rule), so a slow Temporal never delays detection; an undelivered change is retried next poll.
 3. auto_mode_switch (beside the loop too, so a slow etcd never delays detection): see AutoMode.
+4. Every `end_watch_s` (beside the loop): workflows of ours on the incident task queue that Temporal
+   ended from outside their own logic (terminated, timed out) are paged once each: see EndWatch.
 """
 
 from __future__ import annotations
@@ -291,6 +293,58 @@ class AutoMode:
         return a.last
 
 
+# -- workflows ended from outside --------------------------------------------------------------------------------
+WATCHED_TYPES = ("RollbackWorkflow", "DegradationWorkflow", "CanaryWorkflow", "IncidentWorkflow",
+                 "ChangeRequestWorkflow")
+END_OVERLAP_S = 60.0  # each look goes back this far before the last one (visibility may lag)
+END_FIRST_LOOK_S = 3600.0  # a fresh monitor looks back this far (a termination while no monitor ran)
+ENDS_KEPT = 500
+
+
+class EndWatch:
+    """A workflow terminated (`temporal workflow terminate`, the Web UI) or timed out never runs its own
+    ending: it cannot say what it leaves behind or page anyone (a cancellation it handles itself). The
+    monitor looks for them in Temporal's visibility and pages each once, critical, saying what to check."""
+
+    def __init__(self, client: Client, task_queue: str, clock: Callable[[], datetime] = utcnow):
+        self.client, self.task_queue, self.clock = client, task_queue, clock
+
+    def query(self, since: datetime) -> str:
+        types = ", ".join(f"'{t}'" for t in WATCHED_TYPES)
+        return (f"WorkflowType IN ({types}) AND TaskQueue = '{self.task_queue}' AND "
+                f"ExecutionStatus IN ('Terminated', 'TimedOut') AND CloseTime > '{since.isoformat()}'")
+
+    async def step(self, state: MonitorState) -> list[str]:
+        """Page every new one; returns their "workflow_id/run_id"."""
+        from datetime import timedelta
+
+        from activities.pager_client import signal_pager
+        from contracts.paging import SUBMIT_SIGNAL, Notice
+
+        now = self.clock()
+        since = (state.ends_until - timedelta(seconds=END_OVERLAP_S) if state.ends_until
+                 else now - timedelta(seconds=END_FIRST_LOOK_S))
+        found = []
+        async for wf in self.client.list_workflows(self.query(since)):
+            key = f"{wf.id}/{wf.run_id}"
+            if key in state.ends_paged:
+                continue
+            how = wf.status.name if wf.status else "ENDED"
+            when = f"{wf.close_time:%Y-%m-%d %H:%M:%S} UTC" if wf.close_time else "recently"
+            text = (f"{wf.id} ({wf.workflow_type}) was {how} in Temporal at {when}, not ended by rollbackctl: it did "
+                    f"not run its remaining steps and could not page. The switches stay as it left them: check "
+                    f"`rollbackctl status {wf.id}`, `rollbackctl switch list` and `rollbackctl audit`, then decide "
+                    "(a new rollback, or `switch set`).")
+            await signal_pager(self.client, self.task_queue, SUBMIT_SIGNAL, [Notice(
+                id=f"monitor#ended/{key}"[:300], text=text, page=True, severity="critical", kind="ended_outside",
+                dedup_key=f"ended/{key}"[:255], urgent=True, fields={"workflow": wf.id})])
+            state.ends_paged = [*state.ends_paged[-(ENDS_KEPT - 1):], key]
+            found.append(key)
+            log.warning("%s", text)
+        state.ends_until = now
+        return found
+
+
 # -- the loop --------------------------------------------------------------------------------------------------
 HealthReader = Callable[[float], Awaitable[dict[str, Any]]]
 
@@ -299,7 +353,7 @@ class Monitor:
     """One poll at a time (`poll`), with deliveries and the auto mode switch beside it."""
 
     def __init__(self, inp: MonitorInput, read_health: HealthReader, incidents: IncidentPort,
-                 auto: AutoMode | None = None, clock: Callable[[], datetime] = utcnow):
+                 auto: AutoMode | None = None, clock: Callable[[], datetime] = utcnow, ends: EndWatch | None = None):
         self.inp = inp
         self.state = inp.state.model_copy(deep=True)
         self.detector = Detector(self.state)
@@ -307,6 +361,9 @@ class Monitor:
         self.timeout_s = inp.health_timeout_s or inp.interval_s * 0.8
         self._inflight: dict[str, asyncio.Task] = {}
         self._auto_task: asyncio.Task | None = None
+        self.ends = ends
+        self._ends_task: asyncio.Task | None = None
+        self._ends_at: datetime | None = None
         self.delivery_errors = 0
 
     async def poll(self) -> list[KeyState]:
@@ -325,7 +382,19 @@ class Monitor:
         self._deliver_pending(now)
         if self.auto is not None and (self._auto_task is None or self._auto_task.done()):
             self._auto_task = asyncio.create_task(self._auto_step(health))
+        if (self.ends is not None and (self._ends_task is None or self._ends_task.done())
+                and (self._ends_at is None or (now - self._ends_at).total_seconds() >= self.inp.end_watch_s)):
+            self._ends_at = now
+            self._ends_task = asyncio.create_task(self._ends_step())
         return changed
+
+    async def _ends_step(self) -> None:
+        try:
+            await self.ends.step(self.state)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # Temporal unreachable: the next look covers the gap (it starts where this one did)
+            log.warning("end watch: %s: %s", type(e).__name__, e)
 
     def _deliver_pending(self, now: datetime) -> None:
         for key, ks in self.state.keys.items():
@@ -358,12 +427,13 @@ class Monitor:
 
     async def settle(self) -> None:
         """Wait for deliveries and the auto mode step started so far (tests, shutdown)."""
-        tasks = [t for t in (*self._inflight.values(), self._auto_task) if t is not None and not t.done()]
+        tasks = [t for t in (*self._inflight.values(), self._auto_task, self._ends_task)
+                 if t is not None and not t.done()]
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
 
     async def close(self) -> None:
-        for t in (*self._inflight.values(), self._auto_task):
+        for t in (*self._inflight.values(), self._auto_task, self._ends_task):
             if t is not None and not t.done():
                 t.cancel()
         await self.settle()
@@ -411,7 +481,8 @@ class MonitorActivities:
             except Exception:
                 activity.logger.warning("could not resume the monitor state from the last heartbeat; starting fresh")
         m = Monitor(inp, self._read, TemporalIncidents(self.client, inp.incident_task_queue, inp.namespace, inp.timings),
-                    AutoMode(self.store, TemporalGuard(self.client), inp.namespace))
+                    AutoMode(self.store, TemporalGuard(self.client), inp.namespace),
+                    ends=EndWatch(self.client, inp.incident_task_queue))
         activity.logger.info("P0 monitor polling every %gs (attempt %d)", inp.interval_s, info.attempt)
         stop_at = asyncio.get_running_loop().time() + inp.run_for_s
         return await m.run(stop_at, beat=lambda st: activity.heartbeat(st.model_dump(mode="json")))

@@ -188,6 +188,10 @@ class MonitorState(BaseModel):
     polls: int = 0
     failed_polls: int = 0
     auto: AutoModeState = AutoModeState()
+    # The end watch: workflows ended from outside (terminated, timed out) seen up to this close time,
+    # and the runs already paged (the last ones; a window overlaps the next)
+    ends_until: datetime | None = None
+    ends_paged: list[str] = []
 
 
 class MonitorInput(BaseModel):
@@ -198,5 +202,6 @@ class MonitorInput(BaseModel):
     activity_task_queue: str | None = None  # where the monitor activity runs (default: the workflow's)
     heartbeat_timeout_s: float = 5.0
     run_for_s: float = 6 * 3600  # the activity hands over to a fresh run (continue-as-new) this often
+    end_watch_s: float = Field(default=10.0, gt=0)  # how often to look for workflows ended from outside
     timings: Timings = Timings()
     state: MonitorState = MonitorState()

@@ -310,3 +310,29 @@ async def test_monitor_keeps_auto_mode_and_detection_apart(store, mode):
     await asyncio.wait_for(asyncio.gather(*m._inflight.values()), 5)
     assert port.got == [("hot_wallet", None, True)]
     await m.close()
+
+
+class Ends:
+    """The end watch's port: counts its looks; fails the first `fail` (Temporal unavailable)."""
+
+    def __init__(self, fail: int = 0) -> None:
+        self.looks: list[datetime] = []
+        self.fail = fail
+
+    async def step(self, state) -> list[str]:
+        if self.fail:
+            self.fail -= 1
+            raise ConnectionError("temporal unavailable")
+        self.looks.append(state.polls)
+        return []
+
+
+async def test_the_end_watch_looks_every_end_watch_s_beside_the_polls_and_survives_temporal_down():
+    core, port, clock, ends = Core(), Port(), Clock(), Ends(fail=1)
+    m = Monitor(MonitorInput(interval_s=1.0, end_watch_s=10.0), core.read, port, clock=clock, ends=ends)
+    for _ in range(25):  # polls at 1 s .. 25 s: looks at the 1st (fails), 11th and 21st
+        clock.tick()
+        await m.poll()
+        await m.settle()
+    assert ends.looks == [11, 21] and m.state.polls == 25  # a failed look never stops the polls
+    await m.close()
