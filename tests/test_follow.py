@@ -10,7 +10,7 @@ import sys
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from contracts.progress import Awaiting, CheckResult, Exit, Progress, StepRecord
+from contracts.progress import Awaiting, CheckResult, Decision, Exit, Progress, StepRecord
 from manual.rollback import Durations, Scope, Severity
 from rollbackctl.cli.workflow_cmds import CLOCK_EVERY, FollowState, countdowns, follow_lines
 from tests.support.fixtures_sim import apply_and_wait
@@ -97,9 +97,27 @@ async def test_follow_a_real_rollback_through_the_cli(dev_env, store, sim, core_
             proc.kill()
             await proc.wait()
         await poll_progress(h, awaiting("confirm"))
-        await h.cancel()
+        await h.execute_update(RollbackWorkflow.withdraw, Decision(actor="oscar", reason="test over"))
+        await h.result()
     text = "\n".join(seen)
     assert "check ok: error_rate=" in text and "(<= 0.01) ok" in text, text
     assert "observe: " in text and " left, next check in " in text, text
     assert "or withdraw (its starter, a higher role, or on_call)" in text, text
     assert "confirm: re-page at escalation level 2 in 9m" in text, text
+
+
+def test_status_renders_a_running_observation_a_wait_and_a_seen_page():
+    """`status ID` (not --follow): the clocks line whether or not a human is awaited (a regression: the
+    render once read the awaited step's fields while nothing was awaited, and crashed)."""
+    from rollbackctl.cli.workflow_cmds import _render
+
+    p = observing()
+    p.observing_until = datetime.now(timezone.utc) + timedelta(minutes=4)
+    out = _render(p)
+    assert "clocks: observe: 3m5" in out or "clocks: observe: 4m" in out, out
+    p.observing_until = None
+    p.awaiting = Awaiting(step="confirm", expects="confirm", min_role="on_call", since=T0,
+                          deadline=datetime.now(timezone.utc) + timedelta(minutes=9, seconds=30), prompt="confirm it",
+                          seen_by="olive", seen_at=T0)
+    out = _render(p)
+    assert "seen in PagerDuty by olive" in out and "clocks: confirm: seen by olive; next reminder in 9m" in out, out

@@ -364,11 +364,11 @@ def _render(p) -> str:
         for e in a.exits:
             who = f"{e.min_role}+" if e.min_role else f"its starter, a higher role, or {a.min_role}"
             lines.append(f"    or {e.kind} ({who}): {e.means}")
-    if p.result is None and (clocks := countdowns(p, datetime.now(timezone.utc))):
-        lines.append("  clocks: " + "; ".join(clocks))
         if a.seen_by:
             lines.append(f"    seen in PagerDuty by {a.seen_by} at {a.seen_at:%H:%M:%S} (not a decision): re-paging "
                          f"stopped, reminders in chat; still awaited: a signed {a.expects}")
+    if p.result is None and (clocks := countdowns(p, datetime.now(timezone.utc))):
+        lines.append("  clocks: " + "; ".join(clocks))
     lines += paging_lines(p.alerts, p.paging_failures)
     if p.detail:
         lines.append(f"  {p.detail}")

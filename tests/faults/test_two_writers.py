@@ -82,7 +82,7 @@ async def test_rollback_loses_a_race_to_the_cli_and_retries_on_fresh_state(tclie
 
     async def cut_in() -> None:  # rita switches the mode while the rollback is about to write it
         cli_result.append(await cli(cli_env, "switch", "set", "routing_mode", "BETTING_MODE", "--as", "rita",
-                                    "--reason", "busy market: betting mode"))
+                                    "--reason", "busy market: betting mode", "--yes"))
 
     wetcd.cut_in = cut_in
     async with httpx.AsyncClient() as http:
@@ -131,8 +131,9 @@ async def test_cli_with_a_stale_expect_and_a_blocked_restore_get_clear_conflicts
 
     # rita still believes NORMAL_MODE is in force: compare-and-swap refuses, naming who set what
     before = await dump(etcd, prefix)
+    # (--yes: she knows the rollback holds routing_mode; without it the CLI asks first, tests/test_cli_guard.py)
     stale = await cli(cli_env, "switch", "set", "routing_mode", "BETTING_MODE", "--expect", "NORMAL_MODE", "--as",
-                      "rita", "--reason", "stale view")
+                      "rita", "--reason", "stale view", "--yes")
     assert stale.code == 4, (stale.code, stale.err)
     error = stale.err.strip().splitlines()[-1]  # (above it, with signing off: the drill-mode warning)
     assert error.startswith("rollbackctl: error: routing_mode is HL_MODE (set by oscar at ") and \
@@ -141,7 +142,7 @@ async def test_cli_with_a_stale_expect_and_a_blocked_restore_get_clear_conflicts
 
     # ... then she sets it without --expect (her call); the rollback's restore must not overwrite it
     r = await cli(cli_env, "switch", "set", "routing_mode", "BETTING_MODE", "--as", "rita", "--reason", "manual mode",
-                  "--json")
+                  "--json", "--yes")
     assert r.code == 0, r.err
     assert json.loads(r.out)["changes"] == [{"switch": "routing_mode", "old": "HL_MODE", "new": "BETTING_MODE"}]
     await h.execute_update(RollbackWorkflow.confirm, Decision(actor="oscar"))
@@ -170,7 +171,7 @@ async def test_cli_writers_racing_a_rollback_lose_nothing(tclient, etcd, store, 
     inc = incident()
     wid = rollback_workflow_id(inc)
     modes = ["BETTING_MODE", "NORMAL_MODE", "BETTING_MODE", "NORMAL_MODE", "BETTING_MODE"]
-    clis = [cli(cli_env, "switch", "set", "routing_mode", m, "--as", "rita", "--reason", f"racer {i}")
+    clis = [cli(cli_env, "switch", "set", "routing_mode", m, "--as", "rita", "--reason", f"racer {i}", "--yes")
             for i, m in enumerate(modes)]
     start = tclient.start_workflow(
         RollbackWorkflow.run,
