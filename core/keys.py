@@ -67,9 +67,14 @@ def load_file(path: Path, operator: str | None = None) -> Ed25519PrivateKey:
     try:
         st = path.stat()
     except FileNotFoundError:
-        raise KeyFileError(f"no private key for {operator or 'this operator'} at {path}: create one with "
-                        f"`rollbackctl keygen --operator {operator or 'NAME'}` and have a super admin register "
-                        "its public key") from None
+        where = ("ROLLBACKCTL_KEY_FILE" if os.environ.get("ROLLBACKCTL_KEY_FILE") else
+                 "ROLLBACKCTL_KEY_DIR" if os.environ.get("ROLLBACKCTL_KEY_DIR") else
+                 "the default key directory (set ROLLBACKCTL_KEY_DIR to use another)")
+        raise KeyFileError(f"no private key for {operator or 'this operator'} at {path} (from {where}). If the key "
+                           f"is elsewhere (the dev stack keeps its operators' keys in its directory: `rollbackctl dev "
+                           f"up` prints the export), point ROLLBACKCTL_KEY_DIR there; else create one with "
+                           f"`rollbackctl keygen --operator {operator or 'NAME'}` and have a super admin register its "
+                           "public key") from None
     if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
         raise KeyFileError(f"{path} is readable by others (mode {stat.S_IMODE(st.st_mode):04o}): chmod 600 it")
     try:

@@ -79,7 +79,9 @@ def test_keygen_writes_0600_and_refuses_to_overwrite(tmp_path, monkeypatch):
     os.chmod(path, 0o644)
     with pytest.raises(keys.KeyFileError, match="readable by others"):
         keys.load("rita")
-    with pytest.raises(keys.KeyFileError, match="keygen --operator oscar"):
+    with pytest.raises(keys.KeyFileError, match="keygen --operator oscar") as e:
         keys.load("oscar")
+    # it says where it looked and why, and how to point elsewhere (the dev stack's keys, a new on-call's trap)
+    assert "(from ROLLBACKCTL_KEY_DIR)" in str(e.value) and "point ROLLBACKCTL_KEY_DIR there" in str(e.value)
     monkeypatch.setenv("ROLLBACKCTL_KEY_FILE", str(tmp_path / "mine.key"))
     assert keys.key_path("anyone") == tmp_path / "mine.key"
