@@ -131,6 +131,7 @@ class FurtherStep(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
     id: str = Field(pattern=r"^[a-z][a-z0-9_]{0,39}$")
     title: str
+    role: Role = Role.ON_CALL  # who may tick it off (a super admin's sign-off is not an on-call's to record)
 
 
 class Recovery(BaseModel):
@@ -298,7 +299,8 @@ RULES: tuple[Rule, ...] = (
         actions=(SwitchMove(switch="liquidation_enabled", value=False),),
         further=(FurtherStep(id="manual_liquidation", title="Liquidate at-risk positions by hand (risk desk)"),
                  FurtherStep(id="debug_fix", title="Debug and fix the liquidation engine"),
-                 FurtherStep(id="restart", title="Restart it: liquidation_enabled=true (super admin)")),
+                 FurtherStep(id="restart", title="Restart it: liquidation_enabled=true (super admin)",
+                             role=Role.SUPER_ADMIN)),
         recovery=Recovery(mode="human", role=Role.SUPER_ADMIN,
                           why="the manual says debug, fix, restart; liquidation_enabled is a super admin's switch"),
     ),
@@ -334,7 +336,8 @@ RULES: tuple[Rule, ...] = (
         actions=(CoreMove(action="pause_trading", undo="resume_trading"), CoreMove(action="start_reconciliation")),
         further=(FurtherStep(id="reconcile", title="Reconcile user balances against books and wallets"),
                  FurtherStep(id="manual_adjustment", title="Manual adjustment of the mismatched balances"),
-                 FurtherStep(id="sign_off", title="Reconciliation signed off (super admin) before trading resumes")),
+                 FurtherStep(id="sign_off", title="Reconciliation signed off (super admin) before trading resumes",
+                             role=Role.SUPER_ADMIN)),
         recovery=Recovery(mode="human", role=Role.SUPER_ADMIN,
                           why="trading resumes only after the reconciliation is signed off"),
         rollback=RollbackSpec(severity="data_inconsistency", scope="cross_module",

@@ -173,6 +173,10 @@ async def test_checklist_tick_meets_the_action_sla(ts_env, store, task_queue):
         assert st.sla.action_by == "oscar" and st.sla.action_breached_at is None
         item = next(i for i in st.checklist if i.id == "manual_liquidation")
         assert item.done and item.by == "oscar" and item.note == "3 accounts closed"
+        # restarting liquidation is a super admin's step: an on-call cannot record it as done
+        await refused(h.execute_update(IncidentWorkflow.tick, TickRequest(actor="oscar", item="restart")),
+                      "oscar is on_call; 'restart' .* is ticked by super_admin or above")
+        await h.execute_update(IncidentWorkflow.tick, TickRequest(actor="alice", item="restart"))
         # liquidation_enabled is a super admin's: an on-call may resolve, not undo
         await clear(h)
         await refused(h.execute_update(IncidentWorkflow.resolve, ResolveRequest(actor="oscar", undo=True)), "super_admin")

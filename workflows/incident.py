@@ -220,6 +220,10 @@ class IncidentWorkflow(PagingHandlers):
         ids = [i.id for i in self.st.checklist]
         if req.item not in ids:
             return invalid(f"no checklist item {req.item!r}; items: {', '.join(ids)}")
+        step = next((f for f in self.rule.further if f.id == req.item), None)
+        if step is not None and not role.at_least(step.role):
+            return not_permitted(f"{req.actor} is {role.value}; {req.item!r} ({step.title}) is ticked by "
+                                 f"{step.role.value} or above")
         if self.st.status == "resolved":
             return f"{self.st.workflow_id} is resolved"
         return None
