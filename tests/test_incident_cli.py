@@ -98,3 +98,37 @@ async def test_rollbackctl_monitor_process(dev_env, store, etcd_server, prefix, 
     assert code == 0, (tmp_path / "monitor.log").read_text()
     r = await cli("monitor", "--stop", env=env)
     assert r.code == 0, r.err
+
+
+async def test_a_decision_for_the_rollback_an_incident_started_reaches_it_by_the_incident_id(
+        dev_env, store, etcd_server, prefix, task_queue):
+    """The page names the incident; acknowledging an asset mismatch starts its rollback (a data
+    inconsistency: a 5-minute window to `proceed` or `cancel`). A decision meant for that rollback, given
+    the id from the page, reaches the rollback (said), not the incident (before: a raw "Update handler
+    not found", and the 40-character rollback id had to be found by hand)."""
+    import json
+
+    env = cli_env(dev_env, etcd_server, prefix)
+    si, guard = StandIns(), GuardStandIn()
+    async with incident_worker(dev_env, store, si, guard, task_queue):
+        h = await open_incident(dev_env, task_queue, "asset_mismatch")
+        await until(h, dev_env, lambda s: s.ready)
+        r = await cli("cancel", h.id, "--as", "oscar", "--reason", "x", env=env)  # not acknowledged: no rollback yet
+        assert r.code == 2 and "none of its own runs now" in r.err, r
+        r = await cli("ack", h.id, "--as", "oscar", env=env)
+        assert r.code == 0, r.err
+        st = await until(h, dev_env, lambda s: s.children)
+        child = st.children[0]
+        await wait(lambda: dev_env.client.get_workflow_handle(child).query("progress"),
+                   lambda p: p["awaiting"] is not None, timeout=60, what="the rollback's decision window")
+        r = await cli("cancel", h.id, "--as", "oscar", "--reason", "reconciled by hand: no gap", "--json", env=env)
+        assert r.code == 0, r
+        assert f"{h.id} -> {child} (the workflow this incident started" in r.out
+        assert json.loads(r.out[r.out.index("{"):])["workflow_id"] == child
+        res = await dev_env.client.get_workflow_handle(child).result()
+        assert res["status"] == "cancelled"
+        await clear(h)
+        await until(h, dev_env, lambda s: s.condition == "clear")
+        r = await cli("resolve", h.id, "--as", "alice", "--undo", "--reason", "reconciled", env=env)
+        assert r.code == 0, r.err
+        await h.result()

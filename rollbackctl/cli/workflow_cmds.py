@@ -313,6 +313,38 @@ async def resolve_id(client, ident: str) -> str:
     raise CliError(f"no rollback, degradation or incident workflow for {ident!r}", 2)
 
 
+async def _child_of(client, incident_wid: str, decision: str) -> str:
+    """An incident named where its rollback or degradation is meant (`proceed`, `fix`, `withdraw`, or a
+    `confirm` after the ack, on the id from the page): the one it started that still runs, said; none or
+    several: say so. The incident's own decisions (its `confirm` = ack, its level choice) stay with it."""
+    from temporalio.client import WorkflowExecutionStatus
+    from temporalio.service import RPCError
+
+    try:
+        st = await client.get_workflow_handle(incident_wid).query("state", result_type=dict)
+    except RPCError as e:
+        raise CliError(f"{incident_wid}: {e.message}", 5) from None
+    acked = bool((st.get("sla") or {}).get("acked_at"))
+    if (decision == "confirm" and not acked) or (decision == "escalate" and st.get("level_choice") == "asked"):
+        return incident_wid
+    running = []
+    for child in st.get("children") or []:
+        try:
+            desc = await client.get_workflow_handle(child).describe()
+        except RPCError:
+            continue
+        if desc.status == WorkflowExecutionStatus.RUNNING:
+            running.append(child)
+    if len(running) == 1:
+        print(f"{incident_wid} -> {running[0]} (the workflow this incident started; `{decision}` goes there)")
+        return running[0]
+    if not running:
+        raise CliError(f"{incident_wid} is a P0 incident: `{decision}` is for the rollback or degradation it starts, "
+                       "and none of its own runs now (the incident takes `ack`, `tick`, `resolve`, `escalate --level`)",
+                       2)
+    raise CliError(f"{incident_wid} started several workflows that still run ({', '.join(running)}): name one", 2)
+
+
 async def cmd_decision(args) -> int:
     from temporalio.client import WorkflowUpdateFailedError
     from temporalio.service import RPCError
@@ -327,6 +359,8 @@ async def cmd_decision(args) -> int:
                  level=getattr(args, "level", None), break_glass=getattr(args, "break_glass", None))
     client = await connect()
     wid = await resolve_id(client, args.id)
+    if wid.startswith("incident-"):
+        wid = await _child_of(client, wid, args.decision)
     try:
         d = await signed_decision(client, wid, args.decision, d)
         ack = await client.get_workflow_handle(wid).execute_update(args.decision, d, result_type=dict)
