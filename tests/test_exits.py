@@ -188,3 +188,49 @@ async def test_cancelled_in_temporal_at_the_level_choice_says_new_orders_stay_pa
             await h.result()
         p = await h.query(RollbackWorkflow.progress)
     assert p.status == "cancelled" and "trading-core controls still in force: pause_new_orders" in p.detail
+
+
+async def _degrade_to_fix(env, store, si, tq, inc):
+    await set_switches(store, "alice", global_betting_enabled=True, betting_traffic_pct=100, routing_mode="NORMAL_MODE")
+    h = await env.client.start_workflow(
+        DegradationWorkflow.run, DegradeInput(level=1, incident_id=inc, requested_by="oscar", reason="t", durations=D),
+        id=degrade_workflow_id(1, inc), task_queue=tq)
+    await wait_for(h, env, awaiting("confirm"))
+    await h.execute_update(DegradationWorkflow.confirm, Decision(actor="oscar", reason="holds"))
+    await wait_for(h, env, awaiting("fix"))
+    return h
+
+
+async def test_a_degradation_restore_goes_through_the_5pct_stage(ts_env, store, task_queue):
+    """The manual's tree restores through a 5% canary; a degradation's restore used to skip it (straight
+    back to 100% of orders internalized). Now: 5% first, observed, then the rest, each its own change set."""
+    si, inc = StandIns(), incident()
+    async with make_worker(ts_env, store, si, task_queue):
+        h = await _degrade_to_fix(ts_env, store, si, task_queue, inc)
+        await h.execute_update(DegradationWorkflow.fix, Decision(actor="alice", reference="pr-9", tests_passed=True))
+        await wait_for(h, ts_env, lambda p: p.current_step == "observe_5pct", step=timedelta(seconds=5))
+        assert await values(store, "global_betting_enabled", "betting_traffic_pct") == {
+            "global_betting_enabled": True, "betting_traffic_pct": 5}
+        res = await h.result()
+        await save_history(h, "degradation_level_1_restored_through_5pct")
+    assert res.status == "restored"
+    audit = await audit_of(store, degrade_workflow_id(1, inc))
+    assert [{c.switch: c.new for c in a.changes} for a in audit][-2:] == [
+        {"global_betting_enabled": True, "hedge_enabled": True, "betting_traffic_pct": 5}, {"betting_traffic_pct": 100}]
+    assert await values(store, "global_betting_enabled", "betting_traffic_pct") == {
+        "global_betting_enabled": True, "betting_traffic_pct": 100}
+
+
+async def test_a_degradation_5pct_restore_that_breaches_puts_the_level_back(ts_env, store, task_queue):
+    si, inc = StandIns(), incident()
+    async with make_worker(ts_env, store, si, task_queue):
+        h = await _degrade_to_fix(ts_env, store, si, task_queue, inc)
+        si.health["error_rate"] = 0.05  # the fix did not fix it
+        await h.execute_update(DegradationWorkflow.fix, Decision(actor="alice", reference="pr-9", tests_passed=True))
+        res = await h.result()
+        await save_history(h, "degradation_level_1_5pct_restore_failed")
+    assert res.status == "restore_failed" and "level 1 values back in force" in res.detail
+    assert await values(store, "global_betting_enabled", "betting_traffic_pct") == {
+        "global_betting_enabled": False, "betting_traffic_pct": 5}  # pre-approved moves only; said
+    assert "betting_traffic_pct=5 stays until the next fix's restore" in res.detail
+    assert any("5% restore failed its checks" in p["summary"] for p in si.pages)

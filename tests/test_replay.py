@@ -55,7 +55,7 @@ def test_every_branch_has_a_history(kind):
 def _patch_ids() -> set[str]:
     """Every id workflows/ passes to `workflow.patched`, as a literal or a module constant."""
     src = {p: p.read_text() for p in (Path(__file__).parent.parent / "workflows").glob("*.py")}
-    consts = dict(m for text in src.values() for m in re.findall(r'^([A-Z_]+) = "([^"]+)"', text, re.M))
+    consts = dict(m for text in src.values() for m in re.findall(r'^([A-Z][A-Z0-9_]*) = "([^"]+)"', text, re.M))
     ids = set()
     for text in src.values():
         for arg in re.findall(r"workflow\.(?:patched|deprecate_patch)\(([^)]+)\)", text):

@@ -34,6 +34,9 @@ SUBMIT_RETRY = RetryPolicy(initial_interval=timedelta(milliseconds=500), maximum
 PAGER_OUTBOX = "pager-outbox"
 # patch: restore change sets carry only the switches they change; `fix` needs the role the store will demand
 RESTORE_ONLY_CHANGES = "restore-only-changes"
+# patch: a degradation's restore goes through the manual's 5% stage when internalization comes back
+# (before: straight to the pre-incident values, unlike a rollback's restore and the runbook)
+DEGRADATION_5PCT = "degradation-5pct-restore"
 # patch: a workflow cancelled in Temporal says what stays and pages it before it ends CANCELED
 CANCEL_HANDLED = "cancel-handled"
 CLOSE_WAIT = timedelta(seconds=30)  # at its end a workflow waits this long to hear its alerts resolved

@@ -23,7 +23,9 @@ with workflow.unsafe.imports_passed_through():
     from contracts.progress import Progress, RunResult
     from workflows.models import DegradeInput
     from workflows.alerting import PagingHandlers
-    from workflows.base import CANCEL_HANDLED, PAGER_OUTBOX, RESTORE_ONLY_CHANGES, StartRefused, StepFailed, Withdrawn
+    from manual.steps import ApplySwitches, Observe
+    from workflows.base import (CANCEL_HANDLED, DEGRADATION_5PCT, PAGER_OUTBOX, RESTORE_ONLY_CHANGES, StartRefused,
+                                StepFailed, Withdrawn)
     from workflows.gate import decision_signal, decision_update
     from workflows.runner import Runner
 
@@ -85,13 +87,51 @@ class DegradationWorkflow(PagingHandlers):
         self.r.progress.status = self.r.progress.result = status
         self.r.progress.current_step = None
         await self.r.drain()
-        left = (self.r.progress.detail if status in ("failed", "restore_blocked") or self._not_undone
+        left = (self.r.progress.detail if status in ("failed", "restore_blocked", "restore_failed") or self._not_undone
                 or (status == "withdrawn" and (self._held or self._core_held)) else None)
         await self.r.close_alerts(left_open=left)
         await self.r.drain()
         await workflow.wait_condition(workflow.all_handlers_finished)
         return RunResult(workflow_id=self.r.wid, status=status, detail=self.r.progress.detail,
                          level=self.r.progress.level, applied=self.r.progress.applied)
+
+    async def _restore_stages(self, lvl, snap: dict, restore_to: dict, changes: dict, fix, d) -> str | None:
+        """The restore as a rollback's (manual/rollback.restore_stages): where internalization comes back,
+        everything at 5% of orders first, observed, then the rest. A breach at 5% puts the level's values
+        back (pre-approved), pages, and returns "restore_failed"; None when restored."""
+        current = {**{k: snap.get(k) for k in restore_to}, **changes}
+        for name, values in rollback.restore_stages(snap, restore_to):
+            step = plan.restore_step(lvl, values, fix.reference).model_copy(update={"name": name})
+            await self.r.run_apply(step, values=values, expected={k: current.get(k, snap.get(k)) for k in values},
+                                   approved_by=fix.actor, break_glass=fix.glass())
+            current.update(values)
+            self._held = {k: v for k, v in current.items() if snap.get(k) != v}
+            if name != "restore_5pct":
+                continue
+            res = await self.r.run_observe(Observe(
+                name="observe_5pct", duration=d.restore_observe, interval=d.interval(d.restore_observe),
+                checks=rollback.OBSERVE_CHECKS, consecutive=d.consecutive_breaches, on_breach="rollback"))
+            if res == "breach":
+                # only the level's own switches (pre-approved moves); the 5% traffic share stays, harmless
+                # with internalization off again, and is said
+                back = {k: changes[k] for k in values if k in changes}
+                await self.r.run_apply(ApplySwitches(
+                    name="re_degrade", changes=back, authority="preapproved",
+                    reason=f"5% restore from degradation level {lvl.level} failed its checks: level {lvl.level} "
+                           "values back"), values=back, expected={k: current[k] for k in back})
+                current.update(back)
+                self._held = {k: v for k, v in current.items() if snap.get(k) != v}
+                if (actions := plan.actions_step(lvl)) is not None:  # its trading-core controls were lifted
+                    await self.r.run_core_actions(actions.model_copy(update={"name": f"re_{actions.name}"}))
+                    self._core_held = [a.action for a in lvl.core_actions]
+                stays = ", ".join(f"{k}={switches.get(k).render(v)}" for k, v in values.items() if k not in back)
+                self.r.progress.detail = (f"5% restore breached its health checks: degradation level {lvl.level} "
+                                          "values back in force" + (f"; {stays} stays until the next fix's restore"
+                                                                    if stays else ""))
+                await self.r.notify(f"{self.r.wid}: 5% restore failed its checks; degradation level {lvl.level} is "
+                                    "back in force", page=True, severity="critical", kind="restore_failed")
+                return "restore_failed"
+        return None
 
     async def _run(self, inp: DegradeInput) -> str:
         d, lvl = inp.durations, self.level
@@ -153,8 +193,13 @@ class DegradationWorkflow(PagingHandlers):
             failed = [a for a in done if not a.ok]
             not_undone = [str(a) for a in failed]
             self._core_held = [undone_of.get(a.action, str(a)) for a in failed]
-        await self.r.run_apply(plan.restore_step(lvl, restore_to, fix.reference), values=restore_to, expected=changes,
-                               approved_by=fix.actor, break_glass=fix.glass())
+        if workflow.patched(DEGRADATION_5PCT):
+            failed = await self._restore_stages(lvl, snap, restore_to, changes, fix, d)
+            if failed:
+                return failed
+        else:
+            await self.r.run_apply(plan.restore_step(lvl, restore_to, fix.reference), values=restore_to,
+                                   expected=changes, approved_by=fix.actor, break_glass=fix.glass())
         self._held = {}
         if fix.break_glass:
             await self.r.page_everyone(f"BREAK-GLASS: {self.r.wid}: restore from degradation level {lvl.level} by "

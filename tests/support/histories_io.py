@@ -56,7 +56,9 @@ REQUIRED = {
     "degradation": ("degradation_level_2_restored", "degradation_level_2_restored_pre_outbox",
                     "degradation_level_2_undo_refused_paged",  # patch "undo-failures-paged"
                     "degradation_level_1_restored_by_risk_manager",  # patch "restore-only-changes"
-                    "degradation_level_2_withdrawn_at_confirm"),  # the withdraw exit
+                    "degradation_level_2_withdrawn_at_confirm",  # the withdraw exit
+                    # patch "degradation-5pct-restore"
+                    "degradation_level_1_restored_through_5pct", "degradation_level_1_5pct_restore_failed"),
     "pager": ("pager_storm", "pager_reroute"),
     "change request": ("change_request_expired_before_pickup",),  # patch "change-pickup-deadline"
     "canary": ("canary_phase3_passed", "canary_phase3_rolled_back", "canary_phase3_extended_promoted_aborted",
