@@ -100,7 +100,10 @@ class DegradationWorkflow(PagingHandlers):
         everything at 5% of orders first, observed, then the rest. A breach at 5% puts the level's values
         back (pre-approved), pages, and returns "restore_failed"; None when restored."""
         current = {**{k: snap.get(k) for k in restore_to}, **changes}
-        for name, values in rollback.restore_stages(snap, restore_to):
+        stages = rollback.restore_stages(snap, restore_to)
+        for name, values in stages:
+            if len(stages) == 1:
+                name = "restore"  # no 5% stage: the one change set keeps its name (and change id) as before
             step = plan.restore_step(lvl, values, fix.reference).model_copy(update={"name": name})
             await self.r.run_apply(step, values=values, expected={k: current.get(k, snap.get(k)) for k in values},
                                    approved_by=fix.actor, break_glass=fix.glass())
