@@ -169,13 +169,16 @@ async def test_every_operator_command_runs_with_a_read_only_etcd_user(roles_etcd
             await waits("rollback-RO-1", "fix")
             await cli("fix", "rollback-RO-1", "--as", "rita", "--reference", "pr-1", "--tests-passed")
             # a degradation: start, confirm, fix
-            await cli("degrade", "1", "--incident", "RO-2", "--as", "oscar", "--reason", "drill", *quick[:4])
+            await cli("degrade", "1", "--incident", "RO-2", "--as", "oscar", "--reason", "drill", *quick)  # (its restore has a 5% stage too)
             await waits("degrade-1-RO-2", "confirm")
             await cli("confirm", "degrade-1-RO-2", "--as", "oscar")
             await waits("degrade-1-RO-2", "fix")
             await cli("fix", "degrade-1-RO-2", "--as", "alice", "--reference", "pr-2", "--tests-passed")
             # betting was turned on above: re-enabling it falls under the two-person rule, a second super admin
             await cli("fix", "degrade-1-RO-2", "--as", "sam", "--reference", "pr-2", "--tests-passed")
+            # its restore goes through the 5% stage: let it finish before the canary takes betting_traffic_pct
+            # (else the restore's compare-and-swap finds the canary's value and stops, restore_blocked: correct)
+            await asyncio.wait_for(dev_env.client.get_workflow_handle("degrade-1-RO-2").result(), 60)
             # a canary: start (the id counter), pause, extend, resume, promote, abort
             r = await cli("canary", "start", "phase2", "--as", "rita", "--reason", "launch", "--time-scale", "1000")
             wid = re.search(r"canary-phase2-\d+", r.out).group(0)
