@@ -149,6 +149,12 @@ def observe_step(d: Durations, name: str = "observe") -> Observe:
     )
 
 
+def restore_observe_step(d: Durations) -> Observe:
+    """The 5% restore's observation (rollbacks and degradations): a breach rolls the restore back."""
+    return Observe(name="observe_5pct", duration=d.restore_observe, interval=d.interval(d.restore_observe),
+                   checks=OBSERVE_CHECKS, consecutive=d.consecutive_breaches, on_breach="rollback")
+
+
 def confirm_step(d: Durations, scope: Scope) -> AwaitConfirmation:
     return AwaitConfirmation(
         name="confirm", expects="confirm", min_role=required_role(scope), timeout=d.confirm_sla,

@@ -23,7 +23,7 @@ with workflow.unsafe.imports_passed_through():
     from contracts.progress import Progress, RunResult
     from workflows.models import DegradeInput
     from workflows.alerting import PagingHandlers
-    from manual.steps import ApplySwitches, Observe
+    from manual.steps import ApplySwitches
     from workflows.base import (CANCEL_HANDLED, DEGRADATION_5PCT, PAGER_OUTBOX, RESTORE_ONLY_CHANGES, StartRefused,
                                 StepFailed, Withdrawn)
     from workflows.gate import decision_signal, decision_update
@@ -111,9 +111,7 @@ class DegradationWorkflow(PagingHandlers):
             self._held = {k: v for k, v in current.items() if snap.get(k) != v}
             if name != "restore_5pct":
                 continue
-            res = await self.r.run_observe(Observe(
-                name="observe_5pct", duration=d.restore_observe, interval=d.interval(d.restore_observe),
-                checks=rollback.OBSERVE_CHECKS, consecutive=d.consecutive_breaches, on_breach="rollback"))
+            res = await self.r.run_observe(rollback.restore_observe_step(d))
             if res == "breach":
                 # only the level's own switches (pre-approved moves); the 5% traffic share stays, harmless
                 # with internalization off again, and is said

@@ -22,7 +22,7 @@ with workflow.unsafe.imports_passed_through():
     from manual.rollback import Scope, Severity
     from contracts.roles import Role
     from contracts.changes import BreakGlass
-    from manual.steps import ApplySwitches, CoreActions, Observe
+    from manual.steps import ApplySwitches, CoreActions
     from contracts.progress import Decision, Progress, RunResult
     from workflows.models import RollbackInput
     from workflows.alerting import PagingHandlers
@@ -311,9 +311,7 @@ class RollbackWorkflow(PagingHandlers):
             await self.r.run_apply(self._restore_step("restore_5pct", stage1, fix), values=stage1, expected=exp1,
                                    approved_by=fix.actor, break_glass=glass)
             self.set_by_rollback.update(stage1)
-            res = await self.r.run_observe(Observe(
-                name="observe_5pct", duration=d.restore_observe, interval=d.interval(d.restore_observe),
-                checks=rollback.OBSERVE_CHECKS, consecutive=d.consecutive_breaches, on_breach="rollback"))
+            res = await self.r.run_observe(rollback.restore_observe_step(d))
             if res == "breach":
                 back = {k: v for k, v in expected.items()}
                 await self.r.run_apply(self._restore_step("re_rollback", back, fix, authority="preapproved"),
@@ -342,9 +340,7 @@ class RollbackWorkflow(PagingHandlers):
             self.set_by_rollback.update(values)
             if name != "restore_5pct":
                 continue
-            res = await self.r.run_observe(Observe(
-                name="observe_5pct", duration=d.restore_observe, interval=d.interval(d.restore_observe),
-                checks=rollback.OBSERVE_CHECKS, consecutive=d.consecutive_breaches, on_breach="rollback"))
+            res = await self.r.run_observe(rollback.restore_observe_step(d))
             if res == "breach":
                 back = rollback.only_changes(self.applied, self.set_by_rollback)
                 await self.r.run_apply(self._restore_step("re_rollback", back, fix, authority="preapproved"),
