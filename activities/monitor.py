@@ -179,6 +179,10 @@ class Detector:
 class IncidentPort(Protocol):
     async def deliver(self, ks: KeyState, report: ConditionReport) -> None: ...
 
+    async def open_keys(self) -> list[tuple[str, str | None]]:
+        """(rule, symbol) of every incident open for this monitor's namespace."""
+        ...
+
 
 class GuardPort(Protocol):
     async def rollback_active(self) -> str | None: ...
@@ -209,6 +213,29 @@ class TemporalIncidents:
             if e.status != RPCStatusCode.NOT_FOUND:
                 raise
             # no open incident (already resolved): nothing to tell
+
+    async def open_keys(self) -> list[tuple[str, str | None]]:
+        prefix = incident_workflow_id("", None, self.namespace)  # "incident-" or "incident-<ns>-"
+        found: list[tuple[str, str | None]] = []
+        async for wf in self.client.list_workflows(
+                f"WorkflowType = 'IncidentWorkflow' AND TaskQueue = '{self.task_queue}' AND ExecutionStatus = 'Running'"):
+            key = incident_key(wf.id, prefix)
+            if key is not None:
+                found.append(key)
+        return found
+
+
+def incident_key(workflow_id: str, prefix: str) -> tuple[str, str | None] | None:
+    """(rule, symbol) from `incident-[<ns>-]<rule>[-<symbol>]`; None for another namespace's or a stranger."""
+    if not workflow_id.startswith(prefix):
+        return None
+    rest = workflow_id[len(prefix):]
+    for rule in alerts.RULES:
+        if rest == rule.id and not rule.per_symbol:
+            return rule.id, None
+        if rule.per_symbol and rest.startswith(rule.id + "-") and len(rest) > len(rule.id) + 1:
+            return rule.id, rest[len(rule.id) + 1:]
+    return None
 
 
 class TemporalGuard:
@@ -364,6 +391,8 @@ class Monitor:
         self.ends = ends
         self._ends_task: asyncio.Task | None = None
         self._ends_at: datetime | None = None
+        self._adopt_task: asyncio.Task | None = None
+        self.adopted = False  # the open incidents were read from Temporal (once per run; retried until it is)
         self.delivery_errors = 0
 
     async def poll(self) -> list[KeyState]:
@@ -375,6 +404,8 @@ class Monitor:
             raise
         except Exception as e:  # 500s, timeouts, refused connections, a broken body: input, not a crash
             error = f"{getattr(e, 'type', None) or type(e).__name__}: {getattr(e, 'message', None) or e}"
+        if not self.adopted and (self._adopt_task is None or self._adopt_task.done()):
+            self._adopt_task = asyncio.create_task(self._adopt())
         now = self.clock()
         changed = self.detector.observe(health, now, error)
         for ks in changed:
@@ -387,6 +418,29 @@ class Monitor:
             self._ends_at = now
             self._ends_task = asyncio.create_task(self._ends_step())
         return changed
+
+    async def _adopt(self) -> None:
+        """Take on the incidents Temporal has open that this state does not know as firing.
+
+        The state comes from the last heartbeat, which the SDK sends at most every 0.8 x the heartbeat
+        timeout: an incident opened after it was sent is unknown to the next attempt, which would never
+        tell it the clear (and a human could never resolve it). An adopted key counts as firing and
+        delivered, so the first read that judges it clear delivers the clear; while it still fires,
+        nothing is sent again."""
+        try:
+            keys = await self.incidents.open_keys()
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # Temporal unreachable: the next poll asks again
+            log.warning("could not list the open incidents: %s: %s", type(e).__name__, e)
+            return
+        for rule_id, symbol in keys:
+            key = _key(alerts.get(rule_id), symbol)
+            if key not in self.state.keys:
+                self.state.keys[key] = KeyState(rule=rule_id, symbol=symbol, firing=True, delivered=True)
+                log.warning("adopted the open incident %s%s: its clear is delivered when the condition clears",
+                            rule_id, f" [{symbol}]" if symbol else "")
+        self.adopted = True
 
     async def _ends_step(self) -> None:
         try:
@@ -427,13 +481,13 @@ class Monitor:
 
     async def settle(self) -> None:
         """Wait for deliveries and the auto mode step started so far (tests, shutdown)."""
-        tasks = [t for t in (*self._inflight.values(), self._auto_task, self._ends_task)
+        tasks = [t for t in (*self._inflight.values(), self._auto_task, self._ends_task, self._adopt_task)
                  if t is not None and not t.done()]
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
 
     async def close(self) -> None:
-        for t in (*self._inflight.values(), self._auto_task, self._ends_task):
+        for t in (*self._inflight.values(), self._auto_task, self._ends_task, self._adopt_task):
             if t is not None and not t.done():
                 t.cancel()
         await self.settle()

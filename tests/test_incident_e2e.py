@@ -185,3 +185,35 @@ async def test_auto_mode_switch_through_the_simulator(dev_env, store, sim, core_
     audit = [a for a in await store.audit() if a.actor == "monitor"]
     assert [(a.changes[0].old, a.changes[0].new) for a in audit] == [("NORMAL_MODE", "HL_MODE"), ("HL_MODE", "NORMAL_MODE")]
     assert sw["switches"]["routing_mode"]["applied_at"]
+
+
+async def test_a_monitor_that_lost_its_state_still_clears_the_open_incidents(
+        dev_env, store, sim, core_settings, paging_settings, task_queue):
+    """The monitor's state survives a restart only as its last heartbeat, which the SDK throttles (up to
+    0.8 x the heartbeat timeout old): an incident opened after it was sent is unknown to the next attempt.
+    Found by the chaos campaign (seed 5 in CI: Temporal SIGKILLed just as the hot wallet fired, the
+    retried monitor never sent the clear, and the incident could never be resolved). A monitor starts by
+    adopting the incidents Temporal says are open for its namespace, so their clear is still delivered."""
+    ns = uuid.uuid4().hex[:8]
+    async with p0_stack(dev_env, store, core_settings, paging_settings, task_queue, ns):
+        await sim.inject(hot_wallet_usd=40_000.0, order_price_deviation={"BTC": 0.07})
+        await sim.wait_for(sim.actions, lambda a: len(a) >= 2, 10, what="both actions")
+    handles = [dev_env.client.get_workflow_handle_for(IncidentWorkflow.run, incident_workflow_id(r, s, ns))
+               for r, s in (("hot_wallet", None), ("order_deviation", "BTC"))]
+    # an incident of another namespace on the same task queue is not this monitor's to clear
+    other = uuid.uuid4().hex[:8]
+    async with p0_stack(dev_env, store, core_settings, paging_settings, task_queue, other):
+        await sim.wait_for(sim.actions, lambda a: len(a) >= 4, 10, what="the other namespace's actions")
+    await sim.clear_faults()
+    async with p0_stack(dev_env, store, core_settings, paging_settings, task_queue, ns) as mon:  # a fresh state
+        assert mon.state.keys == {}
+        for h in handles:
+            async def condition(h=h):
+                return (await h.query(IncidentWorkflow.state)).condition
+            await sim.wait_for(condition, lambda c: c == "clear", 10, what=f"{h.id} told the clear")
+        still = dev_env.client.get_workflow_handle_for(IncidentWorkflow.run,
+                                                       incident_workflow_id("hot_wallet", None, other))
+        assert (await still.query(IncidentWorkflow.state)).condition == "firing"
+    for h in (*handles, still,
+              dev_env.client.get_workflow_handle(incident_workflow_id("order_deviation", "BTC", other))):
+        await h.terminate("test over")

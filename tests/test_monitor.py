@@ -140,6 +140,9 @@ class Port:
             raise ConnectionError("temporal unavailable")
         self.got.append((ks.rule, ks.symbol, report.firing))
 
+    async def open_keys(self) -> list[tuple[str, str | None]]:
+        return []
+
 
 class Core:
     """A health source that can answer, fail like the trading core does, or hang."""

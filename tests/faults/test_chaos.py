@@ -36,7 +36,10 @@ async def _campaign(seed: int, steps: int, max_down_s: float, tmp_path) -> None:
     assert not report["problems"], f"seed {seed}: " + "\n".join(report["problems"])
 
 
-# `make chaos` (CHAOS_SEED set) runs its seed alone; `make test` runs seed 5, short, and the regressions
+# `make chaos` (CHAOS_SEED set) runs its seed alone; `make test` runs seed 5, short, and the regressions.
+# Seed 5 itself found (once, in CI, timing-dependent) a P0 that could never be resolved: Temporal killed
+# as the hot wallet fired, the retried monitor resumed from an older heartbeat and never sent the clear
+# (tests/test_incident_e2e.py::test_a_monitor_that_lost_its_state_still_clears_the_open_incidents).
 CAMPAIGNS = [(seed_from_env(5), int(os.environ.get("CHAOS_STEPS", "10")), "this run's seed"),
              *([] if os.environ.get("CHAOS_SEED") else REGRESSIONS)]
 
