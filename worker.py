@@ -26,6 +26,7 @@ from activities.temporal_ops import TemporalOps
 from core.etcd import Etcd
 from core.settings import (
     SIGNING_OFF_WARNING,
+    EmergencySettings,
     EtcdSettings,
     PagingSettings,
     SigningSettings,
@@ -40,6 +41,7 @@ log = structlog.get_logger("rollbackctl.worker")
 def activity_objects(store: SwitchStore, http: httpx.AsyncClient, client: Client,
                      core: TradingCoreSettings, paging: PagingSettings) -> list:
     from activities.change_events import ChangeEventRelay
+    from activities.emergency import EmergencyActivities
     from activities.pager_client import PagerClient
     from activities.paging import PagingActivities
     from activities.requests import RequestActivities
@@ -55,6 +57,7 @@ def activity_objects(store: SwitchStore, http: httpx.AsyncClient, client: Client
         ChangeEventRelay(store, pg),  # paging.relay_changes: a PagerDuty Change Event per audited change
         TemporalOps(client),
         IncidentOps(client),  # incident auto-recovery guard; the monitor loop itself: `rollbackctl monitor`
+        EmergencyActivities(store),  # what the emergency lane applied, for its follow-up workflow
     ]
 
 
@@ -116,21 +119,42 @@ async def run(stop: asyncio.Event | None = None) -> None:
         etcd = await stack.enter_async_context(Etcd.from_settings(eset))
         http = await stack.enter_async_context(httpx.AsyncClient())
         client = await connect(tset)
-        objs = activity_objects(SwitchStore(etcd, eset.prefix), http, client, TradingCoreSettings(), paging)
+        store = SwitchStore(etcd, eset.prefix)
+        objs = activity_objects(store, http, client, TradingCoreSettings(), paging)
         worker = build_worker(client, tset.task_queue, activity_methods(objs))
+        esets = EmergencySettings()
         log.info("worker started", task_queue=tset.task_queue, temporal=tset.temporal_address,
-                 namespace=tset.temporal_namespace, etcd=eset.endpoints, signing=SigningSettings().signing)
+                 namespace=tset.temporal_namespace, etcd=eset.endpoints, signing=SigningSettings().signing,
+                 emergency_lane=esets.emergency_listen or "off")
         if not SigningSettings().signing:
             log.warning(SIGNING_OFF_WARNING)
         stop = stop or asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        async with worker:
-            if paging.pagerduty_change_events:
-                await ensure_change_events(client, tset)
-            await stop.wait()
+        side = emergency_tasks(store, client, tset.task_queue, objs, esets, stop)
+        try:
+            async with worker:
+                if paging.pagerduty_change_events:
+                    await ensure_change_events(client, tset)
+                await stop.wait()
+        finally:
+            stop.set()
+            await asyncio.gather(*side, return_exceptions=True)
         log.info("worker stopped")
+
+
+def emergency_tasks(store: SwitchStore, client: Client, task_queue: str, objs: list, esets: "EmergencySettings",
+                    stop: asyncio.Event) -> list[asyncio.Task]:
+    """The emergency lane (served while Temporal is down) and the follow-ups of its moves (once it is back)."""
+    from activities.emergency import EmergencyLane, EmergencyReconciler, serve, temporal_starter
+    from activities.trading_core import TradingCoreActivities
+
+    core = next(o for o in objs if isinstance(o, TradingCoreActivities))
+    tasks = [asyncio.create_task(EmergencyReconciler(store, temporal_starter(client, task_queue)).run(stop))]
+    if esets.emergency_listen:
+        tasks.append(asyncio.create_task(serve(EmergencyLane(store, core.action), esets.emergency_listen, stop)))
+    return tasks
 
 
 def main() -> None:

@@ -322,7 +322,7 @@ class AutoMode:
 
 # -- workflows ended from outside --------------------------------------------------------------------------------
 WATCHED_TYPES = ("RollbackWorkflow", "DegradationWorkflow", "CanaryWorkflow", "IncidentWorkflow",
-                 "ChangeRequestWorkflow")
+                 "ChangeRequestWorkflow", "EmergencyWorkflow")
 END_OVERLAP_S = 60.0  # each look goes back this far before the last one (visibility may lag)
 END_FIRST_LOOK_S = 3600.0  # a fresh monitor looks back this far (a termination while no monitor ran)
 ENDS_KEPT = 500

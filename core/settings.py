@@ -134,6 +134,25 @@ class SigningSettings(BaseSettings):
     change_wait_s: float = Field(default=30.0, gt=0, le=3600)
 
 
+class EmergencySettings(BaseSettings):
+    """ROLLBACKCTL_EMERGENCY_*: the emergency lane (activities/emergency.py), for when Temporal is down.
+
+    `listen`: where each worker serves it (host:port; empty: not served). Loopback by default; in a
+    cluster, a private address reachable from the operators' hosts (the requests are signed and
+    single-use; put TLS in front as for any internal service). `urls`: where the CLI sends an emergency
+    move, comma-separated, tried in order (every worker that serves the lane).
+    """
+
+    model_config = SettingsConfigDict(env_prefix="ROLLBACKCTL_", extra="ignore")
+
+    emergency_listen: str = "127.0.0.1:8720"
+    emergency_urls: str = "http://127.0.0.1:8720"
+    emergency_timeout_s: float = Field(default=3.0, gt=0, le=60)
+
+    def url_list(self) -> list[str]:
+        return [u.strip().rstrip("/") for u in self.emergency_urls.split(",") if u.strip()]
+
+
 SIGNING_OFF_WARNING = ("WARNING: ROLLBACKCTL_SIGNING=off: requests and approvals are NOT signed and the two-person "
                        "rule is OFF. For local drills only, never in production.")
 
@@ -147,3 +166,4 @@ class DevStackSettings(BaseSettings):
     etcd_peer_port: int = 2380
     temporal_ui_port: int = 8233
     sim_port: int = 8700
+    emergency_port: int = 8720  # the worker's emergency lane

@@ -97,6 +97,16 @@ def _check_signatures(rec: dict[str, Any], keys: dict[str, dict[str, str]], nonc
                 return "the signed request is not this record's change (switch or reason differ)"
             if identity.canonical_json(r.values.get("value")) != identity.canonical_json(ch[0].get("new")):
                 return f"the signed value {r.values.get('value')!r} is not the recorded {ch[0].get('new')!r}"
+        elif r.action == "emergency.degrade":  # the emergency lane's level: its switch set, as the manual has it
+            from manual import emergency
+
+            try:
+                want = emergency.move(r.action, r.target, r.values).changes
+            except emergency.NotEmergency as e:
+                return f"the signed request is not an emergency move: {e}"
+            got = {c.get("switch"): c.get("new") for c in rec.get("changes") or []}
+            if identity.canonical_json(got) != identity.canonical_json(want) or r.values.get("reason") != rec.get("reason"):
+                return f"the signed {r.target} is not this record's change (switch set or reason differ)"
         elif r.action.startswith("operator."):
             op = rec.get("operator") or {}
             if r.target != f"operator:{op.get('name')}" or r.values.get("public_key") != op.get("public_key"):

@@ -4,6 +4,7 @@ from workflows.canary import CanaryWorkflow
 from workflows.change_events import ChangeEventsWorkflow
 from workflows.change_request import ChangeRequestWorkflow
 from workflows.degradation import DegradationWorkflow
+from workflows.emergency import EmergencyWorkflow
 from workflows.incident import IncidentWorkflow
 from workflows.monitor import MonitorWorkflow
 from workflows.pager import PagerWorkflow
@@ -11,4 +12,4 @@ from workflows.paging_test import PagingTestWorkflow
 from workflows.rollback import RollbackWorkflow
 
 WORKFLOWS: list[type] = [RollbackWorkflow, DegradationWorkflow, IncidentWorkflow, MonitorWorkflow, CanaryWorkflow,
-                        ChangeRequestWorkflow, PagerWorkflow, PagingTestWorkflow, ChangeEventsWorkflow]
+                        ChangeRequestWorkflow, PagerWorkflow, PagingTestWorkflow, ChangeEventsWorkflow, EmergencyWorkflow]
