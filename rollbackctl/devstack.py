@@ -79,6 +79,8 @@ class Stack:
             "ROLLBACKCTL_TASK_QUEUE": self.temporal.task_queue,
             "ROLLBACKCTL_TRADING_CORE_URL": self.core.url,
             "ROLLBACKCTL_TEMPORAL_UI_URL": self.ui_url,
+            "ROLLBACKCTL_EMERGENCY_LISTEN": f"127.0.0.1:{self.dev.emergency_port}",
+            "ROLLBACKCTL_EMERGENCY_URLS": f"http://127.0.0.1:{self.dev.emergency_port}",
             **self.dev_paging_env(),
         }
 

@@ -51,7 +51,7 @@ def export_lines(st) -> list[str]:
            "ROLLBACKCTL_TRADING_CORE_TOKEN": TradingCoreSettings().token.get_secret_value()}
     keep = ("ROLLBACKCTL_ETCD_ENDPOINTS", "ROLLBACKCTL_ETCD_PREFIX", "TEMPORAL_ADDRESS", "TEMPORAL_NAMESPACE",
             "ROLLBACKCTL_TASK_QUEUE", "ROLLBACKCTL_TRADING_CORE_URL", "ROLLBACKCTL_TRADING_CORE_TOKEN",
-            "ROLLBACKCTL_TEMPORAL_UI_URL", "ROLLBACKCTL_KEY_DIR")
+            "ROLLBACKCTL_TEMPORAL_UI_URL", "ROLLBACKCTL_KEY_DIR", "ROLLBACKCTL_EMERGENCY_URLS")
     return [f"export {k}={shlex.quote(str(env[k]))}" for k in keep if env.get(k)]
 
 

@@ -100,7 +100,7 @@ async def submit(proof: identity.Proof, wait: bool = False, wait_s: float | None
     from temporalio.service import RPCError, RPCStatusCode
 
     from core.settings import SigningSettings, TemporalSettings
-    from core.temporal_client import connect
+    from core.temporal_client import TemporalUnavailable, connect
     from contracts.progress import Progress
     from contracts.requests import ChangeRequestInput, ChangeRequestResult, change_request_workflow_id
 
@@ -122,8 +122,8 @@ async def submit(proof: identity.Proof, wait: bool = False, wait_s: float | None
         raise Unconfirmed(wid, "a request with this nonce was already submitted", until) from None
     except RPCError as e:
         if e.status in (RPCStatusCode.UNAVAILABLE,) and "connect" in e.message.lower():
-            raise CliError(f"Temporal at {s.temporal_address} is unreachable ({e.message}): nothing submitted",
-                           5) from None
+            raise TemporalUnavailable(f"Temporal at {s.temporal_address} is unreachable ({e.message}): "
+                                      "nothing submitted") from None
         raise Unconfirmed(wid, f"the start's answer was lost ({e.message})", until) from None
     result = asyncio.ensure_future(h.result())
     loop = asyncio.get_running_loop()
@@ -175,4 +175,59 @@ def report(res, pending, what: str, as_json: bool) -> int:
         raise CliError(f"{what}: {res.detail}", 4)
     if as_json:
         print_json(res.model_dump(mode="json"))
+    return 0
+
+
+async def emergency_submit(proof: identity.Proof):
+    """Send a signed pre-approved move to the worker's emergency lane (Temporal is down); returns its
+    EmergencyOutcome. Each configured lane is tried in order until one answers (a refusal is final)."""
+    import httpx
+
+    from contracts.emergency import EMERGENCY_PATH, EmergencyOutcome, EmergencyRequest
+    from core.settings import EmergencySettings
+
+    s = EmergencySettings()
+    body = EmergencyRequest(proof=proof).model_dump_json()
+    tried = []
+    async with httpx.AsyncClient(timeout=s.emergency_timeout_s) as http:
+        for url in s.url_list():
+            try:
+                resp = await http.post(url + EMERGENCY_PATH, content=body, headers={"Content-Type": "application/json"})
+            except httpx.HTTPError as e:
+                tried.append(f"{url}: {type(e).__name__}")
+                continue
+            if resp.status_code == 200:
+                return EmergencyOutcome.model_validate_json(resp.content)
+            try:
+                err = resp.json()
+            except ValueError:
+                err = {"error": resp.text[:200], "kind": str(resp.status_code)}
+            if resp.status_code >= 500:
+                tried.append(f"{url}: {resp.status_code} {err.get('error', '')}")
+                continue
+            code = {400: 2, 403: 3, 409: 4}.get(resp.status_code, 1)
+            raise CliError(f"emergency lane refused ({err.get('kind')}): {err.get('error')}: nothing applied", code)
+    raise CliError("Temporal is unreachable and so is every emergency lane (" + "; ".join(tried or ["none configured"])
+                   + "): nothing applied. Is a worker running? (ROLLBACKCTL_EMERGENCY_URLS)", 5)
+
+
+def report_emergency(out, what: str, actor: str, key_id: str, as_json: bool) -> int:
+    from core.settings import TemporalSettings
+    from manual import switches
+    from rollbackctl.cli.common import print_json
+
+    if as_json:
+        print_json({"status": "applied", "lane": "emergency", **out.model_dump(mode="json")})
+        return 0
+    print(f"Temporal at {TemporalSettings().temporal_address} is unreachable: {what} is a pre-approved emergency "
+          "move, applied through the worker's emergency lane.")
+    for c in out.changes:
+        sw = switches.get(c.switch)
+        print(f"  {c.switch}: {sw.render(c.old)} -> {sw.render(c.new)}")
+    print(f"  audit {out.audit_id}, etcd revision {out.revision}; signed by {actor}, key {key_id}"
+          + (" (already applied)" if out.replayed else ""))
+    for a in out.core_actions:
+        print(f"  trading core {a}")
+    print(f"When Temporal is back the worker opens {out.change_id}, which pages this move until an on-call "
+          f"acknowledges it (`rollbackctl confirm {out.change_id} --as OP`).")
     return 0

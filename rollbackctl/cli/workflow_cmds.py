@@ -18,7 +18,7 @@ from rollbackctl.cli.common import CliError, print_json
 
 _DUR = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h|d)$")
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
-WORKFLOW_PREFIXES = ("rollback-", "degrade-", "canary-", "incident-", "monitor", "change-")
+WORKFLOW_PREFIXES = ("rollback-", "degrade-", "canary-", "incident-", "monitor", "change-", "emergency-")
 
 
 def duration(text: str) -> timedelta:
@@ -270,8 +270,33 @@ async def cmd_degrade(args) -> int:
     print(f"level {lvl.level}: {lvl.name}\nswitches to apply (after the checklist; `status` shows when they are): "
           + ", ".join(f"{k}={v}" for k, v in lvl.switch_set.items()))
     print("still available: " + "; ".join(lvl.available))
-    return await _start(DegradationWorkflow.run, inp, degrade_workflow_id(args.level, args.incident), "degradation",
-                        args.wait)
+    from core.temporal_client import TemporalUnavailable
+
+    try:
+        return await _start(DegradationWorkflow.run, inp, degrade_workflow_id(args.level, args.incident), "degradation",
+                            args.wait)
+    except TemporalUnavailable as e:
+        return await _degrade_emergency(args, lvl, e)
+
+
+async def _degrade_emergency(args, lvl, down: Exception) -> int:
+    """Temporal is down: Levels 1 and 2 go through the worker's emergency lane (activities/emergency.py),
+    signed against the etcd revision read now; anything else waits for Temporal."""
+    from manual import emergency
+    from rollbackctl.cli import signing
+    from rollbackctl.cli.common import switch_store
+
+    if lvl.level not in emergency.LEVELS or args.drill or not signing.signing_on():
+        why = ("a drill never uses it" if args.drill else "it needs signing on" if not signing.signing_on()
+               else f"it takes levels {', '.join(map(str, emergency.LEVELS))} only")
+        raise type(down)(f"{down}. The emergency lane does not apply here ({why})") from None
+    async with switch_store() as store:
+        snap = await store.snapshot()
+    proof = signing.sign(args.actor, action=emergency.LEVEL_ACTION, target=f"level:{lvl.level}",
+                         values={"reason": args.reason, "incident": args.incident}, revision=snap.revision)
+    out = await signing.emergency_submit(proof)
+    return signing.report_emergency(out, f"degradation level {lvl.level}", args.actor, proof.key_id,
+                                    getattr(args, "json", False))
 
 
 def degrade_dry_run(lvl, args, role, d) -> int:

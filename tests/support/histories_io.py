@@ -61,6 +61,7 @@ REQUIRED = {
                     "degradation_level_1_restored_through_5pct", "degradation_level_1_5pct_restore_failed"),
     "pager": ("pager_storm", "pager_reroute"),
     "change request": ("change_request_expired_before_pickup",),  # patch "change-pickup-deadline"
+    "emergency": ("emergency_acknowledged",),  # the follow-up of a move made while Temporal was down
     "canary": ("canary_phase3_passed", "canary_phase3_rolled_back", "canary_phase3_extended_promoted_aborted",
                "canary_phase3_paused_by_rollback", "canary_phase2_precision_rolled_back",
                "canary_phase3_continued_as_new", "canary_phase3_passed_seq_by_worker",

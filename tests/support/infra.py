@@ -32,9 +32,10 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def clean_env(**settings: str) -> dict[str, str]:
-    """os.environ without any ROLLBACKCTL_* / TEMPORAL_* of the caller, plus `settings`."""
+    """os.environ without any ROLLBACKCTL_* / TEMPORAL_* of the caller, plus `settings`. A worker serves
+    no emergency lane unless the test asks (the default port is the dev stack's: a test must not take it)."""
     base = {k: v for k, v in os.environ.items() if not k.startswith(("ROLLBACKCTL_", "TEMPORAL_"))}
-    return {**base, **settings}
+    return {**base, "ROLLBACKCTL_EMERGENCY_LISTEN": "", **settings}
 
 
 ROLLBACKCTL = str(Path(sys.executable).parent / "rollbackctl")
