@@ -34,6 +34,7 @@ BENCHES: dict[str, tuple[str, dict, dict]] = {
     "detection": ("bench.detection", {"runs": 20}, {"runs": 5}),
     "concurrency": ("bench.concurrency", {"rollbacks": 200}, {"rollbacks": 30}),
     "incidents": ("bench.incidents", {"incidents": 200}, {"incidents": 30}),
+    "emergency_lane": ("bench.emergency_lane", {"n": 200, "cli_runs": 10}, {"n": 30, "cli_runs": 3}),
 }
 # name -> (module, kwargs): benchmarks with servers of their own, run after the shared stack is down
 OWN_STACK: dict[str, tuple[str, dict]] = {
