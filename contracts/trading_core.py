@@ -84,6 +84,9 @@ class HealthSnapshot(BaseModel):
     # Beyond the list: which control actions are in force (e.g. "new_orders_paused",
     # "hl_routing_paused:BTC", "large_withdrawals_paused:>10000"). Optional for other cores.
     controls: list[str] = []
+    # Orders per minute the core routes internally (B-book), rolling: the live traffic a 5% restore stage
+    # observes. Optional (None: not reported; the restore then says it could not tell, and pages).
+    internal_orders_per_min: float | None = Field(default=None, ge=0)
 
 
 class ReadHealthInput(BaseModel):

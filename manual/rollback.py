@@ -61,6 +61,8 @@ CROSS_MODULE_SET: dict[str, Any] = {"routing_mode": "HL_MODE", "global_betting_e
 
 # The 5% canary of "Fix & Restart": internalization comes back on this share of orders first.
 RESTORE_CANARY_SWITCH = "betting_traffic_pct"
+# The 5% stage verifies nothing unless orders flow on the restored path (contracts/trading_core.py).
+RESTORE_TRAFFIC_METRIC = "internal_orders_per_min"
 RESTORE_CANARY_VALUE = 5
 
 # Health checks during the 5-minute observation (a breach escalates) and the 5% restore canary.
@@ -152,7 +154,8 @@ def observe_step(d: Durations, name: str = "observe") -> Observe:
 def restore_observe_step(d: Durations) -> Observe:
     """The 5% restore's observation (rollbacks and degradations): a breach rolls the restore back."""
     return Observe(name="observe_5pct", duration=d.restore_observe, interval=d.interval(d.restore_observe),
-                   checks=OBSERVE_CHECKS, consecutive=d.consecutive_breaches, on_breach="rollback")
+                   checks=OBSERVE_CHECKS, consecutive=d.consecutive_breaches, on_breach="rollback",
+                   traffic=RESTORE_TRAFFIC_METRIC)
 
 
 def confirm_step(d: Durations, scope: Scope) -> AwaitConfirmation:

@@ -110,6 +110,9 @@ class Observe(_Step):
     probes: tuple[Literal["exposure_precision"], ...] = ()
     # Read health as a local activity: 6 history events per check instead of 11 (canaries check for days).
     local_reads: bool = False
+    # A health metric that must read > 0 at least once: live traffic on the observed path (a 5% restore
+    # observes nothing while orders are paused). None seen: "no_traffic"; not reported: said and paged.
+    traffic: str | None = None
 
     @model_validator(mode="after")
     def _ranges(self) -> "Observe":

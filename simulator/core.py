@@ -19,7 +19,7 @@ from contracts.trading_core import ACTIONS, ExposureReport, HealthSnapshot
 from manual import switches as matrix
 from core.etcd import Etcd
 from simulator.faults import ApiFaults, Faults
-from simulator.model import RECONCILIATION_S, SYMBOLS, Controls, Market, internalization_block, route_order
+from simulator.model import ORDERS_PER_S, RECONCILIATION_S, SYMBOLS, Controls, Market, internalization_block, route_order
 from simulator.sinks import PagerDutySink, SlackSink
 from core.watcher import SwitchUpdate, SwitchWatcher
 
@@ -301,9 +301,23 @@ class Simulator:
             "maintenance": self.maintenance,
             "as_of": iso(utcnow()),
             "controls": self.controls.listing(),
+            "internal_orders_per_min": self.internal_orders_per_min(eff),
         }
         HealthSnapshot.model_validate(body)  # the simulator keeps its own contract
         return body
+
+    def internal_orders_per_min(self, eff: dict[str, Any]) -> float:
+        """The order model's rate on the internal path now (a real core reports its realized rolling rate):
+        0 while trading or new orders are paused, or where a symbol may not be internalized."""
+        c = self.controls
+        if c.trading_paused or c.new_orders_paused:
+            return 0.0
+        sw, share = self.values(), 0.0
+        for s in SYMBOLS:
+            if internalization_block(sw, s, 0.0, eff, self.market.exposure_usd(s), 0.0) is not None:
+                continue
+            share += 1.0 if s in c.hl_routing_paused else min(max(float(sw.get("betting_traffic_pct", 0)), 0.0), 100.0) / 100
+        return round(ORDERS_PER_S * 60 * share, 2)
 
     def exposure(self) -> dict[str, Any]:
         sw, eff = self.values(), self.effective()

@@ -212,8 +212,11 @@ async def test_a_degradation_restore_goes_through_the_5pct_stage(ts_env, store, 
         assert await values(store, "global_betting_enabled", "betting_traffic_pct") == {
             "global_betting_enabled": True, "betting_traffic_pct": 5}
         res = await h.result()
-        await save_history(h, "degradation_level_1_restored_through_5pct")
+        await save_history(h, "degradation_level_1_restored_through_5pct_traffic_seen")
+        p = await h.query(DegradationWorkflow.progress)
     assert res.status == "restored"
+    obs = next(s for s in p.history if s.name == "observe_5pct")
+    assert obs.outcome == "ok" and "live traffic seen" in obs.detail
     audit = await audit_of(store, degrade_workflow_id(1, inc))
     assert [{c.switch: c.new for c in a.changes} for a in audit][-2:] == [
         {"global_betting_enabled": True, "hedge_enabled": True, "betting_traffic_pct": 5}, {"betting_traffic_pct": 100}]
@@ -234,3 +237,38 @@ async def test_a_degradation_5pct_restore_that_breaches_puts_the_level_back(ts_e
         "global_betting_enabled": False, "betting_traffic_pct": 5}  # pre-approved moves only; said
     assert "betting_traffic_pct=5 stays until the next fix's restore" in res.detail
     assert any("5% restore failed its checks" in p["summary"] for p in si.pages)
+
+
+async def test_a_5pct_restore_that_sees_no_traffic_verifies_nothing_and_puts_the_level_back(ts_env, store,
+                                                                                             task_queue):
+    """The on-call's finding: "the 5% restore passed its check while all trading was paused, so it observed
+    nothing". With no order on the restored path (internal_orders_per_min 0 at every check) the stage fails
+    like a breach: the level's values back, paged, `fix` again once orders flow."""
+    si, inc = StandIns(), incident()
+    async with make_worker(ts_env, store, si, task_queue):
+        h = await _degrade_to_fix(ts_env, store, si, task_queue, inc)
+        si.health["internal_orders_per_min"] = 0.0  # new orders paused at the core
+        await h.execute_update(DegradationWorkflow.fix, Decision(actor="alice", reference="pr-9", tests_passed=True))
+        res = await h.result()
+        await save_history(h, "degradation_level_1_5pct_no_traffic")
+        p = await h.query(DegradationWorkflow.progress)
+    assert res.status == "restore_failed" and "saw no live traffic on the restored path" in res.detail
+    assert await values(store, "global_betting_enabled") == {"global_betting_enabled": False}
+    obs = next(s for s in p.history if s.name == "observe_5pct")
+    assert obs.outcome == "no_traffic" and "nothing verified" in obs.detail
+    assert any("saw no live traffic" in p["summary"] for p in si.pages)
+
+
+async def test_a_5pct_restore_whose_core_reports_no_traffic_figure_says_so_and_pages(ts_env, store, task_queue):
+    si, inc = StandIns(), incident()
+    async with make_worker(ts_env, store, si, task_queue):
+        h = await _degrade_to_fix(ts_env, store, si, task_queue, inc)
+        del si.health["internal_orders_per_min"]  # another trading core: the field is optional
+        await h.execute_update(DegradationWorkflow.fix, Decision(actor="alice", reference="pr-9", tests_passed=True))
+        res = await h.result()
+        p = await h.query(DegradationWorkflow.progress)
+    assert res.status == "restored"
+    obs = next(s for s in p.history if s.name == "observe_5pct")
+    assert "does not report internal_orders_per_min: whether orders flowed is unknown" in obs.detail
+    (page,) = [p for p in si.pages if "does not report internal_orders_per_min" in p["summary"]]
+    assert page["severity"] == "warning"

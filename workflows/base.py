@@ -39,6 +39,8 @@ RESTORE_ONLY_CHANGES = "restore-only-changes"
 DEGRADATION_5PCT = "degradation-5pct-restore"
 # patch: a workflow cancelled in Temporal says what stays and pages it before it ends CANCELED
 CANCEL_HANDLED = "cancel-handled"
+# patch: an observation with a `traffic` metric (a 5% restore) passes only if live traffic was seen
+OBSERVE_TRAFFIC = "observe-needs-traffic"
 CLOSE_WAIT = timedelta(seconds=30)  # at its end a workflow waits this long to hear its alerts resolved
 # The longest a trading-core action is retried under one Idempotency-Key; the core must keep a
 # performed action's answer at least this long (docs/trading-core-api.md; the simulator: 24 h).

@@ -112,7 +112,7 @@ class DegradationWorkflow(PagingHandlers):
             if name != "restore_5pct":
                 continue
             res = await self.r.run_observe(rollback.restore_observe_step(d))
-            if res == "breach":
+            if res in ("breach", "no_traffic"):
                 # only the level's own switches (pre-approved moves); the 5% traffic share stays, harmless
                 # with internalization off again, and is said
                 back = {k: changes[k] for k in values if k in changes}
@@ -126,11 +126,14 @@ class DegradationWorkflow(PagingHandlers):
                     await self.r.run_core_actions(actions.model_copy(update={"name": f"re_{actions.name}"}))
                     self._core_held = [a.action for a in lvl.core_actions]
                 stays = ", ".join(f"{k}={switches.get(k).render(v)}" for k, v in values.items() if k not in back)
-                self.r.progress.detail = (f"5% restore breached its health checks: degradation level {lvl.level} "
+                why = ("breached its health checks" if res == "breach" else "saw no live traffic on the restored path "
+                       "(no order went through it, so nothing was verified; `fix` again once orders flow)")
+                self.r.progress.detail = (f"5% restore {why}: degradation level {lvl.level} "
                                           "values back in force" + (f"; {stays} stays until the next fix's restore"
                                                                     if stays else ""))
-                await self.r.notify(f"{self.r.wid}: 5% restore failed its checks; degradation level {lvl.level} is "
-                                    "back in force", page=True, severity="critical", kind="restore_failed")
+                await self.r.notify(f"{self.r.wid}: 5% restore {'failed its checks' if res == 'breach' else why}; "
+                                    f"degradation level {lvl.level} is back in force", page=True, severity="critical",
+                                    kind="restore_failed")
                 return "restore_failed"
         return None
 

@@ -312,14 +312,11 @@ class RollbackWorkflow(PagingHandlers):
                                    approved_by=fix.actor, break_glass=glass)
             self.set_by_rollback.update(stage1)
             res = await self.r.run_observe(rollback.restore_observe_step(d))
-            if res == "breach":
+            if res in ("breach", "no_traffic"):
                 back = {k: v for k, v in expected.items()}
                 await self.r.run_apply(self._restore_step("re_rollback", back, fix, authority="preapproved"),
                                        values=back, expected=dict(self.set_by_rollback))
-                self.r.progress.detail = "5% restore breached its health checks: rolled back again"
-                await self.r.notify(f"{self.r.wid}: 5% restore failed its checks; rolled back again", page=True,
-                                    severity="critical", kind="restore_failed")
-                return "restore_failed"
+                return await self._restore_failed(res)
             expected = dict(self.set_by_rollback)
             restore_to = {**restore_to, pct: snap.get(pct)}
         await self.r.run_apply(self._restore_step("restore_full", restore_to, fix), values=restore_to,
@@ -341,19 +338,28 @@ class RollbackWorkflow(PagingHandlers):
             if name != "restore_5pct":
                 continue
             res = await self.r.run_observe(rollback.restore_observe_step(d))
-            if res == "breach":
+            if res in ("breach", "no_traffic"):
                 back = rollback.only_changes(self.applied, self.set_by_rollback)
                 await self.r.run_apply(self._restore_step("re_rollback", back, fix, authority="preapproved"),
                                        values=back, expected={k: self.set_by_rollback[k] for k in back})
                 self.set_by_rollback.update(back)
-                self.r.progress.detail = "5% restore breached its health checks: rolled back again"
-                await self.r.notify(f"{self.r.wid}: 5% restore failed its checks; rolled back again", page=True,
-                                    severity="critical", kind="restore_failed")
-                return "restore_failed"
+                return await self._restore_failed(res)
         await self.r.notify(f"{self.r.wid}: restored to the pre-incident configuration (fix {fix.reference})",
                             page=True, severity="info", event_action="resolve")
         self.r.progress.detail = f"restored after fix {fix.reference} by {fix.actor}"
         return "restored"
+
+    async def _restore_failed(self, res: str) -> str:
+        """The 5% stage did not pass (its checks breached, or no live traffic to verify): rolled back again, paged."""
+        if res == "breach":
+            self.r.progress.detail = "5% restore breached its health checks: rolled back again"
+            text = f"{self.r.wid}: 5% restore failed its checks; rolled back again"
+        else:
+            self.r.progress.detail = ("5% restore saw no live traffic on the restored path (no order went through it, "
+                                      "so nothing was verified): rolled back again; `fix` again once orders flow")
+            text = f"{self.r.wid}: {self.r.progress.detail}"
+        await self.r.notify(text, page=True, severity="critical", kind="restore_failed")
+        return "restore_failed"
 
     def _restore_step(self, name: str, values: dict[str, Any], fix: Decision, authority: str = "plan") -> ApplySwitches:
         return ApplySwitches(

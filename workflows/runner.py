@@ -37,7 +37,7 @@ with workflow.unsafe.imports_passed_through():
     from contracts.progress import ChecklistResult, CheckResult, Decision, Progress, StepRecord
 
 from workflows.alerting import Alerting
-from workflows.base import MAX_CHECKS_KEPT, ROSTER_REFRESH, ActionOutcome, StepFailed, root_cause
+from workflows.base import MAX_CHECKS_KEPT, OBSERVE_TRAFFIC, ROSTER_REFRESH, ActionOutcome, StepFailed, root_cause
 from workflows.gate import DecisionGate
 from workflows.gateway import ActivityGateway
 
@@ -99,6 +99,7 @@ class ObserveClock(BaseModel):
     stop: str | None = None  # set by a human decision ("promoted", "aborted"): returned by run_observe
     version: int = 0  # bumped by touch(): wakes the observation
     max_history: int | None = None  # return "continue_as_new" after a check once the run's history is this long
+    traffic: bool | None = None  # the step's `traffic` metric: None never reported, False only 0 seen, True > 0 seen
 
     def touch(self) -> None:
         self.version += 1
@@ -134,6 +135,7 @@ class Runner(ActivityGateway, Alerting, DecisionGate):
         self.roster: dict[str, str] = {}
         self.snapshot: Snapshot | None = None
         self._decision: tuple[str, Decision] | None = None
+        self._health: dict[str, Any] | None = None  # the last health read of an observation
         self._escalate_open = False
         self._escalation: Decision | None = None
         self._runs: dict[str, int] = {}
@@ -330,6 +332,7 @@ class Runner(ActivityGateway, Alerting, DecisionGate):
                 health = {**health, **extra}
             else:
                 health = await read
+            self._health = health
             vals = values or self.progress.snapshot
             verdicts = [check_one(c, health, vals) for c in step.checks]
             breaches = [v for v in verdicts if v is not None]
@@ -364,9 +367,12 @@ class Runner(ActivityGateway, Alerting, DecisionGate):
                     if (self._escalate_open and self.signing and self.roster_at is not None
                             and workflow.now() - self.roster_at >= ROSTER_REFRESH and workflow.patched("roster-refresh")):
                         await self.load_roster(local=False)  # an escalation may arrive meanwhile: keep keys fresh
+                    self._health = None
                     check, verdicts = await self._check(step, values)
                     c.tick(workflow.now())
                     c.checks += 1
+                    if step.traffic and self._health is not None and self._health.get(step.traffic) is not None:
+                        c.traffic = c.traffic or float(self._health[step.traffic]) > 0
                     c.next_check_at = workflow.now() + step.interval
                     self.progress.checks = [*self.progress.checks[-(MAX_CHECKS_KEPT - 1):], check]
                     self.show()
@@ -408,7 +414,21 @@ class Runner(ActivityGateway, Alerting, DecisionGate):
         finally:
             self._escalate_open = False
             self.progress.observing_until = self.progress.next_check_at = None
-        self._end(rec, "ok", f"{c.duration} observed, last check {'ok' if self.progress.checks[-1].ok else 'failed'}")
+        done = f"{c.duration} observed, last check {'ok' if self.progress.checks[-1].ok else 'failed'}"
+        if step.traffic and workflow.patched(OBSERVE_TRAFFIC):
+            if c.traffic is False:
+                self._end(rec, "no_traffic", f"{done}; no live traffic on the observed path ({step.traffic} was 0 at "
+                                             f"every check): nothing verified")
+                return "no_traffic"
+            if c.traffic is None:
+                self._end(rec, "ok", f"{done}; the trading core does not report {step.traffic}: whether orders "
+                                     "flowed is unknown")
+                await self.notify(f"{self.wid}: {step.name} passed its checks, but the trading core does not report "
+                                  f"{step.traffic}: whether any order used the restored path is unknown. Check the "
+                                  "core's order flow.", page=True, severity="warning", kind="no_traffic_figure")
+                return "ok"
+            done += "; live traffic seen"
+        self._end(rec, "ok", done)
         return "ok"
 
 

@@ -58,7 +58,9 @@ REQUIRED = {
                     "degradation_level_1_restored_by_risk_manager",  # patch "restore-only-changes"
                     "degradation_level_2_withdrawn_at_confirm",  # the withdraw exit
                     # patch "degradation-5pct-restore"
-                    "degradation_level_1_restored_through_5pct", "degradation_level_1_5pct_restore_failed"),
+                    "degradation_level_1_restored_through_5pct", "degradation_level_1_5pct_restore_failed",
+                    # patch "observe-needs-traffic"
+                    "degradation_level_1_restored_through_5pct_traffic_seen", "degradation_level_1_5pct_no_traffic"),
     "pager": ("pager_storm", "pager_reroute"),
     "change request": ("change_request_expired_before_pickup",),  # patch "change-pickup-deadline"
     "emergency": ("emergency_acknowledged",),  # the follow-up of a move made while Temporal was down

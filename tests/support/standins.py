@@ -40,6 +40,7 @@ HEALTHY: dict[str, Any] = {
     "liquidation_execution_failure_rate": 0.0, "hot_wallet_usd": 2_000_000.0, "order_price_deviation": {"BTC": 0.001},
     "asset_mismatch_ratio": 0.0, "volatility_pct": {"BTC": 1.0}, "internal_net_exposure_usd": {"BTC": 120_000.0},
     "daily_net_pnl_usd": 1000.0, "risk_reserve_usd": 900_000.0, "hl_routing_failures": 0, "maintenance": False,
+    "internal_orders_per_min": 24.0,  # orders flow on the internal path (0: paused; absent: not reported)
 }
 
 
