@@ -75,6 +75,25 @@ async def test_critical_cross_module_confirm_fix_restore_through_5pct(ts_env, st
     assert any(pg["event_action"] == "resolve" for pg in si.pages)
 
 
+async def test_a_5pct_restore_with_no_order_on_the_restored_path_rolls_back_again(ts_env, store, task_queue):
+    """Trading paused at the core: the 5% stage cannot verify anything, so it does not pass."""
+    await set_switches(store, "alice", global_betting_enabled=True, routing_mode="NORMAL_MODE")
+    si, inc = StandIns(), incident()
+    async with make_worker(ts_env, store, si, task_queue):
+        h = await start(ts_env, task_queue, inc)
+        await wait_for(h, ts_env, awaiting("confirm"))
+        await h.execute_update(RollbackWorkflow.confirm, Decision(actor="oscar", reason="holds"))
+        await wait_for(h, ts_env, awaiting("fix"))
+        si.health["internal_orders_per_min"] = 0.0
+        await h.execute_update(RollbackWorkflow.fix, Decision(actor="alice", reference="fix-9", tests_passed=True))
+        res = await h.result()
+        await save_history(h, "rollback_5pct_no_traffic_rolled_back_again")
+    assert res.status == "restore_failed" and "saw no live traffic" in res.detail, res
+    assert await values(store, "routing_mode", "global_betting_enabled") == {
+        "routing_mode": "HL_MODE", "global_betting_enabled": False}
+    assert any("saw no live traffic" in pg.get("summary", "") and pg["severity"] == "critical" for pg in si.pages)
+
+
 @pytest.mark.parametrize("scope,switch,expected", [
     (Scope.SINGLE, "hedging", {"hedge_enabled": False}),
     (Scope.SINGLE, "hedge_max_leverage", {"hedge_max_leverage": 1.5}),

@@ -52,7 +52,8 @@ REQUIRED = {
                  "rollback_crash_after_own_write_restored",  # patch "snapshot-before-own-write"
                  "rollback_cancelled_in_temporal_at_confirm",  # patch "cancel-handled"
                  "rollback_critical_cross_restored_pre_outbox",  # before patch "pager-outbox"
-                 "rollback_breach_stayed_then_withdrawn", "rollback_full_system_withdrawn_by_starter"),  # exits
+                 "rollback_breach_stayed_then_withdrawn", "rollback_full_system_withdrawn_by_starter",  # exits
+                 "rollback_5pct_no_traffic_rolled_back_again"),  # patch "observe-needs-traffic"
     "degradation": ("degradation_level_2_restored", "degradation_level_2_restored_pre_outbox",
                     "degradation_level_2_undo_refused_paged",  # patch "undo-failures-paged"
                     "degradation_level_1_restored_by_risk_manager",  # patch "restore-only-changes"
