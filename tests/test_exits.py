@@ -272,3 +272,34 @@ async def test_a_5pct_restore_whose_core_reports_no_traffic_figure_says_so_and_p
     assert "does not report internal_orders_per_min: whether orders flowed is unknown" in obs.detail
     (page,) = [p for p in si.pages if "does not report internal_orders_per_min" in p["summary"]]
     assert page["severity"] == "warning"
+
+
+def _summaries(hist) -> dict[str, list[str]]:
+    """Each event type's user-metadata summaries: what Temporal's Web UI shows on its timeline ("summary ...
+    a single-line fixed summary for this command", docs.temporal.io/develop/python/enriching-ui)."""
+    import json as _json
+
+    out: dict[str, list[str]] = {}
+    for ev in hist.events:
+        if ev.HasField("user_metadata") and ev.user_metadata.HasField("summary"):
+            name = ev.WhichOneof("attributes") or "?"
+            out.setdefault(name, []).append(_json.loads(ev.user_metadata.summary.data))
+    return out
+
+
+async def test_the_web_ui_timeline_reads_like_the_runbook(ts_env, store, task_queue):
+    """Activities, local activities and timers carry summaries: which step, which switches, what it waits
+    for; before, the timeline showed only activity type names and anonymous timers."""
+    await set_switches(store, "alice", global_betting_enabled=True, routing_mode="NORMAL_MODE")
+    si, inc = StandIns(), incident()
+    async with make_worker(ts_env, store, si, task_queue):
+        h = await start(ts_env, task_queue, inc)
+        await wait_for(h, ts_env, awaiting("confirm"))
+        s = _summaries(await h.fetch_history())
+    timers = s.get("timer_started_event_attributes", [])
+    markers = s.get("marker_recorded_event_attributes", [])
+    acts = s.get("activity_task_scheduled_event_attributes", [])
+    assert "observe: next health check" in timers, s
+    assert "confirm: waiting for confirm from on_call+" in timers, s
+    assert any(m.startswith("apply: ") and "routing_mode=HL_MODE" in m for m in markers + acts), s
+    assert "health check (observe)" in acts, s

@@ -102,8 +102,10 @@ class DecisionGate:
     async def _wait_decision(self, timeout: timedelta, refresh: bool) -> None:
         """Wait up to `timeout` for a decision; with `refresh`, re-read the roster every ROSTER_REFRESH
         meanwhile (raises asyncio.TimeoutError when the whole timeout has passed)."""
+        aw = self.progress.awaiting
+        summary = (f"{aw.step}: waiting for {aw.expects} from {aw.min_role}+" if aw is not None else "waiting for a decision")
         if not refresh:
-            await workflow.wait_condition(lambda: self._decision is not None, timeout=timeout)
+            await workflow.wait_condition(lambda: self._decision is not None, timeout=timeout, timeout_summary=summary)
             return
         deadline = workflow.now() + timeout
         while True:
@@ -111,7 +113,8 @@ class DecisionGate:
             if left <= timedelta(0):
                 raise asyncio.TimeoutError()
             try:
-                await workflow.wait_condition(lambda: self._decision is not None, timeout=min(left, ROSTER_REFRESH))
+                await workflow.wait_condition(lambda: self._decision is not None, timeout=min(left, ROSTER_REFRESH),
+                                              timeout_summary=summary)
                 return
             except asyncio.TimeoutError:
                 if workflow.now() >= deadline:

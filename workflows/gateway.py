@@ -52,14 +52,15 @@ class ActivityGateway:
         checks read by name (manual/steps.HealthCheck.metric)."""
         inp = ReadHealthInput(timeout_s=timeout.total_seconds())
         policy = RetryPolicy(maximum_attempts=attempts, initial_interval=timedelta(milliseconds=100))
+        where = f"health check ({self.progress.current_step})" if self.progress.current_step else "health check"
         if local:
             snap: HealthSnapshot = await workflow.execute_local_activity_method(
                 TradingCoreActivities.read_health, inp, start_to_close_timeout=timeout + timedelta(milliseconds=200),
-                retry_policy=policy)
+                retry_policy=policy, summary=where)
         else:
             snap = await workflow.execute_activity_method(
                 TradingCoreActivities.read_health, inp, start_to_close_timeout=timeout + timedelta(seconds=1),
-                retry_policy=policy)
+                retry_policy=policy, summary=where)
         return snap.model_dump(mode="json")
 
     async def core_action(self, step: str, action: str, body: dict[str, Any]) -> CoreActionResult:
@@ -70,7 +71,8 @@ class ActivityGateway:
         inp = CoreActionInput(action=action, body=body, idempotency_key=f"{self._key(step)}:{action}")
         return await workflow.execute_activity_method(
             TradingCoreActivities.action, inp, start_to_close_timeout=timedelta(seconds=10),
-            schedule_to_close_timeout=CORE_ACTION_HORIZON, retry_policy=CORE_RETRY)
+            schedule_to_close_timeout=CORE_ACTION_HORIZON, retry_policy=CORE_RETRY,
+            summary=_summary(f"trading core: {action} ({step})"))
 
     async def apply(self, step: ApplySwitches, *, expected: dict[str, Any] | None = None,
                     values: dict[str, Any] | None = None, approved_by: str | None = None,
@@ -97,7 +99,8 @@ class ActivityGateway:
         )
         res: ChangeSetResult = await workflow.execute_local_activity_method(
             SwitchActivities.apply, req, start_to_close_timeout=timedelta(seconds=15),
-            schedule_to_close_timeout=timedelta(minutes=30), retry_policy=SWITCH_RETRY)
+            schedule_to_close_timeout=timedelta(minutes=30), retry_policy=SWITCH_RETRY,
+            summary=_summary(f"{step.name}: " + ", ".join(f"{k}={v}" for k, v in changes.items())))
         if res.replayed:
             self._unsee_own_write(res)
         self.progress.applied.append(res)
@@ -130,6 +133,7 @@ class ActivityGateway:
                 TradingCoreActivities.wait_applied, WaitAppliedInput(revision=revision, timeout_s=timeout.total_seconds()),
                 start_to_close_timeout=timeout + timedelta(seconds=2),
                 retry_policy=RetryPolicy(maximum_attempts=3, non_retryable_error_types=["Maintenance"]),
+                summary=f"wait until the trading core applied etcd revision {revision}",
             )
             return f"trading core applied revision {revision}"
         except FailureError as e:
@@ -160,3 +164,8 @@ class ActivityGateway:
             out["exposure_mismatches"] = len(bad)
             out["exposure_mismatch_detail"] = bad
         return out
+
+
+def _summary(text: str) -> str:
+    """An activity's one line in the Web UI's timeline (the UI shows the first 200 bytes or so)."""
+    return text.encode()[:200].decode(errors="ignore")

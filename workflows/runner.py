@@ -407,7 +407,7 @@ class Runner(ActivityGateway, Alerting, DecisionGate):
                 version = c.version
                 try:
                     await workflow.wait_condition(lambda: self._escalation is not None or c.version != version,
-                                                  timeout=wait)
+                                                  timeout=wait, timeout_summary=f"{step.name}: next health check")
                     due = False
                 except asyncio.TimeoutError:
                     due = True
