@@ -303,3 +303,36 @@ async def test_the_web_ui_timeline_reads_like_the_runbook(ts_env, store, task_qu
     assert "confirm: waiting for confirm from on_call+" in timers, s
     assert any(m.startswith("apply: ") and "routing_mode=HL_MODE" in m for m in markers + acts), s
     assert "health check (observe)" in acts, s
+
+
+async def test_a_degradation_fix_wait_is_withdrawn_leaving_the_level_in_force(ts_env, store, task_queue):
+    si, inc = StandIns(), incident()
+    async with make_worker(ts_env, store, si, task_queue):
+        h = await _degrade_to_fix(ts_env, store, si, task_queue, inc)
+        p = await h.query(DegradationWorkflow.progress)
+        assert p.awaiting.step == "fix" and [e.kind for e in p.awaiting.exits] == ["withdraw"]
+        await h.execute_update(DegradationWorkflow.withdraw, Decision(actor="oscar", reason="fix ships Monday"))
+        res = await h.result()
+    assert res.status == "withdrawn" and "withdrawn by oscar at step fix" in res.detail
+    assert "global_betting_enabled=false" in res.detail  # what stays is said
+    assert await values(store, "global_betting_enabled") == {"global_betting_enabled": False}
+    (page,) = pages_of(si, "WITHDRAWN")
+    assert page["severity"] == "critical"
+
+
+def test_every_human_wait_of_every_plan_has_an_exit_or_an_answer_that_ends_it():
+    """Each AwaitConfirmation the manual's plans build: an exit (withdraw, stay), or an answer any operator of
+    its role may give that moves it on; and a timeout, which re-pages, proceeds or fails (never waits mute)."""
+    from manual import degradation, degradation_plan, rollback
+
+    d = rollback.Durations()
+    waits = [rollback.confirm_step(d, s) for s in rollback.Scope] + [
+        rollback.super_admin_approval_step(d, 1), rollback.second_approval_step(d, "alice"),
+        rollback.approve_level_3_step(d, rollback.Scope.CROSS, 1), rollback.level_choice_step(d),
+        rollback.fix_step(d, rollback.Role.SUPER_ADMIN), rollback.window_step(d),
+        *(degradation_plan.second_approval_step(lv, d, "alice") for lv in degradation.LEVELS.values()),
+        *(degradation_plan.confirm_step(lv, d) for lv in degradation.LEVELS.values())]
+    for w in waits:
+        assert w.timeout > timedelta(0), w.name
+        # the data window's answer is `proceed` or `cancel`, and its timeout proceeds: its own exit
+        assert w.exits or (w.name == "decision_window" and w.on_timeout == "proceed"), f"{w.name} has no exit"

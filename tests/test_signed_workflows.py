@@ -316,3 +316,46 @@ async def test_incident_tick_and_resolve_are_refused_unless_signed(ts_env, store
     undo = [a for a in await store.audit() if a.action == "p0.undo"]
     assert [(s["request"]["actor"], s["request"]["action"]) for s in undo[-1].model_extra["signatures"]][-2:] == [
         ("alice", "resolve"), ("sam", "confirm")]
+
+
+# -- exits under the two-person rule: the waits for a second approval can be withdrawn, signed -------------
+async def test_a_level_3_rollback_waiting_for_its_second_super_admin_is_withdrawn_signed(
+        ts_env, store, etcd, prefix, signers, task_queue):
+    si, inc = StandIns(), incident()
+    wid = rollback_workflow_id(inc)
+    async with signing_worker(ts_env, store, si, task_queue):
+        h = await start_signed(ts_env, signers, task_queue, inc, by="alice", scope=Scope.FULL)
+        p = await wait_for(h, ts_env, lambda p: p.awaiting is not None and p.awaiting.step == "second_approval",
+                           step=timedelta(seconds=1))
+        assert [e.kind for e in p.awaiting.exits] == ["withdraw"]
+        async with Unchanged(etcd, prefix):
+            await refused(h.execute_update(RollbackWorkflow.withdraw, Decision(actor="alice", reason="mistake")),
+                          "refused (unsigned)")
+            await refused(h.execute_update(RollbackWorkflow.withdraw, signers.decision(
+                wid, "withdraw", "second_approval", Decision(actor="oscar", reason="not mine"))),
+                "withdraw is for its starter alice")
+            await refused(h.execute_update(RollbackWorkflow.withdraw, signers.decision(
+                wid, "confirm", "second_approval", Decision(actor="alice", reason="mistake"))), "refused (other action)")
+        await h.execute_update(RollbackWorkflow.withdraw, signers.decision(
+            wid, "withdraw", "second_approval", Decision(actor="alice", reason="meant cross_module")))
+        res = await h.result()
+    assert res.status == "withdrawn" and "withdrawn by alice at step second_approval" in res.detail
+    assert await audit_of(store, wid) == [] and (await values(store, "global_api_enabled"))["global_api_enabled"]
+
+
+async def test_a_level_3_degradation_waiting_for_its_second_super_admin_is_withdrawn_signed(
+        ts_env, store, signers, task_queue):
+    si, inc = StandIns(), incident()
+    wid = degrade_workflow_id(3, inc)
+    inp = DegradeInput(level=3, incident_id=inc, requested_by="alice", reason="db down", durations=D)
+    async with signing_worker(ts_env, store, si, task_queue):
+        h = await ts_env.client.start_workflow(DegradationWorkflow.run, signers.start(inp, "degrade.start", wid),
+                                               id=wid, task_queue=task_queue)
+        await wait_for(h, ts_env, lambda p: p.awaiting is not None and p.awaiting.step == "second_approval",
+                       step=timedelta(seconds=1))
+        await h.execute_update(DegradationWorkflow.withdraw, signers.decision(
+            wid, "withdraw", "second_approval", Decision(actor="sam", reason="the database is back")))
+        res = await h.result()
+    assert res.status == "withdrawn" and "withdrawn by sam at step second_approval" in res.detail
+    assert await audit_of(store, wid) == [] and (await values(store, "global_api_enabled"))["global_api_enabled"]
+    assert [p for p in si.pages if "WITHDRAWN" in p["summary"]]
