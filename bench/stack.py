@@ -146,6 +146,7 @@ async def isolated_stack(out=print):
         "ROLLBACKCTL_DEV_ETCD_PEER_PORT": str(procs.free_port()),
         "TEMPORAL_ADDRESS": f"127.0.0.1:{procs.free_port()}",
         "ROLLBACKCTL_DEV_TEMPORAL_UI_PORT": str(procs.free_port()),
+        "ROLLBACKCTL_DEV_EMERGENCY_PORT": str(procs.free_port()),
         "ROLLBACKCTL_TRADING_CORE_URL": f"http://127.0.0.1:{procs.free_port()}",
         "ROLLBACKCTL_TASK_QUEUE": "bench",
         "ROLLBACKCTL_LOG_FORMAT": "json",

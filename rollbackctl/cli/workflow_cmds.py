@@ -200,7 +200,12 @@ async def cmd_rollback_start(args) -> int:
     inp.proof = signing.start_proof(inp, "rollback.start", f"rollback-{args.incident}")  # ~0.1 ms: not on the clock
 
     # The role check (etcd) and the Temporal connection go in parallel: both are on the critical path.
-    role, client = await asyncio.gather(_operator_role(args.actor), connect())
+    from core.temporal_client import TemporalUnavailable
+
+    try:
+        role, client = await asyncio.gather(_operator_role(args.actor), connect())
+    except TemporalUnavailable as e:
+        raise TemporalUnavailable(f"{e}{_emergency_hint(changes, args.actor)}") from None
     if not role.at_least(Role.ON_CALL):
         raise CliError(f"{args.actor} is {role.value}; starting a rollback needs on_call or above", 3)
     # Not applied yet: the workflow applies it after its checklist (and not at all if HL is down or an
@@ -210,6 +215,18 @@ async def cmd_rollback_start(args) -> int:
     if not role.at_least(rollback.required_role(scope)):
         print(f"note: {scope.value} needs a super admin; the workflow will page and wait for one to confirm")
     return await _start("RollbackWorkflow", inp, f"rollback-{args.incident}", "rollback", args.wait, client)
+
+
+def _emergency_hint(changes: dict, actor: str) -> str:
+    """What the emergency lane can still apply of a rollback's change set while Temporal is down."""
+    from manual import emergency, switches
+
+    cmds = [f"rollbackctl switch set {k} {switches.get(k).render(v)} --as {actor} --reason ..."
+            for k, v in changes.items() if emergency.is_emergency(k, v)]
+    if not cmds:
+        return ""
+    return (". The emergency lane applies its change set without Temporal, one switch at a time: "
+            + "; ".join(f"`{c}`" for c in cmds))
 
 
 def rollback_dry_run(inp, role) -> int:

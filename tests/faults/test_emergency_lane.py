@@ -80,6 +80,12 @@ async def test_pre_approved_moves_apply_while_temporal_is_down_and_are_followed_
         assert "unreachable" in r.err and "emergency lane" in r.err and "Traceback" not in r.err
         assert len(r.err.strip().splitlines()) == 1
 
+        # ... nor a rollback workflow; it says which of its change set the lane takes
+        r = await cli("rollback", "start", "--severity", "critical_path_failure", "--scope", "cross_module",
+                      "--incident", "E-1", "--as", "oscar", "--reason", "x", code=5)
+        assert "`rollbackctl switch set routing_mode HL_MODE --as oscar --reason ...`" in r.err, r.err
+        assert len(r.err.strip().splitlines()) == 1
+
         # 1b. an emergency move, but no lane answers: one line, exit 5, nothing written
         r = await asyncio.to_thread(run_cli, "switch", "set", "routing_mode", "HL_MODE", "--as", "oscar", "--reason",
                                     "x", env={**env, "ROLLBACKCTL_EMERGENCY_URLS": f"http://127.0.0.1:{procs.free_port()}"})
