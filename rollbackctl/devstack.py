@@ -224,7 +224,8 @@ COMPONENTS: list[Component] = [
     ),
     Component("sim", _start_sim, lambda st: "simulator       http://%s:%d" % st.sim_hostport),
     Component("worker", _python_component("worker"),
-              lambda st: f"worker          task queue {st.temporal.task_queue}"),
+              lambda st: f"worker          task queue {st.temporal.task_queue}  (emergency lane "
+                         f"http://127.0.0.1:{st.dev.emergency_port}/v1/emergency, for when Temporal is down)"),
     # The PagerDuty v3 webhook receiver (`rollbackctl paging serve`): acknowledgements in PagerDuty reach the workflows.
     Component("pagerhook", lambda st: _start_pagerhook(st),
               lambda st: f"PagerDuty hook  {st.webhook_url}  (PagerDuty's v3 webhook subscription posts here)"),
