@@ -151,7 +151,10 @@ def emergency_tasks(store: SwitchStore, client: Client, task_queue: str, objs: l
     from activities.trading_core import TradingCoreActivities
 
     core = next(o for o in objs if isinstance(o, TradingCoreActivities))
-    tasks = [asyncio.create_task(EmergencyReconciler(store, temporal_starter(client, task_queue)).run(stop))]
+    tasks = []
+    if esets.emergency_reconcile_s > 0:
+        tasks.append(asyncio.create_task(EmergencyReconciler(store, temporal_starter(client, task_queue)).run(
+            stop, every_s=esets.emergency_reconcile_s)))
     if esets.emergency_listen:
         tasks.append(asyncio.create_task(serve(EmergencyLane(store, core.action), esets.emergency_listen, stop)))
     return tasks

@@ -148,6 +148,8 @@ class EmergencySettings(BaseSettings):
     emergency_listen: str = "127.0.0.1:8720"
     emergency_urls: str = "http://127.0.0.1:8720"
     emergency_timeout_s: float = Field(default=3.0, gt=0, le=60)
+    # How often a worker looks for emergency moves without a follow-up (two etcd range reads); 0: never.
+    emergency_reconcile_s: float = Field(default=5.0, ge=0, le=3600)
 
     def url_list(self) -> list[str]:
         return [u.strip().rstrip("/") for u in self.emergency_urls.split(",") if u.strip()]

@@ -18,8 +18,8 @@ from temporalio.client import WorkflowFailureError, WorkflowUpdateFailedError
 from contracts.progress import Decision
 from manual.rollback import Durations, Scope, Severity
 from tests.support.standins import StandIns
-from tests.support.wf_helpers import (audit_of, awaiting, incident, make_worker, save_history, set_switches, values,
-                                      wait_for)
+from tests.support.wf_helpers import (audit_of, awaiting, incident, make_worker, save_history, set_switches,
+                                      terminate_idle, values, wait_for)
 from workflows.degradation import DegradationWorkflow, degrade_workflow_id
 from workflows.models import DegradeInput, RollbackInput
 from workflows.rollback import RollbackWorkflow, rollback_workflow_id
@@ -296,6 +296,7 @@ async def test_the_web_ui_timeline_reads_like_the_runbook(ts_env, store, task_qu
         h = await start(ts_env, task_queue, inc)
         await wait_for(h, ts_env, awaiting("confirm"))
         s = _summaries(await h.fetch_history())
+        await terminate_idle(h)  # a workflow left waiting without a worker would hold the shared server's clock
     timers = s.get("timer_started_event_attributes", [])
     markers = s.get("marker_recorded_event_attributes", [])
     acts = s.get("activity_task_scheduled_event_attributes", [])

@@ -49,6 +49,8 @@ def worker_env(sim_env, etcd_server, temporal, task_queue) -> dict[str, str]:
         # The Change Events relay would read etcd on its own, which the crash tests' held etcd proxies take
         # as "this worker is inside the step" (the relay is tested in tests/test_change_events.py).
         "ROLLBACKCTL_PAGERDUTY_CHANGE_EVENTS": "false",
+        # Likewise the emergency lane's follow-up reconciler (tested in tests/faults/test_emergency_lane.py).
+        "ROLLBACKCTL_EMERGENCY_RECONCILE_S": "0",
     }
 
 

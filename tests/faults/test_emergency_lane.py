@@ -55,7 +55,7 @@ async def test_pre_approved_moves_apply_while_temporal_is_down_and_are_followed_
         return r
 
     ws = Workers(tmp_path / "workers", {**worker_env, "TEMPORAL_ADDRESS": own_temporal.address,
-                                        "ROLLBACKCTL_SIGNING": "on",
+                                        "ROLLBACKCTL_SIGNING": "on", "ROLLBACKCTL_EMERGENCY_RECONCILE_S": "1",
                                         "ROLLBACKCTL_EMERGENCY_LISTEN": f"127.0.0.1:{lane_port}"})
     try:
         client = await connect(own_temporal.address)
