@@ -42,7 +42,7 @@ from contracts.emergency import (
 )
 from contracts.trading_core import CoreActionInput
 from core import identity
-from manual import emergency, switches
+from manual import emergency
 
 log = logging.getLogger("rollbackctl.emergency")
 
@@ -252,15 +252,3 @@ class EmergencyActivities:
     async def record(self, inp: EmergencyFollowUpInput) -> EmergencyRecord | None:
         return await self.lane.record(inp.change_id)
 
-
-def render_changes(changes: list[ChangeRecord]) -> str:
-    out = []
-    for c in changes:
-        if c.old == c.new:  # already so: nothing changed
-            continue
-        try:
-            sw = switches.get(c.switch)
-            out.append(f"{c.switch}: {sw.render(c.old)} -> {sw.render(c.new)}")
-        except switches.UnknownSwitch:
-            out.append(f"{c.switch}: {c.old!r} -> {c.new!r}")
-    return ", ".join(out)

@@ -19,6 +19,12 @@ from core.identity import Proof, SignedRequest
 _SIGNATURE_FIELDS = frozenset({"actor", "signature", "nonce", "action", "workflow_id", "step", "key_id"})
 
 
+def ui_summary(text: str) -> str:
+    """One line for Temporal's Web UI (a workflow's summary in its list, an activity's or timer's on its
+    timeline): at most 200 bytes (docs.temporal.io/develop/python/enriching-ui)."""
+    return text.encode()[:200].decode(errors="ignore")
+
+
 class Decision(BaseModel):
     """Every human input to a workflow: one payload with the actor in it, signed by the CLI.
 

@@ -17,6 +17,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
+from contracts.changes import ChangeRecord
 from contracts.roles import Role
 from manual import approvals, degradation, switches
 from manual.alerts import CoreMove
@@ -70,6 +71,20 @@ def move(action: str, target: str, values: dict[str, Any]) -> Move:
                     core_actions=lvl.core_actions)
     raise NotEmergency(f"{action!r} is not an emergency move (the lane takes {SWITCH_ACTION} to a rollback value "
                        f"and {LEVEL_ACTION})")
+
+
+def render_change(c: ChangeRecord) -> tuple[str, str]:
+    """A recorded change's old and new values as the matrix writes them (as stored, for an unknown switch)."""
+    try:
+        sw = switches.get(c.switch)
+    except switches.UnknownSwitch:
+        return str(c.old), str(c.new)
+    return sw.render(c.old), sw.render(c.new)
+
+
+def render_changes(changes: list[ChangeRecord]) -> str:
+    """"switch: old -> new, ..." of the changes that changed something."""
+    return ", ".join("{}: {} -> {}".format(c.switch, *render_change(c)) for c in changes if c.old != c.new)
 
 
 def is_emergency(name: str, value: Any) -> bool:

@@ -63,6 +63,12 @@ CROSS_MODULE_SET: dict[str, Any] = {"routing_mode": "HL_MODE", "global_betting_e
 RESTORE_CANARY_SWITCH = "betting_traffic_pct"
 # The 5% stage verifies nothing unless orders flow on the restored path (contracts/trading_core.py).
 RESTORE_TRAFFIC_METRIC = "internal_orders_per_min"
+# Why a 5% stage did not pass (the observation's outcome), as rollbacks and degradations say it.
+RESTORE_5PCT_FAILED = {
+    "breach": "breached its health checks",
+    "no_traffic": "saw no live traffic on the restored path (no order went through it, so nothing was verified)",
+}
+RETRY_WHEN_FLOWING = "; `fix` again once orders flow"
 RESTORE_CANARY_VALUE = 5
 
 # Health checks during the 5-minute observation (a breach escalates) and the 5% restore canary.

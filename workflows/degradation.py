@@ -126,14 +126,13 @@ class DegradationWorkflow(PagingHandlers):
                     await self.r.run_core_actions(actions.model_copy(update={"name": f"re_{actions.name}"}))
                     self._core_held = [a.action for a in lvl.core_actions]
                 stays = ", ".join(f"{k}={switches.get(k).render(v)}" for k, v in values.items() if k not in back)
-                why = ("breached its health checks" if res == "breach" else "saw no live traffic on the restored path "
-                       "(no order went through it, so nothing was verified; `fix` again once orders flow)")
-                self.r.progress.detail = (f"5% restore {why}: degradation level {lvl.level} "
-                                          "values back in force" + (f"; {stays} stays until the next fix's restore"
-                                                                    if stays else ""))
+                why = rollback.RESTORE_5PCT_FAILED[res]
+                retry = rollback.RETRY_WHEN_FLOWING if res == "no_traffic" else ""
+                self.r.progress.detail = (f"5% restore {why}: degradation level {lvl.level} values back in force"
+                                          + (f"; {stays} stays until the next fix's restore" if stays else "") + retry)
                 await self.r.notify(f"{self.r.wid}: 5% restore {'failed its checks' if res == 'breach' else why}; "
-                                    f"degradation level {lvl.level} is back in force", page=True, severity="critical",
-                                    kind="restore_failed")
+                                    f"degradation level {lvl.level} is back in force{retry}", page=True,
+                                    severity="critical", kind="restore_failed")
                 return "restore_failed"
         return None
 

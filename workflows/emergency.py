@@ -16,11 +16,12 @@ from temporalio import workflow
 from temporalio.common import RetryPolicy
 
 with workflow.unsafe.imports_passed_through():
-    from activities.emergency import EmergencyActivities, render_changes
+    from activities.emergency import EmergencyActivities
     from contracts.emergency import EmergencyFollowUpInput, EmergencyFollowUpResult, EmergencyRecord
     from contracts.progress import Progress
     from contracts.roles import Role
-    from manual import escalation, switches
+    from manual import escalation
+    from manual.emergency import render_change, render_changes
     from manual.steps import AwaitConfirmation
     from workflows.alerting import PagingHandlers
     from workflows.base import PAGER_OUTBOX
@@ -32,15 +33,8 @@ READ_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval
 
 
 def restore_hint(rec: EmergencyRecord) -> str:
-    cmds = []
-    for c in rec.changes:
-        if c.old == c.new:
-            continue
-        try:
-            shown = switches.get(c.switch).render(c.old)
-        except switches.UnknownSwitch:
-            shown = str(c.old)
-        cmds.append(f"`rollbackctl switch set {c.switch} {shown} --as OP --reason ...`")
+    cmds = [f"`rollbackctl switch set {c.switch} {render_change(c)[0]} --as OP --reason ...`"
+            for c in rec.changes if c.old != c.new]
     paused = [a.split(":", 1)[0] for a in rec.core_actions if ": FAILED" not in a and ": NOT SENT" not in a]
     return ("To restore what it changed: " + "; ".join(cmds)
             + (f"; and the trading core's {', '.join(paused)} (resume each)" if paused else "") + ".")

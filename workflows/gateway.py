@@ -13,6 +13,7 @@ from temporalio.exceptions import ApplicationError, FailureError
 
 with workflow.unsafe.imports_passed_through():
     from contracts.changes import ChangeSetRequest, ChangeSetResult, Snapshot, SwitchChange, BreakGlass
+    from contracts.progress import ui_summary
     from activities.switch_activities import Roster, SwitchActivities
     from contracts.trading_core import (
         CoreActionInput,
@@ -72,7 +73,7 @@ class ActivityGateway:
         return await workflow.execute_activity_method(
             TradingCoreActivities.action, inp, start_to_close_timeout=timedelta(seconds=10),
             schedule_to_close_timeout=CORE_ACTION_HORIZON, retry_policy=CORE_RETRY,
-            summary=_summary(f"trading core: {action} ({step})"))
+            summary=ui_summary(f"trading core: {action} ({step})"))
 
     async def apply(self, step: ApplySwitches, *, expected: dict[str, Any] | None = None,
                     values: dict[str, Any] | None = None, approved_by: str | None = None,
@@ -100,7 +101,7 @@ class ActivityGateway:
         res: ChangeSetResult = await workflow.execute_local_activity_method(
             SwitchActivities.apply, req, start_to_close_timeout=timedelta(seconds=15),
             schedule_to_close_timeout=timedelta(minutes=30), retry_policy=SWITCH_RETRY,
-            summary=_summary(f"{step.name}: " + ", ".join(f"{k}={v}" for k, v in changes.items())))
+            summary=ui_summary(f"{step.name}: " + ", ".join(f"{k}={v}" for k, v in changes.items())))
         if res.replayed:
             self._unsee_own_write(res)
         self.progress.applied.append(res)
@@ -164,8 +165,3 @@ class ActivityGateway:
             out["exposure_mismatches"] = len(bad)
             out["exposure_mismatch_detail"] = bad
         return out
-
-
-def _summary(text: str) -> str:
-    """An activity's one line in the Web UI's timeline (the UI shows the first 200 bytes or so)."""
-    return text.encode()[:200].decode(errors="ignore")

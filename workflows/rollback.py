@@ -351,13 +351,10 @@ class RollbackWorkflow(PagingHandlers):
 
     async def _restore_failed(self, res: str) -> str:
         """The 5% stage did not pass (its checks breached, or no live traffic to verify): rolled back again, paged."""
-        if res == "breach":
-            self.r.progress.detail = "5% restore breached its health checks: rolled back again"
-            text = f"{self.r.wid}: 5% restore failed its checks; rolled back again"
-        else:
-            self.r.progress.detail = ("5% restore saw no live traffic on the restored path (no order went through it, "
-                                      "so nothing was verified): rolled back again; `fix` again once orders flow")
-            text = f"{self.r.wid}: {self.r.progress.detail}"
+        self.r.progress.detail = (f"5% restore {rollback.RESTORE_5PCT_FAILED[res]}: rolled back again"
+                                  + (rollback.RETRY_WHEN_FLOWING if res == "no_traffic" else ""))
+        text = (f"{self.r.wid}: 5% restore failed its checks; rolled back again" if res == "breach"
+                else f"{self.r.wid}: {self.r.progress.detail}")
         await self.r.notify(text, page=True, severity="critical", kind="restore_failed")
         return "restore_failed"
 

@@ -135,7 +135,6 @@ class Runner(ActivityGateway, Alerting, DecisionGate):
         self.roster: dict[str, str] = {}
         self.snapshot: Snapshot | None = None
         self._decision: tuple[str, Decision] | None = None
-        self._health: dict[str, Any] | None = None  # the last health read of an observation
         self._escalate_open = False
         self._escalation: Decision | None = None
         self._runs: dict[str, int] = {}
@@ -323,8 +322,10 @@ class Runner(ActivityGateway, Alerting, DecisionGate):
         self._end(rec, "ok")
 
 
-    async def _check(self, step: Observe, values: dict[str, Any] | None) -> tuple[CheckResult, list[str | None]]:
-        """One health read (+ probes) judged against the step's checks: the result and each check's verdict."""
+    async def _check(self, step: Observe, values: dict[str, Any] | None
+                     ) -> tuple[CheckResult, list[str | None], dict[str, Any] | None]:
+        """One health read (+ probes) judged against the step's checks: the result, each check's verdict and
+        the health read (None: unreadable)."""
         try:
             read = self.read_health(timedelta(seconds=2), local=step.local_reads)
             if step.probes:
@@ -332,16 +333,15 @@ class Runner(ActivityGateway, Alerting, DecisionGate):
                 health = {**health, **extra}
             else:
                 health = await read
-            self._health = health
             vals = values or self.progress.snapshot
             verdicts = [check_one(c, health, vals) for c in step.checks]
             breaches = [v for v in verdicts if v is not None]
             breaches += [f"  {line}" for line in health.get("exposure_mismatch_detail") or []]
             return CheckResult(at=workflow.now(), ok=not breaches, breaches=breaches,
-                               readings=[reading(c, health, vals) for c in step.checks]), verdicts
+                               readings=[reading(c, health, vals) for c in step.checks]), verdicts, health
         except FailureError as e:
             return (CheckResult(at=workflow.now(), ok=False, breaches=["health unreadable"], error=str(root_cause(e))),
-                    [None] * len(step.checks))
+                    [None] * len(step.checks), None)
 
     async def run_observe(self, step: Observe, values: dict[str, Any] | None = None,
                           clock: ObserveClock | None = None) -> str:
@@ -367,12 +367,11 @@ class Runner(ActivityGateway, Alerting, DecisionGate):
                     if (self._escalate_open and self.signing and self.roster_at is not None
                             and workflow.now() - self.roster_at >= ROSTER_REFRESH and workflow.patched("roster-refresh")):
                         await self.load_roster(local=False)  # an escalation may arrive meanwhile: keep keys fresh
-                    self._health = None
-                    check, verdicts = await self._check(step, values)
+                    check, verdicts, health = await self._check(step, values)
                     c.tick(workflow.now())
                     c.checks += 1
-                    if step.traffic and self._health is not None and self._health.get(step.traffic) is not None:
-                        c.traffic = c.traffic or float(self._health[step.traffic]) > 0
+                    if step.traffic and health is not None and health.get(step.traffic) is not None:
+                        c.traffic = c.traffic or float(health[step.traffic]) > 0
                     c.next_check_at = workflow.now() + step.interval
                     self.progress.checks = [*self.progress.checks[-(MAX_CHECKS_KEPT - 1):], check]
                     self.show()

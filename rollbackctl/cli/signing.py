@@ -101,7 +101,7 @@ async def submit(proof: identity.Proof, wait: bool = False, wait_s: float | None
 
     from core.settings import SigningSettings, TemporalSettings
     from core.temporal_client import TemporalUnavailable, connect
-    from contracts.progress import Progress
+    from contracts.progress import Progress, ui_summary
     from contracts.requests import ChangeRequestInput, ChangeRequestResult, change_request_workflow_id
 
     s = TemporalSettings()
@@ -117,7 +117,7 @@ async def submit(proof: identity.Proof, wait: bool = False, wait_s: float | None
             "ChangeRequestWorkflow", inp, id=wid, task_queue=s.task_queue,
             id_conflict_policy=WorkflowIDConflictPolicy.FAIL, id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
             request_eager_start=True, result_type=ChangeRequestResult,
-            static_summary=f"{proof.request.action} {proof.request.target} by {proof.request.actor}"[:200])
+            static_summary=ui_summary(f"{proof.request.action} {proof.request.target} by {proof.request.actor}"))
     except WorkflowAlreadyStartedError:
         raise Unconfirmed(wid, "a request with this nonce was already submitted", until) from None
     except RPCError as e:
@@ -213,7 +213,7 @@ async def emergency_submit(proof: identity.Proof):
 
 def report_emergency(out, what: str, actor: str, key_id: str, as_json: bool) -> int:
     from core.settings import TemporalSettings
-    from manual import switches
+    from manual.emergency import render_change
     from rollbackctl.cli.common import print_json
 
     if as_json:
@@ -222,8 +222,7 @@ def report_emergency(out, what: str, actor: str, key_id: str, as_json: bool) -> 
     print(f"Temporal at {TemporalSettings().temporal_address} is unreachable: {what} is a pre-approved emergency "
           "move, applied through the worker's emergency lane.")
     for c in out.changes:
-        sw = switches.get(c.switch)
-        print(f"  {c.switch}: {sw.render(c.old)} -> {sw.render(c.new)}")
+        print("  {}: {} -> {}".format(c.switch, *render_change(c)))
     print(f"  audit {out.audit_id}, etcd revision {out.revision}; signed by {actor}, key {key_id}"
           + (" (already applied)" if out.replayed else ""))
     for a in out.core_actions:

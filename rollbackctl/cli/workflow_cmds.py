@@ -144,8 +144,9 @@ def _summary(what: str, inp) -> str:
     """One line for the Web UI's workflow list: what, who, why (at most 200 bytes)."""
     who = getattr(inp, "requested_by", "") or ""
     why = getattr(inp, "reason", "") or ""
-    text = f"{what} by {who}: {why}" if who else what
-    return text.encode()[:200].decode(errors="ignore")
+    from contracts.progress import ui_summary
+
+    return ui_summary(f"{what} by {who}: {why}" if who else what)
 
 
 async def _start(workflow_run, inp, wid: str, what: str, wait: bool, client=None) -> int:
