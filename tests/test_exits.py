@@ -224,14 +224,29 @@ async def test_a_degradation_restore_goes_through_the_5pct_stage(ts_env, store, 
         "global_betting_enabled": True, "betting_traffic_pct": 100}
 
 
-async def test_a_degradation_5pct_restore_that_breaches_puts_the_level_back(ts_env, store, task_queue):
+async def _fixed_at_5pct(env, store, tq, history: str | None = None, **health):
+    """A Level 1 degradation up to its fix; then the stand-in core's health changes by `health` (a value of
+    None removes the field), the fix is given, and the degradation runs to its end. Its result, its progress
+    at the end (queried while the worker runs) and the stand-ins."""
     si, inc = StandIns(), incident()
-    async with make_worker(ts_env, store, si, task_queue):
-        h = await _degrade_to_fix(ts_env, store, si, task_queue, inc)
-        si.health["error_rate"] = 0.05  # the fix did not fix it
+    async with make_worker(env, store, si, tq):
+        h = await _degrade_to_fix(env, store, si, tq, inc)
+        for k, v in health.items():
+            if v is None:
+                del si.health[k]
+            else:
+                si.health[k] = v
         await h.execute_update(DegradationWorkflow.fix, Decision(actor="alice", reference="pr-9", tests_passed=True))
         res = await h.result()
-        await save_history(h, "degradation_level_1_5pct_restore_failed")
+        if history:
+            await save_history(h, history)
+        p = await h.query(DegradationWorkflow.progress)
+    return res, p, si
+
+
+async def test_a_degradation_5pct_restore_that_breaches_puts_the_level_back(ts_env, store, task_queue):
+    res, _, si = await _fixed_at_5pct(ts_env, store, task_queue, "degradation_level_1_5pct_restore_failed",
+                                      error_rate=0.05)  # the fix did not fix it
     assert res.status == "restore_failed" and "level 1 values back in force" in res.detail
     assert await values(store, "global_betting_enabled", "betting_traffic_pct") == {
         "global_betting_enabled": False, "betting_traffic_pct": 5}  # pre-approved moves only; said
@@ -244,14 +259,8 @@ async def test_a_5pct_restore_that_sees_no_traffic_verifies_nothing_and_puts_the
     """The on-call's finding: "the 5% restore passed its check while all trading was paused, so it observed
     nothing". With no order on the restored path (internal_orders_per_min 0 at every check) the stage fails
     like a breach: the level's values back, paged, `fix` again once orders flow."""
-    si, inc = StandIns(), incident()
-    async with make_worker(ts_env, store, si, task_queue):
-        h = await _degrade_to_fix(ts_env, store, si, task_queue, inc)
-        si.health["internal_orders_per_min"] = 0.0  # new orders paused at the core
-        await h.execute_update(DegradationWorkflow.fix, Decision(actor="alice", reference="pr-9", tests_passed=True))
-        res = await h.result()
-        await save_history(h, "degradation_level_1_5pct_no_traffic")
-        p = await h.query(DegradationWorkflow.progress)
+    res, p, si = await _fixed_at_5pct(ts_env, store, task_queue, "degradation_level_1_5pct_no_traffic",
+                                      internal_orders_per_min=0.0)  # new orders paused at the core
     assert res.status == "restore_failed" and "saw no live traffic on the restored path" in res.detail
     assert await values(store, "global_betting_enabled") == {"global_betting_enabled": False}
     obs = next(s for s in p.history if s.name == "observe_5pct")
@@ -260,13 +269,8 @@ async def test_a_5pct_restore_that_sees_no_traffic_verifies_nothing_and_puts_the
 
 
 async def test_a_5pct_restore_whose_core_reports_no_traffic_figure_says_so_and_pages(ts_env, store, task_queue):
-    si, inc = StandIns(), incident()
-    async with make_worker(ts_env, store, si, task_queue):
-        h = await _degrade_to_fix(ts_env, store, si, task_queue, inc)
-        del si.health["internal_orders_per_min"]  # another trading core: the field is optional
-        await h.execute_update(DegradationWorkflow.fix, Decision(actor="alice", reference="pr-9", tests_passed=True))
-        res = await h.result()
-        p = await h.query(DegradationWorkflow.progress)
+    res, p, si = await _fixed_at_5pct(ts_env, store, task_queue,
+                                      internal_orders_per_min=None)  # another trading core: the field is optional
     assert res.status == "restored"
     obs = next(s for s in p.history if s.name == "observe_5pct")
     assert "does not report internal_orders_per_min: whether orders flowed is unknown" in obs.detail

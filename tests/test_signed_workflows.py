@@ -45,6 +45,14 @@ async def start_signed(env, signers: Signers, task_queue: str, inc: str, **kw):
                                            "rollback.start", wid), id=wid, task_queue=task_queue)
 
 
+async def start_level_3(env, signers: Signers, task_queue: str, inc: str, **kw):
+    """Degradation Level 3 of incident `inc` asked by alice, its start signed as the CLI signs it."""
+    wid = degrade_workflow_id(3, inc)
+    inp = DegradeInput(level=3, incident_id=inc, requested_by="alice", reason="db down", durations=D, **kw)
+    return await env.client.start_workflow(DegradationWorkflow.run, signers.start(inp, "degrade.start", wid),
+                                           id=wid, task_queue=task_queue)
+
+
 async def test_decisions_are_refused_unless_signed_for_this_workflow_step_and_action(
         ts_env, store, etcd, prefix, signers, task_queue):
     await set_switches(store, "alice", global_betting_enabled=True, routing_mode="NORMAL_MODE")
@@ -92,10 +100,8 @@ async def test_level_3_needs_two_super_admins_one_person_twice_is_refused(ts_env
                                                                          task_queue):
     si, inc = StandIns(), incident()
     wid = degrade_workflow_id(3, inc)
-    inp = DegradeInput(level=3, incident_id=inc, requested_by="alice", reason="db down", durations=D)
     async with signing_worker(ts_env, store, si, task_queue):
-        h = await ts_env.client.start_workflow(DegradationWorkflow.run, signers.start(inp, "degrade.start", wid),
-                                               id=wid, task_queue=task_queue)
+        h = await start_level_3(ts_env, signers, task_queue, inc)
         p = await wait_for(h, ts_env, lambda p: p.awaiting is not None and p.awaiting.step == "second_approval",
                            step=timedelta(seconds=1))
         aw = p.awaiting
@@ -126,10 +132,8 @@ async def test_level_3_needs_two_super_admins_one_person_twice_is_refused(ts_env
 async def test_no_second_approval_in_time_applies_nothing(ts_env, store, signers, task_queue):
     si, inc = StandIns(), incident()
     wid = degrade_workflow_id(3, inc)
-    inp = DegradeInput(level=3, incident_id=inc, requested_by="alice", reason="db down", durations=D)
     async with signing_worker(ts_env, store, si, task_queue):
-        h = await ts_env.client.start_workflow(DegradationWorkflow.run, signers.start(inp, "degrade.start", wid),
-                                               id=wid, task_queue=task_queue)
+        h = await start_level_3(ts_env, signers, task_queue, inc)
         await wait_for(h, ts_env, lambda p: p.result is not None, step=timedelta(minutes=1))  # roster re-read every 30 s
         res = await h.result()
     assert res.status == "not_applied" and "no second super_admin" in res.detail
@@ -140,11 +144,8 @@ async def test_no_second_approval_in_time_applies_nothing(ts_env, store, signers
 async def test_break_glass_applies_level_3_alone_pages_everyone_and_is_marked(ts_env, store, signers, task_queue):
     si, inc = StandIns(), incident()
     wid = degrade_workflow_id(3, inc)
-    inp = DegradeInput(level=3, incident_id=inc, requested_by="alice", reason="db down", durations=D,
-                       break_glass="exchange draining, sam unreachable")
     async with signing_worker(ts_env, store, si, task_queue):
-        h = await ts_env.client.start_workflow(DegradationWorkflow.run, signers.start(inp, "degrade.start", wid),
-                                               id=wid, task_queue=task_queue)
+        h = await start_level_3(ts_env, signers, task_queue, inc, break_glass="exchange draining, sam unreachable")
         await wait_for(h, ts_env, awaiting("confirm"), step=OFF_BEAT)
         assert (await values(store, "global_api_enabled"))["global_api_enabled"] is False
         await terminate_idle(h)
@@ -347,10 +348,8 @@ async def test_a_level_3_degradation_waiting_for_its_second_super_admin_is_withd
         ts_env, store, signers, task_queue):
     si, inc = StandIns(), incident()
     wid = degrade_workflow_id(3, inc)
-    inp = DegradeInput(level=3, incident_id=inc, requested_by="alice", reason="db down", durations=D)
     async with signing_worker(ts_env, store, si, task_queue):
-        h = await ts_env.client.start_workflow(DegradationWorkflow.run, signers.start(inp, "degrade.start", wid),
-                                               id=wid, task_queue=task_queue)
+        h = await start_level_3(ts_env, signers, task_queue, inc)
         await wait_for(h, ts_env, lambda p: p.awaiting is not None and p.awaiting.step == "second_approval",
                        step=timedelta(seconds=1))
         await h.execute_update(DegradationWorkflow.withdraw, signers.decision(

@@ -35,6 +35,14 @@ async def tclient(temporal):
 
 
 @pytest.fixture
+def own_temporal(tmp_path):
+    """A Temporal dev server of the test's own (on a db file), for tests that SIGKILL and restart it."""
+    srv = TemporalServer(tmp_path / "temporal").start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
 def worker_env(sim_env, etcd_server, temporal, task_queue) -> dict[str, str]:
     return {
         **sim_env,

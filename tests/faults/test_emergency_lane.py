@@ -20,19 +20,12 @@ import pytest
 from activities.switch_store import SwitchStore
 from contracts.emergency import EMERGENCY_PATH, EmergencyFollowUpResult, EmergencyRequest
 from core import identity, keys, procs
-from tests.support.infra import TemporalServer, Workers, connect
+from tests.support.infra import Workers, connect
 from tests.support.store_helpers import run_cli
 from tests.support.wf_helpers import save_history
 from tests.support.waits import wait_for_value, wait_until
 
 pytestmark = pytest.mark.timeout(300)
-
-
-@pytest.fixture
-def own_temporal(tmp_path):
-    srv = TemporalServer(tmp_path / "temporal").start()
-    yield srv
-    srv.stop()
 
 
 def proof(key_dir, actor: str, **fields) -> identity.Proof:

@@ -10,7 +10,7 @@ from datetime import timedelta
 import pytest
 
 from manual.rollback import Durations, Scope, Severity
-from tests.support.infra import TemporalServer, Workers, connect
+from tests.support.infra import Workers, connect
 from tests.support.fixtures_sim import apply_and_wait
 from tests.support.wf_helpers import incident, poll_progress, values
 from contracts.progress import Decision
@@ -18,13 +18,6 @@ from workflows.models import RollbackInput
 from workflows.rollback import RollbackWorkflow, rollback_workflow_id
 
 pytestmark = pytest.mark.timeout(300)
-
-
-@pytest.fixture
-def own_temporal(tmp_path):
-    srv = TemporalServer(tmp_path / "temporal").start()
-    yield srv
-    srv.stop()
 
 
 async def test_rollback_resumes_after_temporal_restarts_during_observation(own_temporal, worker_env, tmp_path, store,
