@@ -5,7 +5,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-faults chaos bench venv clean down
+.PHONY: demo test test-faults chaos bench venv clean down sysdeps
+
+# Debian packages the tests need (CMD:PACKAGE): Prometheus and promtool for the metrics tests.
+SYSDEPS := prometheus:prometheus promtool:prometheus
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,7 +21,10 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python -m rollbackctl.demo
 
-test: $(STAMP)
+sysdeps:
+	@tools/sysdeps $(SYSDEPS)
+
+test: $(STAMP) sysdeps
 	$(BIN)/python -m pytest -q
 
 # The fault tests alone (tests/faults/: crashes, outages, bad input; ~3 min). `make test` runs them too.

@@ -28,6 +28,7 @@ from core.settings import (
     SIGNING_OFF_WARNING,
     EmergencySettings,
     EtcdSettings,
+    MetricsSettings,
     PagingSettings,
     SigningSettings,
     TemporalSettings,
@@ -112,27 +113,34 @@ async def run(stop: asyncio.Event | None = None) -> None:
 
     from activities.paging import check_paging
 
-    tset, eset = TemporalSettings(), EtcdSettings()
+    from core.temporal_client import runtime
+
+    tset, eset, mset = TemporalSettings(), EtcdSettings(), MetricsSettings()
     paging = PagingSettings()
     check_paging(paging)  # one line naming the variable, before anything connects
+    runtime(mset.sdk_metrics_listen)  # the SDK's exporter is set when its runtime is made, before connecting
     async with AsyncExitStack() as stack:
         etcd = await stack.enter_async_context(Etcd.from_settings(eset))
         http = await stack.enter_async_context(httpx.AsyncClient())
         client = await connect(tset)
+        metrics_server = serve_metrics(mset)
+        if metrics_server is not None:
+            stack.callback(metrics_server.shutdown)
         store = SwitchStore(etcd, eset.prefix)
         objs = activity_objects(store, http, client, TradingCoreSettings(), paging)
         worker = build_worker(client, tset.task_queue, activity_methods(objs))
         esets = EmergencySettings()
         log.info("worker started", task_queue=tset.task_queue, temporal=tset.temporal_address,
                  namespace=tset.temporal_namespace, etcd=eset.endpoints, signing=SigningSettings().signing,
-                 emergency_lane=esets.emergency_listen or "off")
+                 emergency_lane=esets.emergency_listen or "off", metrics=mset.metrics_listen or "off",
+                 sdk_metrics=mset.sdk_metrics_listen or "off")
         if not SigningSettings().signing:
             log.warning(SIGNING_OFF_WARNING)
         stop = stop or asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        side = emergency_tasks(store, client, tset.task_queue, objs, esets, stop)
+        side = emergency_tasks(store, client, tset.task_queue, objs, esets, stop) + metrics_tasks(store, client, mset, stop)
         try:
             async with worker:
                 if paging.pagerduty_change_events:
@@ -157,6 +165,31 @@ def emergency_tasks(store: SwitchStore, client: Client, task_queue: str, objs: l
             stop, every_s=esets.emergency_reconcile_s)))
     if esets.emergency_listen:
         tasks.append(asyncio.create_task(serve(EmergencyLane(store, core.action), esets.emergency_listen, stop)))
+    return tasks
+
+
+def serve_metrics(mset: MetricsSettings):
+    """The domain /metrics endpoint (core/metrics.py) when ROLLBACKCTL_METRICS_LISTEN is set."""
+    if not mset.metrics_listen:
+        return None
+    from core import metrics
+
+    return metrics.serve(mset.metrics_listen, metrics.WORKER)
+
+
+def metrics_tasks(store: SwitchStore, client: Client, mset: MetricsSettings, stop: asyncio.Event) -> list[asyncio.Task]:
+    """The matrix, audit and workflow gauges (activities/metrics.py), with the endpoint only."""
+    if not mset.metrics_listen:
+        return []
+    from activities.audit_verify import verify_store
+    from activities.metrics import MatrixMetrics, WorkflowMetrics
+
+    async def verify() -> bool:
+        return (await verify_store(store)).ok
+
+    tasks = [asyncio.create_task(MatrixMetrics(store, verify, mset.metrics_audit_verify_s).run(stop))]
+    if mset.metrics_collect_s > 0:
+        tasks.append(asyncio.create_task(WorkflowMetrics(client, mset.metrics_collect_s).run(stop)))
     return tasks
 
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from datetime import datetime, timezone
 from typing import Any, Awaitable, Callable, Protocol
 
@@ -37,6 +38,7 @@ from temporalio.client import Client
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.service import RPCError, RPCStatusCode
 
+from core import metrics
 from contracts.changes import ActorKind, Authority, ChangeSetRequest, SwitchChange
 from manual import alerts, approvals
 from manual.roles import MONITOR_IDENTITY
@@ -398,16 +400,28 @@ class Monitor:
     async def poll(self) -> list[KeyState]:
         health: dict[str, Any] | None = None
         error = ""
+        t0 = time.perf_counter()
         try:
             health = await asyncio.wait_for(self.read_health(self.timeout_s), self.timeout_s + 0.25)
         except asyncio.CancelledError:
             raise
         except Exception as e:  # 500s, timeouts, refused connections, a broken body: input, not a crash
             error = f"{getattr(e, 'type', None) or type(e).__name__}: {getattr(e, 'message', None) or e}"
+            metrics.MONITOR_POLL_FAILURES.inc()
+        metrics.MONITOR_POLLS.inc()
+        metrics.MONITOR_POLL_SECONDS.observe(time.perf_counter() - t0)
+        metrics.MONITOR_LAST_POLL.set(time.time())
         if not self.adopted and (self._adopt_task is None or self._adopt_task.done()):
             self._adopt_task = asyncio.create_task(self._adopt())
         now = self.clock()
         changed = self.detector.observe(health, now, error)
+        if changed:
+            firing: dict[str, int] = {r.id: 0 for r in self.detector.rules}
+            for ks in self.detector.state.keys.values():
+                if ks.firing:
+                    firing[ks.rule] = firing.get(ks.rule, 0) + 1
+            for rule, n in firing.items():
+                metrics.MONITOR_FIRING.labels(rule).set(n)
         for ks in changed:
             log.warning("P0 %s%s %s", ks.rule, f" [{ks.symbol}]" if ks.symbol else "", Detector.describe(ks))
         self._deliver_pending(now)

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import logging
 import re
+from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from typing import Any, Literal
 from urllib.parse import urlparse
@@ -51,6 +52,7 @@ from contracts.paging import (
     SLACK_TEXT_MAX,
     SUMMARY_MAX,
 )
+from core import metrics
 from core.settings import PagingSettings
 from manual import escalation
 
@@ -216,6 +218,17 @@ def check_paging(settings: PagingSettings) -> tuple[SecretStr, list[SecretStr], 
     return SecretStr(url), keys, hooks, SecretStr(change)
 
 
+@contextmanager
+def _counted(channel: str, level: int):
+    """rollbackctl_pages_sent_total / _failed_total (core/metrics.py) for one attempt."""
+    try:
+        yield
+    except Exception:
+        metrics.PAGES_FAILED.labels(channel, str(level)).inc()
+        raise
+    metrics.PAGES_SENT.labels(channel, str(level)).inc()
+
+
 def _retry_after(resp: httpx.Response) -> timedelta | None:
     ra = resp.headers.get("retry-after")
     if ra is None:
@@ -333,9 +346,10 @@ class PagingActivities:
             if inp.links:
                 body["links"] = [lk for lk in inp.links if lk.get("href")]
         what = f"PagerDuty ({inp.event_action}, level {lvl.level})"
-        resp = await self._post(what, self._pd_url, body)
-        if resp.status_code != 202 and not (200 <= resp.status_code < 300):
-            raise self._refused(what, resp, self._pd_said(resp))
+        with _counted("pagerduty", lvl.level):
+            resp = await self._post(what, self._pd_url, body)
+            if resp.status_code != 202 and not (200 <= resp.status_code < 300):
+                raise self._refused(what, resp, self._pd_said(resp))
         try:
             j = resp.json()
         except ValueError:
@@ -361,9 +375,10 @@ class PagingActivities:
             {"type": "mrkdwn", "text": slack_escape(f"escalation level {lvl.level}: {lvl.name} ({lvl.slack_channel})")}]})
         body = {"text": slack_escape(inp.text)[:SLACK_TEXT_MAX], "blocks": blocks}
         what = f"Slack webhook (level {lvl.level}, {lvl.slack_channel})"
-        resp = await self._post(what, self._pick(self._hooks, lvl.level), body)
-        if not 200 <= resp.status_code < 300:
-            raise self._refused(what, resp, resp.text[:200])
+        with _counted("slack", lvl.level):
+            resp = await self._post(what, self._pick(self._hooks, lvl.level), body)
+            if not 200 <= resp.status_code < 300:
+                raise self._refused(what, resp, resp.text[:200])
         self._log().info("chat to level %d (%s) -> %d", lvl.level, lvl.slack_channel, resp.status_code)
         return ChatResult(ok=True, escalation_level=lvl.level, channel=lvl.slack_channel, http_status=resp.status_code)
 

@@ -155,6 +155,25 @@ class EmergencySettings(BaseSettings):
         return [u.strip().rstrip("/") for u in self.emergency_urls.split(",") if u.strip()]
 
 
+class MetricsSettings(BaseSettings):
+    """ROLLBACKCTL_METRICS_* / ROLLBACKCTL_SDK_METRICS_LISTEN: Prometheus endpoints (core/metrics.py).
+
+    `metrics_listen`: host:port of this process's domain `/metrics` (empty: none). Each long-running
+    process (worker, `rollbackctl monitor`, `paging serve`, the simulator) reads it, so give each its own.
+    `sdk_metrics_listen`: the Temporal SDK's own exporter in processes that run a Temporal worker.
+    `metrics_collect_s`: how often the worker refreshes the workflow gauges (a visibility list and one
+    query per running workflow) and `metrics_audit_verify_s` how often it verifies the audit chain;
+    0 turns either off.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="ROLLBACKCTL_", extra="ignore")
+
+    metrics_listen: str = ""
+    sdk_metrics_listen: str = ""
+    metrics_collect_s: float = Field(default=10.0, ge=0, le=3600)
+    metrics_audit_verify_s: float = Field(default=300.0, ge=0, le=86400)
+
+
 SIGNING_OFF_WARNING = ("WARNING: ROLLBACKCTL_SIGNING=off: requests and approvals are NOT signed and the two-person "
                        "rule is OFF. For local drills only, never in production.")
 
@@ -169,3 +188,6 @@ class DevStackSettings(BaseSettings):
     temporal_ui_port: int = 8233
     sim_port: int = 8700
     emergency_port: int = 8720  # the worker's emergency lane
+    # Prometheus endpoints: worker, worker SDK, monitor, monitor SDK, simulator, webhook receiver (this + 0..5)
+    metrics_port: int = 9464
+    metrics_scrape_s: float = 5.0  # the scrape interval of the Prometheus config `dev up` writes

@@ -13,17 +13,22 @@ from core.settings import TemporalSettings
 _RUNTIME: Runtime | None = None
 
 
-def runtime() -> Runtime:
+def runtime(metrics_listen: str = "") -> Runtime:
     """The process's SDK runtime, its Rust core's logs forwarded to Python logging (`temporalio.core`).
 
     By default the core prints its own lines (e.g. `WARN temporalio_client::retry: gRPC call
     query_workflow retried 5 times`) straight to stdout, where they broke `--json` output. Forwarded,
-    they go through structlog (core/log.py) to stderr, at the level the process logs at."""
+    they go through structlog (core/log.py) to stderr, at the level the process logs at.
+
+    `metrics_listen` (host:port, the first call only): the SDK's Prometheus exporter (core/metrics.py)."""
     global _RUNTIME
     if _RUNTIME is None:
+        from core.metrics import sdk_prometheus
+
         _RUNTIME = Runtime(telemetry=TelemetryConfig(logging=LoggingConfig(
             filter=TelemetryFilter(core_level="WARN", other_level="WARN"),
-            forwarding=LogForwardingConfig(logger=logging.getLogger("temporalio.core")))))
+            forwarding=LogForwardingConfig(logger=logging.getLogger("temporalio.core"))),
+            metrics=sdk_prometheus(metrics_listen) if metrics_listen else None))
         Runtime.set_default(_RUNTIME, error_if_already_set=False)
     return _RUNTIME
 

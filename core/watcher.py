@@ -11,9 +11,12 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
+from datetime import datetime
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 
+from core import metrics
 from core.etcd import Etcd, EtcdCompacted, EtcdError, EtcdUnavailable
 
 log = logging.getLogger(__name__)
@@ -30,9 +33,26 @@ class SwitchUpdate:
 Callback = Callable[[SwitchUpdate], Awaitable[None] | None]
 
 
+def _observe_applied(name: str, rec: dict[str, Any], revision: int) -> None:
+    """Propagation: the change's audited time (its record's updated_at, written in the same etcd
+    transaction as its audit record) to now, once this consumer has applied it. Across hosts this
+    includes their clock difference (NTP keeps it to milliseconds)."""
+    metrics.WATCH_REVISION.set(revision)
+    at = rec.get("updated_at")
+    if not at:
+        return
+    try:
+        t = datetime.fromisoformat(str(at).replace("Z", "+00:00"))
+    except ValueError:
+        return
+    metrics.SWITCH_PROPAGATION.labels(name).observe(max(0.0, time.time() - t.timestamp()))
+
+
 class SwitchWatcher:
-    def __init__(self, etcd: Etcd, prefix: str = "/perps/", on_change: Callback | None = None):
+    def __init__(self, etcd: Etcd, prefix: str = "/perps/", on_change: Callback | None = None, observe: bool = True):
         self.etcd = etcd
+        self.observe = observe  # record propagation (core/metrics.py): a consumer does; an exporter does not
+        self.records: dict[str, dict[str, Any]] = {}  # each switch's last etcd record (value, updated_at/by)
         self.base = f"{prefix}switches/"
         self.on_change = on_change
         self.values: dict[str, Any] = {}
@@ -81,6 +101,7 @@ class SwitchWatcher:
             rec = json.loads(kv.value)
             changed = self.revisions.get(name) != kv.mod_revision
             self.values[name], self.revisions[name] = rec.get("value"), kv.mod_revision
+            self.records[name] = rec
             if changed and not initial:
                 await self._emit(SwitchUpdate(name, rec.get("value"), kv.mod_revision, rec))
         for name in [n for n in self.values if n not in seen]:
@@ -101,17 +122,22 @@ class SwitchWatcher:
                         if ev.type == "put":
                             rec = json.loads(ev.kv.value)
                             self.values[name], self.revisions[name] = rec.get("value"), ev.kv.mod_revision
+                            self.records[name] = rec
                         else:
                             rec = {}
                             self.values.pop(name, None)
+                            self.records.pop(name, None)
                             self.revisions.pop(name, None)
                         self.revision = max(self.revision, ev.kv.mod_revision)
                         await self._emit(SwitchUpdate(name, rec.get("value"), ev.kv.mod_revision, rec))
+                        if self.observe:
+                            _observe_applied(name, rec, self.revision)
             except EtcdCompacted:
                 log.warning("switch watch: revision %s compacted; re-reading all switches", self.revision + 1)
                 await self._load(initial=False)
             except (EtcdUnavailable, EtcdError) as e:
                 self.reconnects += 1
+                metrics.WATCH_RECONNECTS.inc()
                 self.last_error = str(e)
                 self.errors = [*self.errors[-19:], self.last_error]
                 log.warning("switch watch dropped (%s); resuming from revision %s", e, self.revision + 1)

@@ -231,13 +231,23 @@ def _running() -> set[str]:
 SCENARIOS = ["rollbackctl.demo_rollback", "rollbackctl.demo_canary", "rollbackctl.demo_p0", "rollbackctl.demo_identity"]
 
 
+def scenarios(only: str) -> list[str]:
+    """The scenario modules to run: all, or those named in DEMO_SCENARIOS (e.g. "rollback,p0")."""
+    names = [n.strip() for n in only.split(",") if n.strip()]
+    known = {m.rsplit("_", 1)[-1]: m for m in SCENARIOS}
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise SystemExit(f"demo: unknown scenario(s) {', '.join(unknown)} in DEMO_SCENARIOS; known: {', '.join(known)}")
+    return [known[n] for n in names] if names else list(SCENARIOS)
+
+
 def main() -> int:
     import importlib
 
     from core import procs
     from rollbackctl import devstack
 
-    for mod in SCENARIOS:
+    for mod in scenarios(os.environ.get("DEMO_SCENARIOS", "")):
         importlib.import_module(mod)
 
     keep = os.environ.get("KEEP", "") not in ("", "0", "false", "no")

@@ -84,6 +84,47 @@ class Stack:
             **self.dev_paging_env(),
         }
 
+    # Prometheus endpoints (core/metrics.py): (domain offset, SDK offset or None) from ROLLBACKCTL_DEV_METRICS_PORT
+    METRICS = {"worker": (0, 1), "monitor": (2, 3), "sim": (4, None), "pagerhook": (5, None)}
+
+    def metrics_targets(self, name: str) -> list[str]:
+        dom, sdk = self.METRICS.get(name, (None, None))
+        return [f"127.0.0.1:{self.dev.metrics_port + o}" for o in (dom, sdk) if o is not None]
+
+    def metrics_env(self, name: str) -> dict[str, str]:
+        """Each long-running process's own /metrics ports (the domain one, and the Temporal SDK's)."""
+        dom, sdk = self.METRICS.get(name, (None, None))
+        if dom is None:
+            return {}
+        env = {"ROLLBACKCTL_METRICS_LISTEN": f"127.0.0.1:{self.dev.metrics_port + dom}"}
+        if sdk is not None:
+            env["ROLLBACKCTL_SDK_METRICS_LISTEN"] = f"127.0.0.1:{self.dev.metrics_port + sdk}"
+        return env
+
+    def metrics_line(self, name: str) -> str:
+        t = self.metrics_targets(name)
+        return f"  (metrics {', '.join(f'http://{x}/metrics' for x in t)})" if t else ""
+
+    @property
+    def prometheus_config(self) -> Path:
+        return self.dir / "prometheus.yml"
+
+    def write_prometheus_config(self) -> Path:
+        """A Prometheus config scraping every endpoint of this stack, with the repo's alert rules."""
+        from core import metrics
+
+        rules = Path(__file__).resolve().parent.parent / "monitoring" / "prometheus" / "rollbackctl-rules.yml"
+        jobs = {"rollbackctl-worker": ("worker", 0), "rollbackctl-worker-sdk": ("worker", 1),
+                "rollbackctl-monitor": ("monitor", 0), "rollbackctl-monitor-sdk": ("monitor", 1),
+                "rollbackctl-sim": ("sim", 0), "rollbackctl-pagerhook": ("pagerhook", 0)}
+        etcd_host, etcd_port = self.etcd_hostport
+        text = metrics.prometheus_config(
+            {job: self.metrics_targets(name)[i] for job, (name, i) in jobs.items()}
+            | {"etcd": f"{etcd_host}:{etcd_port}"}, rules, scrape_interval_s=self.dev.metrics_scrape_s)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.prometheus_config.write_text(text)
+        return self.prometheus_config
+
     @property
     def webhook_url(self) -> str:
         from rollbackctl.pagerhook import PATH
@@ -161,7 +202,8 @@ def _start_temporal(st: Stack) -> int:
 
 def _python_component(module: str, *args: str) -> Callable[[Stack], int]:
     def start(st: Stack) -> int:
-        p = procs.spawn([sys.executable, "-m", module, *args], st.log(module.rsplit(".", 1)[-1]), env=st.env())
+        name = module.rsplit(".", 1)[-1]
+        p = procs.spawn([sys.executable, "-m", module, *args], st.log(name), env={**st.env(), **st.metrics_env(name)})
         return p.pid
 
     return start
@@ -172,7 +214,7 @@ def _start_sim(st: Stack) -> int:
     that start next read it); a simulator that dies first is reported with its log, not as started."""
     host, port = st.sim_hostport
     procs.require_free(host, port, "simulator")
-    p = procs.spawn([sys.executable, "-m", "simulator"], st.log("sim"), env=st.env())
+    p = procs.spawn([sys.executable, "-m", "simulator"], st.log("sim"), env={**st.env(), **st.metrics_env("sim")})
     try:
         procs.wait_tcp(host, port, 30, p, f"simulator (log {st.log('sim')})")
     except BaseException:
@@ -187,7 +229,7 @@ def _start_pagerhook(st: Stack) -> int:
     u = urlparse(st.webhook_url)
     procs.require_free(u.hostname or "127.0.0.1", u.port or 8710, "PagerDuty webhook receiver")
     p = procs.spawn([sys.executable, "-c", "from rollbackctl.cli import main; main(['paging', 'serve'])"],
-                    st.log("pagerhook"), env=st.env())
+                    st.log("pagerhook"), env={**st.env(), **st.metrics_env("pagerhook")})
     try:
         procs.wait_tcp(u.hostname or "127.0.0.1", u.port or 8710, 30, p, f"webhook receiver (log {st.log('pagerhook')})")
     except BaseException:
@@ -222,17 +264,20 @@ COMPONENTS: list[Component] = [
         _start_temporal,
         lambda st: f"temporal        {st.temporal.temporal_address}  (Web UI {st.ui_url})",
     ),
-    Component("sim", _start_sim, lambda st: "simulator       http://%s:%d" % st.sim_hostport),
+    Component("sim", _start_sim, lambda st: "simulator       http://%s:%d" % st.sim_hostport + st.metrics_line("sim")),
     Component("worker", _python_component("worker"),
               lambda st: f"worker          task queue {st.temporal.task_queue}  (emergency lane "
-                         f"http://127.0.0.1:{st.dev.emergency_port}/v1/emergency, for when Temporal is down)"),
+                         f"http://127.0.0.1:{st.dev.emergency_port}/v1/emergency, for when Temporal is down)"
+                         f"{st.metrics_line('worker')}"),
     # The PagerDuty v3 webhook receiver (`rollbackctl paging serve`): acknowledgements in PagerDuty reach the workflows.
     Component("pagerhook", lambda st: _start_pagerhook(st),
-              lambda st: f"PagerDuty hook  {st.webhook_url}  (PagerDuty's v3 webhook subscription posts here)"),
+              lambda st: f"PagerDuty hook  {st.webhook_url}  (PagerDuty's v3 webhook subscription posts here)"
+                         f"{st.metrics_line('pagerhook')}"),
     # The P0 monitor (`rollbackctl monitor`): hosts the monitor workflow's polling activity.
     Component("monitor", lambda st: procs.spawn(
         [sys.executable, "-c", "from rollbackctl.cli import main; main(['monitor'])"], st.log("monitor"),
-        env=st.env()).pid, lambda st: f"P0 monitor      polling {st.core.url} (rollbackctl monitor --status)"),
+        env={**st.env(), **st.metrics_env("monitor")}).pid,
+        lambda st: f"P0 monitor      polling {st.core.url} (rollbackctl monitor --status){st.metrics_line('monitor')}"),
 ]
 
 
@@ -246,6 +291,7 @@ def up(only: list[str] | None = None, out=print) -> Stack:
     st = Stack()
     st.dir.mkdir(parents=True, exist_ok=True)
     check(st)
+    st.write_prometheus_config()
     for c in COMPONENTS:
         if only and c.name not in only:
             continue
@@ -256,6 +302,9 @@ def up(only: list[str] | None = None, out=print) -> Stack:
         pid = c.start(st)
         st.pidfile(c.name).write_text(f"{pid}\n")
         out(f"  {c.describe(st)}  started (pid {pid}, log {st.log(c.name)})")
+    if not only:
+        out(f"  Prometheus      scrape config {st.prometheus_config} (every /metrics above, the alert rules): "
+            f"prometheus --config.file={st.prometheus_config}")
     return st
 
 

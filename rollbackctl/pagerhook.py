@@ -99,34 +99,40 @@ def create_app(forward: Forward, secrets: list[str]) -> Starlette:
                          "signature with the subscription's secret")
     counts = {"forwarded": 0, "ignored": 0, "refused": 0, "bad": 0}
 
+    def _count(outcome: str) -> None:
+        from core import metrics
+
+        counts[outcome] += 1
+        metrics.WEBHOOKS_RECEIVED.labels(outcome).inc()
+
     async def webhook(request: Request) -> Response:
         raw = await request.body()
         if len(raw) > MAX_BODY:
-            counts["bad"] += 1
+            _count("bad")
             return JSONResponse({"error": "too_large", "detail": f"at most {MAX_BODY} bytes"}, 413)
         if not signature_ok(raw, request.headers.get("x-pagerduty-signature"), secrets):
-            counts["refused"] += 1
+            _count("refused")
             log.warning("PagerDuty webhook refused: missing or wrong X-PagerDuty-Signature (from %s)",
                         request.client.host if request.client else "?")
             return JSONResponse({"error": "unauthorized", "detail": "missing or wrong X-PagerDuty-Signature"}, 401)
         try:
             body = json.loads(raw)
         except ValueError:
-            counts["bad"] += 1
+            _count("bad")
             return JSONResponse({"error": "bad_request", "detail": "the body is not JSON"}, 400)
         ev = parse_event(body, request.headers.get("x-webhook-id"))
         if isinstance(ev, str):
-            counts["bad"] += 1
+            _count("bad")
             return JSONResponse({"error": "bad_request", "detail": ev}, 400)
         if ev is None:
-            counts["ignored"] += 1
+            _count("ignored")
             return JSONResponse({"status": "ignored", "detail": "not an incident event of an Events API alert"}, 202)
         try:
             pager = await forward(ev)
         except Exception as e:  # Temporal unreachable: 5xx, so PagerDuty retries the delivery
             log.error("PagerDuty %s for %s not forwarded: %s", ev.event_type, ev.dedup_key, e)
             return JSONResponse({"error": "unavailable", "detail": "Temporal is unreachable; retry"}, 503)
-        counts["forwarded"] += 1
+        _count("forwarded")
         log.info("PagerDuty %s of %s by %s -> %s", ev.event_type, ev.dedup_key, ev.by or "?", pager)
         return JSONResponse({"status": "accepted", "event_type": ev.event_type, "pager": pager}, 202)
 
@@ -158,6 +164,7 @@ async def serve(host: str, port: int, *, stop=None) -> int:
     secrets = [s.strip() for s in (ps.pagerduty_webhook_secret.get_secret_value() if ps.pagerduty_webhook_secret
                                    else "").split(",") if s.strip()]
     client = await connect(ts)
+    server_m = _serve_metrics()
 
     async def forward(ev: AlertEvent) -> str:
         return await forward_alert_event(client, ts.task_queue, ev)
@@ -174,4 +181,18 @@ async def serve(host: str, port: int, *, stop=None) -> int:
     await stop.wait()
     server.should_exit = True
     await task
+    if server_m is not None:
+        server_m.shutdown()
     return 0
+
+
+def _serve_metrics():
+    """This process's /metrics (ROLLBACKCTL_METRICS_LISTEN; none when empty)."""
+    from core import metrics
+    from core.settings import MetricsSettings
+
+    listen = MetricsSettings().metrics_listen
+    if not listen:
+        return None
+    print(f"metrics http://{listen}/metrics", flush=True)
+    return metrics.serve(listen, metrics.WEBHOOK_RECEIVER)

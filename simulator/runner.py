@@ -88,6 +88,11 @@ async def serve(host: str, port: int, *, prefix: str | None = None, seed: int | 
               file=sys.stderr)
         return 5
     app, sim = build_app(prefix=prefix, seed=seed)
+    from core import metrics
+    from core.settings import MetricsSettings
+
+    listen = MetricsSettings().metrics_listen  # /metrics: the watcher's propagation (audited -> applied here)
+    metrics_server = metrics.serve(listen, metrics.CONSUMER) if listen else None
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False, lifespan="on",
                             timeout_graceful_shutdown=2, log_config=None)
     server = uvicorn.Server(config)
@@ -113,6 +118,8 @@ async def serve(host: str, port: int, *, prefix: str | None = None, seed: int | 
     await server.serve()
     for t in tasks:
         t.cancel()
+    if metrics_server is not None:
+        metrics_server.shutdown()
     return 0 if server.started else 5
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from activities.requests import RequestVerifier
 from activities.switch_store import record_hash
-from rollbackctl import audit_verify
+from activities import audit_verify
 from tests.support.identity_helpers import Signers
 from tests.support.store_helpers import req, run_cli
 from contracts.requests import RequestApply

@@ -38,9 +38,12 @@ from datetime import timedelta
 from typing import Any
 
 from temporalio import workflow
+
+from workflows import metrics as wf_metrics
 from temporalio.common import RetryPolicy
 
 with workflow.unsafe.imports_passed_through():
+    from core import metrics as series
     from contracts import errors
     from contracts.errors import invalid, not_permitted, refusal_error
     from contracts.changes import BreakGlass
@@ -645,6 +648,7 @@ class CanaryWorkflow(PagingHandlers):
     async def _finish(self, status: str, detail: str = "") -> CanaryResult:
         st, r = self.st, self.r
         r.progress.status = r.progress.result = status
+        wf_metrics.count(series.WORKFLOWS_FINISHED, kind="canary", result=status)
         r.progress.detail = detail or r.progress.detail
         r.progress.current_step = None
         r.progress.awaiting = None

@@ -16,7 +16,10 @@ import asyncio
 
 from temporalio import workflow
 
+from workflows import metrics as wf_metrics
+
 with workflow.unsafe.imports_passed_through():
+    from core import metrics as series
     from manual import degradation, rollback, switches
     from manual import degradation_plan as plan
     from contracts.changes import BreakGlass
@@ -85,6 +88,7 @@ class DegradationWorkflow(PagingHandlers):
             await self.r.notify(f"{self.r.wid} stopped: {self.r.progress.detail}", page=True, severity="critical",
                                 kind="stopped")
         self.r.progress.status = self.r.progress.result = status
+        wf_metrics.count(series.WORKFLOWS_FINISHED, kind="degradation", result=status)
         self.r.progress.current_step = None
         await self.r.drain()
         left = (self.r.progress.detail if status in ("failed", "restore_blocked", "restore_failed") or self._not_undone

@@ -17,7 +17,10 @@ from typing import Any
 
 from temporalio import workflow
 
+from workflows import metrics as wf_metrics
+
 with workflow.unsafe.imports_passed_through():
+    from core import metrics as series
     from manual import degradation, rollback, switches
     from manual.rollback import Scope, Severity
     from contracts.roles import Role
@@ -104,6 +107,7 @@ class RollbackWorkflow(PagingHandlers):
                                 kind="stopped")
         self.r.progress.status = status
         self.r.progress.result = status
+        wf_metrics.count(series.WORKFLOWS_FINISHED, kind="rollback", result=status)
         self.r.progress.current_step = None
         await self.r.drain()
         left = (self.r.progress.detail if status in NEEDS_HUMAN or self.core_in_force

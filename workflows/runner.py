@@ -35,9 +35,11 @@ with workflow.unsafe.imports_passed_through():
     from core import identity
     from manual.steps import ApplySwitches, Checklist, CoreActions, HealthCheck, Notify, Observe
     from contracts.progress import ChecklistResult, CheckResult, Decision, Progress, StepRecord
+    from core import metrics as series
 
 from workflows.alerting import Alerting
 from workflows.base import MAX_CHECKS_KEPT, OBSERVE_TRAFFIC, ROSTER_REFRESH, ActionOutcome, StepFailed, root_cause
+from workflows import metrics as wf_metrics
 from workflows.gate import DecisionGate
 from workflows.gateway import ActivityGateway
 
@@ -374,6 +376,7 @@ class Runner(ActivityGateway, Alerting, DecisionGate):
                         c.traffic = c.traffic or float(health[step.traffic]) > 0
                     c.next_check_at = workflow.now() + step.interval
                     self.progress.checks = [*self.progress.checks[-(MAX_CHECKS_KEPT - 1):], check]
+                    wf_metrics.count(series.HEALTH_CHECKS, kind=self.progress.kind, result="ok" if check.ok else "failed")
                     self.show()
                     c.streak = c.streak + 1 if not check.ok else 0
                     tripped = c.streak >= step.consecutive

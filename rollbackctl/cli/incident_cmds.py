@@ -303,9 +303,16 @@ async def run_monitor(ms, ts, interval: float | None = None, stop: asyncio.Event
     from contracts.incidents import MonitorInput
     from workflows.monitor import MonitorWorkflow, monitor_workflow_id
 
-    es = EtcdSettings()
+    from activities.metrics import TaskQueueMetrics
+    from core import metrics
+    from core.settings import MetricsSettings
+    from core.temporal_client import runtime
+
+    es, mset = EtcdSettings(), MetricsSettings()
+    runtime(mset.sdk_metrics_listen)  # the SDK's exporter (set before the first connection makes the runtime)
     client = await connect(ts)
     mq = ms.task_queue(ts.task_queue)
+    server = metrics.serve(mset.metrics_listen, metrics.MONITOR) if mset.metrics_listen else None
     wid = monitor_workflow_id(ms.namespace)
     inp = MonitorInput(namespace=ms.namespace, interval_s=interval or ms.interval_s,
                        health_timeout_s=ms.health_timeout_s, incident_task_queue=ts.task_queue,
@@ -327,7 +334,19 @@ async def run_monitor(ms, ts, interval: float | None = None, stop: asyncio.Event
                   f"{inp.interval_s:g}s; incidents on task queue {ts.task_queue}; this process serves {mq}",
                   flush=True)
             print(_link(wid), flush=True)
-            await stop.wait()
+            side = []
+            if server is not None:
+                print(f"metrics http://{mset.metrics_listen}/metrics", flush=True)
+                # Pollers of the workers' queue and of this one, seen by Temporal: "no worker" shows here.
+                side.append(asyncio.create_task(TaskQueueMetrics(
+                    client, ts.temporal_namespace, [ts.task_queue, mq],
+                    every_s=mset.metrics_collect_s or 10.0).run(stop)))
+            try:
+                await stop.wait()
+            finally:
+                await asyncio.gather(*side, return_exceptions=True)
+                if server is not None:
+                    server.shutdown()
     print("monitor process stopping; the monitor workflow stays (another `rollbackctl monitor` takes over; "
           "`rollbackctl monitor --stop` ends it)", flush=True)
     return 0

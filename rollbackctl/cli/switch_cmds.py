@@ -385,7 +385,7 @@ async def cmd_audit(args) -> int:
 
 
 async def cmd_audit_verify(args) -> int:
-    from rollbackctl import audit_verify
+    from activities import audit_verify
 
     async with switch_store() as store:
         rep = await audit_verify.verify_store(store, expect_head=args.expect_head)

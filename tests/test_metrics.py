@@ -1,0 +1,145 @@
+"""The metrics catalogue against its users' tools: promtool lints the exposition and unit-tests the
+alert rules; the README lists every series; the Grafana dashboard names only series that exist; the
+switch gauges and the paging counters say what the manual and the (strict) PagerDuty sink say.
+
+Prometheus conventions (https://prometheus.io/docs/practices/naming/): base units (`_seconds`),
+`_total` on counters, enum states as a label with 1 for the current one; `promtool check metrics`
+enforces the lint part.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from prometheus_client import generate_latest
+from temporalio.exceptions import ApplicationError
+from temporalio.testing import ActivityEnvironment
+
+from activities import metrics as am
+from activities.paging import PageInput, PagingActivities
+from core import metrics
+from manual import switches
+
+REPO = Path(__file__).resolve().parent.parent
+RULES = REPO / "monitoring" / "prometheus"
+
+
+def _tool(name: str) -> str:
+    path = shutil.which(name)
+    assert path, f"{name} missing: `sudo apt-get install prometheus` (`make test` installs it as root)"
+    return path
+
+
+def _catalogue() -> set[str]:
+    return {n for n, _, _ in metrics.domain_series()} | {s.name for s in metrics.WORKFLOW_SERIES}
+
+
+def test_promtool_checks_and_unit_tests_the_alert_rules():
+    promtool = _tool("promtool")
+    r = subprocess.run([promtool, "check", "rules", str(RULES / "rollbackctl-rules.yml")], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    r = subprocess.run([promtool, "test", "rules", "rollbackctl-rules.test.yml"], cwd=RULES, capture_output=True, text=True)
+    assert r.returncode == 0 and "SUCCESS" in r.stdout, r.stdout + r.stderr
+
+
+def test_the_rules_name_only_series_that_exist():
+    text = (RULES / "rollbackctl-rules.yml").read_text()
+    used = set(re.findall(r"\b(rollbackctl_[a-z_]+?)(?:_bucket|_count|_sum)?\b", text))
+    assert used and used <= _catalogue(), used - _catalogue()
+
+
+def test_every_series_is_in_the_readme_and_the_readme_invents_none():
+    readme = (REPO / "README.md").read_text()
+    listed = set(re.findall(r"^\| `(rollbackctl_[a-z_]+)`", readme, re.M))
+    assert listed == _catalogue(), {"missing from README": _catalogue() - listed, "not a metric": listed - _catalogue()}
+
+
+def test_the_dashboard_is_built_from_its_source_and_names_only_real_series():
+    sys.path.insert(0, str(REPO / "monitoring" / "grafana"))
+    import build_dashboard
+
+    assert (REPO / "monitoring" / "grafana" / "rollbackctl.json").read_text() == build_dashboard.render(), \
+        "rollbackctl.json is stale: python monitoring/grafana/build_dashboard.py"
+    used = {m for q in build_dashboard.queries()
+            for m in re.findall(r"\b(rollbackctl_[a-z_]+?)(?:_bucket|_count|_sum)?\b", q)}
+    assert used <= _catalogue(), used - _catalogue()
+    # Every panel of the dashboard's five areas has a query.
+    titles = [t for t, _ in build_dashboard.ROWS]
+    assert titles == ["Control matrix", "P0 incidents", "Rollbacks, degradations and decisions", "Canary", "Paging"]
+
+
+def test_switch_gauges_follow_the_manual_and_pass_promtool():
+    """Every switch of the manual at its default, then routing_mode moved off it: one enum value is 1,
+    the others 0; off-default flips; symbols lists export no value (no unbounded label)."""
+    for sw in switches.SWITCHES:
+        am.set_switch(sw.name, sw.default, {"updated_at": "2026-12-05T00:00:00.000Z"})
+    reg = metrics.registry(("matrix",))
+    assert reg.get_sample_value("rollbackctl_switch_off_default", {"switch": "routing_mode"}) == 0.0
+    other = next(m for m in switches.ROUTING_MODES if m != switches.get("routing_mode").default)
+    am.set_switch("routing_mode", other, {"updated_at": "2026-12-05T01:00:00.000Z"})
+    modes = {v: reg.get_sample_value("rollbackctl_switch_enum_value", {"switch": "routing_mode", "value": v})
+             for v in switches.ROUTING_MODES}
+    assert modes == {m: 1.0 if m == other else 0.0 for m in switches.ROUTING_MODES}
+    assert reg.get_sample_value("rollbackctl_switch_off_default", {"switch": "routing_mode"}) == 1.0
+    assert reg.get_sample_value("rollbackctl_switch_last_change_timestamp_seconds", {"switch": "routing_mode"}) == 1796432400.0
+    bools = [s for s in switches.SWITCHES if s.type is switches.SwitchType.BOOL]
+    assert reg.get_sample_value("rollbackctl_switch_value", {"switch": bools[0].name}) == float(bools[0].default)
+    symbols = [s.name for s in switches.SWITCHES if s.type is switches.SwitchType.SYMBOLS]
+    text = generate_latest(reg).decode()
+    assert symbols and not any(f'rollbackctl_switch_value{{switch="{n}"}}' in text for n in symbols)
+    r = subprocess.run([_tool("promtool"), "check", "metrics"], input=text, capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_an_audit_record_counts_each_switch_it_changed_by_authority_and_role():
+    reg = metrics.registry(("matrix",))
+    labels = {"switch": "routing_mode", "authority": "rollback", "role": "on_call"}
+    before = reg.get_sample_value("rollbackctl_switch_changes_total", labels) or 0.0
+    am.count_record({"authority": "rollback", "role": "on_call", "changes": [
+        {"switch": "routing_mode", "old": "NORMAL_MODE", "new": "HL_MODE"},
+        {"switch": "not_a_switch", "old": 1, "new": 2}]})  # unknown names are not labels
+    assert reg.get_sample_value("rollbackctl_switch_changes_total", labels) == before + 1
+    assert "not_a_switch" not in generate_latest(reg).decode()
+
+
+@pytest.fixture
+async def paging(paging_settings):
+    acts = PagingActivities.from_settings(paging_settings)
+    yield acts
+    await acts.aclose()
+
+
+async def test_pages_sent_and_failed_count_what_pagerduty_answered(sim, paging):
+    """PagerDuty's Events API v2 answers 202 to an accepted event and 429 past the rate limit
+    (https://developer.pagerduty.com/docs/events-api-v2/overview/); the strict sink does the same."""
+    reg = metrics.registry(("paging",))
+    lab = {"channel": "pagerduty", "level": "1"}
+    sent0 = reg.get_sample_value("rollbackctl_pages_sent_total", lab) or 0.0
+    failed0 = reg.get_sample_value("rollbackctl_pages_failed_total", lab) or 0.0
+    await sim.paging_config(pagerduty_events_per_min=1)
+    env = ActivityEnvironment()
+    page = lambda k: PageInput(event_action="trigger", dedup_key=k, summary="HL down", escalation_level=1)  # noqa: E731
+    await env.run(paging.page, page("wf-m/a:L1"))
+    with pytest.raises(ApplicationError):
+        await env.run(paging.page, page("wf-m/b:L1"))
+    pd = await sim.pagerduty()
+    assert len(pd["alerts"]) == 1 and [r["status"] for r in pd["rejected"]] == [429]
+    assert reg.get_sample_value("rollbackctl_pages_sent_total", lab) == sent0 + 1
+    assert reg.get_sample_value("rollbackctl_pages_failed_total", lab) == failed0 + 1
+
+
+def test_each_process_exports_only_what_it_fills():
+    """An unset gauge exported as 0 lies (an audit 'failing' in the simulator): the groups are disjoint and
+    cover the catalogue, and the simulator's endpoint has no audit or monitor series."""
+    seen: list[str] = []
+    for group in metrics.GROUPS.values():
+        seen += [m.describe()[0].name for m in group]
+    assert len(seen) == len(set(seen))
+    text = generate_latest(metrics.registry(metrics.CONSUMER)).decode()
+    assert "rollbackctl_switch_propagation_seconds" in text
+    assert "rollbackctl_audit" not in text and "rollbackctl_monitor" not in text

@@ -1,0 +1,27 @@
+"""Replay-safe domain events from workflows: `workflow.metric_meter()` (skipped while replaying).
+
+They are exported on the Temporal SDK's endpoint (ROLLBACKCTL_SDK_METRICS_LISTEN), named as listed in
+core/metrics.WORKFLOW_SERIES. Recording adds no command to the history: no patch is needed for it.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from temporalio import workflow
+
+with workflow.unsafe.imports_passed_through():
+    from core import metrics as series
+
+_HELP = {s.name.removesuffix("_seconds").removesuffix("_total"): s.help for s in series.WORKFLOW_SERIES}
+
+
+def seconds(name: str, value: timedelta, **labels: str) -> None:
+    """Observe a duration (exported as `<name>_seconds`)."""
+    workflow.metric_meter().create_histogram_timedelta(name, _HELP.get(name), "s").record(
+        max(value, timedelta(0)), labels)
+
+
+def count(name: str, **labels: str) -> None:
+    """Count one event (exported as `<name>_total`)."""
+    workflow.metric_meter().create_counter(name, _HELP.get(name)).add(1, labels)
