@@ -49,25 +49,33 @@ def _ms(sw: dict, t0: datetime) -> float:
     return (datetime.fromisoformat(sw["applied_at"].replace("Z", "+00:00")) - t0).total_seconds() * 1000
 
 
+QUICK = Durations(observe=timedelta(seconds=1), check_interval=timedelta(seconds=1))
+
+
+async def inproc_samples(st: BenchStack, client, http: httpx.AsyncClient, runs: int) -> list[float]:
+    """ms from a signed eager start to routing_mode=HL_MODE applied at the simulator, `runs` times."""
+    inproc: list[float] = []
+    for _ in range(runs):
+        await _internalization_on(st, http)
+        inc = f"bench-{uuid.uuid4().hex[:10]}"
+        wid = f"rollback-{inc}"
+        inp = st.sign_start(  # signed as the CLI signs (~0.1 ms, before the clock starts, as there)
+            RollbackInput(incident_id=inc, summary="bench", severity=Severity.CRITICAL, scope=Scope.CROSS,
+                          requested_by="oscar", reason="benchmark", drill=True, durations=QUICK),
+            "rollback.start", wid)
+        t0 = datetime.now(timezone.utc)
+        h = await client.start_workflow(RollbackWorkflow.run, inp, id=wid, task_queue=st.temporal.task_queue,
+                                        request_eager_start=True)
+        inproc.append(_ms(await _wait_switch(http, st.core.url, "routing_mode", "HL_MODE"), t0))
+        await h.terminate("benchmark sample taken")
+    return inproc
+
+
 async def run(st: BenchStack, runs: int = 50, cli_runs: int = 10) -> dict:
     client = await connect(st.temporal)
-    inproc: list[float] = []
     cli: list[float] = []
-    quick = Durations(observe=timedelta(seconds=1), check_interval=timedelta(seconds=1))
     async with httpx.AsyncClient() as http:
-        for _ in range(runs):
-            await _internalization_on(st, http)
-            inc = f"bench-{uuid.uuid4().hex[:10]}"
-            wid = f"rollback-{inc}"
-            inp = st.sign_start(  # signed as the CLI signs (~0.1 ms, before the clock starts, as there)
-                RollbackInput(incident_id=inc, summary="bench", severity=Severity.CRITICAL, scope=Scope.CROSS,
-                              requested_by="oscar", reason="benchmark", drill=True, durations=quick),
-                "rollback.start", wid)
-            t0 = datetime.now(timezone.utc)
-            h = await client.start_workflow(RollbackWorkflow.run, inp, id=wid, task_queue=st.temporal.task_queue,
-                                            request_eager_start=True)
-            inproc.append(_ms(await _wait_switch(http, st.core.url, "routing_mode", "HL_MODE"), t0))
-            await h.terminate("benchmark sample taken")
+        inproc = await inproc_samples(st, client, http, runs)
         exe = str(Path(sys.executable).parent / "rollbackctl")
         for _ in range(cli_runs):
             await _internalization_on(st, http)

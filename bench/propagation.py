@@ -25,7 +25,8 @@ async def _applied_at(http: httpx.AsyncClient, url: str, name: str, revision: in
     raise TimeoutError(f"revision {revision} of {name} never applied")
 
 
-async def run(st: BenchStack, changes: int = 200) -> dict:
+async def audited_samples(st: BenchStack, changes: int) -> list[float]:
+    """ms from an audited change set to the simulator having applied it, `changes` times."""
     store_ms: list[float] = []
     async with httpx.AsyncClient() as http:
         for i in range(changes):
@@ -36,6 +37,11 @@ async def run(st: BenchStack, changes: int = 200) -> dict:
                 changes=[SwitchChange(switch="max_order_size_internal", value=value)])) if (store := st.store) else None
             applied = await _applied_at(http, st.core.url, "max_order_size_internal", res.revision)
             store_ms.append((applied - t0).total_seconds() * 1000)
+    return store_ms
+
+
+async def run(st: BenchStack, changes: int = 200) -> dict:
+    store_ms = await audited_samples(st, changes)
 
     # Baseline: bare etcd put -> watch event, same server, same client library.
     base_ms: list[float] = []

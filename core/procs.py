@@ -38,6 +38,15 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
+def free_port_block(n: int, host: str = "127.0.0.1") -> int:
+    """A base port with `n` free consecutive ports from it (the dev stack's metrics ports)."""
+    for _ in range(200):
+        base = free_port(host)
+        if base + n < 65000 and all(not port_in_use(host, base + i) for i in range(n)):
+            return base
+    raise StackError(f"no {n} free consecutive ports on {host}")
+
+
 def port_in_use(host: str, port: int) -> bool:
     with socket.socket() as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

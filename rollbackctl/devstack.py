@@ -96,13 +96,18 @@ class Stack:
         dom, sdk = self.METRICS.get(name, (None, None))
         if dom is None:
             return {}
-        env = {"ROLLBACKCTL_METRICS_LISTEN": f"127.0.0.1:{self.dev.metrics_port + dom}"}
+        if not self.dev.metrics:  # off: say so explicitly, whatever the calling shell exports
+            return {"ROLLBACKCTL_METRICS_LISTEN": "", "ROLLBACKCTL_SDK_METRICS_LISTEN": ""}
+        for t in self.metrics_targets(name):  # a taken port is the same clear error as any other
+            procs.require_free("127.0.0.1", int(t.rsplit(":", 1)[1]), f"{name} metrics")
+        env = {"ROLLBACKCTL_METRICS_LISTEN": f"127.0.0.1:{self.dev.metrics_port + dom}",
+               "ROLLBACKCTL_SDK_METRICS_LISTEN": ""}
         if sdk is not None:
             env["ROLLBACKCTL_SDK_METRICS_LISTEN"] = f"127.0.0.1:{self.dev.metrics_port + sdk}"
         return env
 
     def metrics_line(self, name: str) -> str:
-        t = self.metrics_targets(name)
+        t = self.metrics_targets(name) if self.dev.metrics else []
         return f"  (metrics {', '.join(f'http://{x}/metrics' for x in t)})" if t else ""
 
     @property
@@ -302,7 +307,7 @@ def up(only: list[str] | None = None, out=print) -> Stack:
         pid = c.start(st)
         st.pidfile(c.name).write_text(f"{pid}\n")
         out(f"  {c.describe(st)}  started (pid {pid}, log {st.log(c.name)})")
-    if not only:
+    if not only and st.dev.metrics:
         out(f"  Prometheus      scrape config {st.prometheus_config} (every /metrics above, the alert rules): "
             f"prometheus --config.file={st.prometheus_config}")
     return st

@@ -39,15 +39,6 @@ def _require(tool: str) -> str:
     return path
 
 
-def _free_block(n: int) -> int:
-    """A base port with n free consecutive ports after it (the dev stack's metrics ports)."""
-    for _ in range(200):
-        base = procs.free_port()
-        if base + n < 65000 and all(not procs.port_in_use("127.0.0.1", base + i) for i in range(n)):
-            return base
-    raise RuntimeError("no block of free ports")
-
-
 def _stack_env(tmp_path: Path) -> dict[str, str]:
     p = procs.free_port
     return clean_env(
@@ -55,7 +46,7 @@ def _stack_env(tmp_path: Path) -> dict[str, str]:
         ROLLBACKCTL_ETCD_ENDPOINTS=f"127.0.0.1:{p()}", ROLLBACKCTL_DEV_ETCD_PEER_PORT=str(p()),
         TEMPORAL_ADDRESS=f"127.0.0.1:{p()}", ROLLBACKCTL_DEV_TEMPORAL_UI_PORT=str(p()),
         ROLLBACKCTL_TRADING_CORE_URL=f"http://127.0.0.1:{p()}", ROLLBACKCTL_DEV_EMERGENCY_PORT=str(p()),
-        ROLLBACKCTL_PAGING_LISTEN=f"127.0.0.1:{p()}", ROLLBACKCTL_DEV_METRICS_PORT=str(_free_block(6)),
+        ROLLBACKCTL_PAGING_LISTEN=f"127.0.0.1:{p()}", ROLLBACKCTL_DEV_METRICS_PORT=str(procs.free_port_block(6)),
         ROLLBACKCTL_DEV_METRICS_SCRAPE_S="1", ROLLBACKCTL_METRICS_COLLECT_S="1",
         ROLLBACKCTL_METRICS_AUDIT_VERIFY_S="2", DEMO_SCENARIOS="rollback,p0", KEEP="1",
     )
