@@ -68,6 +68,7 @@ class MatrixMetrics:
     def __init__(self, store, verify: Callable[[], Awaitable[bool]] | None = None, verify_every_s: float = 300.0):
         self.store = store
         self.verify, self.verify_every_s = verify, verify_every_s
+        self.counted = 0  # the last audit sequence counted
 
     async def run(self, stop: asyncio.Event) -> None:
         watcher = SwitchWatcher(self.store.etcd, self.store.prefix, on_change=self._changed, observe=False)
@@ -95,25 +96,32 @@ class MatrixMetrics:
         rev, delay = 0, 0.2
         while not stop.is_set():
             try:
-                if rev == 0:
-                    _, rev = await self.store.etcd.get_prefix(self.store.head_key)
-                    metrics.AUDIT_HEAD.set(await self.store.head_seq())
+                if rev == 0:  # the whole chain once: the counters are the chain's totals, across restarts
+                    kvs, rev = await self.store.etcd.get_prefix(base)
+                    for kv in kvs:
+                        self._count(json.loads(kv.value))
                 async for events in self.store.etcd.watch_prefix(base, rev + 1):
                     delay = 0.2
                     for ev in events:
                         rev = max(rev, ev.kv.mod_revision)
-                        if ev.type != "put":
-                            continue
-                        rec = json.loads(ev.kv.value)
-                        count_record(rec)
-                        if str(rec.get("id", "")).isdigit():
-                            metrics.AUDIT_HEAD.set(max(int(rec["id"]), metrics.AUDIT_HEAD._value.get()))  # noqa: SLF001
+                        if ev.type == "put":
+                            self._count(json.loads(ev.kv.value))
             except EtcdCompacted:
-                rev = 0  # missed records are not counted (a counter may undercount, never double count)
+                rev = 0  # read the chain again; what was counted is skipped
             except (EtcdUnavailable, EtcdError, OSError) as e:
                 log.warning("metrics: audit watch dropped (%s); resuming", e)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
+
+    def _count(self, rec: dict[str, Any]) -> None:
+        """Each record once (a re-read after a compaction skips what was counted)."""
+        seq = int(rec["id"]) if str(rec.get("id", "")).isdigit() else None
+        if seq is not None and seq <= self.counted:
+            return
+        count_record(rec)
+        if seq is not None:
+            self.counted = seq
+            metrics.AUDIT_HEAD.set(seq)
 
     async def _verify_loop(self, stop: asyncio.Event) -> None:
         metrics.AUDIT_VERIFY_OK.set(float("nan"))  # not verified yet: neither passing nor failing

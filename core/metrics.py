@@ -40,7 +40,7 @@ SWITCH_OFF_DEFAULT = Gauge("rollbackctl_switch_off_default", "1 while a switch i
 SWITCH_LAST_CHANGE = Gauge("rollbackctl_switch_last_change_timestamp_seconds",
                            "When a switch was last changed (its record's updated_at), Unix time", ["switch"], registry=None)
 SWITCH_CHANGES = Counter("rollbackctl_switch_changes",
-                         "Audited switch changes (one per switch in a change set) seen since this process started",
+                         "Audited switch changes in the audit chain (one per switch in a change set)",
                          ["switch", "authority", "role"], registry=None)
 AUDIT_HEAD = Gauge("rollbackctl_audit_head_sequence", "Sequence number of the audit chain's head record", registry=None)
 AUDIT_VERIFY_OK = Gauge("rollbackctl_audit_verify_ok",

@@ -142,7 +142,7 @@ async def test_a_rollback_and_a_p0_incident_answer_through_prometheus(stack, tmp
     assert prom.value('max(max_over_time(rollbackctl_switch_enum_value{switch="routing_mode",value="HL_MODE"}[15m]))') == 1.0
     assert prom.value('max(rollbackctl_switch_value{switch="global_betting_enabled"})') == (1.0 if now["global_betting_enabled"] else 0.0)
 
-    # Changes by switch: exactly the audit chain's count of routing_mode changes (the worker ran from the start).
+    # Changes by switch: exactly the audit chain's count of routing_mode changes (the counter is the chain's total).
     audit = _cli_json(env, "audit", "--limit", "1000")
     records = audit if isinstance(audit, list) else audit.get("records", [])
     routing = sum(1 for r in records for c in r.get("changes", []) if c.get("switch") == "routing_mode")
