@@ -166,7 +166,6 @@ def serve(listen: str, groups: tuple[str, ...]) -> object:
     disable_created_metrics()  # no `_created` series beside every counter and histogram
     host, _, port = listen.rpartition(":")
     server, _thread = start_http_server(int(port), addr=host or "127.0.0.1", registry=registry(groups))
-    MONITOR_SINCE_POLL.set_function(_since_poll)
     return server
 
 
@@ -175,6 +174,9 @@ def _since_poll() -> float:
 
     last = MONITOR_LAST_POLL._value.get()  # noqa: SLF001 (the gauge's own value)
     return -1.0 if last == 0 else max(0.0, time.time() - last)
+
+
+MONITOR_SINCE_POLL.set_function(_since_poll)  # computed at scrape time
 
 
 def sdk_prometheus(listen: str):
