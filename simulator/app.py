@@ -1,7 +1,8 @@
 """The simulator's HTTP face (Starlette): the trading-core contract under /v1/, test controls under /sim/.
 
 /v1/ routes need `Authorization: Bearer <token>` (401 otherwise). While `global_api_enabled` is
-false the trading routes (actions, orders, withdrawals) answer 503 `{"error": "maintenance"}`;
+false the trading routes (actions, orders, withdrawals) answer 503 `{"error": "maintenance"}` (a browser,
+asking for text/html, gets the static maintenance page, simulator/maintenance.html, with the same 503);
 the observation routes (/v1/health, /v1/risk/exposure, /v1/config/applied) keep answering with
 `"maintenance": true`. /sim/ routes take no token and answer loopback clients only.
 """
@@ -13,13 +14,14 @@ import hmac
 import ipaddress
 import json
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any, Awaitable, Callable
 
 from pydantic.json_schema import models_json_schema
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from contracts.trading_core import (
@@ -103,6 +105,16 @@ async def _strike(sim: Simulator, f: ApiFaults) -> Response | None:
     return None
 
 
+# The manual's Level 3 "static maintenance page": what a browser gets wherever the API answers 503
+# (JSON clients get the 503 error object). rollbackctl's console serves the same file at /maintenance.
+MAINTENANCE_PAGE = Path(__file__).resolve().parent / "maintenance.html"
+
+
+def _wants_html(request: Request) -> bool:
+    accept = request.headers.get("accept", "")
+    return "text/html" in accept and "application/json" not in accept
+
+
 def create_app(sim: Simulator, token: str) -> Starlette:
     """The ASGI app around one Simulator; its lifespan starts and stops the simulator."""
 
@@ -123,6 +135,9 @@ def create_app(sim: Simulator, token: str) -> Starlette:
                     hit = await _strike(sim, f)
                     if hit is not None:
                         return hit
+            if trading and sim.maintenance and _wants_html(request):
+                return FileResponse(MAINTENANCE_PAGE, 503, headers={"Retry-After": "60", "Cache-Control": "no-store"},
+                                    media_type="text/html")
             if v1 and not authorised(request):
                 status, payload, headers = err(401, "unauthorized", "missing or invalid bearer token",
                                                {"WWW-Authenticate": "Bearer"})

@@ -120,6 +120,11 @@ async def test_maintenance_mode_503_on_trading_routes_only(sim, store):
     assert (await sim.actions()) == []
     h = await sim.health()
     assert h["maintenance"] is True
+    # a browser (asking for HTML, with or without a token) gets the manual's static maintenance page, same 503
+    async with httpx.AsyncClient(base_url=sim.base_url) as c:
+        r = await c.post("/v1/orders", json={"symbol": "BTC"}, headers={"Accept": "text/html,application/xhtml+xml"})
+    assert r.status_code == 503 and r.headers["content-type"].startswith("text/html")
+    assert "Trading is paused for maintenance" in r.text and r.headers["retry-after"] == "60"
     r = await sim.v1("GET", "/v1/risk/exposure")
     assert r.status_code == 200 and r.json()["maintenance"] is True
     r = await sim.v1("GET", "/v1/config/applied")
