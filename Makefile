@@ -7,8 +7,9 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test test-faults chaos bench venv clean down sysdeps
 
-# Debian packages the tests need (CMD:PACKAGE): Prometheus and promtool for the metrics tests.
-SYSDEPS := prometheus:prometheus promtool:prometheus
+# Debian packages the tests need (CMD:PACKAGE): Prometheus and promtool for the metrics tests, Chromium
+# for the console's browser tests (Playwright drives it; it never downloads a browser).
+SYSDEPS := prometheus:prometheus promtool:prometheus chromium:chromium
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

@@ -107,6 +107,12 @@ def _check_signatures(rec: dict[str, Any], keys: dict[str, dict[str, str]], nonc
             got = {c.get("switch"): c.get("new") for c in rec.get("changes") or []}
             if identity.canonical_json(got) != identity.canonical_json(want) or r.values.get("reason") != rec.get("reason"):
                 return f"the signed {r.target} is not this record's change (switch set or reason differ)"
+        elif r.action in ("operator.approve_passkey", "operator.remove_passkey"):
+            op = rec.get("operator") or {}
+            pk = op.get("passkey") or {}
+            named = ("credential_id", "public_key", "code") if r.action == "operator.approve_passkey" else ("credential_id",)
+            if r.target != f"operator:{op.get('name')}" or any(r.values.get(k) != pk.get(k) for k in named):
+                return "the signed request is not this record's passkey change (operator or passkey differ)"
         elif r.action.startswith("operator."):
             op = rec.get("operator") or {}
             if r.target != f"operator:{op.get('name')}" or r.values.get("public_key") != op.get("public_key"):

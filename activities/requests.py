@@ -114,7 +114,7 @@ class RequestVerifier:
         retry = used_by == owner  # this run applied it already (an activity retry)
         if r.action == "switch.set":
             return await self._switch_set(inp, op, workflow_id, owner, retry)
-        if r.action in ("operator.add", "operator.rotate_key"):
+        if r.action in ("operator.add", "operator.rotate_key", "operator.approve_passkey", "operator.remove_passkey"):
             return await self._operator(inp, op, owner, retry)
         raise _refused(identity.Refusal.WRONG_ACTION, f"{r.action!r} is not a direct request")
 
@@ -190,6 +190,22 @@ class RequestVerifier:
                 raise InvalidChange(f"unknown role {r.values.get('role')!r}") from None
             new = await self.store.add_operator(name, role, actor=op.name, public_key=r.values.get("public_key"),
                                                 proofs=[p], nonce_owner=owner)
+        elif r.action == "operator.approve_passkey":
+            v = r.values
+            if not all(isinstance(v.get(k), str) and v.get(k) for k in ("credential_id", "public_key", "code")):
+                raise InvalidChange("operator.approve_passkey names credential_id, public_key and code")
+            new = await self.store.approve_passkey(name, v["credential_id"], v["public_key"], v["code"], actor=op.name,
+                                                   proofs=[p], nonce_owner=owner, revision=r.revision)
+            return RequestOutcome(status="applied", detail=f"passkey {v['code']} of {name} approved",
+                                  operator={"name": new.name, "role": new.role.value, "passkeys": len(new.passkeys)})
+        elif r.action == "operator.remove_passkey":
+            if not isinstance(r.values.get("credential_id"), str):
+                raise InvalidChange("operator.remove_passkey names credential_id")
+            new = await self.store.remove_passkey(name, r.values["credential_id"], actor=op.name,
+                                                  reason=r.values.get("reason") or None, proofs=[p],
+                                                  nonce_owner=owner, revision=r.revision)
+            return RequestOutcome(status="applied", detail=f"passkey of {name} removed",
+                                  operator={"name": new.name, "role": new.role.value, "passkeys": len(new.passkeys)})
         else:
             if not r.values.get("public_key"):
                 raise InvalidChange("operator.rotate_key needs a public_key")

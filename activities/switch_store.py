@@ -34,6 +34,7 @@ from contracts.changes import (
     ChangeSetRequest,
     ChangeSetResult,
     Operator,
+    Passkey,
     SeenRecord,
     Snapshot,
     SwitchState,
@@ -41,7 +42,7 @@ from contracts.changes import (
 from contracts.errors import ErrorKind
 from contracts.roles import Role
 from core import identity
-from core.etcd import KV, Compare, Etcd, EtcdAuthError, EtcdUnavailable, Put
+from core.etcd import KV, Compare, Delete, Etcd, EtcdAuthError, EtcdUnavailable, Put
 from manual import approvals, switches
 from manual.roles import MONITOR_IDENTITY, RESERVED_NAMES
 
@@ -128,6 +129,11 @@ class SwitchStore:
     @property
     def head_key(self) -> str:
         return f"{self.prefix}meta/audit_head"
+
+    def pending_passkey_key(self, credential_id: str) -> str:
+        """A passkey registered in the console and not yet approved (the console's own keys: it may write
+        `<prefix>console/` and nothing else)."""
+        return f"{self.prefix}console/pending/{credential_id}"
 
     def marker_key(self, change_id: str) -> str:
         return f"{self.prefix}changes/{change_id}"
@@ -588,6 +594,116 @@ class SwitchStore:
                 "approved_by": None, "drill": False, "changes": [],
                 "operator": {"name": name, "role": op.role.value, "public_key": public_key, "key_id": new.key_id,
                              "old_key_id": old},
+                **self._signed_fields(list(proofs)),
+            }
+            nonce_puts, nonce_guards = await self._nonce_ops(list(proofs), nonce_owner, at)
+            ok, _, _ = await self._commit(
+                record, [Put(self.operator_key(name), new.model_dump_json().encode()), *nonce_puts],
+                [Compare(self.operator_key(name), "mod", "==", kv.mod_revision), *nonce_guards], None,
+            )
+            if ok:
+                return new
+            await self._backoff(attempt)
+        raise Contended(f"operator {name}: still contended; try again")
+
+    # -- passkeys (console sign-in) ----------------------------------------------------------------
+    async def pending_passkeys(self) -> list[dict[str, Any]]:
+        kvs, _ = await self.etcd.get_prefix(f"{self.prefix}console/pending/")
+        out = []
+        for kv in kvs:
+            try:
+                out.append({**json.loads(kv.value), "revision": kv.mod_revision})
+            except ValueError:
+                continue
+        return sorted(out, key=lambda p: p.get("registered_at", ""))
+
+    async def approve_passkey(
+        self, name: str, credential_id: str, public_key: str, code: str, actor: str,
+        proofs: list[identity.Proof] = (), nonce_owner: str = "cli", revision: int | None = None,
+    ) -> Operator:
+        """A super admin approves a passkey registered in the console for `name` (audited; signed when
+        signing is on). What is approved is named in full (credential, public key, the code the registrant
+        saw), so a pending record changed after the approver read it is refused, not approved."""
+        await self._super_admin(actor)
+        for attempt in range(MAX_ATTEMPTS):
+            pkv = await self.etcd.get(self.pending_passkey_key(credential_id))
+            if pkv is None:
+                raise InvalidChange(f"no passkey {credential_id[:16]}... is awaiting approval (see `rollbackctl "
+                                    "passkey list`): already approved, declined, or never registered")
+            pending = json.loads(pkv.value)
+            if pending.get("operator") != name:
+                raise InvalidChange(f"passkey {credential_id[:16]}... was registered for {pending.get('operator')!r}, "
+                                    f"not {name!r}")
+            if pending.get("code") != code:
+                raise InvalidChange(f"the code does not match: {name} was shown {pending.get('code')!r} when "
+                                    f"registering, not {code!r}; ask them to read it out again")
+            if pending.get("public_key") != public_key:
+                raise Conflict("the pending passkey's public key changed since it was read: approve it again")
+            kv = await self.etcd.get(self.operator_key(name))
+            if kv is None:
+                raise InvalidChange(f"unknown operator {name!r} (see `rollbackctl operator list`)")
+            if revision is not None and kv.mod_revision != revision:
+                raise Conflict(str(identity.Refused(
+                    identity.Refusal.STALE, f"operator {name} changed since the request was signed (revision "
+                                            f"{kv.mod_revision}, signed at {revision}): sign a new request")))
+            op = Operator.model_validate_json(kv.value)
+            for other in await self.operators():
+                if any(pk.credential_id == credential_id for pk in other.passkeys):
+                    raise Conflict(f"passkey {credential_id[:16]}... is already approved for {other.name}")
+            at = utcnow()
+            pk = Passkey(credential_id=credential_id, public_key=public_key, alg=int(pending.get("alg", 0)), code=code,
+                         registered_at=str(pending.get("registered_at") or at), approved_at=at, approved_by=actor,
+                         label=str(pending.get("label") or "")[:80])
+            new = op.model_copy(update={"passkeys": [*op.passkeys, pk]})
+            record = {
+                "at": at, "actor": actor, "role": Role.SUPER_ADMIN.value,
+                "reason": f"approve a passkey of {name} (code {code})", "source": "cli",
+                "action": "operator.approve_passkey", "change_id": None, "authority": "owner", "approved_by": None,
+                "drill": False, "changes": [],
+                "operator": {"name": name, "role": op.role.value, "passkey": pk.model_dump(mode="json")},
+                **self._signed_fields(list(proofs)),
+            }
+            nonce_puts, nonce_guards = await self._nonce_ops(list(proofs), nonce_owner, at)
+            ok, _, _ = await self._commit(
+                record, [Put(self.operator_key(name), new.model_dump_json().encode()),
+                         Delete(self.pending_passkey_key(credential_id)), *nonce_puts],
+                [Compare(self.operator_key(name), "mod", "==", kv.mod_revision),
+                 Compare(self.pending_passkey_key(credential_id), "mod", "==", pkv.mod_revision), *nonce_guards], None,
+            )
+            if ok:
+                return new
+            await self._backoff(attempt)
+        raise Contended(f"operator {name}: still contended; try again")
+
+    async def remove_passkey(
+        self, name: str, credential_id: str, actor: str, reason: str | None = None,
+        proofs: list[identity.Proof] = (), nonce_owner: str = "cli", revision: int | None = None,
+    ) -> Operator:
+        """A super admin removes an approved passkey (audited): it signs in nowhere from then on (the
+        console checks the operator record on every request, so open sessions of it end too)."""
+        await self._super_admin(actor)
+        for attempt in range(MAX_ATTEMPTS):
+            kv = await self.etcd.get(self.operator_key(name))
+            if kv is None:
+                raise InvalidChange(f"unknown operator {name!r} (see `rollbackctl operator list`)")
+            if revision is not None and kv.mod_revision != revision:
+                raise Conflict(str(identity.Refused(
+                    identity.Refusal.STALE, f"operator {name} changed since the request was signed (revision "
+                                            f"{kv.mod_revision}, signed at {revision}): sign a new request")))
+            op = Operator.model_validate_json(kv.value)
+            gone = [pk for pk in op.passkeys if pk.credential_id == credential_id]
+            if not gone:
+                raise InvalidChange(f"{name} has no approved passkey {credential_id[:16]}... (see `rollbackctl "
+                                    "passkey list`)")
+            new = op.model_copy(update={"passkeys": [pk for pk in op.passkeys if pk.credential_id != credential_id]})
+            at = utcnow()
+            record = {
+                "at": at, "actor": actor, "role": Role.SUPER_ADMIN.value,
+                "reason": reason or f"remove a passkey of {name} (code {gone[0].code})", "source": "cli",
+                "action": "operator.remove_passkey", "change_id": None, "authority": "owner", "approved_by": None,
+                "drill": False, "changes": [],
+                "operator": {"name": name, "role": op.role.value,
+                             "passkey": {"credential_id": credential_id, "code": gone[0].code}},
                 **self._signed_fields(list(proofs)),
             }
             nonce_puts, nonce_guards = await self._nonce_ops(list(proofs), nonce_owner, at)

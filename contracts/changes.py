@@ -107,6 +107,23 @@ class AuditRecord(BaseModel):
     revision: int | None = None  # the record key's own mod_revision (not stored in the value)
 
 
+class Passkey(BaseModel):
+    """A WebAuthn credential (a passkey) an operator registered in the console and a super admin approved.
+
+    Approval is a signed, audited change of the operator record (`rollbackctl passkey approve`); the
+    console only ever signs in with a passkey listed here, with this public key (so a console that is
+    compromised cannot approve one for itself: it writes only its own `<prefix>console/` keys)."""
+
+    credential_id: str = Field(pattern=r"^[A-Za-z0-9_-]{16,1400}$")  # base64url, no padding
+    public_key: str = Field(min_length=16, max_length=2048)  # base64url of the COSE key
+    alg: int  # COSE algorithm: -7 ES256, -8 EdDSA
+    code: str  # the fingerprint the registrant saw (approval names it)
+    registered_at: str
+    approved_at: str
+    approved_by: str
+    label: str = ""
+
+
 class Operator(BaseModel):
     name: str = Field(pattern=r"^[a-z][a-z0-9_.-]{0,31}$")
     role: Role
@@ -116,6 +133,7 @@ class Operator(BaseModel):
     # Public keys rotated out: a request signed with one is refused as "removed key"; a workflow
     # decision accepted before the rotation still verifies when its change set is written.
     retired_keys: list[str] = []
+    passkeys: list[Passkey] = []  # console sign-in (approved by a super admin)
 
     @property
     def key_id(self) -> str | None:

@@ -1,4 +1,5 @@
-"""Models of a signed direct change (`switch set`, `operator add|rotate-key`): pure pydantic, no I/O."""
+"""Models of a signed direct change (`switch set`, `operator add|rotate-key`, `passkey approve|remove`): pure
+pydantic, no I/O."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from pydantic import BaseModel, Field
 from contracts.changes import ChangeSetResult
 from core.identity import Proof
 
-REQUEST_ACTIONS = ("switch.set", "operator.add", "operator.rotate_key")
+REQUEST_ACTIONS = ("switch.set", "operator.add", "operator.rotate_key", "operator.approve_passkey",
+                   "operator.remove_passkey")
 SECOND_APPROVAL_STEP = "second_approval"
 
 

@@ -174,6 +174,42 @@ class MetricsSettings(BaseSettings):
     metrics_audit_verify_s: float = Field(default=300.0, ge=0, le=86400)
 
 
+class ConsoleSettings(BaseSettings):
+    """ROLLBACKCTL_CONSOLE_*: the operator console (`rollbackctl console`).
+
+    `origin` is the URL operators type into the browser (scheme://host[:port]); WebAuthn binds every
+    passkey to its host (the relying party id), so it must stay the same once passkeys are registered,
+    and a browser only offers passkeys to a secure context: https, or http://localhost (never an IP
+    address). Default: http://localhost:<the listen port>.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="ROLLBACKCTL_CONSOLE_", extra="ignore")
+
+    listen: str = "127.0.0.1:8780"
+    origin: str = ""
+    session_hours: float = Field(default=8.0, gt=0, le=24 * 7, description="a session ends this long after sign-in")
+    idle_minutes: float = Field(default=30.0, gt=0, le=24 * 60, description="... or after this long without a request")
+    live_s: float = Field(default=1.0, ge=0.1, le=60, description="how often live views re-read what they show")
+    rp_name: str = "rollbackctl"
+
+    def hostport(self) -> tuple[str, int]:
+        host, sep, port = self.listen.rpartition(":")
+        if not sep or not port.isdigit():
+            raise ValueError(f"ROLLBACKCTL_CONSOLE_LISTEN: {self.listen!r} is not host:port")
+        return host or "127.0.0.1", int(port)
+
+    def public_origin(self) -> str:
+        return (self.origin or f"http://localhost:{self.hostport()[1]}").rstrip("/")
+
+    def rp_id(self) -> str:
+        from urllib.parse import urlparse
+
+        host = urlparse(self.public_origin()).hostname
+        if not host:
+            raise ValueError(f"ROLLBACKCTL_CONSOLE_ORIGIN: {self.origin!r} is not a URL like https://console.example")
+        return host
+
+
 SIGNING_OFF_WARNING = ("WARNING: ROLLBACKCTL_SIGNING=off: requests and approvals are NOT signed and the two-person "
                        "rule is OFF. For local drills only, never in production.")
 
@@ -192,3 +228,4 @@ class DevStackSettings(BaseSettings):
     metrics: bool = True  # ROLLBACKCTL_DEV_METRICS=false: no /metrics anywhere in the stack
     metrics_port: int = 9464
     metrics_scrape_s: float = 5.0  # the scrape interval of the Prometheus config `dev up` writes
+    console_port: int = 8780  # the operator console (http://localhost:PORT)

@@ -53,6 +53,10 @@ class Stack:
         return u.hostname or "127.0.0.1", u.port or 80
 
     @property
+    def console_url(self) -> str:
+        return f"http://localhost:{self.dev.console_port}"
+
+    @property
     def ui_url(self) -> str:
         return f"http://{self.temporal_hostport[0]}:{self.dev.temporal_ui_port}"
 
@@ -243,6 +247,19 @@ def _start_pagerhook(st: Stack) -> int:
     return p.pid
 
 
+def _start_console(st: Stack) -> int:
+    """The operator console (`rollbackctl console`) on http://localhost:<ROLLBACKCTL_DEV_CONSOLE_PORT>."""
+    procs.require_free("127.0.0.1", st.dev.console_port, "console")
+    p = procs.spawn([sys.executable, "-c", "from rollbackctl.cli import main; main(['console'])"], st.log("console"),
+                    env={**st.env(), "ROLLBACKCTL_CONSOLE_LISTEN": f"127.0.0.1:{st.dev.console_port}"})
+    try:
+        procs.wait_tcp("127.0.0.1", st.dev.console_port, 30, p, f"console (log {st.log('console')})")
+    except BaseException:
+        procs.stop(p.pid)
+        raise
+    return p.pid
+
+
 def check(st: Stack) -> None:
     """Refuse a stack whose paging the real services would refuse (one line, before anything starts)."""
     import os
@@ -283,6 +300,10 @@ COMPONENTS: list[Component] = [
         [sys.executable, "-c", "from rollbackctl.cli import main; main(['monitor'])"], st.log("monitor"),
         env={**st.env(), **st.metrics_env("monitor")}).pid,
         lambda st: f"P0 monitor      polling {st.core.url} (rollbackctl monitor --status){st.metrics_line('monitor')}"),
+    # The operator console (`rollbackctl console`): sign in with a passkey approved by a super admin.
+    Component("console", _start_console,
+              lambda st: f"console         {st.console_url}  (register a passkey at /register; "
+                         "`rollbackctl passkey approve NAME CODE` approves it)"),
 ]
 
 

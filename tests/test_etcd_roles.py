@@ -214,3 +214,61 @@ async def test_every_operator_command_runs_with_a_read_only_etcd_user(roles_etcd
         assert r.code == 3 and "permission denied" in r.err
         actions = [a.action for a in await SwitchStore(o, prefix).audit()]
         assert {"switch.set", "operator.add", "operator.rotate_key", "rollback.apply", "plan.apply"} <= set(actions)
+
+
+async def test_console_writes_only_its_own_keys_and_passkeys_are_approved_through_the_worker(
+        roles_etcd, dev_env, task_queue, tmp_path):
+    """Production shape of the console: its etcd user reads the prefix and writes `<prefix>console/` only
+    (pending registrations, sign counters), as the README prescribes. A super admin approves a passkey with
+    the signed CLI from a read-only laptop; the worker writes the operator record and the audit."""
+    from activities.audit_verify import verify_store
+    from tests.support.console_helpers import pending
+
+    prefix = f"/perps-console-{os.urandom(3).hex()}/"
+    signers = Signers()
+    for args in (("role", "grant-permission", "switch-writer", "readwrite", prefix, "--prefix=true"),
+                 ("role", "grant-permission", "switch-reader", "read", prefix, "--prefix=true"),
+                 ("role", "add", f"console-writer-{prefix.strip('/')}"),
+                 ("role", "grant-permission", f"console-writer-{prefix.strip('/')}", "readwrite", f"{prefix}console/",
+                  "--prefix=true"),
+                 ("user", "add", f"console-{prefix.strip('/')}:console-pw"),
+                 ("user", "grant-role", f"console-{prefix.strip('/')}", "switch-reader"),
+                 ("user", "grant-role", f"console-{prefix.strip('/')}", f"console-writer-{prefix.strip('/')}")):
+        r = roles_etcd.etcdctl("--user", f"root:{USERS['root']}", *args)
+        assert r.returncode == 0, (args, r.stderr)
+    async with client(roles_etcd, "root") as root:
+        admin = SwitchStore(root, prefix)
+        await admin.init(super_admin="alice", public_key=signers.public("alice"))
+        await admin.add_operator("rita", Role.RISK_MANAGER, actor="alice", public_key=signers.public("rita"))
+    key_dir = tmp_path / "keys"
+    key_dir.mkdir(mode=0o700)
+    fd = os.open(key_dir / "alice.key", os.O_WRONLY | os.O_CREAT, 0o600)
+    os.write(fd, signers.keys["alice"].private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                     serialization.NoEncryption()))
+    os.close(fd)
+    laptop = {"ROLLBACKCTL_ETCD_ENDPOINTS": roles_etcd.endpoint, "ROLLBACKCTL_ETCD_PREFIX": prefix,
+              "ROLLBACKCTL_ETCD_USERNAME": "oncall-laptop", "ROLLBACKCTL_ETCD_PASSWORD": USERS["oncall-laptop"],
+              "TEMPORAL_ADDRESS": dev_env.client.service_client.config.target_host,
+              "ROLLBACKCTL_TASK_QUEUE": task_queue, "ROLLBACKCTL_KEY_DIR": str(key_dir)}
+    async with Etcd([roles_etcd.endpoint], username=f"console-{prefix.strip('/')}", password="console-pw") as c, \
+            client(roles_etcd, "rollbackctl-worker") as w:
+        console_store = SwitchStore(c, prefix)
+        rec = await pending(console_store, "rita")  # what /auth/register/finish writes
+        await c.put(f"{prefix}console/counters/{rec['credential_id']}", b'{"sign_count": 1}')
+        with pytest.raises(EtcdAuthError, match="permission denied"):  # it cannot approve a passkey itself
+            await c.put(console_store.operator_key("rita"), b"{}")
+        with pytest.raises(EtcdAuthError, match="permission denied"):
+            await console_store.apply(req("rita", {"hedge_enabled": False}))
+        async with signing_worker(dev_env, SwitchStore(w, prefix), StandIns(), task_queue):
+            r = await asyncio.to_thread(run_cli, "passkey", "approve", "rita", rec["code"].lower(), "--as", "alice",
+                                        env=laptop, timeout=60)
+            assert r.code == 0 and f"passkey {rec['code']} of rita approved by alice (signed" in r.out, r.out + r.err
+            r = await asyncio.to_thread(run_cli, "passkey", "list", env=laptop, timeout=60)
+            assert r.code == 0 and "approved" in r.out and rec["code"] in r.out, r.out + r.err
+        op = await console_store.operator("rita")
+        assert [pk.public_key for pk in op.passkeys] == [rec["public_key"]] and await console_store.pending_passkeys() == []
+        last = (await console_store.audit())[-1]
+        assert last.action == "operator.approve_passkey" and last.actor == "alice"
+        sig = last.model_extra["signatures"][0]["request"]
+        assert sig["action"] == "operator.approve_passkey" and sig["values"]["public_key"] == rec["public_key"]
+        assert (await verify_store(console_store)).ok

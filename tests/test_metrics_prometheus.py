@@ -47,6 +47,7 @@ def _stack_env(tmp_path: Path) -> dict[str, str]:
         TEMPORAL_ADDRESS=f"127.0.0.1:{p()}", ROLLBACKCTL_DEV_TEMPORAL_UI_PORT=str(p()),
         ROLLBACKCTL_TRADING_CORE_URL=f"http://127.0.0.1:{p()}", ROLLBACKCTL_DEV_EMERGENCY_PORT=str(p()),
         ROLLBACKCTL_PAGING_LISTEN=f"127.0.0.1:{p()}", ROLLBACKCTL_DEV_METRICS_PORT=str(procs.free_port_block(6)),
+        ROLLBACKCTL_DEV_CONSOLE_PORT=str(p()),
         ROLLBACKCTL_DEV_METRICS_SCRAPE_S="1", ROLLBACKCTL_METRICS_COLLECT_S="1",
         ROLLBACKCTL_METRICS_AUDIT_VERIFY_S="2", DEMO_SCENARIOS="rollback,p0", KEEP="1",
     )

@@ -23,6 +23,8 @@ COMMAND_MODULES = [
     "rollbackctl.cli.incident_cmds",
     "rollbackctl.cli.canary_cmds",
     "rollbackctl.cli.paging_cmds",
+    "rollbackctl.cli.passkey_cmds",
+    "rollbackctl.cli.console_cmds",
 ]
 
 
