@@ -204,3 +204,36 @@ async def test_the_console_process_says_where_once_it_listens_and_stops_on_sigte
     # (as systemd counts it); what matters is that it stops promptly, not hanging on open connections
     assert rc in (0, -signal.SIGTERM) and time.monotonic() - t < 5, err
     assert "Traceback" not in err, err
+
+
+@pytest.mark.parametrize("given,want", [
+    ("/audit?switch=routing_mode", "/audit?switch=routing_mode"), ("/workflows/rollback-x", "/workflows/rollback-x"),
+    ("//evil.example/x", "/matrix"), ("/\\evil.example", "/matrix"), ("https://evil.example", "/matrix"),
+    ("/ok\r\nSet-Cookie: x=1", "/matrix"), (None, "/matrix"), (42, "/matrix"), ("matrix", "/matrix"),
+])
+def test_sign_in_goes_back_only_to_a_page_of_the_console(given, want):
+    from rollbackctl.console.app import safe_next
+
+    assert safe_next(given) == want
+
+
+async def test_live_views_share_one_read_per_interval(store):
+    """Ten browsers on one page cost one read of its sources per interval, not ten."""
+    import asyncio
+
+    from starlette.requests import Request
+
+    async with asgi(store) as (console, c):
+        reads = []
+
+        async def ctx(request):
+            reads.append(1)
+            await asyncio.sleep(0)
+            return {"n": len(reads)}
+
+        req = Request({"type": "http", "query_string": b"a=1", "headers": [], "path": "/live/x"})
+        got = await asyncio.gather(*(console.shared("x", req, ctx) for _ in range(10)))
+        assert len(reads) == 1 and all(g == {"n": 1} for g in got)
+        other = Request({"type": "http", "query_string": b"a=2", "headers": [], "path": "/live/x"})
+        await console.shared("x", other, ctx)
+        assert len(reads) == 2  # another query is another view

@@ -268,3 +268,4 @@ async def test_watch_a_rollback_and_a_p0_live_then_export_the_timeline(
         md = Path(await (await dl.value).path()).read_text()
         assert md.startswith(f"# Postmortem draft: Rollback {wid}") and recs[0]["hash"] in md
         await ih.terminate("test over")
+        await h.terminate("test over")

@@ -75,6 +75,7 @@ class Console:
         self.origin, self.rp_id = settings.public_origin(), settings.rp_id()
         self.secure = self.origin.startswith("https://")
         self.closing = asyncio.Event()  # set on shutdown: live streams end
+        self._shared: dict[tuple[str, str], tuple[float, asyncio.Future]] = {}
         self.sessions = sessions or auth.Sessions(settings.session_hours * 3600, settings.idle_minutes * 60)
         self.jinja = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=select_autoescape(["html"]))
         self.views: dict[str, tuple[Role, str, Callable[[Request], Awaitable[dict[str, Any]]]]] = {
@@ -299,9 +300,7 @@ class Console:
         if not ok:
             raise Denied(409, "this passkey signed in elsewhere at the same moment: try again")
         s = self.sessions.new(op.name, cid)
-        nxt = body.get("next") if isinstance(body.get("next"), str) else "/matrix"
-        if not nxt.startswith("/") or nxt.startswith("//"):
-            nxt = "/matrix"
+        nxt = safe_next(body.get("next"))
         log.info("console: %s signed in (passkey %s)", op.name, pk.code)
         resp = JSONResponse({"operator": op.name, "role": op.role.value, "next": nxt}, headers={"Cache-Control": "no-store"})
         resp.set_cookie(auth.SESSION_COOKIE, s.id, max_age=int(self.settings.session_hours * 3600), httponly=True,
@@ -355,7 +354,7 @@ class Console:
                     yield "event: gone\ndata: signed out: reload to sign in\n\n"
                     return
                 try:
-                    html = tpl.render(session=s, **await ctx(request))
+                    html = tpl.render(session=s, **await self.shared(view, request, ctx))
                 except Denied as e:
                     yield f"event: gone\ndata: {e.message}\n\n"
                     return
@@ -377,6 +376,21 @@ class Console:
 
         return StreamingResponse(stream(), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+
+    async def shared(self, view: str, request: Request, ctx) -> dict[str, Any]:
+        """A view's data, read at most once per `live_s` for every live stream showing it (during an incident
+        many people watch the same pages: Temporal and etcd see one reader, not one per browser)."""
+        key = (view, request.url.query)
+        now = asyncio.get_running_loop().time()
+        hit = self._shared.get(key)
+        if hit is not None and now - hit[0] < self.settings.live_s * 0.9:
+            return await asyncio.shield(hit[1])
+        fut = asyncio.ensure_future(ctx(request))
+        self._shared[key] = (now, fut)
+        if len(self._shared) > 256:
+            for k in [k for k, (t, _) in self._shared.items() if now - t > 60]:
+                self._shared.pop(k, None)
+        return await asyncio.shield(fut)
 
     # -- view contexts ---------------------------------------------------------------------------------
     async def ctx_matrix(self, request: Request) -> dict[str, Any]:
@@ -507,6 +521,14 @@ class Console:
                               title=title, started_at=row.started, closed_at=row.closed,
                               history=timeline.history_events(hist), progress=p, state=state, records=recs,
                               head=audit.report.head, audit_ok=audit.report.ok, link=row.link)
+
+
+def safe_next(nxt: Any) -> str:
+    """Where to go after signing in: a path of this console only, never another site (`//evil`, `/\\evil`)."""
+    if not isinstance(nxt, str) or not nxt.startswith("/") or nxt.startswith(("//", "/\\")) \
+            or any(c in nxt for c in "\\\r\n\t") or len(nxt) > 500:
+        return "/matrix"
+    return nxt
 
 
 READING = re.compile(r"^(?P<m>[\w.]+)=(?P<v>-?[\d.]+(?:e[-+]?\d+)?) \((?P<op><=|>=|<|>|==) (?P<t>-?[\d.]+(?:e[-+]?\d+)?)\)")
