@@ -164,6 +164,12 @@ def verify(records: list[tuple[str, dict[str, Any]]], head: dict[str, Any] | Non
             bg = rec["break_glass"]
             rep.break_glass.append(f"{seq} by {bg.get('by')}: {bg.get('reason')}")
         op = rec.get("operator") or {}
+        if rec.get("action") == "operator.approve_passkey" and (op.get("passkey") or {}).get("key"):
+            try:  # a passkey approved: decisions it signs from now on verify from the trail alone
+                keys.setdefault(op["name"], {})[identity.key_id(op["passkey"]["key"])] = op["passkey"]["key"]
+            except ValueError:
+                rep.broken = Broken(id=seq, why="it approves a malformed passkey")
+                return rep
         if rec.get("action") in ("operator.add", "operator.rotate_key") and op.get("public_key"):
             try:
                 keys.setdefault(op["name"], {})[identity.key_id(op["public_key"])] = op["public_key"]

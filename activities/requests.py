@@ -42,7 +42,7 @@ def genuine(proof: identity.Proof, op: Operator | None) -> None:
     who = proof.request.actor
     if op is None:
         raise _refused(identity.Refusal.UNKNOWN_KEY, f"{who} is not an operator")
-    for k in (op.public_key, *op.retired_keys):
+    for k in (op.public_key, *(pk.key for pk in op.passkeys), *op.retired_keys):
         if k and identity.key_id(k) == proof.key_id:
             if identity.signature_valid(proof, k):
                 return
@@ -54,7 +54,8 @@ def current(proof: identity.Proof, op: Operator | None) -> None:
     """Signed now-validly: with `op`'s current key (rotated or removed keys refused)."""
     if op is None:
         raise _refused(identity.Refusal.UNKNOWN_KEY, f"{proof.request.actor} is not an operator")
-    identity.check_key(proof, op.name, op.public_key, [identity.key_id(k) for k in op.retired_keys])
+    identity.check_key(proof, op.name, op.public_key, [identity.key_id(k) for k in op.retired_keys],
+                       [pk.key for pk in op.passkeys if pk.key])
 
 
 def _typed(name: str, value: Any) -> Any:

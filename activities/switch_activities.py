@@ -30,8 +30,9 @@ class Roster(BaseModel):
 
     roles: dict[str, str]
     keys: dict[str, str] = {}  # operator -> public key (base64)
-    retired: dict[str, list[str]] = {}  # operator -> ids of rotated-out keys
+    retired: dict[str, list[str]] = {}  # operator -> ids of rotated-out keys (and removed passkeys)
     signing: bool = False
+    passkeys: dict[str, list[str]] = {}  # operator -> approved passkeys' key texts (console decisions)
 
 
 def signing_setting(signing: bool | None) -> bool:
@@ -85,7 +86,9 @@ class SwitchActivities:
         return Roster(roles={o.name: o.role.value for o in ops},
                       keys={o.name: o.public_key for o in ops if o.public_key},
                       retired={o.name: [identity.key_id(k) for k in o.retired_keys] for o in ops if o.retired_keys},
-                      signing=self.signing)
+                      signing=self.signing,
+                      passkeys={o.name: [pk.key for pk in o.passkeys if pk.key] for o in ops
+                                if any(pk.key for pk in o.passkeys)})
 
     @activity.defn(name="switch.record_seen")
     async def record_seen(self, seen: SeenRecord) -> str:

@@ -106,6 +106,28 @@ def _dumps(obj: Any) -> bytes:
     return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
 
 
+def _passkey_key(pending: dict[str, Any]) -> str:
+    """The key text of a registered passkey (core/identity.passkey_text), from its COSE public key and the
+    console it was registered on; "" when the registration predates them (it then signs in only)."""
+    if not pending.get("rp_id") or not pending.get("origin"):
+        return ""
+    try:
+        from webauthn.helpers import decode_credential_public_key
+        from webauthn.helpers.exceptions import WebAuthnException
+
+        cose = decode_credential_public_key(identity._unb64u(pending["public_key"], "public key"))
+        if int(cose.alg) == identity.ES256:
+            raw = bytes(cose.x) + bytes(cose.y)
+        elif int(cose.alg) == identity.EDDSA:
+            raw = bytes(cose.x)
+        else:
+            raise InvalidChange(f"passkey algorithm {int(cose.alg)} is not ES256 or EdDSA")
+        return identity.passkey_text(credential_id=pending["credential_id"], alg=int(cose.alg), raw_key=raw,
+                                     rp_id=str(pending["rp_id"]), origin=str(pending["origin"]))
+    except (ValueError, KeyError, TypeError, AttributeError, WebAuthnException) as e:
+        raise InvalidChange(f"the pending passkey's public key cannot be read: {e}") from None
+
+
 def record_hash(record: dict[str, Any]) -> str:
     body = {k: v for k, v in record.items() if k not in ("hash", "revision")}
     return hashlib.sha256(_dumps(body)).hexdigest()
@@ -240,7 +262,7 @@ class SwitchStore:
         """What an audit record says about the signed requests behind it."""
         out: dict[str, Any] = {}
         if proofs:
-            out["signatures"] = [p.model_dump(mode="json") for p in proofs]
+            out["signatures"] = [p.model_dump(mode="json", exclude_none=True) for p in proofs]
         if break_glass is not None:
             out["break_glass"] = break_glass.model_dump() if hasattr(break_glass, "model_dump") else break_glass
         return out
@@ -653,7 +675,7 @@ class SwitchStore:
             at = utcnow()
             pk = Passkey(credential_id=credential_id, public_key=public_key, alg=int(pending.get("alg", 0)), code=code,
                          registered_at=str(pending.get("registered_at") or at), approved_at=at, approved_by=actor,
-                         label=str(pending.get("label") or "")[:80])
+                         label=str(pending.get("label") or "")[:80], key=_passkey_key(pending))
             new = op.model_copy(update={"passkeys": [*op.passkeys, pk]})
             record = {
                 "at": at, "actor": actor, "role": Role.SUPER_ADMIN.value,
@@ -695,7 +717,10 @@ class SwitchStore:
             if not gone:
                 raise InvalidChange(f"{name} has no approved passkey {credential_id[:16]}... (see `rollbackctl "
                                     "passkey list`)")
-            new = op.model_copy(update={"passkeys": [pk for pk in op.passkeys if pk.credential_id != credential_id]})
+            # kept as retired: a decision it signed before the removal still verifies when its change set is
+            # written; a new one is refused as "removed key"
+            new = op.model_copy(update={"passkeys": [pk for pk in op.passkeys if pk.credential_id != credential_id],
+                                        "retired_keys": [*op.retired_keys, *([gone[0].key] if gone[0].key else [])]})
             at = utcnow()
             record = {
                 "at": at, "actor": actor, "role": Role.SUPER_ADMIN.value,

@@ -122,6 +122,9 @@ class Passkey(BaseModel):
     approved_at: str
     approved_by: str
     label: str = ""
+    # The key as signatures are checked against it (core/identity.passkey_text: algorithm, raw key, the
+    # console's relying party id and origin): what the workflows and `audit verify` use.
+    key: str = ""
 
 
 class Operator(BaseModel):

@@ -16,7 +16,8 @@ from contracts.paging import AlertRecord, PagingFailure
 from core.identity import Proof, SignedRequest
 
 # Decision fields that carry the signature itself rather than the decision's content.
-_SIGNATURE_FIELDS = frozenset({"actor", "signature", "nonce", "action", "workflow_id", "step", "key_id"})
+_SIGNATURE_FIELDS = frozenset({"actor", "signature", "nonce", "action", "workflow_id", "step", "key_id",
+                               "authenticator_data", "client_data"})
 
 
 def ui_summary(text: str) -> str:
@@ -46,6 +47,9 @@ class Decision(BaseModel):
     workflow_id: str | None = None
     step: str | None = None  # the step the workflow waited at
     key_id: str | None = None
+    # A passkey's assertion (the console): what the authenticator signed besides the request (core/identity.py)
+    authenticator_data: str | None = None
+    client_data: str | None = None
 
     def signed_values(self) -> dict[str, Any]:
         """The decision's content as signed: every field not at its default, the signature fields aside."""
@@ -77,7 +81,8 @@ class Decision(BaseModel):
             req = self.signed_request()
         except ValueError:  # a malformed nonce: the signature cannot be for this decision
             req = SignedRequest(action=self.action or "-", actor=self.actor, target="-", nonce="malformed-nonce-0000")
-        return Proof(request=req, key_id=self.key_id or "-", signature=self.signature)
+        return Proof(request=req, key_id=self.key_id or "-", signature=self.signature,
+                     authenticator_data=self.authenticator_data, client_data=self.client_data)
 
 
 class DecisionAck(BaseModel):

@@ -76,7 +76,8 @@ class DecisionGate:
             return None
         try:
             identity.check(proof, actor=self.requested_by, public_key=self.keys.get(self.requested_by),
-                           retired=self.retired.get(self.requested_by, ()), workflow_id=self.wid, action=action,
+                           retired=self.retired.get(self.requested_by, ()),
+                           passkeys=self.passkeys.get(self.requested_by, ()), workflow_id=self.wid, action=action,
                            target=self.wid, values=values)
         except identity.Refused as e:
             hint = " (start it with the rollbackctl CLI, which signs)" if e.kind is identity.Refusal.UNSIGNED else ""
@@ -89,7 +90,8 @@ class DecisionGate:
         """Operators who could still approve `aw` (role, a key when signing on, not yet approved)."""
         need = Role(aw.min_role)
         return sorted(n for n, r in self.roster.items()
-                      if Role(r).at_least(need) and n not in aw.approved_by and (not self.signing or n in self.keys))
+                      if Role(r).at_least(need) and n not in aw.approved_by
+                      and (not self.signing or n in self.keys or self.passkeys.get(n)))
 
     def _approval_prompt(self, aw: Awaiting, base: str) -> str:
         if aw.approvals_needed < 2:
@@ -239,7 +241,8 @@ class DecisionGate:
         """Why this decision's signature is refused (signing on), or None. Pure."""
         try:
             identity.check(d.proof(), actor=d.actor, public_key=self.keys.get(d.actor),
-                           retired=self.retired.get(d.actor, ()), workflow_id=self.wid, action=kind,
+                           retired=self.retired.get(d.actor, ()), passkeys=self.passkeys.get(d.actor, ()),
+                           workflow_id=self.wid, action=kind,
                            step=self.progress.decision_step(), used_nonces=self.used_nonces)
         except identity.Refused as e:
             if e.kind is identity.Refusal.UNSIGNED:

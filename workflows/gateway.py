@@ -40,7 +40,7 @@ class ActivityGateway:
         r: Roster = await run(SwitchActivities.roster, start_to_close_timeout=timedelta(seconds=10),
                               retry_policy=SWITCH_RETRY)
         self.roster = r.roles
-        self.keys, self.retired, self.signing = r.keys, r.retired, r.signing
+        self.keys, self.retired, self.signing, self.passkeys = r.keys, r.retired, r.signing, r.passkeys
         self.roster_at = self.progress.roster_at = workflow.now()
 
     async def take_snapshot(self) -> Snapshot:

@@ -150,6 +150,7 @@ class Runner(ActivityGateway, Alerting, DecisionGate):
         # Identity (from the roster activity: the worker's setting and the operators' public keys)
         self.signing = False
         self.keys: dict[str, str] = {}
+        self.passkeys: dict[str, list[str]] = {}  # approved passkeys (decisions from the console)
         self.retired: dict[str, list[str]] = {}
         self.roster_at: datetime | None = None
         self.used_nonces: list[str] = []  # of every signed request this workflow accepted
