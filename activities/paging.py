@@ -242,7 +242,7 @@ def _retry_after(resp: httpx.Response) -> timedelta | None:
 class PagingActivities:
     def __init__(self, client: httpx.AsyncClient, *, pagerduty_url: SecretStr, routing_keys: list[SecretStr],
                  slack_webhooks: list[SecretStr], timeout_s: float = 5.0, owns_client: bool = False,
-                 change_url: SecretStr | None = None):
+                 change_url: SecretStr | None = None, console_origin: str = ""):
         if not routing_keys or not slack_webhooks:
             raise PagingNotConfigured("paging needs at least one routing key and one Slack webhook")
         self.client = client
@@ -252,7 +252,17 @@ class PagingActivities:
         self._hooks = slack_webhooks
         self.timeout_s = timeout_s
         self._owns_client = owns_client
+        self.console_origin = console_origin.rstrip("/")
         _guard_httpx_logs(self._secrets())
+
+    def decision_link(self, wid: Any, step: Any) -> dict[str, str] | None:
+        """The console page of the decision a workflow waits for at `step` (None: no console, or no wait)."""
+        if not self.console_origin or not isinstance(wid, str) or not wid or not isinstance(step, str) or not step:
+            return None
+        from urllib.parse import quote
+
+        return {"href": f"{self.console_origin}/decide/{quote(wid, safe='')}/{quote(step, safe='')}",
+                "text": f"Decide in the console ({step})"}
 
     @classmethod
     def from_settings(cls, settings: PagingSettings, client: httpx.AsyncClient | None = None) -> "PagingActivities":
@@ -262,7 +272,8 @@ class PagingActivities:
                         "PagerDuty service's own policy", len(escalation.LEVELS))
         owns = client is None
         return cls(client or httpx.AsyncClient(), pagerduty_url=url, routing_keys=keys, slack_webhooks=hooks,
-                   timeout_s=settings.paging_timeout_s, owns_client=owns, change_url=change)
+                   timeout_s=settings.paging_timeout_s, owns_client=owns, change_url=change,
+                   console_origin=settings.console_origin)
 
     async def aclose(self) -> None:
         if self._owns_client:
@@ -343,8 +354,10 @@ class PagingActivities:
                 "custom_details": details,
             }
             body["client"] = "rollbackctl"
-            if inp.links:
-                body["links"] = [lk for lk in inp.links if lk.get("href")]
+            decide = self.decision_link(inp.custom_details.get("workflow_id"), inp.custom_details.get("decision_step"))
+            links = [lk for lk in inp.links if lk.get("href")] + ([decide] if decide else [])
+            if links:  # PagerDuty Events API v2: payload-level `links` [{href, text}], shown on the alert
+                body["links"] = links
         what = f"PagerDuty ({inp.event_action}, level {lvl.level})"
         with _counted("pagerduty", lvl.level):
             resp = await self._post(what, self._pd_url, body)
@@ -371,6 +384,10 @@ class PagingActivities:
             blocks.append({"type": "section", "fields": [
                 {"type": "mrkdwn", "text": f"*{slack_escape(str(k))}*\n{slack_escape(str(v))}"[:SLACK_FIELD_MAX]}
                 for k, v in items]})
+        decide = self.decision_link(inp.fields.get("workflow"), inp.fields.get("step"))
+        if decide:  # Slack mrkdwn link <url|text>; the URL's own characters are not escaped, the text is
+            blocks.append({"type": "section", "text": {"type": "mrkdwn",
+                                                       "text": f"<{decide['href']}|{slack_escape(decide['text'])}>"}})
         blocks.append({"type": "context", "elements": [
             {"type": "mrkdwn", "text": slack_escape(f"escalation level {lvl.level}: {lvl.name} ({lvl.slack_channel})")}]})
         body = {"text": slack_escape(inp.text)[:SLACK_TEXT_MAX], "blocks": blocks}

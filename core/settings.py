@@ -112,6 +112,9 @@ class PagingSettings(BaseSettings):
     paging_listen: str = "127.0.0.1:8710"
     # A PagerDuty Change Event for every audited switch change (the worker keeps the relay running).
     pagerduty_change_events: bool = True
+    # The operator console's URL (ROLLBACKCTL_CONSOLE_ORIGIN): a page or message that asks for a decision
+    # links to that decision's page there. Empty: no links (no console is served).
+    console_origin: str = ""
 
 
 class SigningSettings(BaseSettings):

@@ -23,9 +23,9 @@ async def paging(paging_settings):
     await acts.aclose()
 
 
-def trigger(level: int = 1, dedup: str = "wf-1:L1", **kw) -> PageInput:
+def trigger(level: int = 1, dedup: str = "wf-1:L1", custom_details: dict | None = None, **kw) -> PageInput:
     return PageInput(event_action="trigger", dedup_key=dedup, summary="HL disconnected for 75 s: new orders paused",
-                     escalation_level=level, custom_details={"workflow_id": "wf-1"}, **kw)
+                     escalation_level=level, custom_details=custom_details or {"workflow_id": "wf-1"}, **kw)
 
 
 # -- configuration ---------------------------------------------------------------------------------
@@ -242,3 +242,26 @@ def test_settings_hold_secrets_as_secretstr():
     s = PagingSettings(pagerduty_url=SecretStr("http://x/y"), pagerduty_routing_keys=SecretStr("a,b,c"))
     assert "a,b,c" not in repr(s) and "http://x/y" not in str(s)
 
+
+
+async def test_a_page_and_a_message_asking_for_a_decision_link_to_it_in_the_console(sim, paging_settings):
+    """PagerDuty Events API v2: `links` is a list of {href, text} shown on the alert
+    (developer.pagerduty.com, "Send an Alert Event"); Slack mrkdwn links are <url|text>
+    (api.slack.com, "Formatting text for app surfaces"). Without a console configured: no link."""
+    acts = PagingActivities.from_settings(paging_settings.model_copy(update={"console_origin": "https://console.example/"}))
+    env = ActivityEnvironment()
+    try:
+        await env.run(acts.page, trigger(custom_details={"workflow_id": "rollback-inc-1", "decision_step": "confirm"}))
+        await env.run(acts.chat, ChatInput(text="waiting for confirm", fields={"workflow": "rollback-inc-1",
+                                                                                "step": "confirm"}))
+        await env.run(acts.page, trigger(dedup="wf-2:L1"))  # asks nothing: no link
+    finally:
+        await acts.aclose()
+    first, second = await sim.pages()
+    assert first["links"] == [{"href": "https://console.example/decide/rollback-inc-1/confirm",
+                               "text": "Decide in the console (confirm)"}]
+    assert "links" not in second
+    [msg] = await sim.chats(LEVEL_HOOKS[0])
+    assert "<https://console.example/decide/rollback-inc-1/confirm|Decide in the console (confirm)>" in [
+        b["text"]["text"] for b in msg["blocks"] if b["type"] == "section" and "text" in b]
+    assert all(not m["mangled"] for m in (await sim.slack())["messages"])

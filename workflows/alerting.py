@@ -46,24 +46,27 @@ class Alerting:
 
     async def notify(self, text: str, *, page: bool, severity: str = "warning", event_action: str = "trigger",
                      wait: bool = True, level: int | None = None, dedup: str | None = None, kind: str = "notice",
-                     update: bool = False, group: str | None = None, member: str | None = None) -> None:
+                     update: bool = False, group: str | None = None, member: str | None = None,
+                     asks: str | None = None) -> None:
         """Chat always; a PagerDuty event too when `page`. With wait=False it runs beside the caller.
 
         `level`: the escalation level to address (default the current one); an acknowledge or resolve
         acts on every open alert (of that level, when given). Through the pager (patch PAGER_OUTBOX) a
         trigger page opens an alert of its own, so it notifies someone, unless `update`: then it is
         appended to the latest open alert and wakes nobody (a status update). `kind`, `group`, `member`:
-        what the notice is and which storm it belongs to (workflows/pager.py).
+        what the notice is and which storm it belongs to (workflows/pager.py). `asks`: the step whose
+        decision it asks for, when it is sent just before that wait opens (else: the wait open now, if any);
+        the page then links to the decision in the console.
         """
         if not self.outbox:
             await self._notify_direct(text, page=page, severity=severity, event_action=event_action, wait=wait,
                                       level=level, dedup=dedup)
             return
         if wait:
-            await self._submit(text, page, severity, event_action, level, kind, update, group, member)
+            await self._submit(text, page, severity, event_action, level, kind, update, group, member, asks)
         else:
             self._background.append(asyncio.create_task(
-                self._submit(text, page, severity, event_action, level, kind, update, group, member)))
+                self._submit(text, page, severity, event_action, level, kind, update, group, member, asks)))
 
     def _notice_id(self) -> str:
         """Unique across runs (continue-as-new) and the same on replay: the workflow's seeded uuid4 alone
@@ -93,13 +96,16 @@ class Alerting:
                      if "/" in a.dedup_key and a.dedup_key.split("/", 1)[1] == rest), None)
 
     async def _submit(self, text: str, page: bool, severity: str, event_action: str, level: int | None, kind: str,
-                      update: bool, group: str | None, member: str | None) -> None:
+                      update: bool, group: str | None, member: str | None, asks: str | None = None) -> None:
         prefix = "[DRILL] " if self.drill else ""
         lvl = level or self.progress.page_level
         now = workflow.now()
+        step = asks or (self.progress.awaiting.step if self.progress.awaiting is not None else None)
+        waits = {"step": step} if step else {}  # a decision is asked for: the console links to it
         common = dict(owner=self.wid, severity=severity, drill=self.drill, kind=kind,
-                      fields={"workflow": self.wid, "incident": self.incident},
-                      custom_details={"workflow_id": self.wid, "incident": self.incident, "drill": self.drill})
+                      fields={"workflow": self.wid, "incident": self.incident, **waits},
+                      custom_details={"workflow_id": self.wid, "incident": self.incident, "drill": self.drill,
+                                      **({"decision_step": step} if step else {})})
         notices: list[Notice] = []
         if event_action == "trigger":
             key = None

@@ -394,7 +394,7 @@ class IncidentWorkflow(PagingHandlers):
             sla.paged_at = now
         self._paged = True
         await self.r.notify(text, page=True, severity="critical", kind="opened", member=self.st.symbol,
-                            group=self.r.group)
+                            group=self.r.group, asks="acknowledge")
 
     async def _await_ack(self) -> None:
         _, d = await self.r.run_await(AwaitConfirmation(
