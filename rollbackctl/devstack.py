@@ -85,6 +85,7 @@ class Stack:
             "ROLLBACKCTL_TEMPORAL_UI_URL": self.ui_url,
             "ROLLBACKCTL_EMERGENCY_LISTEN": f"127.0.0.1:{self.dev.emergency_port}",
             "ROLLBACKCTL_EMERGENCY_URLS": f"http://127.0.0.1:{self.dev.emergency_port}",
+            "ROLLBACKCTL_CONSOLE_ORIGIN": self.console_url,  # pages link to decisions there
             **self.dev_paging_env(),
         }
 

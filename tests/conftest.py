@@ -21,6 +21,7 @@ import pytest
 import pytest_asyncio
 
 from activities.switch_store import SwitchStore
+from tests.support.console_helpers import browser  # noqa: F401  (a real Chromium: the console's tests)
 from contracts.paging import pager_workflow_id
 from contracts.roles import Role
 from core import procs

@@ -15,19 +15,14 @@ With CONSOLE_SCREENSHOTS=DIR each page is also saved as DIR/<page>.png (docs/con
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import uuid
 from datetime import timedelta
 from pathlib import Path
 
-import pytest
-import pytest_asyncio
-
 from activities.switch_store import record_hash
 from contracts.progress import Decision
 from manual.rollback import Durations, Scope, Severity
-from tests.support.console_helpers import served
+from tests.support.console_helpers import WAIT_MS, approve, device, register, served, shot, sign_in
 from tests.support.fixtures_sim import apply, apply_and_wait
 from tests.support.incident_helpers import open_incident
 from tests.support.waits import wait_for_value
@@ -36,70 +31,6 @@ from workflows.canary import CanaryWorkflow
 from workflows.canary_models import CanaryInput
 from workflows.models import RollbackInput
 from workflows.rollback import RollbackWorkflow, rollback_workflow_id
-
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-SHOTS = os.environ.get("CONSOLE_SCREENSHOTS")
-AUTHENTICATOR = {"protocol": "ctap2", "transport": "internal", "hasResidentKey": True, "hasUserVerification": True,
-                 "isUserVerified": True, "automaticPresenceSimulation": True}
-WAIT_MS = 15_000
-
-
-@pytest_asyncio.fixture
-async def browser():
-    from playwright.async_api import async_playwright
-
-    if not Path(CHROMIUM).exists():
-        pytest.fail("Debian's chromium is not installed: apt-get install chromium (`make test` installs it as root)")
-    async with async_playwright() as p:
-        b = await p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        yield b
-        await b.close()
-
-
-async def device(browser, origin: str, enforce_csp: bool = False):
-    """A browser context of its own (one operator's device) with a virtual platform authenticator."""
-    # bypass_csp: Playwright evaluates its wait predicates as strings, which the console's CSP (no eval) refuses
-    ctx = await browser.new_context(base_url=origin, accept_downloads=True, viewport={"width": 1360, "height": 900},
-                                    bypass_csp=not enforce_csp)
-    page = await ctx.new_page()
-    cdp = await ctx.new_cdp_session(page)
-    await cdp.send("WebAuthn.enable")
-    auth_id = (await cdp.send("WebAuthn.addVirtualAuthenticator", {"options": AUTHENTICATOR}))["authenticatorId"]
-    page.authenticator = (cdp, auth_id)
-    return page
-
-
-async def shot(page, name: str) -> None:
-    if SHOTS:
-        Path(SHOTS).mkdir(parents=True, exist_ok=True)
-        await page.screenshot(path=str(Path(SHOTS) / f"{name}.png"), full_page=True)
-
-
-async def register(page, name: str) -> str:
-    await page.goto("/register")
-    await page.fill("input[name=operator]", name)
-    await page.fill("input[name=label]", f"{name}'s test device")
-    await page.click("#register-form button")
-    await page.wait_for_selector("#register-done:not([hidden])", timeout=WAIT_MS)
-    return (await page.text_content("#register-code")).strip()
-
-
-async def sign_in(page) -> str:
-    """Press "Sign in with a passkey"; the message the page shows (it navigates on success)."""
-    if "/login" not in page.url:
-        await page.goto("/login")
-    await page.click("#login-form button")
-    await page.wait_for_selector("#login-msg.bad, header .who", timeout=WAIT_MS)  # refused, or a signed-in page
-    if "/login" not in page.url:
-        return "signed in as " + (await page.text_content("header .who > span:nth-child(2)")).strip()
-    return (await page.text_content("#login-msg")).strip()
-
-
-async def approve(store, name: str, code: str, by: str) -> None:
-    """What `rollbackctl passkey approve NAME CODE --as BY` does once the signature is checked."""
-    (p,) = [p for p in await store.pending_passkeys() if p["operator"] == name and p["code"] == code]
-    await store.approve_passkey(name, p["credential_id"], p["public_key"], code, actor=by)
-
 
 async def test_register_approve_sign_in_and_every_refusal(store, browser):
     async with served(store) as console:

@@ -44,13 +44,14 @@ from starlette.staticfiles import StaticFiles
 from contracts.roles import Role
 from core.settings import ConsoleSettings
 from rollbackctl.console import auth, timeline
+from rollbackctl.console.common import WID_RE, Denied
 from rollbackctl.console.data import ConsoleData
+from rollbackctl.console.decide import Decisions
 
 log = logging.getLogger("rollbackctl.console")
 HERE = Path(__file__).resolve().parent
 NAV = [("/matrix", "Matrix"), ("/audit", "Audit"), ("/incidents", "Incidents"), ("/workflows", "Workflows"),
        ("/canary", "Canary")]
-WID_RE = re.compile(r"^[A-Za-z0-9_.:@=-]{1,200}$")
 NAME_RE = re.compile(r"^[a-z][a-z0-9_.-]{0,31}$")
 MAX_JSON = 64 * 1024
 
@@ -63,12 +64,6 @@ def maintenance_page() -> Path:
     return sim_app.MAINTENANCE_PAGE
 
 
-class Denied(Exception):
-    def __init__(self, status: int, message: str, hint: str = ""):
-        super().__init__(message)
-        self.status, self.message, self.hint = status, message, hint
-
-
 class Console:
     def __init__(self, data: ConsoleData, settings: ConsoleSettings, sessions: auth.Sessions | None = None):
         self.data, self.settings = data, settings
@@ -76,6 +71,7 @@ class Console:
         self.secure = self.origin.startswith("https://")
         self.closing = asyncio.Event()  # set on shutdown: live streams end
         self._shared: dict[tuple[str, str], tuple[float, asyncio.Future]] = {}
+        self.decisions = Decisions(self)
         self.sessions = sessions or auth.Sessions(settings.session_hours * 3600, settings.idle_minutes * 60)
         self.jinja = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=select_autoescape(["html"]))
         self.views: dict[str, tuple[Role, str, Callable[[Request], Awaitable[dict[str, Any]]]]] = {
@@ -113,6 +109,9 @@ class Console:
             Route("/admin/passkeys", self.page("passkeys", "Passkeys", "Registrations awaiting a super admin's approval.")),
             Route("/admin/passkeys/{cred}/decline", self.decline, methods=["POST"]),
             Route("/live/{view}", self.live),
+            Route("/decide/{wid}/{step}", self.decisions.page),
+            Route("/decide/{wid}/{step}/prepare", self.decisions.prepare, methods=["POST"]),
+            Route("/decide/{wid}/{step}/submit", self.decisions.submit, methods=["POST"]),
             Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
         ]
         return Starlette(routes=routes, exception_handlers={
@@ -133,7 +132,8 @@ class Console:
                 "X-Content-Type-Options": "nosniff", "Referrer-Policy": "same-origin", "Cache-Control": "no-store"}
 
     def _wants_json(self, request: Request) -> bool:
-        return request.url.path.startswith(("/auth/", "/live/")) or "application/json" in request.headers.get("accept", "")
+        return request.url.path.startswith(("/auth/", "/live/")) or request.url.path.endswith(("/prepare", "/submit")) \
+            or "application/json" in request.headers.get("accept", "")
 
     async def http_error(self, request: Request, exc: HTTPException) -> Response:
         msg = {404: f"nothing at {request.url.path}", 405: f"{request.method} is not allowed on {request.url.path}"}.get(
@@ -250,7 +250,7 @@ class Console:
             raise Denied(e.status, str(e)) from None
         from activities.switch_store import utcnow
 
-        rec.update(operator=c.operator, label=c.label, registered_at=utcnow(),
+        rec.update(operator=c.operator, label=c.label, registered_at=utcnow(), rp_id=self.rp_id, origin=self.origin,
                    user_agent=request.headers.get("user-agent", "")[:200])
         key = self.data.store.pending_passkey_key(rec["credential_id"])
         from core.etcd import Compare, Put
@@ -286,19 +286,14 @@ class Console:
                                   f"approval: `rollbackctl passkey approve {p.get('operator')} {p.get('code')}`")
             raise Denied(403, "unknown passkey: it is not approved for any operator (removed, or never registered here)")
         op, pk = owner
-        ckey = f"{self.data.store.prefix}console/counters/{cid}"
+        ckey = self.counter_key(cid)
         kv = await self.data.store.etcd.get(ckey)
         count = int(json.loads(kv.value)["sign_count"]) if kv is not None else 0
         try:
             new_count = auth.verify_login(cred, c.challenge, self.rp_id, self.origin, pk.public_key, count)
         except auth.AuthError as e:
             raise Denied(e.status, str(e)) from None
-        from core.etcd import Compare, Put
-
-        guard = Compare(ckey, "mod", "==", kv.mod_revision) if kv is not None else Compare(ckey, "create", "==", 0)
-        ok, _ = await self.data.store.etcd.txn([guard], [Put(ckey, auth.dumps({"sign_count": new_count}))])
-        if not ok:
-            raise Denied(409, "this passkey signed in elsewhere at the same moment: try again")
+        await self._store_count(ckey, kv, new_count)
         s = self.sessions.new(op.name, cid)
         nxt = safe_next(body.get("next"))
         log.info("console: %s signed in (passkey %s)", op.name, pk.code)
@@ -307,6 +302,32 @@ class Console:
                         samesite="strict", secure=self.secure, path="/")
         resp.delete_cookie(auth.CEREMONY_COOKIE, path="/auth/")
         return resp
+
+    def counter_key(self, credential_id: str) -> str:
+        return f"{self.data.store.prefix}console/counters/{credential_id}"
+
+    async def _store_count(self, ckey: str, kv, new_count: int) -> None:
+        from core.etcd import Compare, Put
+
+        guard = Compare(ckey, "mod", "==", kv.mod_revision) if kv is not None else Compare(ckey, "create", "==", 0)
+        ok, _ = await self.data.store.etcd.txn([guard], [Put(ckey, auth.dumps({"sign_count": new_count}))])
+        if not ok:
+            raise Denied(409, "this passkey signed elsewhere at the same moment: try again")
+
+    async def count_signature(self, credential_id: str, authenticator_data: str) -> None:
+        """A passkey's signature counter must grow (WebAuthn §6.1.1: a counter that does not is a cloned
+        authenticator); authenticators that keep none send 0 every time, which is allowed."""
+        import base64
+
+        ad = base64.urlsafe_b64decode(authenticator_data + "=" * (-len(authenticator_data) % 4))
+        new = int.from_bytes(ad[33:37], "big") if len(ad) >= 37 else 0
+        ckey = self.counter_key(credential_id)
+        kv = await self.data.store.etcd.get(ckey)
+        old = int(json.loads(kv.value)["sign_count"]) if kv is not None else 0
+        if (new or old) and new <= old:
+            raise Denied(403, f"the passkey's signature counter went from {old} to {new}: a cloned authenticator? "
+                              "refused; a super admin should remove this passkey")
+        await self._store_count(ckey, kv, new)
 
     async def logout(self, request: Request) -> Response:
         s = await self.require(request, Role.VIEWER)

@@ -92,6 +92,32 @@ async function signIn(ev) {
   }
 }
 
+async function decide(ev) {
+  ev.preventDefault();
+  const f = ev.target, msg = f.querySelector(".msg"), btn = f.querySelector("button");
+  const body = { kind: f.dataset.kind };
+  f.querySelectorAll("select").forEach((i) => (body[i.name] = i.value));
+  f.querySelectorAll("input").forEach((i) => {
+    if (i.type === "checkbox") body[i.name] = i.checked;
+    else if (i.value.trim() !== "") body[i.name] = i.name === "level" ? Number(i.value) : i.value.trim();
+  });
+  msg.className = "msg"; msg.textContent = "Preparing the signed request...";
+  if (btn) btn.disabled = true;
+  try {
+    const prep = await postJSON(f.dataset.url + "/prepare", body);
+    const pk = prep.publicKey;
+    pk.challenge = b64u.toBuf(pk.challenge);
+    pk.allowCredentials.forEach((c) => (c.id = b64u.toBuf(c.id)));
+    msg.textContent = "Sign with your passkey: " + prep.request.action + " at step " + prep.request.step;
+    const cred = await navigator.credentials.get({ publicKey: pk });
+    const done = await postJSON(f.dataset.url + "/submit", { nonce: prep.nonce, credential: credentialJSON(cred) });
+    msg.className = "msg ok"; msg.textContent = done.message;
+  } catch (e) {
+    msg.className = "msg bad"; msg.textContent = "Refused: " + e.message;
+    if (btn) btn.disabled = false;
+  }
+}
+
 function two(n) { return String(n).padStart(2, "0"); }
 
 function human(s) {
@@ -125,6 +151,7 @@ document.addEventListener("DOMContentLoaded", () => {
   if (r) r.addEventListener("submit", registerPasskey);
   const l = document.getElementById("login-form");
   if (l) l.addEventListener("submit", signIn);
+  document.querySelectorAll("form.decide").forEach((f) => f.addEventListener("submit", decide));
   live();
   tick();
   setInterval(tick, 1000);
