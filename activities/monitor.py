@@ -165,7 +165,10 @@ class Detector:
         from datetime import timedelta
 
         longest = max((float(vals[c.metric]) for c in rule.trigger if c.holds(vals.get(c.metric))), default=0.0)
-        return now - timedelta(seconds=longest)
+        try:
+            return now - timedelta(seconds=longest)
+        except OverflowError:  # a duration past any date (the contract refuses it; never crash the poll)
+            return first
 
     @staticmethod
     def describe(ks: KeyState) -> str:

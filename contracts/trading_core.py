@@ -54,6 +54,9 @@ ACTION_PATH = "/v1/actions/{action}"
 
 
 # -- the contract: models ----------------------------------------------------------------------------
+MAX_OUTAGE_S = 366 * 24 * 3600  # hl_disconnected_for_s: a year at most
+
+
 class HealthSnapshot(BaseModel):
     """GET /v1/health. Field names are part of the contract: other tools read them."""
 
@@ -63,7 +66,9 @@ class HealthSnapshot(BaseModel):
 
     error_rate: float = Field(ge=0, le=1, description="rolling share of failed API requests, 0..1")
     hl_connected: bool = Field(description="WS and REST to Hyperliquid both up")
-    hl_disconnected_for_s: float = Field(ge=0, description="seconds since HL went down; 0 while connected")
+    # At most a year: a longer outage is a broken clock or a broken field, refused naming it (a duration the
+    # monitor cannot subtract from now would otherwise crash its poll).
+    hl_disconnected_for_s: float = Field(ge=0, le=MAX_OUTAGE_S, description="seconds since HL went down; 0 while connected")
     hl_latency_ms: float = Field(ge=0)
     hl_margin_ratio: float = Field(ge=0, description="exchange's HL account equity / maintenance; 1.5 = 150%")
     hedge_margin_ratio: float = Field(ge=0, description="hedge account equity / maintenance; 1.5 = 150%")
