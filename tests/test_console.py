@@ -237,3 +237,27 @@ async def test_live_views_share_one_read_per_interval(store):
         other = Request({"type": "http", "query_string": b"a=2", "headers": [], "path": "/live/x"})
         await console.shared("x", other, ctx)
         assert len(reads) == 2  # another query is another view
+
+
+def test_a_decision_page_offers_what_the_step_answers_to_and_its_exits():
+    from datetime import datetime, timezone
+
+    from contracts.progress import Awaiting, Exit, Progress
+    from rollbackctl.console.decide import options
+
+    now = datetime(2026, 12, 5, tzinfo=timezone.utc)
+
+    def p(expects, exits=()):
+        return Progress(workflow_id="w", kind="RollbackWorkflow", current_step="s", awaiting=Awaiting(
+            step="s", expects=expects, min_role="on_call", since=now, deadline=None, prompt="?", exits=list(exits)))
+
+    kinds = lambda pr, wk="RollbackWorkflow": [o["kind"] for o in options(pr, wk, "s")]  # noqa: E731
+    assert kinds(p("proceed_or_cancel")) == ["proceed", "cancel"]
+    assert kinds(p("escalate")) == ["escalate", "confirm"]
+    assert kinds(p("level_choice")) == ["escalate"]
+    assert kinds(p("confirm", [Exit(kind="withdraw", means="end it")])) == ["confirm", "withdraw"]
+    assert kinds(p("promote"), "CanaryWorkflow") == ["promote", "pause", "resume", "abort", "extend"]
+    assert kinds(p("confirm"), "IncidentWorkflow") == ["confirm", "tick", "resolve"]
+    assert options(p("confirm"), "RollbackWorkflow", "other") == []  # another step: nothing
+    fix = next(o for o in options(p("fix"), "RollbackWorkflow", "s"))
+    assert fix["fields"] == ("reference", "tests_passed", "restore")

@@ -32,6 +32,10 @@ from core import identity
 KINDS_WITH_FIELDS = {"fix": ("reference", "tests_passed", "restore"), "escalate": ("level",), "stay": ("level",),
                      "extend": ("extend_by",), "resolve": ("undo", "force"), "tick": ("item", "done", "note")}
 PENDING_S = 120  # a prepared decision must be signed within this
+ANSWER_MEANS = {"proceed": "go ahead now, without waiting for the window to end",
+                "cancel": "do not roll back (a reason is required)",
+                "escalate": "go to the next level (or the level you name)",
+                "confirm": "approve: the workflow goes on"}
 
 
 def standing(workflow_kind: str) -> list[dict[str, Any]]:
@@ -60,8 +64,11 @@ def options(p: Any, workflow_kind: str = "", step: str | None = None) -> list[di
     out: list[dict[str, Any]] = []
     aw = p.awaiting
     if aw is not None and (step is None or aw.step == step):
-        out.append({"kind": aw.expects, "min_role": aw.min_role, "means": "answer the question above",
-                    "fields": KINDS_WITH_FIELDS.get(aw.expects, ())})
+        from workflows.base import ANSWERS
+
+        for kind in ANSWERS.get(aw.expects, (aw.expects,)):  # "proceed_or_cancel": proceed, cancel; ...
+            out.append({"kind": kind, "min_role": aw.min_role, "means": ANSWER_MEANS.get(kind, "answer the question above"),
+                        "fields": KINDS_WITH_FIELDS.get(kind, ())})
         for e in aw.exits:
             out.append({"kind": e.kind, "min_role": e.min_role or aw.min_role, "means": e.means,
                         "fields": KINDS_WITH_FIELDS.get(e.kind, ())})
