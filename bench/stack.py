@@ -148,6 +148,7 @@ async def isolated_stack(out=print):
         "ROLLBACKCTL_DEV_TEMPORAL_UI_PORT": str(procs.free_port()),
         "ROLLBACKCTL_DEV_EMERGENCY_PORT": str(procs.free_port()),
         "ROLLBACKCTL_DEV_CONSOLE_PORT": str(procs.free_port()),
+        "ROLLBACKCTL_DEV_OFREP_PORT": str(procs.free_port()),
         "ROLLBACKCTL_DEV_METRICS_PORT": str(procs.free_port_block(6)),  # /metrics on, as in production
         "ROLLBACKCTL_TRADING_CORE_URL": f"http://127.0.0.1:{procs.free_port()}",
         "ROLLBACKCTL_TASK_QUEUE": "bench",

@@ -213,6 +213,15 @@ class ConsoleSettings(BaseSettings):
         return host
 
 
+class OfrepSettings(BaseSettings):
+    """ROLLBACKCTL_OFREP_*: the OpenFeature (OFREP) endpoint over the matrix (`rollbackctl ofrep serve`)."""
+
+    model_config = SettingsConfigDict(env_prefix="ROLLBACKCTL_OFREP_", extra="ignore")
+
+    listen: str = "127.0.0.1:8790"
+    token: SecretStr | None = None  # the bearer token consumers send (required to serve)
+
+
 SIGNING_OFF_WARNING = ("WARNING: ROLLBACKCTL_SIGNING=off: requests and approvals are NOT signed and the two-person "
                        "rule is OFF. For local drills only, never in production.")
 
@@ -232,3 +241,4 @@ class DevStackSettings(BaseSettings):
     metrics_port: int = 9464
     metrics_scrape_s: float = 5.0  # the scrape interval of the Prometheus config `dev up` writes
     console_port: int = 8780  # the operator console (http://localhost:PORT)
+    ofrep_port: int = 8790  # the OFREP endpoint (token: dev-ofrep-token unless ROLLBACKCTL_OFREP_TOKEN)

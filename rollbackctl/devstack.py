@@ -53,6 +53,12 @@ class Stack:
         return u.hostname or "127.0.0.1", u.port or 80
 
     @property
+    def ofrep_token(self) -> str:
+        import os
+
+        return os.environ.get("ROLLBACKCTL_OFREP_TOKEN") or "dev-ofrep-token"
+
+    @property
     def console_url(self) -> str:
         return f"http://localhost:{self.dev.console_port}"
 
@@ -261,6 +267,20 @@ def _start_console(st: Stack) -> int:
     return p.pid
 
 
+def _start_ofrep(st: Stack) -> int:
+    """The OFREP endpoint (`rollbackctl ofrep serve`) on 127.0.0.1:<ROLLBACKCTL_DEV_OFREP_PORT>."""
+    procs.require_free("127.0.0.1", st.dev.ofrep_port, "OFREP endpoint")
+    p = procs.spawn([sys.executable, "-c", "from rollbackctl.cli import main; main(['ofrep', 'serve'])"], st.log("ofrep"),
+                    env={**st.env(), "ROLLBACKCTL_OFREP_LISTEN": f"127.0.0.1:{st.dev.ofrep_port}",
+                         "ROLLBACKCTL_OFREP_TOKEN": st.ofrep_token})
+    try:
+        procs.wait_tcp("127.0.0.1", st.dev.ofrep_port, 30, p, f"OFREP endpoint (log {st.log('ofrep')})")
+    except BaseException:
+        procs.stop(p.pid)
+        raise
+    return p.pid
+
+
 def check(st: Stack) -> None:
     """Refuse a stack whose paging the real services would refuse (one line, before anything starts)."""
     import os
@@ -301,6 +321,10 @@ COMPONENTS: list[Component] = [
         [sys.executable, "-c", "from rollbackctl.cli import main; main(['monitor'])"], st.log("monitor"),
         env={**st.env(), **st.metrics_env("monitor")}).pid,
         lambda st: f"P0 monitor      polling {st.core.url} (rollbackctl monitor --status){st.metrics_line('monitor')}"),
+    # OpenFeature clients in any language read the matrix here (`rollbackctl ofrep serve`).
+    Component("ofrep", _start_ofrep,
+              lambda st: f"OFREP           http://127.0.0.1:{st.dev.ofrep_port}/ofrep/v1/  (bearer token "
+                         f"{st.ofrep_token!r}; openfeature-provider-ofrep and others)"),
     # The operator console (`rollbackctl console`): sign in with a passkey approved by a super admin.
     Component("console", _start_console,
               lambda st: f"console         {st.console_url}  (register a passkey at /register; "

@@ -25,6 +25,7 @@ COMMAND_MODULES = [
     "rollbackctl.cli.paging_cmds",
     "rollbackctl.cli.passkey_cmds",
     "rollbackctl.cli.console_cmds",
+    "rollbackctl.cli.ofrep_cmds",
 ]
 
 
