@@ -8,8 +8,9 @@ STAMP := $(VENV)/.installed
 .PHONY: demo test test-faults chaos bench venv clean down sysdeps
 
 # Debian packages the tests need (CMD:PACKAGE): Prometheus and promtool for the metrics tests, Chromium
-# for the console's browser tests (Playwright drives it; it never downloads a browser).
-SYSDEPS := prometheus:prometheus promtool:prometheus chromium:chromium
+# for the console's browser tests (Playwright drives it; it never downloads a browser), Node and npm for
+# the OpenFeature Node client's test.
+SYSDEPS := prometheus:prometheus promtool:prometheus chromium:chromium node:nodejs npm:npm
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,7 +26,13 @@ demo: $(STAMP)
 sysdeps:
 	@tools/sysdeps $(SYSDEPS)
 
-test: $(STAMP) sysdeps
+# The official OpenFeature Node SDK and OFREP provider (tests/test_ofrep.py), from npm's registry at bootstrap
+NODE_OFREP := tests/node_ofrep/node_modules/.installed
+$(NODE_OFREP): tests/node_ofrep/package-lock.json
+	@command -v npm >/dev/null 2>&1 || { echo "npm is missing -- install it: sudo apt-get install nodejs npm" >&2; exit 0; }
+	cd tests/node_ofrep && npm ci --no-audit --no-fund --silent && touch node_modules/.installed
+
+test: $(STAMP) sysdeps $(NODE_OFREP)
 	$(BIN)/python -m pytest -q
 
 # The fault tests alone (tests/faults/: crashes, outages, bad input; ~3 min). `make test` runs them too.

@@ -152,3 +152,35 @@ async def test_serve_refuses_to_start_without_a_token(store, etcd_server):
     r = await asyncio.to_thread(run_cli, "ofrep", "serve", env=env)
     assert r.code == 2 and "ROLLBACKCTL_OFREP_TOKEN is not set" in r.err and len(r.err.strip().splitlines()) == 1, r.err
     assert os.environ.get("ROLLBACKCTL_OFREP_TOKEN") is None
+
+
+async def test_the_official_node_client_reads_the_matrix(store):
+    """@openfeature/server-sdk with @openfeature/ofrep-provider (npm, pinned in tests/node_ofrep/, installed
+    by `make test`), run by Node against the endpoint: the same values, reasons and revisions."""
+    import json
+    import shutil
+    from pathlib import Path
+
+    here = Path(__file__).parent / "node_ofrep"
+    node = shutil.which("node")
+    if node is None or not (here / "node_modules" / "@openfeature" / "ofrep-provider").exists():
+        pytest.fail("Node or the OpenFeature Node packages are missing: apt-get install nodejs npm, then "
+                    "`make test` (it runs npm ci in tests/node_ofrep)")
+    await apply(store, "alice", routing_mode="BETTING_MODE", hedge_max_leverage=4.5)
+    kinds = {"bool": "boolean", "enum": "string", "money": "number", "float": "number", "int": "number",
+             "symbols": "object"}
+    flags = [f"{sw.name}:{kinds[sw.type.value]}" for sw in switches.SWITCHES] + ["no_such_switch:boolean"]
+    async with endpoint(store, serve=True) as (url, _):
+        p = await asyncio.create_subprocess_exec(node, str(here / "evaluate.mjs"), url, TOKEN, *flags, cwd=here,
+                                                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        out, err = await asyncio.wait_for(p.communicate(), 60)
+    assert p.returncode == 0, err.decode()
+    got = json.loads(out)
+    for sw in switches.SWITCHES:
+        st = await store.get(sw.name)
+        d = got[sw.name]
+        assert d["errorCode"] is None and d["reason"] == "STATIC", (sw.name, d)
+        assert d["value"] == (list(st.value) if sw.type.value == "symbols" else st.value), (sw.name, d, st.value)
+        assert d["metadata"]["revision"] == st.revision
+    assert got["routing_mode"]["value"] == "BETTING_MODE" and got["hedge_max_leverage"]["value"] == 4.5
+    assert got["no_such_switch"]["errorCode"] == "FLAG_NOT_FOUND" and got["no_such_switch"]["value"] is False
