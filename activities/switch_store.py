@@ -628,6 +628,19 @@ class SwitchStore:
             await self._backoff(attempt)
         raise Contended(f"operator {name}: still contended; try again")
 
+    # -- consumers' receipts (core/watcher.Receipt) -----------------------------------------------------
+    async def consumers(self) -> tuple[list[dict[str, Any]], int]:
+        """Every live consumer's receipt, and the matrix revision (the last switch write) to compare them to."""
+        kvs, _ = await self.etcd.get_prefix(f"{self.prefix}consumers/")
+        sw, _ = await self.etcd.get_prefix(f"{self.prefix}switches/")
+        out = []
+        for kv in kvs:
+            try:
+                out.append(json.loads(kv.value))
+            except ValueError:
+                continue
+        return out, max((kv.mod_revision for kv in sw), default=0)
+
     # -- passkeys (console sign-in) ----------------------------------------------------------------
     async def pending_passkeys(self) -> list[dict[str, Any]]:
         kvs, _ = await self.etcd.get_prefix(f"{self.prefix}console/pending/")

@@ -15,7 +15,8 @@ production needs and PITFALLS.md found missing (each point has a test against a 
 
 Not supported: TLS with the system's CA store (TLS is on only when a CA certificate is given), a
 TLS server name other than the endpoint's host, etcd's JWT tokens (simple tokens were tested;
-JWT works the same through Authenticate but was not tried), leases, locks, elections, member-list
+JWT works the same through Authenticate but was not tried), lease keep-alive streams (a lease is
+refreshed by granting a new one), locks, elections, member-list
 discovery (endpoints are what the settings say), and retrying a call on the same endpoint (a call
 tries each endpoint once; callers retry: activities by Temporal's retry policy, the watcher itself).
 
@@ -406,9 +407,24 @@ class Etcd:
         )
         return [_kv(m) for m in resp.kvs], resp.header.revision
 
-    async def put(self, key: str, value: bytes) -> int:
-        resp = await self._call(rpc.KVStub, "Put", rpc.PutRequest(key=key.encode(), value=value))
+    async def put(self, key: str, value: bytes, lease: int = 0) -> int:
+        """Write `key`; with `lease`, it disappears when the lease expires (a registration that stops being
+        refreshed: its owner is gone)."""
+        resp = await self._call(rpc.KVStub, "Put", rpc.PutRequest(key=key.encode(), value=value, lease=lease))
         return resp.header.revision
+
+    # -- leases ----------------------------------------------------------------------------------
+    async def lease_grant(self, ttl_s: int) -> int:
+        """A new lease of `ttl_s` seconds (etcd may raise it to its minimum); its id. Refreshing is by granting
+        a new one and writing again (unary calls only: they fail over like every other call)."""
+        resp = await self._call(rpc.LeaseStub, "LeaseGrant", rpc.LeaseGrantRequest(TTL=int(ttl_s)))
+        if resp.error:
+            raise EtcdError(f"etcd LeaseGrant: {resp.error}")
+        return int(resp.ID)
+
+    async def lease_revoke(self, lease: int) -> None:
+        """End a lease now: the keys written with it are deleted."""
+        await self._call(rpc.LeaseStub, "LeaseRevoke", rpc.LeaseRevokeRequest(ID=lease))
 
     async def delete_prefix(self, prefix: str) -> int:
         p = prefix.encode()

@@ -48,8 +48,64 @@ def _observe_applied(name: str, rec: dict[str, Any], revision: int) -> None:
     metrics.SWITCH_PROPAGATION.labels(name).observe(max(0.0, time.time() - t.timestamp()))
 
 
+class Receipt:
+    """This consumer instance's receipt, `<prefix>consumers/<id>` = {"id", "applied_revision", "at", "host",
+    "pid"}: the store revision it has applied, written after each change it applied and refreshed every
+    `every_s` under a lease of `ttl_s`, so an instance that dies drops out when its lease expires (a clean
+    stop revokes it at once). What `rollbackctl consumers` lists; a write that fails never stops the watch.
+    The consumer's etcd user needs write access to `<prefix>consumers/` only."""
+
+    def __init__(self, etcd: Etcd, prefix: str, consumer_id: str, ttl_s: int = 6, every_s: float = 2.0):
+        import os
+        import socket
+
+        if not consumer_id or "/" in consumer_id or len(consumer_id) > 128:
+            raise ValueError(f"consumer id {consumer_id!r}: 1-128 characters, no '/'")
+        self.etcd, self.key, self.id = etcd, f"{prefix}consumers/{consumer_id}", consumer_id
+        self.ttl_s, self.every_s = ttl_s, every_s
+        self.host, self.pid = socket.gethostname(), os.getpid()
+        self.lease = 0
+        self.revision = 0
+        self.failures = 0
+        self._task: asyncio.Task | None = None
+
+    async def report(self, revision: int, renew: bool = False) -> None:
+        self.revision = max(self.revision, revision)
+        try:
+            if renew or not self.lease:
+                self.lease = await self.etcd.lease_grant(self.ttl_s)  # the old one expires by itself
+            body = {"id": self.id, "applied_revision": self.revision, "at": time.time(), "host": self.host,
+                    "pid": self.pid}
+            await self.etcd.put(self.key, json.dumps(body, sort_keys=True).encode(), lease=self.lease)
+        except EtcdError as e:
+            self.failures += 1
+            log.warning("consumer receipt %s not written (%s); retrying", self.key, e)
+
+    async def _refresh(self) -> None:
+        while True:
+            await asyncio.sleep(self.every_s)
+            await self.report(self.revision, renew=True)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._refresh(), name="consumer-receipt")
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            try:
+                await self._task
+            except (asyncio.CancelledError, Exception):
+                pass
+        if self.lease:
+            try:
+                await self.etcd.lease_revoke(self.lease)  # gone at once, not after the TTL
+            except EtcdError:
+                pass
+
+
 class SwitchWatcher:
-    def __init__(self, etcd: Etcd, prefix: str = "/perps/", on_change: Callback | None = None, observe: bool = True):
+    def __init__(self, etcd: Etcd, prefix: str = "/perps/", on_change: Callback | None = None, observe: bool = True,
+                 consumer_id: str | None = None):
         self.etcd = etcd
         self.observe = observe  # record propagation (core/metrics.py): a consumer does; an exporter does not
         self.records: dict[str, dict[str, Any]] = {}  # each switch's last etcd record (value, updated_at/by)
@@ -63,13 +119,19 @@ class SwitchWatcher:
         self.errors: list[str] = []  # the last few reasons, oldest first
         self.ready = asyncio.Event()
         self._task: asyncio.Task | None = None
+        self.receipt = Receipt(etcd, prefix, consumer_id) if consumer_id else None
 
     async def start(self) -> None:
         await self._load(initial=True)
         self._task = asyncio.create_task(self._run(), name="switch-watcher")
+        if self.receipt is not None:
+            await self.receipt.report(self.revision)
+            self.receipt.start()
         self.ready.set()
 
     async def stop(self) -> None:
+        if self.receipt is not None:
+            await self.receipt.stop()
         if self._task:
             self._task.cancel()
             try:
@@ -132,6 +194,8 @@ class SwitchWatcher:
                         await self._emit(SwitchUpdate(name, rec.get("value"), ev.kv.mod_revision, rec))
                         if self.observe:
                             _observe_applied(name, rec, self.revision)
+                    if self.receipt is not None:  # applied (callbacks ran): say so
+                        await self.receipt.report(self.revision)
             except EtcdCompacted:
                 log.warning("switch watch: revision %s compacted; re-reading all switches", self.revision + 1)
                 await self._load(initial=False)

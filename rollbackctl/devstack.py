@@ -230,7 +230,8 @@ def _start_sim(st: Stack) -> int:
     that start next read it); a simulator that dies first is reported with its log, not as started."""
     host, port = st.sim_hostport
     procs.require_free(host, port, "simulator")
-    p = procs.spawn([sys.executable, "-m", "simulator"], st.log("sim"), env={**st.env(), **st.metrics_env("sim")})
+    p = procs.spawn([sys.executable, "-m", "simulator"], st.log("sim"),
+                    env={**st.env(), **st.metrics_env("sim"), "ROLLBACKCTL_CONSUMER_ID": "sim-1"})
     try:
         procs.wait_tcp(host, port, 30, p, f"simulator (log {st.log('sim')})")
     except BaseException:

@@ -7,6 +7,7 @@ Idempotency-Key and recording its action cannot interleave with another request.
 from __future__ import annotations
 
 import asyncio
+import os
 import logging
 import random
 import time
@@ -190,7 +191,8 @@ class Simulator:
                 await self.watcher.stop()
             self.prefix, self.applied, self.applied_revision = prefix, {}, 0
             self.followed_at = utcnow()
-            w = SwitchWatcher(self.etcd, prefix)
+            # ROLLBACKCTL_CONSUMER_ID: this instance's receipt (`rollbackctl consumers`); unset: none
+            w = SwitchWatcher(self.etcd, prefix, consumer_id=os.environ.get("ROLLBACKCTL_CONSUMER_ID") or None)
             w.on_change = lambda upd: self._on_switch(w, upd)
             self.watcher = w
             await w.start()

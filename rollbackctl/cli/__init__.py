@@ -26,6 +26,7 @@ COMMAND_MODULES = [
     "rollbackctl.cli.passkey_cmds",
     "rollbackctl.cli.console_cmds",
     "rollbackctl.cli.ofrep_cmds",
+    "rollbackctl.cli.consumers_cmds",
 ]
 
 
