@@ -583,6 +583,18 @@ class SwitchStore:
             await self._backoff(attempt)
         raise Contended(f"operator {name}: still contended; try again")
 
+    async def _operator_at(self, name: str, revision: int | None) -> tuple[KV, Operator]:
+        """`name`'s record and its key, as a signed operator request may change it: it exists and, when the
+        request names a revision, has not changed since (else refused as stale)."""
+        kv = await self.etcd.get(self.operator_key(name))
+        if kv is None:
+            raise InvalidChange(f"unknown operator {name!r} (see `rollbackctl operator list`)")
+        if revision is not None and kv.mod_revision != revision:
+            raise Conflict(str(identity.Refused(
+                identity.Refusal.STALE, f"operator {name} changed since the request was signed (revision "
+                                        f"{kv.mod_revision}, signed at {revision}): sign a new request")))
+        return kv, Operator.model_validate_json(kv.value)
+
     async def rotate_key(
         self, name: str, public_key: str, actor: str, bootstrap: bool = False, proofs: list[identity.Proof] = (),
         nonce_owner: str = "cli", revision: int | None = None, reason: str | None = None,
@@ -593,14 +605,7 @@ class SwitchStore:
         if not bootstrap:
             await self._super_admin(actor)
         for attempt in range(MAX_ATTEMPTS):
-            kv = await self.etcd.get(self.operator_key(name))
-            if kv is None:
-                raise InvalidChange(f"unknown operator {name!r} (see `rollbackctl operator list`)")
-            if revision is not None and kv.mod_revision != revision:
-                raise Conflict(str(identity.Refused(
-                    identity.Refusal.STALE, f"operator {name} changed since the request was signed (revision "
-                                            f"{kv.mod_revision}, signed at {revision}): sign a new request")))
-            op = Operator.model_validate_json(kv.value)
+            kv, op = await self._operator_at(name, revision)
             if bootstrap and op.public_key is not None:
                 return op
             if op.public_key == public_key:
@@ -674,14 +679,7 @@ class SwitchStore:
                                     f"registering, not {code!r}; ask them to read it out again")
             if pending.get("public_key") != public_key:
                 raise Conflict("the pending passkey's public key changed since it was read: approve it again")
-            kv = await self.etcd.get(self.operator_key(name))
-            if kv is None:
-                raise InvalidChange(f"unknown operator {name!r} (see `rollbackctl operator list`)")
-            if revision is not None and kv.mod_revision != revision:
-                raise Conflict(str(identity.Refused(
-                    identity.Refusal.STALE, f"operator {name} changed since the request was signed (revision "
-                                            f"{kv.mod_revision}, signed at {revision}): sign a new request")))
-            op = Operator.model_validate_json(kv.value)
+            kv, op = await self._operator_at(name, revision)
             for other in await self.operators():
                 if any(pk.credential_id == credential_id for pk in other.passkeys):
                     raise Conflict(f"passkey {credential_id[:16]}... is already approved for {other.name}")
@@ -718,14 +716,7 @@ class SwitchStore:
         console checks the operator record on every request, so open sessions of it end too)."""
         await self._super_admin(actor)
         for attempt in range(MAX_ATTEMPTS):
-            kv = await self.etcd.get(self.operator_key(name))
-            if kv is None:
-                raise InvalidChange(f"unknown operator {name!r} (see `rollbackctl operator list`)")
-            if revision is not None and kv.mod_revision != revision:
-                raise Conflict(str(identity.Refused(
-                    identity.Refusal.STALE, f"operator {name} changed since the request was signed (revision "
-                                            f"{kv.mod_revision}, signed at {revision}): sign a new request")))
-            op = Operator.model_validate_json(kv.value)
+            kv, op = await self._operator_at(name, revision)
             gone = [pk for pk in op.passkeys if pk.credential_id == credential_id]
             if not gone:
                 raise InvalidChange(f"{name} has no approved passkey {credential_id[:16]}... (see `rollbackctl "
