@@ -244,11 +244,18 @@ def _start_pagerhook(st: Stack) -> int:
     from urllib.parse import urlparse
 
     u = urlparse(st.webhook_url)
-    procs.require_free(u.hostname or "127.0.0.1", u.port or 8710, "PagerDuty webhook receiver")
-    p = procs.spawn([sys.executable, "-c", "from rollbackctl.cli import main; main(['paging', 'serve'])"],
-                    st.log("pagerhook"), env={**st.env(), **st.metrics_env("pagerhook")})
+    return _serving(st, "pagerhook", ["paging", "serve"], u.hostname or "127.0.0.1", u.port or 8710,
+                    "PagerDuty webhook receiver", st.metrics_env("pagerhook"))
+
+
+def _serving(st: Stack, name: str, cli: list[str], host: str, port: int, what: str, env: dict[str, str]) -> int:
+    """Start `rollbackctl CLI...` as component `name` on a port that must be free; up once it listens (one
+    that dies first is reported with its log and leaves nothing running)."""
+    procs.require_free(host, port, what)
+    p = procs.spawn([sys.executable, "-c", f"from rollbackctl.cli import main; main({cli!r})"], st.log(name),
+                    env={**st.env(), **env})
     try:
-        procs.wait_tcp(u.hostname or "127.0.0.1", u.port or 8710, 30, p, f"webhook receiver (log {st.log('pagerhook')})")
+        procs.wait_tcp(host, port, 30, p, f"{what} (log {st.log(name)})")
     except BaseException:
         procs.stop(p.pid)
         raise
@@ -257,29 +264,15 @@ def _start_pagerhook(st: Stack) -> int:
 
 def _start_console(st: Stack) -> int:
     """The operator console (`rollbackctl console`) on http://localhost:<ROLLBACKCTL_DEV_CONSOLE_PORT>."""
-    procs.require_free("127.0.0.1", st.dev.console_port, "console")
-    p = procs.spawn([sys.executable, "-c", "from rollbackctl.cli import main; main(['console'])"], st.log("console"),
-                    env={**st.env(), "ROLLBACKCTL_CONSOLE_LISTEN": f"127.0.0.1:{st.dev.console_port}"})
-    try:
-        procs.wait_tcp("127.0.0.1", st.dev.console_port, 30, p, f"console (log {st.log('console')})")
-    except BaseException:
-        procs.stop(p.pid)
-        raise
-    return p.pid
+    return _serving(st, "console", ["console"], "127.0.0.1", st.dev.console_port, "console",
+                    {"ROLLBACKCTL_CONSOLE_LISTEN": f"127.0.0.1:{st.dev.console_port}"})
 
 
 def _start_ofrep(st: Stack) -> int:
     """The OFREP endpoint (`rollbackctl ofrep serve`) on 127.0.0.1:<ROLLBACKCTL_DEV_OFREP_PORT>."""
-    procs.require_free("127.0.0.1", st.dev.ofrep_port, "OFREP endpoint")
-    p = procs.spawn([sys.executable, "-c", "from rollbackctl.cli import main; main(['ofrep', 'serve'])"], st.log("ofrep"),
-                    env={**st.env(), "ROLLBACKCTL_OFREP_LISTEN": f"127.0.0.1:{st.dev.ofrep_port}",
-                         "ROLLBACKCTL_OFREP_TOKEN": st.ofrep_token})
-    try:
-        procs.wait_tcp("127.0.0.1", st.dev.ofrep_port, 30, p, f"OFREP endpoint (log {st.log('ofrep')})")
-    except BaseException:
-        procs.stop(p.pid)
-        raise
-    return p.pid
+    return _serving(st, "ofrep", ["ofrep", "serve"], "127.0.0.1", st.dev.ofrep_port, "OFREP endpoint",
+                    {"ROLLBACKCTL_OFREP_LISTEN": f"127.0.0.1:{st.dev.ofrep_port}",
+                     "ROLLBACKCTL_OFREP_TOKEN": st.ofrep_token})
 
 
 def check(st: Stack) -> None:
