@@ -48,6 +48,16 @@ def _observe_applied(name: str, rec: dict[str, Any], revision: int) -> None:
     metrics.SWITCH_PROPAGATION.labels(name).observe(max(0.0, time.time() - t.timestamp()))
 
 
+async def _cancelled(task: asyncio.Task | None) -> None:
+    """Cancel a background task and wait until it has ended (its own errors are not the caller's)."""
+    if task:
+        task.cancel()
+        try:
+            await task
+        except (asyncio.CancelledError, Exception):
+            pass
+
+
 class Receipt:
     """This consumer instance's receipt, `<prefix>consumers/<id>` = {"id", "applied_revision", "at", "host",
     "pid"}: the store revision it has applied, written after each change it applied and refreshed every
@@ -90,12 +100,7 @@ class Receipt:
         self._task = asyncio.create_task(self._refresh(), name="consumer-receipt")
 
     async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            try:
-                await self._task
-            except (asyncio.CancelledError, Exception):
-                pass
+        await _cancelled(self._task)
         if self.lease:
             try:
                 await self.etcd.lease_revoke(self.lease)  # gone at once, not after the TTL
@@ -132,12 +137,7 @@ class SwitchWatcher:
     async def stop(self) -> None:
         if self.receipt is not None:
             await self.receipt.stop()
-        if self._task:
-            self._task.cancel()
-            try:
-                await self._task
-            except (asyncio.CancelledError, Exception):
-                pass
+        await _cancelled(self._task)
 
     async def _emit(self, upd: SwitchUpdate) -> None:
         if self.on_change is None:
