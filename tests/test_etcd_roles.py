@@ -54,22 +54,28 @@ def client(srv, user: str) -> Etcd:
     return Etcd([srv.endpoint], username=user, password=USERS[user])
 
 
+def laptop_env(roles_etcd, dev_env, task_queue: str, prefix: str, tmp_path, signers: Signers, *names: str) -> dict:
+    """An operator's machine: the read-only etcd user, and the private keys of `names` in a 0700 directory."""
+    key_dir = tmp_path / "keys"
+    key_dir.mkdir(mode=0o700)
+    for name in names:
+        fd = os.open(key_dir / f"{name}.key", os.O_WRONLY | os.O_CREAT, 0o600)
+        os.write(fd, signers.keys[name].private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                      serialization.NoEncryption()))
+        os.close(fd)
+    return {"ROLLBACKCTL_ETCD_ENDPOINTS": roles_etcd.endpoint, "ROLLBACKCTL_ETCD_PREFIX": prefix,
+            "ROLLBACKCTL_ETCD_USERNAME": "oncall-laptop", "ROLLBACKCTL_ETCD_PASSWORD": USERS["oncall-laptop"],
+            "TEMPORAL_ADDRESS": dev_env.client.service_client.config.target_host,
+            "ROLLBACKCTL_TASK_QUEUE": task_queue, "ROLLBACKCTL_KEY_DIR": str(key_dir)}
+
+
 async def test_operators_read_only_the_worker_writes(roles_etcd, dev_env, task_queue, tmp_path):
     signers = Signers()
     async with client(roles_etcd, "root") as root:  # bootstrap, once, by an administrator
         admin = SwitchStore(root, PREFIX)
         await admin.init(super_admin="alice", public_key=signers.public("alice"))
         await admin.add_operator("rita", Role.RISK_MANAGER, actor="alice", public_key=signers.public("rita"))
-    key_dir = tmp_path / "keys"
-    key_dir.mkdir(mode=0o700)
-    fd = os.open(key_dir / "rita.key", os.O_WRONLY | os.O_CREAT, 0o600)
-    os.write(fd, signers.keys["rita"].private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                                    serialization.NoEncryption()))
-    os.close(fd)
-    laptop = {"ROLLBACKCTL_ETCD_ENDPOINTS": roles_etcd.endpoint, "ROLLBACKCTL_ETCD_PREFIX": PREFIX,
-              "ROLLBACKCTL_ETCD_USERNAME": "oncall-laptop", "ROLLBACKCTL_ETCD_PASSWORD": USERS["oncall-laptop"],
-              "TEMPORAL_ADDRESS": dev_env.client.service_client.config.target_host,
-              "ROLLBACKCTL_TASK_QUEUE": task_queue, "ROLLBACKCTL_KEY_DIR": str(key_dir)}
+    laptop = laptop_env(roles_etcd, dev_env, task_queue, PREFIX, tmp_path, signers, "rita")
 
     async with client(roles_etcd, "rollbackctl-worker") as w, client(roles_etcd, "oncall-laptop") as o:
         mine = SwitchStore(o, PREFIX)
@@ -117,17 +123,7 @@ async def test_every_operator_command_runs_with_a_read_only_etcd_user(roles_etcd
         await admin.init(super_admin="alice", public_key=signers.public("alice"))
         for name, role in (("rita", Role.RISK_MANAGER), ("sam", Role.SUPER_ADMIN), ("oscar", Role.ON_CALL)):
             await admin.add_operator(name, role, actor="alice", public_key=signers.public(name))
-    key_dir = tmp_path / "keys"
-    key_dir.mkdir(mode=0o700)
-    for name in ("alice", "rita", "sam", "oscar"):
-        fd = os.open(key_dir / f"{name}.key", os.O_WRONLY | os.O_CREAT, 0o600)
-        os.write(fd, signers.keys[name].private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                                      serialization.NoEncryption()))
-        os.close(fd)
-    laptop = {"ROLLBACKCTL_ETCD_ENDPOINTS": roles_etcd.endpoint, "ROLLBACKCTL_ETCD_PREFIX": prefix,
-              "ROLLBACKCTL_ETCD_USERNAME": "oncall-laptop", "ROLLBACKCTL_ETCD_PASSWORD": USERS["oncall-laptop"],
-              "TEMPORAL_ADDRESS": dev_env.client.service_client.config.target_host,
-              "ROLLBACKCTL_TASK_QUEUE": task_queue, "ROLLBACKCTL_KEY_DIR": str(key_dir)}
+    laptop = laptop_env(roles_etcd, dev_env, task_queue, prefix, tmp_path, signers, "alice", "rita", "sam", "oscar")
     quick = ["--observe", "1s", "--interval", "500ms", "--restore-observe", "1s"]
 
     async def cli(*args: str, want: int = 0):
@@ -240,16 +236,7 @@ async def test_console_writes_only_its_own_keys_and_passkeys_are_approved_throug
         admin = SwitchStore(root, prefix)
         await admin.init(super_admin="alice", public_key=signers.public("alice"))
         await admin.add_operator("rita", Role.RISK_MANAGER, actor="alice", public_key=signers.public("rita"))
-    key_dir = tmp_path / "keys"
-    key_dir.mkdir(mode=0o700)
-    fd = os.open(key_dir / "alice.key", os.O_WRONLY | os.O_CREAT, 0o600)
-    os.write(fd, signers.keys["alice"].private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                                     serialization.NoEncryption()))
-    os.close(fd)
-    laptop = {"ROLLBACKCTL_ETCD_ENDPOINTS": roles_etcd.endpoint, "ROLLBACKCTL_ETCD_PREFIX": prefix,
-              "ROLLBACKCTL_ETCD_USERNAME": "oncall-laptop", "ROLLBACKCTL_ETCD_PASSWORD": USERS["oncall-laptop"],
-              "TEMPORAL_ADDRESS": dev_env.client.service_client.config.target_host,
-              "ROLLBACKCTL_TASK_QUEUE": task_queue, "ROLLBACKCTL_KEY_DIR": str(key_dir)}
+    laptop = laptop_env(roles_etcd, dev_env, task_queue, prefix, tmp_path, signers, "alice")
     async with Etcd([roles_etcd.endpoint], username=f"console-{prefix.strip('/')}", password="console-pw") as c, \
             client(roles_etcd, "rollbackctl-worker") as w:
         console_store = SwitchStore(c, prefix)
