@@ -40,6 +40,7 @@ from contracts.emergency import (
     EmergencyRequest,
     emergency_id,
 )
+from core.aio import wait_set
 from contracts.trading_core import CoreActionInput
 from core import identity
 from manual import emergency
@@ -218,10 +219,7 @@ class EmergencyReconciler:
                     log.warning("emergency move %s: follow-up workflow opened (Temporal is back)", change_id)
             except Exception as e:  # Temporal or etcd still down: the next round tries again
                 log.info("emergency follow-ups: %s: %s", type(e).__name__, e)
-            try:
-                await asyncio.wait_for(stop.wait(), every_s)
-            except asyncio.TimeoutError:
-                pass
+            await wait_set(stop, every_s)
 
 
 def temporal_starter(client, task_queue: str) -> Callable[[str], Awaitable[bool]]:

@@ -21,6 +21,7 @@ from datetime import datetime, timezone
 from typing import Any, Awaitable, Callable
 
 from core import metrics
+from core.aio import wait_set, within
 from core.etcd import EtcdCompacted, EtcdError, EtcdUnavailable
 from core.watcher import SwitchUpdate, SwitchWatcher
 from manual import alerts, switches
@@ -132,10 +133,7 @@ class MatrixMetrics:
                 metrics.AUDIT_VERIFY_TIME.set(time.time())
             except Exception as e:  # etcd away: the timestamp goes stale, which the alert sees
                 log.warning("metrics: audit verification could not run (%s)", e)
-            try:
-                await asyncio.wait_for(stop.wait(), self.verify_every_s)
-            except asyncio.TimeoutError:
-                pass
+            await wait_set(stop, self.verify_every_s)
 
 
 def _replace(gauge, values: dict[tuple[str, ...], float], keep: set[tuple[str, ...]]) -> set[tuple[str, ...]]:
@@ -168,10 +166,7 @@ class WorkflowMetrics:
             except Exception as e:  # Temporal away: the gauges keep their last values; the counter says so
                 metrics.COLLECTIONS.labels("failed").inc()
                 log.warning("metrics: workflow collection failed (%s)", e)
-            try:
-                await asyncio.wait_for(stop.wait(), self.every_s)
-            except asyncio.TimeoutError:
-                pass
+            await wait_set(stop, self.every_s)
 
     async def _query(self, wid: str, name: str):
         from contracts.incidents import IncidentState
@@ -179,8 +174,8 @@ class WorkflowMetrics:
 
         types = {"progress": Progress, "state": IncidentState, "status": dict}  # the canary's status: its JSON
         try:
-            return await asyncio.wait_for(
-                self.client.get_workflow_handle(wid).query(name, result_type=types[name]), self.query_timeout_s)
+            return await within(self.query_timeout_s,
+                                self.client.get_workflow_handle(wid).query(name, result_type=types[name]))
         except Exception:  # no worker answers now, or it closed meanwhile: left out of this round
             return None
 
@@ -271,7 +266,4 @@ class TaskQueueMetrics:
                 await self.collect()
             except Exception as e:  # Temporal away: stale values; the heartbeat alerts see the rest
                 log.warning("metrics: task queue collection failed (%s)", e)
-            try:
-                await asyncio.wait_for(stop.wait(), self.every_s)
-            except asyncio.TimeoutError:
-                pass
+            await wait_set(stop, self.every_s)

@@ -40,6 +40,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from core import metrics
 from contracts.changes import ActorKind, Authority, ChangeSetRequest, SwitchChange
+from core.aio import within
 from manual import alerts, approvals
 from manual.roles import MONITOR_IDENTITY
 from contracts.incidents import (
@@ -405,7 +406,7 @@ class Monitor:
         error = ""
         t0 = time.perf_counter()
         try:
-            health = await asyncio.wait_for(self.read_health(self.timeout_s), self.timeout_s + 0.25)
+            health = await within(self.timeout_s + 0.25, self.read_health(self.timeout_s))
         except asyncio.CancelledError:
             raise
         except Exception as e:  # 500s, timeouts, refused connections, a broken body: input, not a crash

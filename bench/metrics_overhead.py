@@ -20,6 +20,7 @@ import httpx
 from bench import critical_rollback, propagation
 from bench.stack import BenchStack
 from bench.stats import summary
+from core.aio import wait_set
 from core.temporal_client import connect
 from rollbackctl import devstack
 
@@ -60,10 +61,7 @@ async def _scrape(urls: list[str], stop: asyncio.Event) -> None:
                     (await http.get(u)).raise_for_status()
                 except httpx.HTTPError:
                     pass
-            try:
-                await asyncio.wait_for(stop.wait(), SCRAPE_S)
-            except asyncio.TimeoutError:
-                pass
+            await wait_set(stop, SCRAPE_S)
 
 
 async def run(st: BenchStack, rounds: int = 3, runs: int = 20, changes: int = 60) -> dict:

@@ -43,6 +43,7 @@ os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 import grpc  # noqa: E402
 from aetcd import rpc
 
+from core.aio import within
 from core.settings import EtcdSettings
 
 
@@ -272,8 +273,8 @@ class Etcd:
             if left <= 0:
                 raise EtcdUnavailable(f"{target}: no answer within {self.connect_timeout:g}s")
             try:
-                await asyncio.wait_for(ch.wait_for_state_change(state), left)
-            except asyncio.TimeoutError:
+                await within(left, ch.wait_for_state_change(state))
+            except TimeoutError:
                 raise EtcdUnavailable(f"{target}: no answer within {self.connect_timeout:g}s") from None
             state = ch.get_state()
 

@@ -33,6 +33,7 @@ from contracts.trading_core import (
     ExposureReport,
     HealthSnapshot,
 )
+from core.aio import wait_set
 from simulator.core import ActionError, PagingConfig, Simulator
 from simulator.faults import ApiFaults, FaultError
 
@@ -87,10 +88,7 @@ def _malform(f: ApiFaults, status: int, payload: Any, headers: dict[str, str]) -
 async def _strike(sim: Simulator, f: ApiFaults) -> Response | None:
     """The failure this request gets, if any (None: answer normally)."""
     if f.api_timeout:
-        try:
-            await asyncio.wait_for(sim.release_event.wait(), f.api_timeout_s or 30.0)
-        except asyncio.TimeoutError:
-            pass
+        await wait_set(sim.release_event, f.api_timeout_s or 30.0)
         return JSONResponse({"error": "gateway_timeout", "detail": "injected timeout"}, 504)
     if f.api_status is not None:
         code = f.api_status

@@ -165,3 +165,25 @@ def test_tests_take_helpers_from_tests_support_only():
     """One helpers package: a test module imports tests/support/, never another test module (which
     would also make pytest's collection and fixtures depend on import order)."""
     assert _test_module_imports() == []
+
+
+def _wait_for_calls(paths) -> list[str]:
+    """`asyncio.wait_for(...)` calls: on Python 3.11 it can lose a cancellation (core/aio.py)."""
+    bad = []
+    for p in paths:
+        for node in ast.walk(ast.parse(p.read_text(), filename=str(p))):
+            f = node.func if isinstance(node, ast.Call) else None
+            if isinstance(f, ast.Attribute) and f.attr == "wait_for" and getattr(f.value, "id", None) == "asyncio":
+                bad.append(f"{p.relative_to(ROOT) if p.is_relative_to(ROOT) else p.name}:{node.lineno}")
+    return bad
+
+
+def test_the_product_never_times_out_with_asyncio_wait_for(tmp_path):
+    """A monitor cancelled as its read completed went on polling (CI, stop 29): 3.11's wait_for returned
+    the read and dropped the cancellation (CPython gh-86296). core/aio.py's `within` and `wait_set`
+    are built on asyncio.timeout, which keeps it."""
+    product = [ROOT / "worker.py", *(p for pkg in (*PACKAGES - {"worker"}, "bench") for p in (ROOT / pkg).rglob("*.py"))]
+    assert _wait_for_calls(product) == []
+    seen = tmp_path / "x.py"
+    seen.write_text("import asyncio\nasync def f(e):\n    await asyncio.wait_for(e.wait(), 1)\n")
+    assert _wait_for_calls([seen]) == ["x.py:3"]

@@ -217,6 +217,30 @@ async def test_run_loop_polls_at_the_interval_and_stops():
     assert 8 <= state.polls <= 16 and beats == list(range(1, state.polls + 1))
 
 
+async def test_a_cancellation_that_arrives_as_a_read_completes_stops_the_loop():
+    """Python 3.11's `asyncio.wait_for` returns the inner result when the cancellation lands after the
+    inner read finished but before wait_for resumed, and the cancellation is lost (CPython gh-86296,
+    fixed in 3.12 by building wait_for on asyncio.timeout). The monitor timed its reads with it: CI saw
+    a cancelled monitor go on polling (stop 29, test_incident_e2e). Here the read itself schedules the
+    cancellation, so it lands in exactly that window, every time."""
+    core, port = Core(), Port()
+    m = Monitor(MonitorInput(interval_s=0.01), core.read, port)
+    loop = asyncio.get_running_loop()
+    task: asyncio.Task | None = None
+    plain = core.read
+
+    async def read(timeout_s: float) -> dict:
+        if core.reads == 2:
+            loop.call_soon(task.cancel)  # runs before the read task's done callbacks wake wait_for
+        return await plain(timeout_s)
+
+    m.read_health = read
+    task = asyncio.create_task(m.run())
+    done, _ = await asyncio.wait({task}, timeout=5)
+    assert done, f"the monitor went on polling after its cancellation ({core.reads} reads)"
+    assert task.cancelled() and core.reads == 3
+
+
 # -- auto mode switch (real etcd) ----------------------------------------------------------------------------
 class Guard:
     def __init__(self) -> None:

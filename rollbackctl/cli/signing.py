@@ -13,6 +13,7 @@ from datetime import timedelta
 from typing import Any
 
 from core import identity
+from core.aio import within
 from rollbackctl.cli.common import CliError
 
 _warned = False
@@ -141,7 +142,7 @@ async def submit(proof: identity.Proof, wait: bool = False, wait_s: float | None
                     result = asyncio.ensure_future(h.result())
             if not wait:
                 try:
-                    p = await asyncio.wait_for(h.query("progress", result_type=Progress), QUERY_TIMEOUT_S)
+                    p = await within(QUERY_TIMEOUT_S, h.query("progress", result_type=Progress))
                     if p.awaiting is not None:
                         return None, p
                 except (asyncio.TimeoutError, RPCError, WorkflowQueryFailedError) as e:

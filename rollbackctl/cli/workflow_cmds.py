@@ -14,6 +14,7 @@ import sys
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
+from core.aio import within
 from rollbackctl.cli.common import CliError, print_json
 
 _DUR = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h|d)$")
@@ -499,7 +500,7 @@ async def truthful_progress(client, wid: str):
     temporal = st.name.lower()
     note = None
     try:
-        p = await asyncio.wait_for(_progress(client, wid), QUERY_TIMEOUT_S)
+        p = await within(QUERY_TIMEOUT_S, _progress(client, wid))
     except (asyncio.TimeoutError, RPCError, WorkflowQueryFailedError) as e:
         why = "no answer within %gs" % QUERY_TIMEOUT_S if isinstance(e, asyncio.TimeoutError) else str(e)[:160]
         note = f"its progress could not be read ({why}): is a worker running on its task queue?"

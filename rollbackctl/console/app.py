@@ -42,6 +42,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from contracts.roles import Role
+from core.aio import wait_set
 from core.settings import ConsoleSettings
 from rollbackctl.console import auth, timeline
 from rollbackctl.console.common import WID_RE, Denied
@@ -389,11 +390,8 @@ class Console:
                     yield "event: fragment\n" + "".join(f"data: {line}\n" for line in html.split("\n")) + "\n"
                 else:
                     yield ": still here\n\n"
-                try:
-                    await asyncio.wait_for(self.closing.wait(), self.settings.live_s)
+                if await wait_set(self.closing, self.settings.live_s):
                     return
-                except asyncio.TimeoutError:
-                    pass
 
         return StreamingResponse(stream(), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})

@@ -17,6 +17,7 @@ from typing import Any
 from activities.audit_verify import Report, verify
 from activities.switch_store import SwitchStore
 from contracts.changes import Operator
+from core.aio import within
 from core.settings import TemporalSettings
 from core.watcher import SwitchWatcher
 from manual import switches
@@ -107,8 +108,8 @@ class ConsoleData:
     # -- workflows ---------------------------------------------------------------------------------
     async def _query(self, wid: str, name: str, result_type):
         try:
-            return await asyncio.wait_for(
-                self.client.get_workflow_handle(wid).query(name, result_type=result_type), QUERY_TIMEOUT_S)
+            return await within(QUERY_TIMEOUT_S,
+                                self.client.get_workflow_handle(wid).query(name, result_type=result_type))
         except Exception:
             return None
 
