@@ -15,6 +15,7 @@ from temporalio.exceptions import ApplicationError
 from activities.switch_store import SwitchStore, application_error
 from contracts import errors
 from contracts.changes import ChangeSetRequest, ChangeSetResult, SeenRecord, Snapshot
+from contracts.fleet import FLEET_ACTIVITY, FleetApplied, FleetWaitInput
 from core import identity
 
 
@@ -90,6 +91,16 @@ class SwitchActivities:
                       passkeys={o.name: [pk.key for pk in o.passkeys if pk.key] for o in ops
                                 if any(pk.key for pk in o.passkeys)})
 
+    @activity.defn(name=FLEET_ACTIVITY)
+    async def wait_fleet(self, inp: FleetWaitInput) -> FleetApplied:
+        """Every live consumer at `inp.revision`? Never fails on stragglers: it says who (the workflow pages)."""
+        from activities.fleet import wait_fleet
+
+        try:
+            return await wait_fleet(self.store.etcd, self.store.prefix, inp)
+        except Exception as e:
+            raise application_error(e) from e
+
     @activity.defn(name="switch.record_seen")
     async def record_seen(self, seen: SeenRecord) -> str:
         """An alert acknowledged/resolved in PagerDuty, in the audit trail (no switch changes)."""
@@ -113,5 +124,5 @@ class SwitchActivities:
 
     def methods(self) -> list:
         """Every activity of this class (workers register them all)."""
-        return [self.apply, self.snapshot, self.roster, self.record_seen, self.claim_canary_seq]
+        return [self.apply, self.snapshot, self.roster, self.record_seen, self.claim_canary_seq, self.wait_fleet]
 

@@ -40,6 +40,17 @@ class Latency(str, Enum):
     CRITICAL = "<1s"
     NORMAL = "<5s"
 
+    @property
+    def seconds(self) -> float:
+        """The class as a deadline: every live consumer applies a change within it (contracts/fleet.py)."""
+        return float(self.value.removeprefix("<").removesuffix("s"))
+
+
+def latency_s(names) -> float:
+    """The strictest latency class among these switches (a change set is as urgent as its most urgent
+    switch); the normal class when none is known."""
+    return min((BY_NAME[n].latency.seconds for n in names if n in BY_NAME), default=Latency.NORMAL.seconds)
+
 
 ROUTING_MODES = ("HL_MODE", "NORMAL_MODE", "BETTING_MODE")
 _SYMBOL = re.compile(r"^[A-Z0-9]{1,15}$")

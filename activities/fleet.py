@@ -1,0 +1,84 @@
+"""Wait for the fleet: every live consumer's receipt at a revision (contracts/fleet.py).
+
+One read of `<prefix>consumers/`, then a watch on it from the revision of that read: no polling, and
+a receipt written between the two is not missed. A consumer whose lease ends meanwhile (a dead
+instance, or a clean stop) drops out; one that registers meanwhile counts too (it loaded the matrix
+before it registered, so its first receipt already says what it applied). The clock starts when the
+wait starts, just after the write (the activity runs right after `switch.apply`): a consumer's
+time-to-apply is counted from there, so the scheduling gap of a few milliseconds is not counted.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+from contracts.fleet import FleetApplied, FleetWaitInput, Straggler
+from core.aio import within
+from core.etcd import Etcd, EtcdError
+
+
+def _receipt(value: bytes) -> dict | None:
+    try:
+        r = json.loads(value)
+    except ValueError:
+        return None
+    return r if isinstance(r, dict) and isinstance(r.get("applied_revision"), int) else None
+
+
+async def wait_fleet(etcd: Etcd, prefix: str, inp: FleetWaitInput, clock=time.monotonic) -> FleetApplied:
+    base = f"{prefix}consumers/"
+    start = clock()
+    kvs, read_rev = await etcd.get_prefix(base)
+    live: dict[str, dict] = {}
+    for kv in kvs:
+        r = _receipt(kv.value)
+        if r is not None:
+            live[kv.key[len(base):]] = r
+    applied_at: dict[str, float] = {cid: 0.0 for cid, r in live.items() if r["applied_revision"] >= inp.revision}
+    counted = set(live)
+    dropped: list[str] = []
+
+    def done() -> bool:
+        return all(cid in applied_at for cid in live)
+
+    async def follow() -> None:
+        async for batch in etcd.watch_prefix(base, read_rev + 1):
+            now = clock() - start
+            for ev in batch:
+                cid = ev.kv.key[len(base):]
+                if ev.type == "delete":
+                    if live.pop(cid, None) is not None and cid not in applied_at:
+                        dropped.append(cid)
+                    continue
+                r = _receipt(ev.kv.value)
+                if r is None:
+                    continue
+                live[cid] = r
+                counted.add(cid)
+                if r["applied_revision"] >= inp.revision and cid not in applied_at:
+                    applied_at[cid] = now
+            if done():
+                return
+
+    if not done():
+        try:
+            await within(max(0.0, inp.timeout_s - (clock() - start)), follow())
+        except (TimeoutError, EtcdError):
+            pass  # what was seen by then is the answer; a dropped watch is reported as not applied
+    waited = clock() - start
+    wall = time.time()
+    ids = sorted(c for c in counted if c in live or c in applied_at)
+    on_time = {c: round(applied_at[c], 4) for c in ids if c in applied_at and applied_at[c] <= inp.class_s}
+    stragglers = []
+    for c in ids:
+        if c in on_time:
+            continue
+        r = live.get(c, {})
+        seen = r.get("at")
+        stragglers.append(Straggler(
+            id=c, applied_revision=int(r.get("applied_revision", inp.revision if c in applied_at else 0)),
+            applied_after_s=round(applied_at[c], 4) if c in applied_at else None,
+            seen_s_ago=round(wall - float(seen), 1) if isinstance(seen, (int, float)) else None))
+    return FleetApplied(revision=inp.revision, class_s=inp.class_s, consumers=ids, on_time=on_time,
+                        stragglers=stragglers, dropped=sorted(set(dropped)), waited_s=round(waited, 4))
