@@ -26,6 +26,8 @@ with workflow.unsafe.imports_passed_through():
     )
     from activities.temporal_ops import TemporalOps
     from activities.trading_core import TradingCoreActivities
+    from contracts.fleet import FleetApplied, FleetWaitInput
+    from manual import switches as matrix
     from manual.steps import ApplySwitches, Observe
 from workflows.base import SWITCH_RETRY, CORE_RETRY, CORE_ACTION_HORIZON, root_cause
 
@@ -142,6 +144,23 @@ class ActivityGateway:
             if isinstance(cause, ApplicationError) and cause.type == "Maintenance":
                 return f"revision {revision} written; the trading core is in maintenance mode (503)"
             return f"revision {revision} written; trading core did not confirm it applied: {cause}"
+
+    async def verify_fleet(self, res: ChangeSetResult, timeout: timedelta) -> FleetApplied | None:
+        """Every live registered consumer at the change's revision, within its latency class (the strictest
+        of its switches); None when the wait itself could not run (etcd away: said in the step)."""
+        class_s = matrix.latency_s(c.switch for c in res.changes)
+        try:
+            return await workflow.execute_activity_method(
+                SwitchActivities.wait_fleet,
+                FleetWaitInput(revision=res.revision, class_s=class_s,
+                               timeout_s=max(class_s, timeout.total_seconds())),
+                start_to_close_timeout=max(timedelta(seconds=class_s), timeout) + timedelta(seconds=5),
+                retry_policy=RetryPolicy(maximum_attempts=2),
+                summary=f"wait until every live consumer applied etcd revision {res.revision} (<{class_s:g}s)",
+            )
+        except FailureError as e:
+            workflow.logger.warning("fleet receipts for revision %s not read: %s", res.revision, root_cause(e))
+            return None
 
     async def pause_canaries(self) -> str | None:
         """Signal running canaries to pause (nothing promotes over a rollback)."""

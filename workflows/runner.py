@@ -299,9 +299,27 @@ class Runner(ActivityGateway, Alerting, DecisionGate):
             raise StepFailed(msg) from e
         detail = f"audit {res.audit_id}, etcd revision {res.revision}" + (" (already applied)" if res.replayed else "")
         if step.verify_applied:
-            detail += "; " + await self.verify_applied(res.revision, step.verify_timeout)
+            if workflow.patched("fleet-receipts"):
+                detail += "; " + await self.verify_everywhere(res, step)
+            else:
+                detail += "; " + await self.verify_applied(res.revision, step.verify_timeout)
         self._end(rec, "ok", detail)
         return res
+
+    async def verify_everywhere(self, res: ChangeSetResult, step: ApplySwitches) -> str:
+        """The trading core's own confirmation and every registered consumer's receipt, side by side; a
+        consumer past the change's latency class is paged (critical for a <1 s switch) and named here."""
+        core, fleet = await asyncio.gather(self.verify_applied(res.revision, step.verify_timeout),
+                                           self.verify_fleet(res, step.verify_timeout))
+        if fleet is None:
+            return f"{core}; consumers' receipts could not be read"
+        if fleet.stragglers:
+            critical = fleet.class_s <= 1.0
+            await self.notify(f"{self.wid} step {step.name}: consumers did not apply etcd revision {res.revision} "
+                              f"within {fleet.class_s:g}s: {fleet.summary()} (`rollbackctl consumers`)",
+                              page=True, severity="critical" if critical else "warning", kind="straggler",
+                              wait=False)
+        return f"{core}; {fleet.summary()}"
 
     async def run_core_actions(self, step: CoreActions) -> list[ActionOutcome]:
         """Each action once (idempotency key per step occurrence); returns what happened to each."""
