@@ -154,8 +154,8 @@ async def submit(proof: identity.Proof, wait: bool = False, wait_s: float | None
             result.cancel()
 
 
-def report(res, pending, what: str, as_json: bool) -> int:
-    """Print a change request's outcome; the exit code."""
+def report(res, pending, what: str, as_json: bool, extra: dict | None = None) -> int:
+    """Print a change request's outcome; the exit code. `extra`: more keys for the JSON of an applied one."""
     from rollbackctl.cli.common import print_json
     from core.settings import TemporalSettings
 
@@ -175,7 +175,7 @@ def report(res, pending, what: str, as_json: bool) -> int:
     if res.status in ("expired", "withdrawn"):
         raise CliError(f"{what}: {res.detail}", 4)
     if as_json:
-        print_json(res.model_dump(mode="json"))
+        print_json({**res.model_dump(mode="json"), **(extra or {})})
     return 0
 
 

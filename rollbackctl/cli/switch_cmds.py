@@ -57,6 +57,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "switch a running rollback, degradation or canary holds")
     p.add_argument("--dry-run", action="store_true",
                    help="print old -> new, who may approve it, the two-person rule and any warning; write nothing")
+    p.add_argument("--wait-applied", action="store_true",
+                   help="then wait until every live consumer (`rollbackctl consumers`) applied it: within the "
+                        "switch's latency class, or it names the stragglers (exit 10 if one has not applied it "
+                        "after 10 s)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_set)
 
@@ -255,12 +259,39 @@ async def cmd_set(args) -> int:
     )
     async with switch_store() as store:
         res = await store.apply(req)
+    fleet = await _wait_fleet(sw, res.revision) if args.wait_applied else None
     if args.json:
-        print_json(res.model_dump())
-        return 0
+        print_json({**res.model_dump(), **({"fleet": fleet.model_dump()} if fleet else {})})
+        return _fleet_code(fleet)
     for c in res.changes:
         print(f"{c.switch}: {sw.render(c.old)} -> {sw.render(c.new)}  (audit {res.audit_id}, etcd revision {res.revision})")
-    return 0
+    return _report_fleet(fleet)
+
+
+FLEET_TIMEOUT_S = 10.0  # the manual: effective everywhere within 10 s; a straggler is still waited for until then
+
+
+async def _wait_fleet(sw, revision: int):
+    from activities.fleet import wait_fleet
+    from contracts.fleet import FleetWaitInput
+
+    async with switch_store() as store:
+        return await wait_fleet(store.etcd, store.prefix, FleetWaitInput(
+            revision=revision, class_s=sw.latency.seconds, timeout_s=max(FLEET_TIMEOUT_S, sw.latency.seconds)))
+
+
+def _fleet_code(fleet) -> int:
+    """Exit 10 when a live consumer had not applied the change when the wait ended."""
+    return 10 if fleet is not None and not fleet.complete else 0
+
+
+def _report_fleet(fleet) -> int:
+    if fleet is None:
+        return 0
+    print(("applied everywhere: " if not fleet.stragglers else "STRAGGLERS: ") + fleet.summary())
+    if fleet.stragglers:
+        print("  see `rollbackctl consumers`; a consumer not at the revision still acts on the old value")
+    return _fleet_code(fleet)
 
 
 HOLDERS = ("rollback-", "degrade-", "canary-")  # workflow ids whose change sets hold switches until they end
@@ -338,7 +369,10 @@ async def _set_signed(args, sw, value, expected, st) -> int:
                                       f"value ({sw.name}={sw.render(sw.rollback_value)}) or `degrade 1|2`") from None
         out = await signing.emergency_submit(proof)  # the same signed request: its nonce lands in one lane only
         return signing.report_emergency(out, f"{sw.name}={sw.render(value)}", args.actor, proof.key_id, args.json)
-    code = signing.report(res, pending, f"{sw.name}={sw.render(value)}", args.json)
+    applied = pending is None and res.status == "applied" and res.outcome is not None and res.outcome.result
+    fleet = await _wait_fleet(sw, res.outcome.result.revision) if args.wait_applied and applied else None
+    code = signing.report(res, pending, f"{sw.name}={sw.render(value)}", args.json,
+                          extra={"fleet": fleet.model_dump()} if fleet else None)
     if code == 0 and not args.json:
         r = res.outcome.result
         for c in r.changes:
@@ -346,6 +380,8 @@ async def _set_signed(args, sw, value, expected, st) -> int:
                   f"{r.revision}; signed by {args.actor}, key {proof.key_id}"
                   + (f"; approved by {', '.join(res.approved_by[1:])}" if len(res.approved_by) > 1 else "")
                   + (f"; BREAK-GLASS: {args.break_glass}" if args.break_glass else "") + ")")
+    if code == 0 and fleet is not None:
+        return _fleet_code(fleet) if args.json else _report_fleet(fleet)
     return code
 
 

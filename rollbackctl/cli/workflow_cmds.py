@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
 from core.aio import within
-from rollbackctl.cli.common import CliError, print_json
+from rollbackctl.cli.common import CliError, print_json, switch_store
 
 _DUR = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h|d)$")
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -126,8 +126,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 async def _operator_role(actor: str):
-    from rollbackctl.cli.common import switch_store
-
     async with switch_store() as store:
         op = await store.operator(actor)
     if op is None:
@@ -610,6 +608,36 @@ async def _follow(client, wid: str, as_json: bool) -> int:
         await asyncio.sleep(1.0)
 
 
+async def _fleet_view() -> dict:
+    """The consumers' receipts against the last switch change: who lags (a straggler acts on old values)."""
+    import time
+
+    from core.etcd import EtcdError
+
+    try:
+        async with switch_store() as store:
+            rows, matrix = await store.consumers()
+    except (EtcdError, OSError) as e:
+        return {"error": f"etcd unreadable ({type(e).__name__}: {str(e)[:120]})"}
+    now = time.time()
+    behind = [{"id": r.get("id"), "applied_revision": r.get("applied_revision"),
+               "seen_s_ago": round(now - float(r.get("at", now)), 1)}
+              for r in sorted(rows, key=lambda r: str(r.get("id"))) if r.get("applied_revision", 0) < matrix]
+    return {"matrix_revision": matrix, "live": len(rows), "stragglers": behind}
+
+
+def _fleet_line(f: dict) -> str:
+    if "error" in f:
+        return f"consumers: {f['error']}"
+    if not f["live"]:
+        return f"consumers: none registered (matrix revision {f['matrix_revision']}): nothing confirms a change applied"
+    if not f["stragglers"]:
+        return f"consumers: {f['live']} live, all at the last switch change (revision {f['matrix_revision']})"
+    return (f"STRAGGLERS: {len(f['stragglers'])} of {f['live']} consumers behind the last switch change (revision "
+            f"{f['matrix_revision']}): " + ", ".join(f"{r['id']} at {r['applied_revision']}" for r in f["stragglers"])
+            + " (`rollbackctl consumers`)")
+
+
 async def cmd_status(args) -> int:
     from temporalio.service import RPCError
 
@@ -620,10 +648,12 @@ async def cmd_status(args) -> int:
         rows = []
         async for wf in client.list_workflows("ExecutionStatus = 'Running'"):
             rows.append({"id": wf.id, "type": wf.workflow_type, "started": str(wf.start_time)})
+        fleet = await _fleet_view()
         if args.json:
-            print_json(rows)
+            print_json({"running": rows, "consumers": fleet})
         else:
             print("\n".join(f"  {r['id']:<40} {r['type']:<22} since {r['started']}" for r in rows) or "nothing running")
+            print(_fleet_line(fleet))
         return 0
     wid = await resolve_id(client, args.id)
     if args.follow:

@@ -417,7 +417,8 @@ class Console:
         rows = self.data.matrix_rows(audit)
         w = self.data.watcher
         return {"rows": rows, "revision": w.revision, "off": sum(r["off_default"] for r in rows),
-                "watch_error": w.last_error if w.reconnects and w.last_error else None}
+                "watch_error": w.last_error if w.reconnects and w.last_error else None,
+                "consumers": await self.data.consumers()}
 
     async def ctx_audit(self, request: Request) -> dict[str, Any]:
         q = request.query_params

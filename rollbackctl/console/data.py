@@ -82,6 +82,21 @@ class ConsoleData:
             })
         return rows
 
+    async def consumers(self) -> dict[str, Any]:
+        """Every live consumer's receipt against the last switch change; the stragglers first."""
+        import time
+
+        try:
+            rows, matrix = await self.store.consumers()
+        except Exception as e:  # etcd away: said on the page, not a 500
+            return {"error": f"{type(e).__name__}: {str(e)[:120]}", "rows": [], "matrix": 0, "behind": 0}
+        now = time.time()
+        out = [{"id": r.get("id"), "applied": r.get("applied_revision", 0), "behind": r.get("applied_revision", 0) < matrix,
+                "seen_s_ago": round(now - float(r.get("at", now)), 1), "where": f"{r.get('host')}:{r.get('pid')}"}
+               for r in rows]
+        out.sort(key=lambda r: (not r["behind"], str(r["id"])))
+        return {"rows": out, "matrix": matrix, "behind": sum(r["behind"] for r in out), "error": None}
+
     # -- audit -------------------------------------------------------------------------------------
     async def audit(self) -> AuditView:
         """The whole chain and its verification, re-read only when the head moved."""
