@@ -272,7 +272,34 @@ def _start_ofrep(st: Stack) -> int:
     """The OFREP endpoint (`rollbackctl ofrep serve`) on 127.0.0.1:<ROLLBACKCTL_DEV_OFREP_PORT>."""
     return _serving(st, "ofrep", ["ofrep", "serve"], "127.0.0.1", st.dev.ofrep_port, "OFREP endpoint",
                     {"ROLLBACKCTL_OFREP_LISTEN": f"127.0.0.1:{st.dev.ofrep_port}",
-                     "ROLLBACKCTL_OFREP_TOKEN": st.ofrep_token})
+                     "ROLLBACKCTL_OFREP_TOKEN": st.ofrep_token, "ROLLBACKCTL_CONSUMER_ID": "ofrep-1"})
+
+
+SIM_INSTANCES = ("sim-2", "sim-3")  # beside the simulator (sim-1): the fleet whose receipts a change waits for
+
+
+def _sim_instance(consumer_id: str) -> Callable[[Stack], int]:
+    """Another trading-core instance (`python -m simulator.instance`): up once it follows the matrix and
+    has written its receipt (it says so in its log); one that dies first is reported with its log."""
+    def start(st: Stack) -> int:
+        import time
+
+        log_path = st.log(consumer_id)
+        mark = log_path.stat().st_size if log_path.exists() else 0
+        p = procs.spawn([sys.executable, "-m", "simulator.instance", "--id", consumer_id], log_path, env=st.env())
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if p.poll() is not None:
+                raise RuntimeError(f"simulator instance {consumer_id} exited ({p.returncode}); log {log_path}")
+            with open(log_path, "rb") as f:
+                f.seek(mark)
+                if f"simulator instance {consumer_id}: following".encode() in f.read():
+                    return p.pid
+            time.sleep(0.05)
+        procs.stop(p.pid)
+        raise RuntimeError(f"simulator instance {consumer_id} did not start within 30 s; log {log_path}")
+
+    return start
 
 
 def check(st: Stack) -> None:
@@ -302,6 +329,9 @@ COMPONENTS: list[Component] = [
         lambda st: f"temporal        {st.temporal.temporal_address}  (Web UI {st.ui_url})",
     ),
     Component("sim", _start_sim, lambda st: "simulator       http://%s:%d" % st.sim_hostport + st.metrics_line("sim")),
+    *(Component(cid, _sim_instance(cid), lambda st, cid=cid: f"{cid:<15} another trading-core instance "
+                                                                "(its receipt: `rollbackctl consumers`)")
+      for cid in SIM_INSTANCES),
     Component("worker", _python_component("worker"),
               lambda st: f"worker          task queue {st.temporal.task_queue}  (emergency lane "
                          f"http://127.0.0.1:{st.dev.emergency_port}/v1/emergency, for when Temporal is down)"

@@ -147,6 +147,7 @@ class Ofrep:
 async def serve(listen: str, token: str, ready=None) -> None:
     """`rollbackctl ofrep serve`: one watch, one endpoint, until stopped."""
     import asyncio
+    import os
 
     import uvicorn
 
@@ -155,7 +156,9 @@ async def serve(listen: str, token: str, ready=None) -> None:
 
     es = EtcdSettings()
     etcd = Etcd.from_settings(es)
-    watcher = SwitchWatcher(etcd, es.prefix, observe=False)
+    # ROLLBACKCTL_CONSUMER_ID: the endpoint's receipt (what its cache holds; its clients poll it)
+    watcher = SwitchWatcher(etcd, es.prefix, observe=False,
+                            consumer_id=os.environ.get("ROLLBACKCTL_CONSUMER_ID") or None)
     await watcher.start()
     host, _, port = listen.rpartition(":")
     server = uvicorn.Server(uvicorn.Config(Ofrep(watcher, token).app(), host=host or "127.0.0.1", port=int(port),
