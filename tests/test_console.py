@@ -118,6 +118,39 @@ async def test_audit_page_filters_and_shows_the_verified_chain(store):
         assert "BETTING_MODE" in row and "off default" in row and "rita" in row
 
 
+async def test_the_matrix_page_lists_the_consumers_stragglers_first(store):
+    import json as _json
+
+    from core.watcher import SwitchWatcher
+    from tests.support.fixtures_sim import apply
+
+    async with asgi(store) as (console, c):
+        vic, _ = await signed_in(console, store, "vic")
+        r = await c.get("/matrix", headers=cookie(vic))
+        assert "No consumer has a receipt" in unescape(r.text)
+        a = SwitchWatcher(store.etcd, store.prefix, observe=False, consumer_id="core-a")
+        await a.start()
+        lease = await store.etcd.lease_grant(30)
+        try:
+            res = await apply(store, "alice", hedge_max_leverage=4.5)
+            await store.etcd.put(f"{store.prefix}consumers/core-old", _json.dumps(
+                {"id": "core-old", "applied_revision": res.revision - 1, "at": 0, "host": "h", "pid": 1}).encode(),
+                lease=lease)
+            from tests.support.waits import wait_for_value
+
+            async def page():
+                return unescape((await c.get("/matrix", headers=cookie(vic))).text)
+            text = await wait_for_value(page, lambda t: "1 behind the last switch change" in t
+                                        and 'data-consumer="core-a"' in t, 10, "core-a on the page")
+            table = text.split('id="consumer-table"')[1]
+            assert table.index('data-consumer="core-old"') < table.index('data-consumer="core-a"')
+            old = table.split('data-consumer="core-old"')[1].split("</tr>")[0]
+            assert "straggler" in old and f"<td>{res.revision - 1}</td>" in old
+        finally:
+            await store.etcd.lease_revoke(lease)
+            await a.stop()
+
+
 async def test_maintenance_page(store):
     async with asgi(store) as (console, c):
         r = await c.get("/maintenance")
