@@ -10,6 +10,7 @@ time-to-apply is counted from there, so the scheduling gap of a few milliseconds
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 
@@ -29,43 +30,67 @@ def _receipt(value: bytes) -> dict | None:
 async def wait_fleet(etcd: Etcd, prefix: str, inp: FleetWaitInput, clock=time.monotonic) -> FleetApplied:
     base = f"{prefix}consumers/"
     start = clock()
-    kvs, read_rev = await etcd.get_prefix(base)
     live: dict[str, dict] = {}
-    for kv in kvs:
-        r = _receipt(kv.value)
-        if r is not None:
-            live[kv.key[len(base):]] = r
-    applied_at: dict[str, float] = {cid: 0.0 for cid, r in live.items() if r["applied_revision"] >= inp.revision}
-    counted = set(live)
+    applied_at: dict[str, float] = {}
+    counted: set[str] = set()
     dropped: list[str] = []
+
+    def see(cid: str, r: dict | None, now: float) -> None:
+        if r is None:
+            return
+        live[cid] = r
+        counted.add(cid)
+        if r["applied_revision"] >= inp.revision and cid not in applied_at:
+            applied_at[cid] = now
 
     def done() -> bool:
         return all(cid in applied_at for cid in live)
 
-    async def follow() -> None:
-        async for batch in etcd.watch_prefix(base, read_rev + 1):
-            now = clock() - start
-            for ev in batch:
-                cid = ev.kv.key[len(base):]
-                if ev.type == "delete":
-                    if live.pop(cid, None) is not None and cid not in applied_at:
-                        dropped.append(cid)
-                    continue
-                r = _receipt(ev.kv.value)
-                if r is None:
-                    continue
-                live[cid] = r
-                counted.add(cid)
-                if r["applied_revision"] >= inp.revision and cid not in applied_at:
-                    applied_at[cid] = now
-            if done():
-                return
+    async def read() -> int:
+        """(Re)read every receipt: the first time, and after a dropped watch (what changed meanwhile)."""
+        kvs, rev = await etcd.get_prefix(base)
+        now = clock() - start
+        present = {kv.key[len(base):] for kv in kvs}
+        for cid in [c for c in live if c not in present]:
+            live.pop(cid)
+            if cid not in applied_at:
+                dropped.append(cid)
+        for kv in kvs:
+            see(kv.key[len(base):], _receipt(kv.value), now)
+        return rev
 
+    async def follow(rev: int) -> None:
+        while True:
+            try:
+                async for batch in etcd.watch_prefix(base, rev + 1):
+                    now = clock() - start
+                    for ev in batch:
+                        cid = ev.kv.key[len(base):]
+                        rev = max(rev, ev.kv.mod_revision)
+                        if ev.type == "delete":
+                            if live.pop(cid, None) is not None and cid not in applied_at:
+                                dropped.append(cid)
+                        else:
+                            see(cid, _receipt(ev.kv.value), now)
+                    if done():
+                        return
+            except EtcdError:  # the watch dropped (etcd restarting, compaction): read again, watch from there
+                while True:  # until etcd answers or the caller's deadline cancels this
+                    await asyncio.sleep(0.1)
+                    try:
+                        rev = await read()
+                        break
+                    except EtcdError:
+                        continue
+                if done():
+                    return
+
+    rev = await read()  # etcd unreachable here: the caller's error (nothing could be said)
     if not done():
         try:
-            await within(max(0.0, inp.timeout_s - (clock() - start)), follow())
+            await within(max(0.0, inp.timeout_s - (clock() - start)), follow(rev))
         except (TimeoutError, EtcdError):
-            pass  # what was seen by then is the answer; a dropped watch is reported as not applied
+            pass  # what was seen by then is the answer: who had not applied is named
     waited = clock() - start
     wall = time.time()
     ids = sorted(c for c in counted if c in live or c in applied_at)

@@ -200,3 +200,20 @@ async def test_status_names_the_stragglers_of_the_last_change(dev_env, store, et
         got = json.loads(r.out)["consumers"]
         assert got["live"] == 2 and [s["id"] for s in got["stragglers"]] == ["core-wedged"]
         ws[1]._task.cancel()
+
+
+async def test_the_wait_survives_an_etcd_restart(store, etcd_server):
+    """The watch drops when etcd restarts; the wait reads the receipts again and goes on watching, so an
+    instance that applies after the restart still counts as applied, not as a straggler that never did."""
+    from tests.support.waits import wait_until
+
+    async with consumers(store, {"core-a": 0, "core-b": 2.5}) as ws:
+        res = await apply(store, "alice", routing_mode="BETTING_MODE")
+        task = asyncio.create_task(wait_fleet(store.etcd, store.prefix,
+                                              FleetWaitInput(revision=res.revision, class_s=1, timeout_s=20)))
+        await wait_until(lambda: ws[0].revision >= res.revision, 5, "core-a applied")
+        await asyncio.to_thread(etcd_server.restart)
+        got = await task
+    assert got.complete and got.consumers == ["core-a", "core-b"], got
+    (late,) = got.stragglers
+    assert late.id == "core-b" and late.applied_after_s > 2.5 and got.waited_s < 20
