@@ -66,14 +66,16 @@ def count_record(rec: dict[str, Any]) -> None:
 
 
 class MatrixMetrics:
-    def __init__(self, store, verify: Callable[[], Awaitable[bool]] | None = None, verify_every_s: float = 300.0):
+    def __init__(self, store, verify: Callable[[], Awaitable[bool]] | None = None, verify_every_s: float = 300.0,
+                 consumers_every_s: float = 2.0):
         self.store = store
         self.verify, self.verify_every_s = verify, verify_every_s
+        self.consumers_every_s = consumers_every_s
         self.counted = 0  # the last audit sequence counted
 
     async def run(self, stop: asyncio.Event) -> None:
         watcher = SwitchWatcher(self.store.etcd, self.store.prefix, on_change=self._changed, observe=False)
-        tasks = [asyncio.create_task(self._follow_audit(stop))]
+        tasks = [asyncio.create_task(self._follow_audit(stop)), asyncio.create_task(self._consumers_loop(stop))]
         if self.verify is not None and self.verify_every_s > 0:
             tasks.append(asyncio.create_task(self._verify_loop(stop)))
         try:
@@ -123,6 +125,21 @@ class MatrixMetrics:
         if seq is not None:
             self.counted = seq
             metrics.AUDIT_HEAD.set(seq)
+
+    async def consumers(self) -> None:
+        """Live receipts and how many lag the last switch change: a straggler of any writer's change (a
+        workflow's, `switch set` without --wait-applied, the emergency lane) fires RollbackctlConsumerBehind."""
+        rows, matrix = await self.store.consumers()
+        metrics.CONSUMERS_LIVE.set(len(rows))
+        metrics.CONSUMERS_BEHIND.set(sum(1 for r in rows if int(r.get("applied_revision", 0)) < matrix))
+
+    async def _consumers_loop(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                await self.consumers()
+            except Exception as e:  # etcd away: the gauges keep their last values (the etcd alerts see it)
+                log.warning("metrics: consumers' receipts unreadable (%s)", e)
+            await wait_set(stop, self.consumers_every_s)
 
     async def _verify_loop(self, stop: asyncio.Event) -> None:
         metrics.AUDIT_VERIFY_OK.set(float("nan"))  # not verified yet: neither passing nor failing

@@ -45,6 +45,9 @@ SWITCH_CHANGES = Counter("rollbackctl_switch_changes",
 AUDIT_HEAD = Gauge("rollbackctl_audit_head_sequence", "Sequence number of the audit chain's head record", registry=None)
 AUDIT_VERIFY_OK = Gauge("rollbackctl_audit_verify_ok",
                         "1 if the last full verification of the audit chain (hashes, signatures) passed, else 0", registry=None)
+CONSUMERS_LIVE = Gauge("rollbackctl_consumers_live", "Consumer instances of the matrix with a live receipt", registry=None)
+CONSUMERS_BEHIND = Gauge("rollbackctl_consumers_behind",
+                         "Live consumer instances whose receipt is below the last switch change's revision", registry=None)
 AUDIT_VERIFY_TIME = Gauge("rollbackctl_audit_verify_timestamp_seconds", "When the audit chain was last verified, Unix time", registry=None)
 
 # -- workflows now (activities/metrics.py WorkflowMetrics: Temporal visibility + progress queries) -------
@@ -124,7 +127,7 @@ SDK_BUCKETS = {INCIDENT_ACK: HUMAN_BUCKETS, INCIDENT_ACTION: HUMAN_BUCKETS}  # k
 GROUPS: dict[str, tuple] = {
     "consumer": (SWITCH_PROPAGATION, WATCH_RECONNECTS, WATCH_REVISION),
     "matrix": (SWITCH_VALUE, SWITCH_ENUM, SWITCH_OFF_DEFAULT, SWITCH_LAST_CHANGE, SWITCH_CHANGES, AUDIT_HEAD,
-               AUDIT_VERIFY_OK, AUDIT_VERIFY_TIME),
+               AUDIT_VERIFY_OK, AUDIT_VERIFY_TIME, CONSUMERS_LIVE, CONSUMERS_BEHIND),
     "workflows": (WORKFLOWS_RUNNING, AWAITING_HUMAN, AWAITING_HUMAN_OLDEST, INCIDENTS_OPEN, INCIDENTS_UNACKED_PAST_SLA,
                   CANARY_STAGE, CANARY_STAGES, CANARY_LAST_CHECK_OK, CANARY_FAILED_IN_A_ROW, COLLECTIONS),
     "paging": (PAGES_SENT, PAGES_FAILED),

@@ -196,10 +196,13 @@ def audited_change(demo: Demo) -> None:
     demo.cli("switch", "set", "hedge_max_leverage", "15", "--as", demo.risk_manager, "--reason", "typo", ok=(2,))
     demo.cli("switch", "set", "hedge_max_leverage", target, "--as", demo.risk_manager, "--reason", why, "--dry-run")
     print("\nThe owner role (risk_manager) sets a valid value: the CLI signs it, the worker checks the signature and\n"
-          "applies it; the change, its audit record (with the signature) and the nonce are one etcd transaction:")
+          "applies it; the change, its audit record (with the signature) and the nonce are one etcd transaction.\n"
+          "--wait-applied then waits until every live trading-core instance (sim-1..3, the OFREP endpoint) has\n"
+          "applied it, within the switch's latency class, or names the stragglers:")
     demo.cli("switch", "set", "hedge_max_leverage", target, "--as", demo.risk_manager,
-             "--reason", why)
+             "--reason", why, "--wait-applied")
     demo.cli("switch", "get", "hedge_max_leverage")
+    demo.cli("consumers")
 
 
 @step("Paging: a test page and its resolve to every escalation level, on PagerDuty and Slack")

@@ -217,3 +217,20 @@ async def test_the_wait_survives_an_etcd_restart(store, etcd_server):
     assert got.complete and got.consumers == ["core-a", "core-b"], got
     (late,) = got.stragglers
     assert late.id == "core-b" and late.applied_after_s > 2.5 and got.waited_s < 20
+
+
+async def test_the_worker_exports_how_many_consumers_lag(store):
+    """The gauges behind RollbackctlConsumerBehind (monitoring/prometheus): a straggler of any writer's
+    change, `switch set` without --wait-applied included, reaches Alertmanager."""
+    from activities.metrics import MatrixMetrics
+    from core import metrics
+
+    mm = MatrixMetrics(store)
+    async with consumers(store, {"core-a": 0, "core-wedged": 3600}) as ws:
+        await mm.consumers()
+        assert (metrics.CONSUMERS_LIVE._value.get(), metrics.CONSUMERS_BEHIND._value.get()) == (2, 0)
+        res = await apply(store, "alice", hedge_max_leverage=4.5)
+        await wait_fleet(store.etcd, store.prefix, FleetWaitInput(revision=res.revision, class_s=5, timeout_s=0.5))
+        await mm.consumers()
+        assert (metrics.CONSUMERS_LIVE._value.get(), metrics.CONSUMERS_BEHIND._value.get()) == (2, 1)
+        ws[1]._task.cancel()

@@ -154,6 +154,10 @@ async def test_a_rollback_and_a_p0_incident_answer_through_prometheus(stack, tmp
     assert prom.value("max(rollbackctl_audit_head_sequence)") == head
     await until("a passing verification", lambda: prom.value("min(rollbackctl_audit_verify_ok)"), lambda v: v == 1.0, 30)
 
+    # The fleet: the dev stack's four consumers (sim-1..3, ofrep-1) live, none behind the last change.
+    await until("the fleet's receipts", lambda: prom.value("max(rollbackctl_consumers_live)"), lambda v: v == 4.0, 30)
+    assert prom.value("max(rollbackctl_consumers_behind)") == 0.0
+
     # Propagation, measured at the consumer (the simulator): every change applied, within the manual's 1 s.
     n = prom.value('sum(rollbackctl_switch_propagation_seconds_count{job="rollbackctl-sim"})')
     assert n is not None and n >= routing
