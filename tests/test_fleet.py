@@ -124,6 +124,10 @@ async def test_switch_set_wait_applied_names_the_stragglers(store, etcd_server):
     """The CLI as an on-call runs it, against simulator instances in their own processes."""
     env = {"ROLLBACKCTL_ETCD_ENDPOINTS": etcd_server.endpoint, "ROLLBACKCTL_ETCD_PREFIX": store.prefix,
            "ROLLBACKCTL_SIGNING": "off"}
+    r = await asyncio.to_thread(run_cli, "switch", "set", "hedge_max_leverage", "4.5", "--as", "alice",
+                                "--reason", "drill", "--wait-applied", env=env)
+    assert r.code == 10 and "UNCONFIRMED: revision" in r.out and "no consumer registered" in r.out, (r.out, r.err)
+    assert "hedge_max_leverage: 3x -> 4.5x" in r.out  # written all the same
     async with instance(etcd_server, store.prefix, "sim-1"), instance(etcd_server, store.prefix, "sim-2"):
         r = await asyncio.to_thread(run_cli, "switch", "set", "routing_mode", "BETTING_MODE", "--as", "alice",
                                     "--reason", "drill", "--wait-applied", env=env)

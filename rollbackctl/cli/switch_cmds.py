@@ -281,14 +281,16 @@ async def _wait_fleet(sw, revision: int):
 
 
 def _fleet_code(fleet) -> int:
-    """Exit 10 when a live consumer had not applied the change when the wait ended."""
-    return 10 if fleet is not None and not fleet.complete else 0
+    """Exit 10 when a live consumer had not applied the change when the wait ended, or when no consumer
+    is registered (nothing can confirm it: asked to wait for it, the CLI does not claim it)."""
+    return 10 if fleet is not None and (not fleet.complete or not fleet.consumers) else 0
 
 
 def _report_fleet(fleet) -> int:
     if fleet is None:
         return 0
-    print(("applied everywhere: " if not fleet.stragglers else "STRAGGLERS: ") + fleet.summary())
+    head = "UNCONFIRMED: " if not fleet.consumers else "STRAGGLERS: " if fleet.stragglers else "applied everywhere: "
+    print(head + fleet.summary())
     if fleet.stragglers:
         print("  see `rollbackctl consumers`; a consumer not at the revision still acts on the old value")
     return _fleet_code(fleet)
