@@ -24,8 +24,6 @@ import random
 from datetime import datetime, timezone
 from typing import Any
 
-from temporalio.exceptions import ApplicationError
-
 from contracts.changes import (
     ActorKind,
     AuditRecord,
@@ -86,6 +84,8 @@ class NotInitialised(StoreError):
 def application_error(e: Exception) -> Exception:
     """`e` as the activity raises it: a store refusal, a refused signature or an etcd error becomes an
     ApplicationError of its kind (retryable only when the store was contended or etcd unavailable)."""
+    from temporalio.exceptions import ApplicationError  # here: `switch list` does not pay for temporalio
+
     if isinstance(e, StoreError) and e.error_kind is not None:
         return ApplicationError(str(e), type=e.error_kind.value, non_retryable=not isinstance(e, Contended))
     if isinstance(e, identity.Refused):

@@ -9,8 +9,10 @@ names recorded in histories, so they never change.
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
-from temporalio.exceptions import ApplicationError
+if TYPE_CHECKING:  # imported where used: the CLI's reads do not pay for temporalio
+    from temporalio.exceptions import ApplicationError
 
 
 class ErrorKind(StrEnum):
@@ -74,6 +76,8 @@ def invalid(why: str) -> Refusal:
 
 def refusal_error(why: str) -> ApplicationError:
     """The ApplicationError an Update validator raises for `why` (a plain str is a REFUSED)."""
+    from temporalio.exceptions import ApplicationError
+
     kind = why.kind if isinstance(why, Refusal) else ErrorKind.REFUSED
     return ApplicationError(str(why), type=kind.value, non_retryable=True)
 

@@ -31,6 +31,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from core.settings import EtcdSettings, TradingCoreSettings
+from simulator.args import add_arguments
 
 log = logging.getLogger("simulator")
 
@@ -123,11 +124,6 @@ async def serve(host: str, port: int, *, prefix: str | None = None, seed: int | 
     return 0 if server.started else 5
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--port", type=int, help="port to listen on (default: from ROLLBACKCTL_TRADING_CORE_URL)")
-    p.add_argument("--host", help="address to listen on (default: from ROLLBACKCTL_TRADING_CORE_URL; keep it loopback)")
-    p.add_argument("--seed", type=int, help="random-walk seed (default ROLLBACKCTL_SIM_SEED or 7)")
-    p.add_argument("--prefix", help="etcd key prefix to follow (default ROLLBACKCTL_ETCD_PREFIX)")
 
 
 def run_from_args(args: argparse.Namespace) -> int:

@@ -193,3 +193,23 @@ def test_help_on_every_command(cmd):
 def test_help_on_the_real_console_script():
     r = run_cli("switch", "set", "--help", env={})
     assert r.code == 0 and "--as OPERATOR" in r.out and "BTC,ETH" in r.out
+
+
+def test_reading_the_matrix_does_not_import_the_temporal_sdk(env):
+    """`switch list` / `switch get` read etcd only: importing temporalio (about 80-100 ms of the CLI's
+    start on this machine, `python -X importtime`) is left to the commands that talk to Temporal
+    (issue 21: a fast CLI)."""
+    import os
+    import subprocess
+    import sys
+
+    # main() leaves with os._exit: run what it runs, then look at what was imported
+    code = ("import asyncio, sys\nfrom rollbackctl.cli import build_parser\n"
+            "args = build_parser().parse_args(['switch', 'get', 'routing_mode'])\n"
+            "assert not asyncio.run(args.func(args))\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'temporalio' or m in ('simulator.runner', "
+            "'simulator.core')))\n")
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("ROLLBACKCTL_", "TEMPORAL_"))}
+    r = subprocess.run([sys.executable, "-c", code], env={**base, **env}, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip().splitlines()[-1] == "[]", r.stdout

@@ -12,7 +12,7 @@ from rollbackctl.cli.common import CliError, print_json
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from simulator.runner import add_arguments
+    from simulator.args import add_arguments
 
     p = sub.add_parser(
         "sim",
