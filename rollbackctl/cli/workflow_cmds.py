@@ -648,12 +648,11 @@ async def cmd_status(args) -> int:
         rows = []
         async for wf in client.list_workflows("ExecutionStatus = 'Running'"):
             rows.append({"id": wf.id, "type": wf.workflow_type, "started": str(wf.start_time)})
-        fleet = await _fleet_view()
-        if args.json:
-            print_json({"running": rows, "consumers": fleet})
-        else:
-            print("\n".join(f"  {r['id']:<40} {r['type']:<22} since {r['started']}" for r in rows) or "nothing running")
-            print(_fleet_line(fleet))
+        if args.json:  # the list scripts read since the first release; the fleet: `consumers --json`
+            print_json(rows)
+            return 0
+        print("\n".join(f"  {r['id']:<40} {r['type']:<22} since {r['started']}" for r in rows) or "nothing running")
+        print(_fleet_line(await _fleet_view()))
         return 0
     wid = await resolve_id(client, args.id)
     if args.follow:
