@@ -37,6 +37,7 @@ BENCHES: dict[str, tuple[str, dict, dict]] = {
     "incidents": ("bench.incidents", {"incidents": 200}, {"incidents": 30}),
     "emergency_lane": ("bench.emergency_lane", {"n": 200, "cli_runs": 10}, {"n": 30, "cli_runs": 3}),
     "oncall_path": ("bench.oncall_path", {"observe_s": 30}, {"observe_s": 10}),
+    "monitor_scale": ("bench.monitor_scale", {"symbols": 1000, "runs": 20}, {"symbols": 1000, "runs": 5}),
     "remote_temporal": ("bench.remote_temporal", {"runs": 20}, {"runs": 5}),
     "takeover": ("bench.takeover", {"kills": 10}, {"kills": 3}),
     "metrics_overhead": ("bench.metrics_overhead", {"rounds": 3, "runs": 20, "changes": 60},
