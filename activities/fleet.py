@@ -32,16 +32,18 @@ async def wait_fleet(etcd: Etcd, prefix: str, inp: FleetWaitInput, clock=time.mo
     start = clock()
     live: dict[str, dict] = {}
     applied_at: dict[str, float] = {}
-    counted: set[str] = set()
     dropped: list[str] = []
 
     def see(cid: str, r: dict | None, now: float) -> None:
         if r is None:
             return
         live[cid] = r
-        counted.add(cid)
         if r["applied_revision"] >= inp.revision and cid not in applied_at:
             applied_at[cid] = now
+
+    def drop(cid: str) -> None:  # its lease ended: it no longer counts (named if it had not applied)
+        if live.pop(cid, None) is not None and cid not in applied_at:
+            dropped.append(cid)
 
     def done() -> bool:
         return all(cid in applied_at for cid in live)
@@ -52,9 +54,7 @@ async def wait_fleet(etcd: Etcd, prefix: str, inp: FleetWaitInput, clock=time.mo
         now = clock() - start
         present = {kv.key[len(base):] for kv in kvs}
         for cid in [c for c in live if c not in present]:
-            live.pop(cid)
-            if cid not in applied_at:
-                dropped.append(cid)
+            drop(cid)
         for kv in kvs:
             see(kv.key[len(base):], _receipt(kv.value), now)
         return rev
@@ -68,8 +68,7 @@ async def wait_fleet(etcd: Etcd, prefix: str, inp: FleetWaitInput, clock=time.mo
                         cid = ev.kv.key[len(base):]
                         rev = max(rev, ev.kv.mod_revision)
                         if ev.type == "delete":
-                            if live.pop(cid, None) is not None and cid not in applied_at:
-                                dropped.append(cid)
+                            drop(cid)
                         else:
                             see(cid, _receipt(ev.kv.value), now)
                     if done():
@@ -93,7 +92,7 @@ async def wait_fleet(etcd: Etcd, prefix: str, inp: FleetWaitInput, clock=time.mo
             pass  # what was seen by then is the answer: who had not applied is named
     waited = clock() - start
     wall = time.time()
-    ids = sorted(c for c in counted if c in live or c in applied_at)
+    ids = sorted(set(live) | set(applied_at))
     on_time = {c: round(applied_at[c], 4) for c in ids if c in applied_at and applied_at[c] <= inp.class_s}
     stragglers = []
     for c in ids:
