@@ -129,9 +129,11 @@ class MatrixMetrics:
     async def consumers(self) -> None:
         """Live receipts and how many lag the last switch change: a straggler of any writer's change (a
         workflow's, `switch set` without --wait-applied, the emergency lane) fires RollbackctlConsumerBehind."""
+        from contracts.fleet import receipt_rows
+
         rows, matrix = await self.store.consumers()
         metrics.CONSUMERS_LIVE.set(len(rows))
-        metrics.CONSUMERS_BEHIND.set(sum(1 for r in rows if int(r.get("applied_revision", 0)) < matrix))
+        metrics.CONSUMERS_BEHIND.set(sum(r["behind"] for r in receipt_rows(rows, matrix, time.time())))
 
     async def _consumers_loop(self, stop: asyncio.Event) -> None:
         while not stop.is_set():

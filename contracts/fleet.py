@@ -56,3 +56,11 @@ class FleetApplied(BaseModel):
         if self.dropped:
             parts.append("dropped out (lease ended): " + ", ".join(self.dropped))
         return "; ".join(parts)
+
+
+def receipt_rows(receipts: list[dict], matrix_revision: int, now: float) -> list[dict]:
+    """Each live receipt, by id, with `behind` (below the last switch change: it acts on old values) and
+    `seen_s_ago` (its age): what `consumers`, `status`, the console and the metrics show."""
+    return [{**r, "behind": int(r.get("applied_revision", 0)) < matrix_revision,
+             "seen_s_ago": round(now - float(r.get("at", now)), 1)}
+            for r in sorted(receipts, key=lambda r: str(r.get("id")))]

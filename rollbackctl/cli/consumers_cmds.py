@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import time
 
+from contracts.fleet import receipt_rows
 from rollbackctl.cli.common import print_json, switch_store, table
 
 
@@ -20,9 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 async def cmd_consumers(args) -> int:
     async with switch_store() as store:
         rows, matrix = await store.consumers()
-    now = time.time()
-    out = [{**r, "behind": r.get("applied_revision", 0) < matrix, "seen_s_ago": round(now - float(r.get("at", now)), 1)}
-           for r in sorted(rows, key=lambda r: str(r.get("id")))]
+    out = receipt_rows(rows, matrix, time.time())
     if args.json:
         print_json({"matrix_revision": matrix, "consumers": out})
         return 0

@@ -612,6 +612,7 @@ async def _fleet_view() -> dict:
     """The consumers' receipts against the last switch change: who lags (a straggler acts on old values)."""
     import time
 
+    from contracts.fleet import receipt_rows
     from core.etcd import EtcdError
 
     try:
@@ -619,10 +620,7 @@ async def _fleet_view() -> dict:
             rows, matrix = await store.consumers()
     except (EtcdError, OSError) as e:
         return {"error": f"etcd unreadable ({type(e).__name__}: {str(e)[:120]})"}
-    now = time.time()
-    behind = [{"id": r.get("id"), "applied_revision": r.get("applied_revision"),
-               "seen_s_ago": round(now - float(r.get("at", now)), 1)}
-              for r in sorted(rows, key=lambda r: str(r.get("id"))) if r.get("applied_revision", 0) < matrix]
+    behind = [r for r in receipt_rows(rows, matrix, time.time()) if r["behind"]]
     return {"matrix_revision": matrix, "live": len(rows), "stragglers": behind}
 
 

@@ -17,6 +17,7 @@ from typing import Any
 from activities.audit_verify import Report, verify
 from activities.switch_store import SwitchStore
 from contracts.changes import Operator
+from contracts.fleet import receipt_rows
 from core.aio import within
 from core.settings import TemporalSettings
 from core.watcher import SwitchWatcher
@@ -90,11 +91,7 @@ class ConsoleData:
             rows, matrix = await self.store.consumers()
         except Exception as e:  # etcd away: said on the page, not a 500
             return {"error": f"{type(e).__name__}: {str(e)[:120]}", "rows": [], "matrix": 0, "behind": 0}
-        now = time.time()
-        out = [{"id": r.get("id"), "applied": r.get("applied_revision", 0), "behind": r.get("applied_revision", 0) < matrix,
-                "seen_s_ago": round(now - float(r.get("at", now)), 1), "where": f"{r.get('host')}:{r.get('pid')}"}
-               for r in rows]
-        out.sort(key=lambda r: (not r["behind"], str(r["id"])))
+        out = sorted(receipt_rows(rows, matrix, time.time()), key=lambda r: not r["behind"])  # stragglers first
         return {"rows": out, "matrix": matrix, "behind": sum(r["behind"] for r in out), "error": None}
 
     # -- audit -------------------------------------------------------------------------------------
