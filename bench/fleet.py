@@ -22,10 +22,12 @@ import uuid
 import httpx
 
 from activities.fleet import wait_fleet
+from bench.propagation import bare_put_to_watch_ms
 from bench.stack import BenchStack
 from bench.stats import summary
 from contracts.changes import ChangeSetRequest, SwitchChange
 from contracts.fleet import FleetWaitInput
+from core.aio import wait_set
 from core.etcd import Etcd
 from core.settings import EtcdSettings
 from core.watcher import SwitchWatcher
@@ -33,30 +35,6 @@ from manual import switches
 
 SWITCH = "max_order_size_internal"  # a Risk Manager switch, any valid amount; <5 s class
 POLL_MS = 500
-
-
-async def _baseline(etcd: Etcd, n: int) -> list[float]:
-    out: list[float] = []
-    key = f"/bench-fleet-baseline/{uuid.uuid4().hex}"
-    events: asyncio.Queue = asyncio.Queue()
-    _, rev = await etcd.get_prefix("/bench-fleet-baseline/")
-
-    async def watch() -> None:
-        async for batch in etcd.watch_prefix("/bench-fleet-baseline/", rev + 1):
-            for ev in batch:
-                await events.put((time.perf_counter(), ev.kv.value))
-
-    task = asyncio.create_task(watch())
-    for i in range(n):
-        t0 = time.perf_counter()
-        await etcd.put(key, str(i).encode())
-        while True:
-            t1, v = await events.get()
-            if v == str(i).encode():
-                break
-        out.append((t1 - t0) * 1000)
-    task.cancel()
-    return out
 
 
 async def run(st: BenchStack, consumers: int = 50, changes: int = 40, pollers: int = 50) -> dict:
@@ -126,7 +104,8 @@ async def run(st: BenchStack, consumers: int = 50, changes: int = 40, pollers: i
                 fleet_sizes.append(len(fleet.consumers))
                 if fleet.stragglers:
                     raise RuntimeError(f"a straggler in the benchmark's fleet: {fleet.summary()}")
-                await _wait(done, 10, "every watch consumer")
+                if not await wait_set(done, 10):
+                    raise RuntimeError("every watch consumer did not apply the change within 10s")
                 per_consumer.extend((t - t0) * 1000 for t in seen.values())
                 deadline = time.perf_counter() + 5
                 while len(polled) < pollers and time.perf_counter() < deadline:
@@ -143,7 +122,7 @@ async def run(st: BenchStack, consumers: int = 50, changes: int = 40, pollers: i
                 await w.stop()
             for c in conns:
                 await c.close()
-    base = summary(await _baseline(st.etcd, changes * 5))
+    base = summary(await bare_put_to_watch_ms(st.etcd, changes * 5, "/bench-fleet-baseline/"))
     w, c, o = summary(per_consumer), summary(confirmed), summary(ofrep_ms)
     return {
         "consumers": consumers, "changes": changes, "ofrep_clients": pollers, "ofrep_poll_ms": POLL_MS,
@@ -154,9 +133,3 @@ async def run(st: BenchStack, consumers: int = 50, changes: int = 40, pollers: i
         "ofrep_ratio_p50": round(o["p50"] / base["p50"], 1), "ofrep_ratio_p99": round(o["p99"] / base["p99"], 1),
     }
 
-
-async def _wait(ev: asyncio.Event, timeout: float, what: str) -> None:
-    from core.aio import wait_set
-
-    if not await wait_set(ev, timeout):
-        raise RuntimeError(f"{what} did not apply the change within {timeout:g}s")

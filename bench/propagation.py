@@ -40,30 +40,36 @@ async def audited_samples(st: BenchStack, changes: int) -> list[float]:
     return store_ms
 
 
-async def run(st: BenchStack, changes: int = 200) -> dict:
-    store_ms = await audited_samples(st, changes)
-
-    # Baseline: bare etcd put -> watch event, same server, same client library.
-    base_ms: list[float] = []
-    key = f"/bench-baseline/{uuid.uuid4().hex}"
+async def bare_put_to_watch_ms(etcd, n: int, prefix: str = "/bench-baseline/") -> list[float]:
+    """ms from a bare etcd put to its watch event, `n` times: the baseline the propagation figures are
+    compared to (same server, same client library)."""
+    out: list[float] = []
+    key = f"{prefix}{uuid.uuid4().hex}"
     events: asyncio.Queue = asyncio.Queue()
-    _, rev = await st.etcd.get_prefix("/bench-baseline/")
+    _, rev = await etcd.get_prefix(prefix)
 
     async def watch() -> None:
-        async for batch in st.etcd.watch_prefix("/bench-baseline/", rev + 1):
+        async for batch in etcd.watch_prefix(prefix, rev + 1):
             for ev in batch:
                 await events.put((time.perf_counter(), ev.kv.value))
 
     task = asyncio.create_task(watch())
-    for i in range(changes):
+    for i in range(n):
         t0 = time.perf_counter()
-        await st.etcd.put(key, str(i).encode())
+        await etcd.put(key, str(i).encode())
         while True:
             t1, v = await events.get()
             if v == str(i).encode():
                 break
-        base_ms.append((t1 - t0) * 1000)
+        out.append((t1 - t0) * 1000)
     task.cancel()
+    return out
+
+
+async def run(st: BenchStack, changes: int = 200) -> dict:
+    store_ms = await audited_samples(st, changes)
+
+    base_ms = await bare_put_to_watch_ms(st.etcd, changes)  # same server, same client library
     s, b = summary(store_ms), summary(base_ms)
     return {"audited_change_to_applied_ms": s, "bare_etcd_put_to_watch_ms": b,
             "ratio_p50": round(s["p50"] / b["p50"], 1), "ratio_p99": round(s["p99"] / b["p99"], 1)}
