@@ -9,6 +9,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from temporalio import activity
 from temporalio.client import WorkflowUpdateFailedError
+from temporalio.service import RPCError
 
 from contracts.progress import Progress
 from manual import canary
@@ -77,7 +78,27 @@ async def start(env, tq, phase="phase3", by="alice", **kw):
 
 
 async def status(env, wid) -> CanaryStatus:
-    return await env.client.get_workflow_handle(wid).query(CanaryWorkflow.status)
+    h = env.client.get_workflow_handle(wid)
+    try:
+        return await h.query(CanaryWorkflow.status)
+    except RPCError as e:
+        # A query is answered by a workflow task: one that times out says the workflow is stuck. Say
+        # where (seen once in CI, not reproduced: the pending task's attempts and the last events).
+        raise AssertionError(f"status query on {wid} failed ({e}); {await stuck_where(h)}") from e
+
+
+async def stuck_where(h) -> str:
+    from temporalio.api.enums.v1 import EventType
+
+    try:
+        d = (await h.describe()).raw_description
+        t = d.pending_workflow_task
+        hist = await h.fetch_history()
+        tail = ", ".join(EventType.Name(e.event_type).removeprefix("EVENT_TYPE_") for e in hist.events[-8:])
+        task = f"pending workflow task: {t.state} attempt {t.attempt}" if t.ByteSize() else "no pending task reported"
+        return f"{task}; last events: {tail}"
+    except Exception as e:  # the diagnosis must not hide the failure
+        return f"(could not describe it: {e})"
 
 
 async def until(env, wid, pred, step=6 * H, limit=200) -> CanaryStatus:
