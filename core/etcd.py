@@ -211,6 +211,7 @@ class Etcd:
         self.keepalive_s = max(keepalive_s, 5.0)
         self._idx = 0
         self._channel: grpc.aio.Channel | None = None
+        self._closed = False
         self._token: str | None = None
         self._lock = asyncio.Lock()
 
@@ -235,6 +236,7 @@ class Etcd:
         await self.close()
 
     async def close(self) -> None:
+        self._closed = True
         ch, self._channel = self._channel, None
         if ch is not None:
             await ch.close()
@@ -326,6 +328,14 @@ class Etcd:
             if self._channel is ch:
                 self._token = None
 
+    def _cut_off_by_failover(self, ch: grpc.aio.Channel | None) -> bool:
+        """Whether a CancelledError out of a call on `ch` is not the caller's: another call failed over and
+        closed the shared channel, and gRPC cancels every call still active on a channel it closes
+        (grpc/aio/_channel.py, _close). Not when the caller's task is being cancelled or this client closed."""
+        task = asyncio.current_task()
+        return (not self._closed and ch is not None and self._channel is not ch
+                and not (task is not None and task.cancelling()))
+
     async def _call(self, stub_cls, method: str, request):
         """One unary call, failing over across endpoints by the retry rule above (MUTATIONS)."""
         errors: list[str] = []
@@ -344,6 +354,17 @@ class Etcd:
             try:
                 fn = getattr(stub_cls(ch), method)
                 return await fn(request, timeout=self.timeout, metadata=self._metadata())
+            except asyncio.CancelledError:
+                if not self._cut_off_by_failover(ch):
+                    raise  # the caller was cancelled, or this client closed
+                # It failed at this endpoint like the call that failed over: the same retry rule applies.
+                errors.append(f"{target}: the channel was closed by another call's failover")
+                attempts += 1
+                if mutation:
+                    raise EtcdOutcomeUnknown(
+                        f"etcd {method} to {target}: cut off mid-call by a failover: it may or may not have been "
+                        "applied (read back before writing again)") from None
+                continue
             except grpc.aio.AioRpcError as e:
                 code, details = e.code(), e.details() or ""
                 kind = classify(code, details)
@@ -502,6 +523,11 @@ class Etcd:
                         WatchEvent("put" if ev.type == rpc.Event.PUT else "delete", _kv(ev.kv))
                         for ev in resp.events
                     ]
+        except asyncio.CancelledError:
+            if self._cut_off_by_failover(ch):  # (as in _call)
+                raise EtcdUnavailable(f"etcd watch dropped: {target}: the channel was closed by another call's "
+                                      "failover") from None
+            raise
         except grpc.aio.AioRpcError as e:
             if classify(e.code(), e.details()) is Failure.ELSEWHERE or e.code() == grpc.StatusCode.CANCELLED:
                 await self._rotate(ch)

@@ -11,7 +11,7 @@ import pytest
 
 from activities.switch_store import SwitchStore
 from core import procs
-from core.etcd import Compare, Etcd, EtcdCompacted, EtcdUnavailable, Put
+from core.etcd import Compare, Etcd, EtcdCompacted, EtcdOutcomeUnknown, EtcdUnavailable, Put
 from core.settings import EtcdSettings
 from core.watcher import SwitchWatcher
 from tests.support.store_helpers import req
@@ -137,3 +137,45 @@ async def test_watch_from_a_compacted_revision_raises(etcd, prefix):
             return evs
     evs = await asyncio.wait_for(first(), 5)
     assert [(ev.type, ev.kv.value) for ev in evs] == [("put", b"2")]
+
+
+async def test_a_call_in_flight_when_another_call_fails_over_moves_on_too(etcd_server, prefix):
+    """Calls share one channel; a call that fails over closes it (_rotate), and gRPC cancels every call
+    still in flight on it: grpc.aio's Channel.close() cancels every active call, which surfaces as
+    asyncio.CancelledError in the awaiting task (grpc/aio/_channel.py, _close: call.cancel() for each active
+    call), though nobody cancelled that task. Such a read must go on to the next endpoint like the call
+    that failed over; a write must say its outcome is unknown; neither may look like a cancellation of the
+    caller (seen in CI: the fleet wait, cut off this way, missed a consumer)."""
+    proxy = Proxy(etcd_server.endpoint).start()
+    try:
+        async with Etcd([proxy.endpoint, etcd_server.endpoint], timeout=30) as e:
+            await e.put(f"{prefix}a", b"1")
+            ch = e._channel
+            proxy.hold()  # the requests below reach the proxy and stop there
+            read = asyncio.create_task(e.get(f"{prefix}a"))
+            write = asyncio.create_task(e.put(f"{prefix}b", b"2"))
+            # both calls active on the channel: the set grpc.aio's Channel._close cancels ("Time to cancel
+            # existing calls": call.cancel() for each)
+            await wait_until(lambda: len(ch._active_calls) == 2, timeout=10, what="both calls on the channel")
+            await e._rotate(ch)  # what another call's failover does: close the shared channel
+            assert (await read).value == b"1" and e.endpoint == etcd_server.endpoint
+            with pytest.raises(EtcdOutcomeUnknown, match="may or may not have been applied"):
+                await write
+    finally:
+        proxy.close()
+
+
+async def test_a_watch_cut_off_by_another_calls_failover_ends_as_a_dropped_stream(etcd_server, prefix):
+    """The same for a watch: its caller must see EtcdUnavailable (and watch again), never a cancellation it
+    did not ask for, which would end the watching task in silence."""
+    async with Etcd([etcd_server.endpoint, etcd_server.endpoint]) as e:
+        rev = await e.put(f"{prefix}a", b"1")
+        events = e.watch_prefix(prefix, rev)
+        assert [ev.kv.value for ev in await anext(events)] == [b"1"]
+        nxt = asyncio.create_task(anext(events))
+        ch = e._channel
+        await wait_until(lambda: len(ch._active_calls) == 1, timeout=10, what="the watch on the channel")
+        await e._rotate(ch)
+        with pytest.raises(EtcdUnavailable, match="closed by another call's failover"):
+            await nxt
+        await events.aclose()
