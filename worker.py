@@ -128,22 +128,33 @@ async def run(stop: asyncio.Event | None = None) -> None:
             stack.callback(metrics_server.shutdown)
         store = SwitchStore(etcd, eset.prefix)
         objs = activity_objects(store, http, client, TradingCoreSettings(), paging)
-        worker = build_worker(client, tset.task_queue, activity_methods(objs))
+        # Two queues: the main one and the critical lane's (manual/rollback.py CRITICAL_LANE: the same workflows
+        # and activities, with slots of their own, so a storm on the main queue never queues ahead of a critical
+        # flip). ROLLBACKCTL_WORKER_LANES: "both" (default), or "main" / "critical" to run them in processes of
+        # their own (a critical lane with its own CPU: bench/storm.py).
+        lanes = tset.worker_lanes
+        queues = [q for lane, q in (("main", tset.task_queue), ("critical", tset.critical_task_queue))
+                  if lanes in (lane, "both")]
+        workers = [build_worker(client, q, activity_methods(objs)) for q in queues]
+        main = lanes != "critical"  # the main lane's process also runs the emergency lane and the metrics loops
         esets = EmergencySettings()
-        log.info("worker started", task_queue=tset.task_queue, temporal=tset.temporal_address,
+        log.info("worker started", task_queues=queues, lanes=lanes, temporal=tset.temporal_address,
                  namespace=tset.temporal_namespace, etcd=eset.endpoints, signing=SigningSettings().signing,
-                 emergency_lane=esets.emergency_listen or "off", metrics=mset.metrics_listen or "off",
-                 sdk_metrics=mset.sdk_metrics_listen or "off")
+                 emergency_lane=(esets.emergency_listen or "off") if main else "off",
+                 metrics=mset.metrics_listen or "off", sdk_metrics=mset.sdk_metrics_listen or "off")
         if not SigningSettings().signing:
             log.warning(SIGNING_OFF_WARNING)
         stop = stop or asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        side = emergency_tasks(store, client, tset.task_queue, objs, esets, stop) + metrics_tasks(store, client, mset, stop)
+        side = (emergency_tasks(store, client, tset.task_queue, objs, esets, stop)
+                + metrics_tasks(store, client, mset, stop)) if main else []
         try:
-            async with worker:
-                if paging.pagerduty_change_events:
+            async with AsyncExitStack() as running:
+                for w in workers:
+                    await running.enter_async_context(w)
+                if main and paging.pagerduty_change_events:
                     await ensure_change_events(client, tset)
                 await stop.wait()
         finally:

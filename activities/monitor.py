@@ -39,6 +39,7 @@ from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.service import RPCError, RPCStatusCode
 
 from core import metrics
+from core.settings import critical_queue_of
 from contracts.changes import ActorKind, Authority, ChangeSetRequest, SwitchChange
 from core.aio import within
 from manual import alerts, approvals
@@ -341,10 +342,13 @@ class EndWatch:
 
     def __init__(self, client: Client, task_queue: str, clock: Callable[[], datetime] = utcnow):
         self.client, self.task_queue, self.clock = client, task_queue, clock
+        # and the critical lane's queue, where critical-path rollbacks run (manual/rollback.py CRITICAL_LANE)
+        self.task_queues = [task_queue, critical_queue_of(task_queue)]
 
     def query(self, since: datetime) -> str:
         types = ", ".join(f"'{t}'" for t in WATCHED_TYPES)
-        return (f"WorkflowType IN ({types}) AND TaskQueue = '{self.task_queue}' AND "
+        queues = ", ".join(f"'{q}'" for q in self.task_queues)
+        return (f"WorkflowType IN ({types}) AND TaskQueue IN ({queues}) AND "
                 f"ExecutionStatus IN ('Terminated', 'TimedOut') AND CloseTime > '{since.isoformat()}'")
 
     async def step(self, state: MonitorState) -> list[str]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from temporalio import activity
 from temporalio.client import Client
 
+from core.settings import main_queue_of
 from contracts.paging import (
     ALERT_EVENT_SIGNAL,
     PAGER_WORKFLOW,
@@ -46,5 +47,8 @@ class PagerClient:
     @activity.defn(name="paging.submit")
     async def submit(self, notices: list[Notice]) -> SubmitResult:
         client = self.client or activity.client()
-        wid = await signal_pager(client, activity.info().task_queue, SUBMIT_SIGNAL, notices, self.limits)
+        # the critical lane's workflows page through the main queue's pager: one pager keeps PagerDuty's and
+        # Slack's budgets, and the webhook receiver forwards acknowledgements to it
+        wid = await signal_pager(client, main_queue_of(activity.info().task_queue), SUBMIT_SIGNAL, notices,
+                                 self.limits)
         return SubmitResult(accepted=len(notices), pager=wid)

@@ -7,6 +7,7 @@ need etcd's alone, so a missing Temporal or trading-core setting never stops the
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -74,9 +75,34 @@ class TemporalSettings(BaseSettings):
         validation_alias="ROLLBACKCTL_TEMPORAL_UI_URL",
     )
     task_queue: str = Field(default=DEFAULT_TASK_QUEUE, validation_alias="ROLLBACKCTL_TASK_QUEUE")
+    # The critical lane's own task queue (manual/rollback.py CRITICAL_LANE); every worker serves both.
+    critical_queue: str | None = Field(default=None, validation_alias="ROLLBACKCTL_CRITICAL_TASK_QUEUE")
+    # Which queues a worker process serves: both, or one, to give the critical lane processes of its own.
+    worker_lanes: Literal["both", "main", "critical"] = Field(default="both", validation_alias="ROLLBACKCTL_WORKER_LANES")
+
+    @property
+    def critical_task_queue(self) -> str:
+        """Where critical-path rollbacks run: no backlog of other work ahead of them, worker slots of their own."""
+        return self.critical_queue or f"{self.task_queue}-critical"
 
     def workflow_url(self, workflow_id: str) -> str:
         return f"{self.temporal_ui_url.rstrip('/')}/namespaces/{self.temporal_namespace}/workflows/{workflow_id}"
+
+
+def critical_queue_of(task_queue: str) -> str:
+    """The critical lane's queue beside `task_queue`: the configured one for the configured queue, else the
+    default name (`<task queue>-critical`)."""
+    s = TemporalSettings()
+    return s.critical_task_queue if task_queue == s.task_queue else f"{task_queue}-critical"
+
+
+def main_queue_of(task_queue: str) -> str:
+    """The main queue a (critical lane's or main) queue belongs to: one pager and one budget per deployment."""
+    base = task_queue.removesuffix("-critical")
+    s = TemporalSettings()
+    if task_queue == s.critical_task_queue:
+        return s.task_queue
+    return base if base != task_queue and critical_queue_of(base) == task_queue else task_queue
 
 
 class TradingCoreSettings(BaseSettings):

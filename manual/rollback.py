@@ -37,6 +37,19 @@ class Severity(str, Enum):
     NON_CRITICAL = "non_critical"
 
 
+# The critical lane: the manual's "critical path failure -> immediate rollback" must hold its <1 s while
+# anything else runs (a storm of P0 incidents, hundreds of other rollbacks). Such a rollback is started on a
+# task queue of its own (TemporalSettings.critical_task_queue: no backlog ahead of it, worker slots of its
+# own) at Temporal's highest task priority (priority keys run 1 first .. 5, default 3; its activities inherit
+# it), and flips its switches in a local activity. bench/storm.py measures what each of these buys.
+CRITICAL_LANE: frozenset[Severity] = frozenset({Severity.CRITICAL})
+CRITICAL_PRIORITY_KEY = 1
+
+
+def on_critical_lane(severity: Severity) -> bool:
+    return Severity(severity) in CRITICAL_LANE
+
+
 class Scope(str, Enum):
     SINGLE = "single_module"
     CROSS = "cross_module"

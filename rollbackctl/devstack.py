@@ -333,9 +333,9 @@ COMPONENTS: list[Component] = [
                                                                 "(its receipt: `rollbackctl consumers`)")
       for cid in SIM_INSTANCES),
     Component("worker", _python_component("worker"),
-              lambda st: f"worker          task queue {st.temporal.task_queue}  (emergency lane "
-                         f"http://127.0.0.1:{st.dev.emergency_port}/v1/emergency, for when Temporal is down)"
-                         f"{st.metrics_line('worker')}"),
+              lambda st: f"worker          task queues {st.temporal.task_queue}, {st.temporal.critical_task_queue} "
+                         f"(critical lane)  (emergency lane http://127.0.0.1:{st.dev.emergency_port}/v1/emergency, "
+                         f"for when Temporal is down){st.metrics_line('worker')}"),
     # The PagerDuty v3 webhook receiver (`rollbackctl paging serve`): acknowledgements in PagerDuty reach the workflows.
     Component("pagerhook", lambda st: _start_pagerhook(st),
               lambda st: f"PagerDuty hook  {st.webhook_url}  (PagerDuty's v3 webhook subscription posts here)"

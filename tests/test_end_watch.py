@@ -30,12 +30,13 @@ async def _start(env, tq, inc):
 
 async def test_a_terminated_rollback_is_paged_once_and_a_finished_one_is_not(dev_env, store, task_queue):
     si = StandIns()
-    async with make_worker(dev_env, store, si, task_queue):
+    async with make_worker(dev_env, store, si, task_queue, critical_lane=True):
         ended = await _start(dev_env, task_queue, incident())  # ends by itself: withdrawn
         await poll_progress(ended, awaiting("confirm"))
         await ended.execute_update(RollbackWorkflow.withdraw, Decision(actor="oscar", reason="done"))
         await ended.result()
-        killed = await _start(dev_env, task_queue, incident())
+        # a critical-path rollback, on the critical lane's queue as `rollback start` puts it
+        killed = await _start(dev_env, f"{task_queue}-critical", incident())
         await poll_progress(killed, awaiting("confirm"))
         await killed.terminate("someone pressed Terminate in the Web UI")
 

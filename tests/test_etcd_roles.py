@@ -145,7 +145,8 @@ async def test_every_operator_command_runs_with_a_read_only_etcd_user(roles_etcd
         si, guard = StandIns(), GuardStandIn()
         sa, ra = SwitchActivities(store, signing=True), RequestActivities(store)
         async with PagedWorker(dev_env.client, task_queue=task_queue, workflows=WORKFLOWS, standins=si,
-                               activities=[*sa.methods(), ra.apply, *si.methods(), guard.undo_guard]):
+                               activities=[*sa.methods(), ra.apply, *si.methods(), guard.undo_guard],
+                               critical_lane=True):  # as worker.py: `rollback start` below is critical
             # direct changes, the two-person rule, operators
             await cli("switch", "set", "hedge_max_leverage", "2", "--as", "rita", "--reason", "thin margin")
             r = await cli("switch", "set", "global_betting_enabled", "true", "--as", "alice", "--reason", "launch",

@@ -339,7 +339,7 @@ async def run_monitor(ms, ts, interval: float | None = None, stop: asyncio.Event
                 print(f"metrics http://{mset.metrics_listen}/metrics", flush=True)
                 # Pollers of the workers' queue and of this one, seen by Temporal: "no worker" shows here.
                 side.append(asyncio.create_task(TaskQueueMetrics(
-                    client, ts.temporal_namespace, [ts.task_queue, mq],
+                    client, ts.temporal_namespace, [ts.task_queue, ts.critical_task_queue, mq],
                     every_s=mset.metrics_collect_s or 10.0).run(stop)))
             try:
                 await stop.wait()

@@ -148,8 +148,9 @@ def _summary(what: str, inp) -> str:
     return ui_summary(f"{what} by {who}: {why}" if who else what)
 
 
-async def _start(workflow_run, inp, wid: str, what: str, wait: bool, client=None) -> int:
-    from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
+async def _start(workflow_run, inp, wid: str, what: str, wait: bool, client=None, critical: bool = False) -> int:
+    """`critical`: on the critical lane (manual/rollback.py CRITICAL_LANE): its own task queue, first priority."""
+    from temporalio.common import Priority, WorkflowIDConflictPolicy, WorkflowIDReusePolicy
     from temporalio.exceptions import WorkflowAlreadyStartedError
 
     from core.settings import TemporalSettings
@@ -157,9 +158,14 @@ async def _start(workflow_run, inp, wid: str, what: str, wait: bool, client=None
 
     s = TemporalSettings()
     client = client or await connect(s)
+    lane = {}
+    if critical:
+        from manual.rollback import CRITICAL_PRIORITY_KEY
+
+        lane = dict(task_queue=s.critical_task_queue, priority=Priority(priority_key=CRITICAL_PRIORITY_KEY))
     try:
         await client.start_workflow(
-            workflow_run, inp, id=wid, task_queue=s.task_queue,
+            workflow_run, inp, id=wid, **({"task_queue": s.task_queue} | lane),
             id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
             id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
             request_eager_start=True,
@@ -214,7 +220,8 @@ async def cmd_rollback_start(args) -> int:
           + ", ".join(f"{k}={v}" for k, v in changes.items()))
     if not role.at_least(rollback.required_role(scope)):
         print(f"note: {scope.value} needs a super admin; the workflow will page and wait for one to confirm")
-    return await _start("RollbackWorkflow", inp, f"rollback-{args.incident}", "rollback", args.wait, client)
+    return await _start("RollbackWorkflow", inp, f"rollback-{args.incident}", "rollback", args.wait, client,
+                        critical=rollback.on_critical_lane(inp.severity))
 
 
 def _emergency_hint(changes: dict, actor: str) -> str:

@@ -62,12 +62,13 @@ class Signers:
         return inp
 
 
-def signing_worker(env, store, standins, task_queue: str) -> Worker:
-    """A worker as production runs it: signing on, signed direct requests, stand-in core and paging."""
+def signing_worker(env, store, standins, task_queue: str, critical_lane: bool = False) -> Worker:
+    """A worker as production runs it: signing on, signed direct requests, stand-in core and paging
+    (`critical_lane`: and the critical lane's queue, for a critical rollback the CLI starts)."""
     sa = SwitchActivities(store, signing=True)
     ra = RequestActivities(store)
     return PagedWorker(env.client, task_queue=task_queue, workflows=WORKFLOWS, standins=standins,
-                  activities=[*sa.methods(), ra.apply, *standins.methods()])
+                       activities=[*sa.methods(), ra.apply, *standins.methods()], critical_lane=critical_lane)
 
 
 class Unchanged:

@@ -19,17 +19,29 @@ class PagedWorker(Worker):
     Given the test's stand-ins (their strict PagerDuty sink), it also checks, for every workflow branch a
     test runs, what a person at the other end would have lived through (`paging_invariants`)."""
 
-    def __init__(self, client, *, task_queue: str, standins=None, **kw):
+    def __init__(self, client, *, task_queue: str, standins=None, critical_lane: bool = False, **kw):
         super().__init__(client, task_queue=task_queue, **kw)
         self._tq = task_queue
         self._si = standins
+        # `critical_lane`: also serve `<task_queue>-critical`, as worker.py does, for tests whose CLI starts a
+        # critical rollback there (TemporalSettings.critical_task_queue with ROLLBACKCTL_TASK_QUEUE set)
+        self._lane = Worker(client, task_queue=f"{task_queue}-critical", **kw) if critical_lane else None
+
+    async def __aenter__(self):
+        if self._lane is not None:
+            await self._lane.__aenter__()
+        return await super().__aenter__()
 
     async def __aexit__(self, *exc):
-        if exc[0] is None and self._si is not None:
-            await pager_idle(self.client, self._tq)
-            await paging_invariants(self.client, self._si)
-        await stop_pager(self.client, self._tq)
-        return await super().__aexit__(*exc)
+        try:
+            if exc[0] is None and self._si is not None:
+                await pager_idle(self.client, self._tq)
+                await paging_invariants(self.client, self._si)
+            await stop_pager(self.client, self._tq)
+            return await super().__aexit__(*exc)
+        finally:
+            if self._lane is not None:
+                await self._lane.__aexit__(*exc)
 
 
 async def paging_invariants(client, si) -> None:
@@ -86,10 +98,10 @@ async def stop_pager(client, task_queue: str) -> None:
             pass
 
 
-def make_worker(env, store, standins, task_queue: str) -> Worker:
+def make_worker(env, store, standins, task_queue: str, critical_lane: bool = False) -> Worker:
     sa = SwitchActivities(store)
     return PagedWorker(env.client, task_queue=task_queue, workflows=WORKFLOWS, standins=standins,
-                       activities=[*sa.methods(), *standins.methods()])
+                       activities=[*sa.methods(), *standins.methods()], critical_lane=critical_lane)
 
 
 async def set_switches(store, actor: str, **values) -> None:
