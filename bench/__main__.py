@@ -40,6 +40,8 @@ BENCHES: dict[str, tuple[str, dict, dict]] = {
     "monitor_scale": ("bench.monitor_scale", {"symbols": 1000, "runs": 20}, {"symbols": 1000, "runs": 5}),
     "remote_temporal": ("bench.remote_temporal", {"runs": 20}, {"runs": 5}),
     "takeover": ("bench.takeover", {"kills": 10}, {"kills": 3}),
+    "storm": ("bench.storm", {"rollbacks": 200, "incidents": 200, "quiet": 10},
+              {"rollbacks": 30, "incidents": 30, "quiet": 3}),
     "metrics_overhead": ("bench.metrics_overhead", {"rounds": 3, "runs": 20, "changes": 60},
                          {"rounds": 1, "runs": 5, "changes": 15}),
 }

@@ -42,10 +42,10 @@ START_TO_CLOSE = TimeoutType.TIMEOUT_TYPE_START_TO_CLOSE
 OBSERVE = Durations(observe=timedelta(minutes=10), check_interval=timedelta(milliseconds=250))
 
 
-def _spawn_standby(st: BenchStack, n: int) -> subprocess.Popen:
+def _spawn_standby(st: BenchStack, n: int, **extra_env: str) -> subprocess.Popen:
     log = st.dir / f"standby-{n}.log"
     env = {**os.environ, **st.env, "ROLLBACKCTL_EMERGENCY_LISTEN": "", "ROLLBACKCTL_METRICS_LISTEN": "",
-           "ROLLBACKCTL_SDK_METRICS_LISTEN": ""}
+           "ROLLBACKCTL_SDK_METRICS_LISTEN": "", **extra_env}
     p = procs.spawn([sys.executable, "-m", "worker"], log, env=env)
     deadline = time.monotonic() + 60
     while "worker started" not in (log.read_text(errors="replace") if log.exists() else ""):
