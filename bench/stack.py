@@ -200,12 +200,15 @@ async def isolated_stack(out=print):
         shutil.rmtree(d, ignore_errors=True)
 
 
-async def _wait_applied(http: httpx.AsyncClient, url: str, revision: int, timeout: float = 10.0) -> None:
+async def wait_applied(http: httpx.AsyncClient, url: str, revision: int, timeout: float = 10.0,
+                        every: float = 0.02) -> float:
+    """Poll the simulator every `every` s until it reports `revision` applied; time.time() when it did."""
     deadline = time.monotonic() + timeout
     while (await http.get(f"{url}/sim/switches")).json()["revision"] < revision:
         if time.monotonic() > deadline:
             raise RuntimeError(f"the simulator did not apply revision {revision} within {timeout}s")
-        await asyncio.sleep(0.02)
+        await asyncio.sleep(every)
+    return time.time()
 
 
 async def reset(st: BenchStack) -> dict:
@@ -244,5 +247,5 @@ async def reset(st: BenchStack) -> dict:
             res = await st.store.apply(ChangeSetRequest(
                 change_id=f"bench-reset-{uuid.uuid4()}", actor=SUPER_ADMIN, reason="bench: switches back to defaults",
                 changes=changes))
-            await _wait_applied(http, url, res.revision)
+            await wait_applied(http, url, res.revision)
     return {"terminated": len(running), "switches_reset": [c.switch for c in changes]}

@@ -19,8 +19,9 @@ from datetime import timedelta
 
 import httpx
 
-from bench.stack import BenchStack
+from bench.stack import BenchStack, wait_applied
 from bench.stats import summary
+from core.aio import wait_set
 from core.etcd import EtcdUnavailable
 from core.temporal_client import connect
 from manual.rollback import Durations, Scope, Severity
@@ -67,22 +68,8 @@ class AuditRevisions:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise TimeoutError(f"{wid}: no audit record within {timeout:g}s")
-            try:
-                async with asyncio.timeout(left):
-                    await self._changed.wait()
-            except TimeoutError:
-                pass
+            await wait_set(self._changed, left)
         return self.by_source[wid]
-
-
-async def _applied(http: httpx.AsyncClient, url: str, revision: int, timeout: float = 60.0) -> float:
-    """time.time() at which the simulator first reports `revision` applied (polled every 2 ms)."""
-    deadline = time.monotonic() + timeout
-    while (await http.get(f"{url}/sim/switches")).json()["revision"] < revision:
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"the simulator did not apply revision {revision} within {timeout:g}s")
-        await asyncio.sleep(0.002)
-    return time.time()
 
 
 # What each isolation measure buys, in one run: the critical rollback started
@@ -114,7 +101,7 @@ async def critical_sample(st: BenchStack, client, http: httpx.AsyncClient, audit
     h = await client.start_workflow("RollbackWorkflow", inp, id=wid, task_queue=queue, request_eager_start=True,
                                     **lane)
     rev = await audit.revision_of(wid)
-    at = await _applied(http, st.core.url.rstrip("/"), rev)
+    at = await wait_applied(http, st.core.url.rstrip("/"), rev, timeout=60.0, every=0.002)
     await h.terminate("benchmark sample taken")
     return (at - t0) * 1000
 

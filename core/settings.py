@@ -97,12 +97,13 @@ def critical_queue_of(task_queue: str) -> str:
 
 
 def main_queue_of(task_queue: str) -> str:
-    """The main queue a (critical lane's or main) queue belongs to: one pager and one budget per deployment."""
-    base = task_queue.removesuffix("-critical")
+    """The main queue a (critical lane's or main) queue belongs to: one pager and one budget per deployment.
+    The inverse of `critical_queue_of`."""
     s = TemporalSettings()
     if task_queue == s.critical_task_queue:
         return s.task_queue
-    return base if base != task_queue and critical_queue_of(base) == task_queue else task_queue
+    base = task_queue.removesuffix("-critical")
+    return base if base not in (task_queue, s.task_queue) else task_queue
 
 
 class TradingCoreSettings(BaseSettings):

@@ -228,8 +228,8 @@ async def test_the_wait_survives_an_etcd_restart(store, etcd_server):
         task = asyncio.create_task(wait_fleet(store.etcd, store.prefix,
                                               FleetWaitInput(revision=res.revision, class_s=1, timeout_s=20), clock))
         await wait_until(lambda: ws[0].revision >= res.revision, 5, "core-a applied")
-        # Restarted mid-watch, not mid-read: a unary call in flight when another call's failover closes the
-        # shared channel raises CancelledError (core/etcd.py; noted in issue 21's note, not mended here).
+        # Restarted mid-watch, what this test is about (a call cut off mid-read by a failover is
+        # tests/test_etcd_client.py's).
         await wait_until(read_done.is_set, 5, "the wait's first read")
         await asyncio.to_thread(etcd_server.restart)
         got = await task

@@ -158,14 +158,14 @@ async def _start(workflow_run, inp, wid: str, what: str, wait: bool, client=None
 
     s = TemporalSettings()
     client = client or await connect(s)
-    lane = {}
+    queue, priority = s.task_queue, Priority.default
     if critical:
         from manual.rollback import CRITICAL_PRIORITY_KEY
 
-        lane = dict(task_queue=s.critical_task_queue, priority=Priority(priority_key=CRITICAL_PRIORITY_KEY))
+        queue, priority = s.critical_task_queue, Priority(priority_key=CRITICAL_PRIORITY_KEY)
     try:
         await client.start_workflow(
-            workflow_run, inp, id=wid, **({"task_queue": s.task_queue} | lane),
+            workflow_run, inp, id=wid, task_queue=queue, priority=priority,
             id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
             id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
             request_eager_start=True,

@@ -8,6 +8,7 @@ from datetime import timedelta
 from temporalio.worker import Worker
 
 from contracts.changes import ChangeSetRequest, SwitchChange
+from core.settings import critical_queue_of
 from activities.switch_activities import SwitchActivities
 from workflows.registry import WORKFLOWS
 
@@ -23,9 +24,9 @@ class PagedWorker(Worker):
         super().__init__(client, task_queue=task_queue, **kw)
         self._tq = task_queue
         self._si = standins
-        # `critical_lane`: also serve `<task_queue>-critical`, as worker.py does, for tests whose CLI starts a
-        # critical rollback there (TemporalSettings.critical_task_queue with ROLLBACKCTL_TASK_QUEUE set)
-        self._lane = Worker(client, task_queue=f"{task_queue}-critical", **kw) if critical_lane else None
+        # `critical_lane`: also serve the critical lane's queue beside it, as worker.py does, for tests whose CLI
+        # starts a critical rollback there
+        self._lane = Worker(client, task_queue=critical_queue_of(task_queue), **kw) if critical_lane else None
 
     async def __aenter__(self):
         if self._lane is not None:
