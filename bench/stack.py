@@ -149,7 +149,7 @@ async def isolated_stack(out=print):
         "ROLLBACKCTL_DEV_EMERGENCY_PORT": str(procs.free_port()),
         "ROLLBACKCTL_DEV_CONSOLE_PORT": str(procs.free_port()),
         "ROLLBACKCTL_DEV_OFREP_PORT": str(procs.free_port()),
-        "ROLLBACKCTL_DEV_METRICS_PORT": str(procs.free_port_block(6)),  # /metrics on, as in production
+        "ROLLBACKCTL_DEV_METRICS_PORT": str(procs.free_port_block(devstack.METRICS_PORTS)),  # /metrics on, as in production
         "ROLLBACKCTL_TRADING_CORE_URL": f"http://127.0.0.1:{procs.free_port()}",
         "ROLLBACKCTL_TASK_QUEUE": "bench",
         "ROLLBACKCTL_LOG_FORMAT": "json",

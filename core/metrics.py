@@ -91,6 +91,15 @@ MONITOR_POLL_SECONDS = Histogram("rollbackctl_monitor_poll_duration_seconds", "O
                                  buckets=POLL_BUCKETS, registry=None)
 MONITOR_FIRING = Gauge("rollbackctl_monitor_rules_firing", "P0 rules the monitor sees firing now, by rule", ["rule"], registry=None)
 
+# -- the HTTP services (the console, the OFREP endpoint): HttpMetrics below ----------------------------
+HTTP_REQUESTS = Counter("rollbackctl_http_requests",
+                        "HTTP requests answered, by service, route template (never the raw path), method and status code",
+                        ["service", "route", "method", "code"], registry=None)
+HTTP_LATENCY = Histogram("rollbackctl_http_request_duration_seconds",
+                         "Request received to its status line sent (for a live stream: to the stream's start), "
+                         "by service and route template", ["service", "route"], buckets=POLL_BUCKETS, registry=None)
+CONSOLE_LIVE_STREAMS = Gauge("rollbackctl_console_live_streams", "Browsers following a live console page now", registry=None)
+
 
 @dataclass(frozen=True)
 class WorkflowSeries:
@@ -132,6 +141,8 @@ GROUPS: dict[str, tuple] = {
                   CANARY_STAGE, CANARY_STAGES, CANARY_LAST_CHECK_OK, CANARY_FAILED_IN_A_ROW, COLLECTIONS),
     "paging": (PAGES_SENT, PAGES_FAILED),
     "webhooks": (WEBHOOKS_RECEIVED,),
+    "http": (HTTP_REQUESTS, HTTP_LATENCY),
+    "console": (CONSOLE_LIVE_STREAMS,),
     "monitor": (MONITOR_POLLS, MONITOR_POLL_FAILURES, MONITOR_LAST_POLL, MONITOR_SINCE_POLL, MONITOR_POLL_SECONDS,
                 MONITOR_FIRING, TASK_QUEUE_POLLERS),
 }
@@ -140,6 +151,8 @@ WORKER = ("matrix", "workflows", "paging")
 MONITOR = ("monitor",)
 CONSUMER = ("consumer",)
 WEBHOOK_RECEIVER = ("webhooks",)
+CONSOLE = ("http", "console")
+OFREP = ("http", "consumer")  # its cache is what OpenFeature clients read: propagation is measured there too
 
 
 def domain_series() -> list[tuple[str, str, str]]:
@@ -170,6 +183,59 @@ def serve(listen: str, groups: tuple[str, ...]) -> object:
     host, _, port = listen.rpartition(":")
     server, _thread = start_http_server(int(port), addr=host or "127.0.0.1", registry=registry(groups))
     return server
+
+
+def serve_configured(groups: tuple[str, ...]) -> object | None:
+    """This process's /metrics at ROLLBACKCTL_METRICS_LISTEN (none when empty), said in one line."""
+    from core.settings import MetricsSettings
+
+    listen = MetricsSettings().metrics_listen
+    if not listen:
+        return None
+    print(f"metrics http://{listen}/metrics", flush=True)
+    return serve(listen, groups)
+
+
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+class HttpMetrics:
+    """ASGI middleware counting a Starlette app's requests by route template (bounded labels: a workflow id
+    in `/workflows/{wid}` is never a label; a path no route matches is `unmatched`, an odd method `other`)."""
+
+    def __init__(self, app, service: str):
+        self.app, self.service = app, service
+        self.routes = list(getattr(app, "routes", ()))
+
+    def route_of(self, scope) -> str:
+        from starlette.routing import Match
+
+        for r in self.routes:
+            match, _ = r.matches(scope)
+            if match is not Match.NONE:  # PARTIAL: the path matches, the method does not (405)
+                return getattr(r, "path", "") or "unmatched"
+        return "unmatched"
+
+    async def __call__(self, scope, receive, send) -> None:
+        import time
+
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        route, started, code = self.route_of(scope), time.perf_counter(), 500
+
+        async def counted(message) -> None:
+            nonlocal code
+            if message["type"] == "http.response.start":
+                code = message["status"]
+                HTTP_LATENCY.labels(self.service, route).observe(time.perf_counter() - started)
+            await send(message)
+
+        try:
+            await self.app(scope, receive, counted)
+        finally:
+            method = scope.get("method", "")
+            HTTP_REQUESTS.labels(self.service, route, method if method in METHODS else "other", str(code)).inc()
 
 
 def _since_poll() -> float:

@@ -263,7 +263,8 @@ class DevStackSettings(BaseSettings):
     temporal_ui_port: int = 8233
     sim_port: int = 8700
     emergency_port: int = 8720  # the worker's emergency lane
-    # Prometheus endpoints: worker, worker SDK, monitor, monitor SDK, simulator, webhook receiver (this + 0..5)
+    # Prometheus endpoints: worker, worker SDK, monitor, monitor SDK, simulator, webhook receiver, console, OFREP
+    # (this + 0..7)
     metrics: bool = True  # ROLLBACKCTL_DEV_METRICS=false: no /metrics anywhere in the stack
     metrics_port: int = 9464
     metrics_scrape_s: float = 5.0  # the scrape interval of the Prometheus config `dev up` writes

@@ -96,7 +96,8 @@ class Stack:
         }
 
     # Prometheus endpoints (core/metrics.py): (domain offset, SDK offset or None) from ROLLBACKCTL_DEV_METRICS_PORT
-    METRICS = {"worker": (0, 1), "monitor": (2, 3), "sim": (4, None), "pagerhook": (5, None)}
+    METRICS = {"worker": (0, 1), "monitor": (2, 3), "sim": (4, None), "pagerhook": (5, None), "console": (6, None),
+               "ofrep": (7, None)}
 
     def metrics_targets(self, name: str) -> list[str]:
         dom, sdk = self.METRICS.get(name, (None, None))
@@ -132,7 +133,8 @@ class Stack:
         rules = Path(__file__).resolve().parent.parent / "monitoring" / "prometheus" / "rollbackctl-rules.yml"
         jobs = {"rollbackctl-worker": ("worker", 0), "rollbackctl-worker-sdk": ("worker", 1),
                 "rollbackctl-monitor": ("monitor", 0), "rollbackctl-monitor-sdk": ("monitor", 1),
-                "rollbackctl-sim": ("sim", 0), "rollbackctl-pagerhook": ("pagerhook", 0)}
+                "rollbackctl-sim": ("sim", 0), "rollbackctl-pagerhook": ("pagerhook", 0),
+                "rollbackctl-console": ("console", 0), "rollbackctl-ofrep": ("ofrep", 0)}
         etcd_host, etcd_port = self.etcd_hostport
         text = metrics.prometheus_config(
             {job: self.metrics_targets(name)[i] for job, (name, i) in jobs.items()}
@@ -183,6 +185,10 @@ class Stack:
             "ROLLBACKCTL_SLACK_WEBHOOK_URLS": ",".join(
                 f"{base}/sim/slack/{lv.slack_channel.lstrip('#')}" for lv in escalation.LEVELS),
         }
+
+
+# How many ports from ROLLBACKCTL_DEV_METRICS_PORT the stack's /metrics endpoints take.
+METRICS_PORTS = 1 + max(o for pair in Stack.METRICS.values() for o in pair if o is not None)
 
 
 def dev_routing_keys() -> list[str]:
@@ -265,14 +271,15 @@ def _serving(st: Stack, name: str, cli: list[str], host: str, port: int, what: s
 def _start_console(st: Stack) -> int:
     """The operator console (`rollbackctl console`) on http://localhost:<ROLLBACKCTL_DEV_CONSOLE_PORT>."""
     return _serving(st, "console", ["console"], "127.0.0.1", st.dev.console_port, "console",
-                    {"ROLLBACKCTL_CONSOLE_LISTEN": f"127.0.0.1:{st.dev.console_port}"})
+                    {"ROLLBACKCTL_CONSOLE_LISTEN": f"127.0.0.1:{st.dev.console_port}", **st.metrics_env("console")})
 
 
 def _start_ofrep(st: Stack) -> int:
     """The OFREP endpoint (`rollbackctl ofrep serve`) on 127.0.0.1:<ROLLBACKCTL_DEV_OFREP_PORT>."""
     return _serving(st, "ofrep", ["ofrep", "serve"], "127.0.0.1", st.dev.ofrep_port, "OFREP endpoint",
                     {"ROLLBACKCTL_OFREP_LISTEN": f"127.0.0.1:{st.dev.ofrep_port}",
-                     "ROLLBACKCTL_OFREP_TOKEN": st.ofrep_token, "ROLLBACKCTL_CONSUMER_ID": "ofrep-1"})
+                     "ROLLBACKCTL_OFREP_TOKEN": st.ofrep_token, "ROLLBACKCTL_CONSUMER_ID": "ofrep-1",
+                     **st.metrics_env("ofrep")})
 
 
 SIM_INSTANCES = ("sim-2", "sim-3")  # beside the simulator (sim-1): the fleet whose receipts a change waits for
@@ -348,11 +355,11 @@ COMPONENTS: list[Component] = [
     # OpenFeature clients in any language read the matrix here (`rollbackctl ofrep serve`).
     Component("ofrep", _start_ofrep,
               lambda st: f"OFREP           http://127.0.0.1:{st.dev.ofrep_port}/ofrep/v1/  (bearer token "
-                         f"{st.ofrep_token!r}; openfeature-provider-ofrep and others)"),
+                         f"{st.ofrep_token!r}; openfeature-provider-ofrep and others){st.metrics_line('ofrep')}"),
     # The operator console (`rollbackctl console`): sign in with a passkey approved by a super admin.
     Component("console", _start_console,
               lambda st: f"console         {st.console_url}  (register a passkey at /register; "
-                         "`rollbackctl passkey approve NAME CODE` approves it)"),
+                         f"`rollbackctl passkey approve NAME CODE` approves it){st.metrics_line('console')}"),
 ]
 
 

@@ -157,11 +157,15 @@ async def serve(listen: str, token: str, ready=None) -> None:
     es = EtcdSettings()
     etcd = Etcd.from_settings(es)
     # ROLLBACKCTL_CONSUMER_ID: the endpoint's receipt (what its cache holds; its clients poll it)
-    watcher = SwitchWatcher(etcd, es.prefix, observe=False,
-                            consumer_id=os.environ.get("ROLLBACKCTL_CONSUMER_ID") or None)
+    from core import metrics
+
+    # its cache is what the clients read: propagation (audited -> in this cache) is measured here
+    watcher = SwitchWatcher(etcd, es.prefix, consumer_id=os.environ.get("ROLLBACKCTL_CONSUMER_ID") or None)
     await watcher.start()
+    metrics_server = metrics.serve_configured(metrics.OFREP)
     host, _, port = listen.rpartition(":")
-    server = uvicorn.Server(uvicorn.Config(Ofrep(watcher, token).app(), host=host or "127.0.0.1", port=int(port),
+    app = metrics.HttpMetrics(Ofrep(watcher, token).app(), "ofrep")
+    server = uvicorn.Server(uvicorn.Config(app, host=host or "127.0.0.1", port=int(port),
                                            log_level="warning", access_log=False, lifespan="off"))
     serving = asyncio.create_task(server.serve())
     try:
@@ -174,5 +178,7 @@ async def serve(listen: str, token: str, ready=None) -> None:
             ready()
         await serving
     finally:
+        if metrics_server is not None:
+            metrics_server.shutdown()
         await watcher.stop()
         await etcd.close()

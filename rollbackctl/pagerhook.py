@@ -164,7 +164,9 @@ async def serve(host: str, port: int, *, stop=None) -> int:
     secrets = [s.strip() for s in (ps.pagerduty_webhook_secret.get_secret_value() if ps.pagerduty_webhook_secret
                                    else "").split(",") if s.strip()]
     client = await connect(ts)
-    server_m = _serve_metrics()
+    from core import metrics
+
+    server_m = metrics.serve_configured(metrics.WEBHOOK_RECEIVER)
 
     async def forward(ev: AlertEvent) -> str:
         return await forward_alert_event(client, ts.task_queue, ev)
@@ -185,14 +187,3 @@ async def serve(host: str, port: int, *, stop=None) -> int:
         server_m.shutdown()
     return 0
 
-
-def _serve_metrics():
-    """This process's /metrics (ROLLBACKCTL_METRICS_LISTEN; none when empty)."""
-    from core import metrics
-    from core.settings import MetricsSettings
-
-    listen = MetricsSettings().metrics_listen
-    if not listen:
-        return None
-    print(f"metrics http://{listen}/metrics", flush=True)
-    return metrics.serve(listen, metrics.WEBHOOK_RECEIVER)

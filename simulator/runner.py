@@ -90,10 +90,8 @@ async def serve(host: str, port: int, *, prefix: str | None = None, seed: int | 
         return 5
     app, sim = build_app(prefix=prefix, seed=seed)
     from core import metrics
-    from core.settings import MetricsSettings
 
-    listen = MetricsSettings().metrics_listen  # /metrics: the watcher's propagation (audited -> applied here)
-    metrics_server = metrics.serve(listen, metrics.CONSUMER) if listen else None
+    metrics_server = metrics.serve_configured(metrics.CONSUMER)  # the watcher's propagation (audited -> applied here)
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False, lifespan="on",
                             timeout_graceful_shutdown=2, log_config=None)
     server = uvicorn.Server(config)

@@ -68,9 +68,10 @@ def test_the_dashboard_is_built_from_its_source_and_names_only_real_series():
     used = {m for q in build_dashboard.queries()
             for m in re.findall(r"\b(rollbackctl_[a-z_]+?)(?:_bucket|_count|_sum)?\b", q)}
     assert used <= _catalogue(), used - _catalogue()
-    # Every panel of the dashboard's five areas has a query.
+    # The issue's five areas (matrix, incidents, rollbacks, canary, paging), and the HTTP services.
     titles = [t for t, _ in build_dashboard.ROWS]
-    assert titles == ["Control matrix", "P0 incidents", "Rollbacks, degradations and decisions", "Canary", "Paging"]
+    assert titles == ["Control matrix", "P0 incidents", "Rollbacks, degradations and decisions", "Canary", "Paging",
+                      "Console and OFREP"]
 
 
 def test_switch_gauges_follow_the_manual_and_pass_promtool():
@@ -143,3 +144,44 @@ def test_each_process_exports_only_what_it_fills():
     text = generate_latest(metrics.registry(metrics.CONSUMER)).decode()
     assert "rollbackctl_switch_propagation_seconds" in text
     assert "rollbackctl_audit" not in text and "rollbackctl_monitor" not in text
+
+
+async def test_http_requests_are_counted_by_route_template_never_by_raw_path():
+    """Labels stay bounded (Prometheus naming practice: no label for user-supplied values): a workflow id in
+    the path is never a label value, a path no route has is `unmatched`, a method no one uses is `other`;
+    the status is the one the client got, a 405 and an unhandled error included."""
+    import httpx
+    from starlette.applications import Starlette
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+
+    def boom(request):
+        raise RuntimeError("broken handler")
+
+    app = Starlette(routes=[Route("/workflows/{wid}", lambda r: PlainTextResponse(r.path_params["wid"])),
+                            Route("/boom", boom)])
+    reg = metrics.registry(("http",))
+    service = "test-http"
+
+    def count(route: str, method: str, code: str) -> float:
+        return reg.get_sample_value("rollbackctl_http_requests_total",
+                                    {"service": service, "route": route, "method": method, "code": code}) or 0.0
+
+    before = {k: count(*k) for k in [("/workflows/{wid}", "GET", "200"), ("/workflows/{wid}", "POST", "405"),
+                                     ("unmatched", "GET", "404"), ("unmatched", "other", "404"), ("/boom", "GET", "500")]}
+    transport = httpx.ASGITransport(app=metrics.HttpMetrics(app, service), raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as http:
+        for wid in ("rollback-1", "rollback-2", "rollback-3"):
+            assert (await http.get(f"/workflows/{wid}")).text == wid
+        assert (await http.post("/workflows/rollback-1")).status_code == 405
+        assert (await http.get("/nowhere")).status_code == 404
+        assert (await http.request("BREW", "/nowhere")).status_code == 404
+        assert (await http.get("/boom")).status_code == 500
+    after = {k: count(*k) for k in before}
+    assert {k: after[k] - before[k] for k in before} == {
+        ("/workflows/{wid}", "GET", "200"): 3, ("/workflows/{wid}", "POST", "405"): 1, ("unmatched", "GET", "404"): 1,
+        ("unmatched", "other", "404"): 1, ("/boom", "GET", "500"): 1}
+    text = generate_latest(reg).decode()
+    assert "rollback-1" not in text and "nowhere" not in text and "BREW" not in text
+    assert reg.get_sample_value("rollbackctl_http_request_duration_seconds_count",
+                                {"service": service, "route": "/workflows/{wid}"}) >= 3

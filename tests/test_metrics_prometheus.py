@@ -23,6 +23,7 @@ import httpx
 import pytest
 
 from core import procs
+from rollbackctl import devstack
 from tests.support.infra import clean_env
 from tests.support.waits import wait_for_value
 
@@ -46,7 +47,7 @@ def _stack_env(tmp_path: Path) -> dict[str, str]:
         ROLLBACKCTL_ETCD_ENDPOINTS=f"127.0.0.1:{p()}", ROLLBACKCTL_DEV_ETCD_PEER_PORT=str(p()),
         TEMPORAL_ADDRESS=f"127.0.0.1:{p()}", ROLLBACKCTL_DEV_TEMPORAL_UI_PORT=str(p()),
         ROLLBACKCTL_TRADING_CORE_URL=f"http://127.0.0.1:{p()}", ROLLBACKCTL_DEV_EMERGENCY_PORT=str(p()),
-        ROLLBACKCTL_PAGING_LISTEN=f"127.0.0.1:{p()}", ROLLBACKCTL_DEV_METRICS_PORT=str(procs.free_port_block(6)),
+        ROLLBACKCTL_PAGING_LISTEN=f"127.0.0.1:{p()}", ROLLBACKCTL_DEV_METRICS_PORT=str(procs.free_port_block(devstack.METRICS_PORTS)),
         ROLLBACKCTL_DEV_CONSOLE_PORT=str(p()), ROLLBACKCTL_DEV_OFREP_PORT=str(p()),
         ROLLBACKCTL_DEV_METRICS_SCRAPE_S="1", ROLLBACKCTL_METRICS_COLLECT_S="1",
         ROLLBACKCTL_METRICS_AUDIT_VERIFY_S="2", DEMO_SCENARIOS="rollback,p0", KEEP="1",
@@ -78,8 +79,6 @@ def stack(tmp_path):
     saved = dict(os.environ)
     os.environ.update(env)
     try:
-        from rollbackctl import devstack
-
         st = devstack.Stack()
         cfg = st.write_prometheus_config()
     finally:
@@ -132,8 +131,9 @@ async def test_a_rollback_and_a_p0_incident_answer_through_prometheus(stack, tmp
         return httpx.get(f"{prom.url}/api/v1/targets", timeout=10).json()["data"]["activeTargets"]
 
     ts = await until("every target scraped and up", targets,
-                    lambda t: len(t) == 7 and all(x["health"] == "up" for x in t), 60)
-    assert {x["labels"]["job"] for x in ts} >= {"rollbackctl-worker", "rollbackctl-monitor", "rollbackctl-sim"}
+                    lambda t: len(t) == 9 and all(x["health"] == "up" for x in t), 60)
+    assert {x["labels"]["job"] for x in ts} >= {"rollbackctl-worker", "rollbackctl-monitor", "rollbackctl-sim",
+                                               "rollbackctl-console", "rollbackctl-ofrep"}
 
     # The control matrix: the gauge says what etcd says; HL_MODE was in force during the rollback.
     now = {s["name"]: s["value"] for s in _cli_json(env, "switch", "list")}
@@ -213,6 +213,31 @@ async def test_a_rollback_and_a_p0_incident_answer_through_prometheus(stack, tmp
     for expr in build_dashboard.queries():
         prom.query(expr)
 
+    # The HTTP services count by route template: the OFREP endpoint (an OpenFeature client's poll, then its
+    # If-None-Match poll answered 304 per the OFREP OpenAPI; a request without the token) and the console
+    # (two workflows' pages without a session: redirected to sign in; a path no route has).
+    ofrep = f"http://127.0.0.1:{st.dev.ofrep_port}/ofrep/v1/evaluate/flags"
+    auth = {"Authorization": f"Bearer {st.ofrep_token}"}
+    first = httpx.post(ofrep, json={"context": {}}, headers=auth, timeout=10)
+    assert first.status_code == 200 and first.headers["etag"]
+    again = httpx.post(ofrep, json={"context": {}}, headers={**auth, "If-None-Match": first.headers["etag"]}, timeout=10)
+    assert again.status_code == 304
+    assert httpx.post(ofrep, json={}, timeout=10).status_code == 401
+    for wid in ("rollback-metrics-a", "rollback-metrics-b"):
+        assert httpx.get(f"{st.console_url}/workflows/{wid}", timeout=10).status_code == 303
+    assert httpx.get(f"{st.console_url}/no-such-page", timeout=10).status_code == 404
+    flags = 'sum(rollbackctl_http_requests_total{job="rollbackctl-ofrep",route="/ofrep/v1/evaluate/flags",method="POST",code="%s"})'
+    await until("the OFREP 304 counted", lambda: prom.value(flags % "304"), lambda v: v == 1.0, 30)
+    assert prom.value(flags % "200") >= 1.0 and prom.value(flags % "401") == 1.0
+    assert prom.value('sum(rollbackctl_http_request_duration_seconds_count{job="rollbackctl-ofrep"})') >= 3.0
+    await until("the console's redirects counted", lambda: prom.value(
+        'sum(rollbackctl_http_requests_total{job="rollbackctl-console",route="/workflows/{wid}",code="303"})'),
+        lambda v: v == 2.0, 30)
+    assert prom.value('sum(rollbackctl_http_requests_total{job="rollbackctl-console",route="unmatched",code="404"})') == 1.0
+    assert not prom.query('{__name__=~"rollbackctl_http_.*",route=~".*metrics-a.*|.*no-such-page.*"}')
+    # The OFREP cache is a consumer too: the rollback's changes reached it, timed.
+    assert prom.value('sum(rollbackctl_switch_propagation_seconds_count{job="rollbackctl-ofrep"})') >= routing
+
     # Every endpoint's exposition passes promtool's lint.
     promtool = _require("promtool")
     for t in ts:
@@ -221,3 +246,24 @@ async def test_a_rollback_and_a_p0_incident_answer_through_prometheus(stack, tmp
             continue  # etcd's own series: not ours to lint
         r = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True)
         assert r.returncode == 0, f"{t['labels']['job']}: {r.stdout}{r.stderr}"
+
+    # A Phase 3 canary that promotes, then one that rolls back on an injected 2% error rate (the demo's
+    # canary scenario, run again on the same stack): its stage gauges followed it while it ran and are
+    # gone now that no canary runs; its checks and its ends were counted.
+    log2 = tmp_path / "demo-canary.log"
+    with open(log2, "wb") as out:
+        demo = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "rollbackctl.demo"],
+                                       env={**env, "DEMO_SCENARIOS": "canary"}, stdout=out, stderr=subprocess.STDOUT,
+                                       cwd=REPO, timeout=600)
+    assert demo.returncode == 0, log2.read_text()[-4000:]
+    stages = len(_cli_json(env, "canary", "plan", "phase3")["stages"])
+    assert stages == 4
+    assert prom.value('max(max_over_time(rollbackctl_canary_stages{phase="phase3"}[15m]))') == stages
+    assert prom.value('max(max_over_time(rollbackctl_canary_stage{phase="phase3"}[15m]))') == stages  # Full Open reached
+    assert prom.value('max(max_over_time(rollbackctl_canary_last_check_ok{phase="phase3"}[15m]))') == 1.0
+    await until("the canary gauges gone with the canaries", lambda: prom.query("rollbackctl_canary_stage"),
+                lambda v: v == [], 30)
+    assert prom.value('sum(rollbackctl_workflows_finished_total{kind="canary",result="passed"})') == 1.0
+    assert prom.value('sum(rollbackctl_workflows_finished_total{kind="canary",result="rolled_back"})') == 1.0
+    assert prom.value('sum(rollbackctl_health_checks_total{kind="canary",result="ok"})') >= stages
+    assert prom.value('sum(rollbackctl_health_checks_total{kind="canary",result="failed"})') >= 1.0

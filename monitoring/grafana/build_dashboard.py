@@ -74,6 +74,16 @@ ROWS = [
         ("PagerDuty webhooks", "timeseries",
          [("sum by (outcome) (increase(rollbackctl_pagerduty_webhooks_total[10m]))", "{{outcome}}")], "short", ""),
     ]),
+    ("Console and OFREP", [
+        ("Requests (per min) by status", "timeseries",
+         [("sum by (service, code) (rate(rollbackctl_http_requests_total[5m])) * 60", "{{service}} {{code}}")], "short",
+         "401 / 403 bursts at the console are refused sign-ins or decisions; 5xx are faults."),
+        ("Response start p99 by route", "timeseries",
+         [("histogram_quantile(0.99, sum by (service, route, le) (rate(rollbackctl_http_request_duration_seconds_bucket[5m])))",
+           "{{service}} {{route}}")], "s", ""),
+        ("Live console pages", "stat", [("sum(rollbackctl_console_live_streams)", "followed")], "short",
+         "Browsers following a live page now."),
+    ]),
 ]
 
 

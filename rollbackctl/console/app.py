@@ -368,6 +368,16 @@ class Console:
         tpl = self.jinja.get_template(fragment)
 
         async def stream():
+            from core import metrics
+
+            metrics.CONSOLE_LIVE_STREAMS.inc()
+            try:
+                async for chunk in frames():
+                    yield chunk
+            finally:
+                metrics.CONSOLE_LIVE_STREAMS.dec()
+
+        async def frames():
             last = None
             while True:
                 if await request.is_disconnected() or self.closing.is_set():
@@ -626,7 +636,10 @@ async def serve(settings: ConsoleSettings | None = None, ready: Callable[[str], 
             console.closing.set()
             super().handle_exit(sig, frame)
 
-    server = Server(uvicorn.Config(console.app(), host=host, port=port, log_level="warning",
+    from core import metrics
+
+    metrics_server = metrics.serve_configured(metrics.CONSOLE)
+    server = Server(uvicorn.Config(metrics.HttpMetrics(console.app(), "console"), host=host, port=port, log_level="warning",
                                    access_log=False, lifespan="off", timeout_graceful_shutdown=2))
     serving = asyncio.create_task(server.serve())
     try:
@@ -640,5 +653,7 @@ async def serve(settings: ConsoleSettings | None = None, ready: Callable[[str], 
         await serving
     finally:
         task.cancel()
+        if metrics_server is not None:
+            metrics_server.shutdown()
         await watcher.stop()
         await etcd.close()
