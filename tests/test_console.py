@@ -294,3 +294,43 @@ def test_a_decision_page_offers_what_the_step_answers_to_and_its_exits():
     assert options(p("confirm"), "RollbackWorkflow", "other") == []  # another step: nothing
     fix = next(o for o in options(p("fix"), "RollbackWorkflow", "s"))
     assert fix["fields"] == ("reference", "tests_passed", "restore")
+
+
+async def test_ceremonies_begun_without_a_session_are_bounded_per_address_and_in_all(store, monkeypatch):
+    """Anyone who reaches the console can begin a sign-in: 20 in progress per address, then 429 naming when
+    to try again (RFC 6585: 429 Too Many Requests); other addresses still sign in; an expired ceremony frees
+    its place; the whole process holds at most MAX_CEREMONIES. A refusal begins nothing."""
+    import httpx
+
+    now = [1000.0]
+    async with asgi(store) as (console, c):
+        console.sessions.clock = lambda: now[0]
+        for _ in range(auth.MAX_CEREMONIES_PER_CLIENT):
+            assert (await c.post("/auth/login/begin", json={})).status_code == 200
+        held = len(console.sessions.ceremonies)
+        r = await c.post("/auth/register/begin", json={"operator": "rita"})
+        assert r.status_code == 429, r.text
+        assert r.json()["error"] == (f"{auth.MAX_CEREMONIES_PER_CLIENT} sign-ins and registrations from 127.0.0.1 are "
+                                     f"in progress: try again in {auth.CEREMONY_S} s")
+        assert len(console.sessions.ceremonies) == held
+        other = httpx.ASGITransport(app=console.app(), client=("127.0.0.2", 4000))
+        async with httpx.AsyncClient(transport=other, base_url=console.origin, headers={"Origin": console.origin}) as c2:
+            assert (await c2.post("/auth/login/begin", json={})).status_code == 200
+            now[0] += auth.CEREMONY_S - 30
+            r = await c.post("/auth/login/begin", json={})
+            assert r.status_code == 429 and r.json()["error"].endswith("try again in 30 s")
+            now[0] += 31  # the first address's ceremonies lapsed
+            assert (await c.post("/auth/login/begin", json={})).status_code == 200
+            monkeypatch.setattr(auth, "MAX_CEREMONIES", len(console.sessions.ceremonies))
+            r = await c2.post("/auth/login/begin", json={})
+            assert r.status_code == 429 and r.json()["error"].startswith(
+                f"{auth.MAX_CEREMONIES} sign-ins and registrations are in progress: try again in")
+
+
+def test_expired_sessions_leave_memory_when_another_begins():
+    now = [0.0]
+    s = auth.Sessions(max_age_s=3600, idle_s=600, clock=lambda: now[0])
+    old = s.new("rita", "cred-1")
+    now[0] += 601
+    s.new("sam", "cred-2")
+    assert old.id not in s.sessions and len(s.sessions) == 1

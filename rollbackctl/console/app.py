@@ -237,7 +237,7 @@ class Console:
         exclude = [pk.credential_id for pk in op.passkeys] + [p["credential_id"] for p in pending]
         challenge, options = auth.registration_options(self.rp_id, self.settings.rp_name, name, exclude)
         token = self.sessions.begin(auth.Ceremony("register", challenge, self.sessions.clock() + auth.CEREMONY_S,
-                                                  operator=name, label=label))
+                                                  operator=name, label=label, client=client_of(request)))
         return self._ceremony_cookie(Response(options, media_type="application/json"), token)
 
     async def register_finish(self, request: Request) -> Response:
@@ -269,7 +269,8 @@ class Console:
     async def login_begin(self, request: Request) -> Response:
         await self.json_body(request)
         challenge, options = auth.authentication_options(self.rp_id)
-        token = self.sessions.begin(auth.Ceremony("login", challenge, self.sessions.clock() + auth.CEREMONY_S))
+        token = self.sessions.begin(auth.Ceremony("login", challenge, self.sessions.clock() + auth.CEREMONY_S,
+                                                  client=client_of(request)))
         return self._ceremony_cookie(Response(options, media_type="application/json"), token)
 
     async def login_finish(self, request: Request) -> Response:
@@ -551,6 +552,11 @@ class Console:
                               title=title, started_at=row.started, closed_at=row.closed,
                               history=timeline.history_events(hist), progress=p, state=state, records=recs,
                               head=audit.report.head, audit_ok=audit.report.ok, link=row.link)
+
+
+def client_of(request: Request) -> str:
+    """The peer's address (behind a reverse proxy, uvicorn's --forwarded-allow-ips makes it the client's)."""
+    return request.client.host if request.client else ""
 
 
 def safe_next(nxt: Any) -> str:

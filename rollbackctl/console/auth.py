@@ -23,6 +23,7 @@ import base64
 import hashlib
 import hmac
 import json
+import math
 import secrets
 import time
 from dataclasses import dataclass, field
@@ -50,6 +51,11 @@ CEREMONY_COOKIE = "rbc_ceremony"
 CEREMONY_S = 120  # a registration or sign-in must finish within this (the browser's own timeout is 60 s)
 ALGS = [COSEAlgorithmIdentifier.ECDSA_SHA_256, COSEAlgorithmIdentifier.EDDSA]  # ES256 and EdDSA passkeys
 MAX_PENDING_PER_OPERATOR = 5
+# Ceremonies are begun without a session, so anyone who reaches the console can begin one: they are held in
+# memory for CEREMONY_S, at most this many at once, and this many per client address, so a flood can neither
+# exhaust the process nor, from one address, lock every operator out.
+MAX_CEREMONIES = 2000
+MAX_CEREMONIES_PER_CLIENT = 20
 
 
 class AuthError(Exception):
@@ -84,6 +90,7 @@ class Ceremony:
     expires: float
     operator: str | None = None
     label: str = ""
+    client: str = ""  # the address that began it (its share of MAX_CEREMONIES_PER_CLIENT)
 
 
 @dataclass
@@ -98,6 +105,8 @@ class Sessions:
 
     def new(self, operator: str, credential_id: str) -> Session:
         now = self.clock()
+        for k in [k for k, v in self.sessions.items() if now - v.created > self.max_age_s or now - v.seen > self.idle_s]:
+            del self.sessions[k]  # expired ones nobody asks for again would otherwise stay in memory
         s = Session(secrets.token_urlsafe(32), operator, credential_id, secrets.token_urlsafe(24), now, now)
         self.sessions[s.id] = s
         return s
@@ -120,9 +129,18 @@ class Sessions:
         now = self.clock()
         for k in [k for k, v in self.ceremonies.items() if v.expires < now]:
             del self.ceremonies[k]
+        mine = [v for v in self.ceremonies.values() if v.client == c.client]
+        if len(mine) >= MAX_CEREMONIES_PER_CLIENT:
+            self._refuse(mine, f"{len(mine)} sign-ins and registrations from {c.client or 'this address'} are in progress")
+        if len(self.ceremonies) >= MAX_CEREMONIES:
+            self._refuse(list(self.ceremonies.values()), f"{len(self.ceremonies)} sign-ins and registrations are in progress")
         token = secrets.token_urlsafe(24)
         self.ceremonies[token] = c
         return token
+
+    def _refuse(self, held: list[Ceremony], why: str) -> None:
+        wait = max(1, math.ceil(min(v.expires for v in held) - self.clock()))  # when the oldest one lapses
+        raise AuthError(429, f"{why}: try again in {wait} s")
 
     def take(self, token: str | None, kind: str) -> Ceremony:
         c = self.ceremonies.pop(token or "", None)
