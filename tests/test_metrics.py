@@ -185,3 +185,75 @@ async def test_http_requests_are_counted_by_route_template_never_by_raw_path():
     assert "rollback-1" not in text and "nowhere" not in text and "BREW" not in text
     assert reg.get_sample_value("rollbackctl_http_request_duration_seconds_count",
                                 {"service": service, "route": "/workflows/{wid}"}) >= 3
+
+
+async def test_with_temporal_unreachable_the_workflow_gauges_keep_their_last_values(dev_env, store, task_queue):
+    """README, "Metrics": when the worker cannot read workflow state from Temporal, the gauges keep what it
+    last saw and `rollbackctl_metrics_collections_total{outcome="failed"}` counts the miss (the alert
+    RollbackctlMetricsCollectionFailing reads it). Temporal is the real dev server behind a loopback proxy
+    that resets every connection (`cut`), as a partition would."""
+    import asyncio
+    from datetime import timedelta
+
+    from temporalio.client import Client
+    from temporalio.contrib.pydantic import pydantic_data_converter
+
+    from manual.rollback import Durations, Scope, Severity
+    from tests.support.proxy import Proxy
+    from tests.support.standins import StandIns
+    from tests.support.waits import wait_for_value
+    from tests.support.wf_helpers import incident, make_worker, poll_progress, terminate_idle
+    from workflows.models import RollbackInput
+    from workflows.rollback import RollbackWorkflow, rollback_workflow_id
+
+    reg = metrics.registry(("workflows",))
+    proxy = Proxy(dev_env.client.service_client.config.target_host).start()
+    client = await Client.connect(proxy.endpoint, namespace=dev_env.client.namespace,
+                                  data_converter=pydantic_data_converter)
+    wm = am.WorkflowMetrics(client, every_s=3600, query_timeout_s=3)
+
+    def gauges() -> dict:
+        return {(s.name, tuple(sorted(s.labels.items()))): s.value for m in reg.collect() for s in m.samples
+                if not s.name.startswith("rollbackctl_metrics_collections")}
+
+    def failed() -> float:
+        return reg.get_sample_value("rollbackctl_metrics_collections_total", {"outcome": "failed"}) or 0.0
+
+    async with make_worker(dev_env, store, StandIns(), task_queue):
+        inc = incident()
+        h = await dev_env.client.start_workflow(
+            RollbackWorkflow.run, RollbackInput(
+                incident_id=inc, summary="error rate 3%", severity=Severity.CRITICAL, scope=Scope.CROSS,
+                requested_by="oscar", reason="internalization failing",
+                durations=Durations(observe=timedelta(seconds=1), check_interval=timedelta(milliseconds=250))),
+            id=rollback_workflow_id(inc), task_queue=task_queue)
+        try:
+            p = await poll_progress(h, lambda p: p.awaiting is not None and p.awaiting.step == "confirm")
+
+            async def seen() -> float | None:
+                await wm.collect()
+                return reg.get_sample_value("rollbackctl_workflows_running", {"kind": "rollback", "step": p.current_step})
+
+            await wait_for_value(seen, lambda v: (v or 0) >= 1, 20, "the rollback in the gauges (visibility lags)")
+            before, failed0 = gauges(), failed()
+            assert reg.get_sample_value("rollbackctl_awaiting_human", {"kind": "rollback", "role": p.awaiting.min_role}) >= 1
+
+            proxy.cut()
+            stop = asyncio.Event()
+            loop = asyncio.create_task(wm.run(stop))
+
+            async def misses() -> float:
+                return failed()
+
+            await wait_for_value(misses, lambda v: v == failed0 + 1, 60, "a failed collection counted", every=0.2)
+            stop.set()
+            await loop
+            assert gauges() == before  # nothing reset, nothing dropped
+
+            proxy.open()
+            await wm.collect()  # Temporal back: the next collection succeeds and says the same
+            assert reg.get_sample_value("rollbackctl_workflows_running", {"kind": "rollback", "step": p.current_step}) >= 1
+        finally:
+            proxy.open()
+            await terminate_idle(h)
+            proxy.close()
