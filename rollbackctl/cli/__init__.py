@@ -27,6 +27,7 @@ COMMAND_MODULES = [
     "rollbackctl.cli.console_cmds",
     "rollbackctl.cli.ofrep_cmds",
     "rollbackctl.cli.consumers_cmds",
+    "rollbackctl.cli.drill_cmds",
 ]
 
 

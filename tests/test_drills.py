@@ -1,0 +1,135 @@
+"""Drill scenarios generated from the manual's tables (manual/drills.py), checked against the real thing:
+each fault is sent to the real simulator's fault API and its health read back over the trading-core
+contract (GET /v1/health); the P0 monitor's own detector (activities/monitor.py) must fire the rule the
+scenario rehearses, and a rollback's or canary's own health checks (workflows/runner.py) must fail. A
+scenario whose fault rehearsed nothing would teach the wrong lesson on a game day."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import httpx
+import pytest
+
+from activities.monitor import Detector
+from contracts.incidents import MonitorState
+from contracts.trading_core import HealthSnapshot
+from manual import alerts, canary, degradation, drills
+from manual.rollback import MIN_REPAGE_INTERVAL, OBSERVE_CHECKS, Durations, Scope, Severity
+from workflows.runner import check_one
+
+ROLLBACKCTL = str(Path(sys.executable).with_name("rollbackctl"))
+
+
+def test_every_row_of_the_manuals_tables_has_its_scenario():
+    names = [s.name for s in drills.scenarios()]
+    assert len(names) == len(set(names))
+    assert {s.rule for s in drills.scenarios() if s.kind == "p0"} == {r.id for r in alerts.RULES}
+    assert {(s.severity, s.scope) for s in drills.scenarios() if s.kind == "rollback"} == \
+        {(sev, sc) for sev in Severity for sc in Scope}
+    assert {s.level for s in drills.scenarios() if s.kind == "degradation"} == set(degradation.LEVELS)
+    assert set(drills.LEVEL_FAULTS) == set(degradation.LEVELS)
+    assert {s.phase for s in drills.scenarios() if s.kind == "canary"} == set(canary.PLANS)
+    assert [s.name for s in drills.scenarios() if s.kind == "hl_down_rollback"] == ["rollback-hl-down"]
+    assert [k for k in drills.KINDS] == list(dict.fromkeys(s.kind for s in drills.scenarios()))
+
+
+async def _health(sim_server, http: httpx.AsyncClient, fault: dict) -> dict:
+    """Inject `fault` at the simulator (all or nothing: a refused body is a 400) and read its health
+    back as a consumer of the contract would."""
+    r = await http.post(f"{sim_server.url}/sim/faults", json=fault)
+    assert r.status_code == 200, r.text
+    h = await http.get(f"{sim_server.url}/v1/health", headers={"Authorization": f"Bearer {sim_server.token}"})
+    assert h.status_code == 200, h.text
+    HealthSnapshot.model_validate(h.json())  # what the monitor reads is the contract
+    return h.json()
+
+
+def _fires(rule: alerts.Rule, health: dict) -> bool:
+    """Whether the monitor's detector fires `rule` on this health, read as often as the rule's hold needs."""
+    det = Detector(MonitorState(), rules=(rule,))
+    now = datetime.now(timezone.utc)
+    for i in range(rule.hold.polls):
+        det.observe(health, now + timedelta(seconds=i))
+    return any(k.firing for k in det.state.keys.values())
+
+
+def _clear(rule: alerts.Rule, health: dict) -> bool:
+    """Whether every clear condition holds (for a per-symbol rule: on the drill's symbol)."""
+    def value(metric: str):
+        v = health.get(metric)
+        return v.get(drills.DRILL_SYMBOL) if isinstance(v, dict) else v
+
+    return all(c.holds(value(c.metric)) for c in rule.clear if c.metric in alerts.CORE_METRICS)
+
+
+@pytest.mark.parametrize("name", [s.name for s in drills.scenarios() if s.kind in ("p0", "degradation", "hl_down_rollback")])
+async def test_a_p0_or_degradation_fault_fires_its_rules_at_the_simulator_and_clears(sim, sim_server, http, name):
+    sc = drills.get(name)
+    rules = [alerts.get(sc.rule)] if sc.rule else [alerts.get(r) for r in drills.LEVEL_FAULTS[sc.level]]
+    quiet = await _health(sim_server, http, {})
+    assert not any(_fires(r, quiet) for r in rules), "the simulator's own health already fires the rule"
+    health = await _health(sim_server, http, sc.fault)
+    for r in rules:
+        assert _fires(r, health), f"{name}: {r.id} does not fire on {sc.fault}"
+        assert not _clear(r, health), f"{name}: {r.id}'s clear conditions all hold on {sc.fault}: an incoherent fault"
+    if sc.kind == "hl_down_rollback":  # and the rollback's observation breaches on it: HL_MODE needs HL up
+        assert any(check_one(c, health, {}) is not None for c in OBSERVE_CHECKS)
+    assert (await http.delete(f"{sim_server.url}/sim/faults")).status_code == 200
+    after = await _health(sim_server, http, {})
+    assert not any(_fires(r, after) for r in rules)
+
+
+@pytest.mark.parametrize("name", [s.name for s in drills.scenarios() if s.kind in ("rollback", "canary")])
+async def test_a_rollback_or_canary_fault_fails_its_steps_health_checks_at_the_simulator(sim, sim_server, http, name):
+    sc = drills.get(name)
+    checks = OBSERVE_CHECKS if sc.kind == "rollback" else canary.PLANS[sc.phase].stages[0].observe.checks
+    fixed = [c for c in checks if c.threshold_switch is None]
+    quiet = await _health(sim_server, http, {})
+    assert [check_one(c, quiet, {}) for c in fixed] == [None] * len(fixed), "the simulator's own health fails a check"
+    health = await _health(sim_server, http, sc.fault)
+    assert any(check_one(c, health, {}) is not None for c in fixed), f"{name}: no check fails on {sc.fault}"
+
+
+def test_slas_and_timings_scale_by_the_speed_with_the_workflows_floors():
+    p0 = drills.get("p0-hot_wallet")
+    assert {s.name: s.within for s in drills.scaled(p0.slas, 10)} == {
+        "acknowledge": alerts.SLA.ack / 10, "first action": alerts.SLA.action / 10}
+    data = drills.get("rollback-data_inconsistency-cross_module")
+    assert [s.name for s in data.slas] == ["decision window", "observe", "confirm"]
+    d, fast = Durations(), drills.scaled_durations(60)
+    assert fast.observe == d.observe / 60 and fast.decision_window == d.decision_window / 60
+    assert fast.check_interval == d.check_interval / 60
+    assert fast.confirm_sla == max(d.confirm_sla / 60, MIN_REPAGE_INTERVAL) == MIN_REPAGE_INTERVAL
+    for bad in (0.5, drills.MAX_SPEED + 1):
+        with pytest.raises(ValueError, match="speed must be between 1 and"):
+            drills.scaled(p0.slas, bad)
+        with pytest.raises(ValueError, match="speed must be between 1 and"):
+            drills.scaled_durations(bad)
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([ROLLBACKCTL, *args], capture_output=True, text=True, timeout=60)
+
+
+def test_the_cli_lists_and_shows_them():
+    r = _cli("drill", "list", "--json")
+    assert r.returncode == 0, r.stderr
+    assert [s["name"] for s in json.loads(r.stdout)] == [s.name for s in drills.scenarios()]
+    r = _cli("drill", "list", "--kind", "degradation")
+    assert r.returncode == 0 and "degrade-3" in r.stdout and "p0-hot_wallet" not in r.stdout
+    r = _cli("drill", "show", "p0-order_deviation", "--speed", "10")
+    assert r.returncode == 0, r.stderr
+    assert 'rollbackctl sim fault order_price_deviation={"BTC":0.1}' in r.stdout
+    assert "acknowledge      within 30 s" in r.stdout and "pause_symbol_hl_routing (symbol=BTC)" in r.stdout
+    shown = json.loads(_cli("drill", "show", "p0-hot_wallet", "--speed", "5", "--json").stdout)
+    assert shown["fault"] == {"hot_wallet_usd": 50000.0} and shown["slas"][0]["within"] == "PT1M"
+    r = _cli("drill", "show", "p0-nothing")
+    assert r.returncode == 2 and r.stderr.strip().endswith("no drill scenario 'p0-nothing': `rollbackctl drill list` "
+                                                           f"shows the {len(drills.scenarios())} there are")
+    r = _cli("drill", "show", "p0-hot_wallet", "--speed", "0")
+    assert r.returncode == 2 and "between 1 (the manual's clocks) and 600" in r.stderr
