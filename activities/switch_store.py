@@ -53,6 +53,10 @@ class StoreError(Exception):
     error_kind: ErrorKind | None = None
 
 
+# What a prefix may be marked (`rollbackctl init --environment`): drills refuse a production one.
+ENVIRONMENTS = ("dev", "staging", "production")
+
+
 class InvalidChange(StoreError):
     exit_code = 2
     kind = "invalid"
@@ -151,6 +155,29 @@ class SwitchStore:
     @property
     def head_key(self) -> str:
         return f"{self.prefix}meta/audit_head"
+
+    def environment_key(self) -> str:
+        return f"{self.prefix}meta/environment"
+
+    async def environment(self) -> str | None:
+        """What `init --environment` marked this prefix (dev, staging, production), or None."""
+        kv = await self.etcd.get(self.environment_key())
+        return kv.value.decode() if kv is not None else None
+
+    async def mark_environment(self, env: str) -> bool:
+        """Mark the prefix once (True: written now). A different mark already there is a Conflict: the mark
+        is what keeps drills off production, so init never changes it."""
+        if env not in ENVIRONMENTS:
+            raise InvalidChange(f"environment: one of {', '.join(ENVIRONMENTS)}, not {env!r}")
+        ok, _ = await self.etcd.txn([Compare(self.environment_key(), "create", "==", 0)],
+                                    [Put(self.environment_key(), env.encode())])
+        if ok:
+            return True
+        now = await self.environment()
+        if now != env:
+            raise Conflict(f"{self.prefix} is marked {now} already; init never changes the mark (an administrator "
+                           f"deletes {self.environment_key()} first)")
+        return False
 
     def pending_passkey_key(self, credential_id: str) -> str:
         """A passkey registered in the console and not yet approved (the console's own keys: it may write

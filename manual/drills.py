@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from contracts.incidents import Timings
 from contracts.trading_core import HealthSnapshot
 from manual import alerts, canary, degradation
 from manual.rollback import MIN_REPAGE_INTERVAL, NEXT_SCOPE, OBSERVE_CHECKS, Durations, Scope, Severity
@@ -48,6 +49,7 @@ class Sla(BaseModel):
     name: str  # "acknowledge", "first action", "decision window", "observe", "confirm"
     within: timedelta
     what: str  # from the manual
+    repage: bool = False  # missing it re-pages: scaled, it keeps the workflows' floor (MIN_REPAGE_INTERVAL)
 
 
 class Scenario(BaseModel):
@@ -138,9 +140,9 @@ def check_fault(check: HealthCheck) -> dict[str, Any]:
 
 # -- the scenarios --------------------------------------------------------------------------------------
 def _p0_slas() -> tuple[Sla, ...]:
-    return (Sla(name="acknowledge", within=alerts.SLA.ack, what="the manual: acknowledge a P0 within 5 minutes, "
-                                                                  "or it escalates"),
-            Sla(name="first action", within=alerts.SLA.action, what="the manual: act within 10 minutes"))
+    return (Sla(name="acknowledge", within=alerts.SLA.ack, repage=True,
+                what="the manual: acknowledge a P0 within 5 minutes, or it escalates"),
+            Sla(name="first action", within=alerts.SLA.action, repage=True, what="the manual: act within 10 minutes"))
 
 
 def _rollback_slas(severity: Severity) -> tuple[Sla, ...]:
@@ -150,7 +152,7 @@ def _rollback_slas(severity: Severity) -> tuple[Sla, ...]:
         out.append(Sla(name="decision window", within=d.decision_window,
                        what="the decision tree: a data inconsistency is rolled back within 5 minutes"))
     out += [Sla(name="observe", within=d.observe, what="the decision tree: observe 5 minutes after the change"),
-            Sla(name="confirm", within=d.observe + d.confirm_sla,
+            Sla(name="confirm", within=d.observe + d.confirm_sla, repage=True,
                 what="confirm the rollback before the first re-page (10 minutes after the observation)")]
     return tuple(out)
 
@@ -242,17 +244,32 @@ def get(name: str) -> Scenario:
     return found[name]
 
 
-def scaled(slas: tuple[Sla, ...], speed: float) -> tuple[Sla, ...]:
-    """The SLAs at a drill's speed: every clock divided by `speed` (1 = the manual's)."""
+def _speed(speed: float) -> None:
     if not 1 <= speed <= MAX_SPEED:
         raise ValueError(f"speed must be between 1 and {MAX_SPEED}, got {speed:g}")
-    return tuple(s.model_copy(update={"within": s.within / speed}) for s in slas)
+
+
+def scaled(slas: tuple[Sla, ...], speed: float) -> tuple[Sla, ...]:
+    """The SLAs at a drill's speed: every clock divided by `speed` (1 = the manual's); a re-page interval
+    never below MIN_REPAGE_INTERVAL, as the workflows enforce."""
+    _speed(speed)
+    return tuple(s.model_copy(update={"within": max(s.within / speed, MIN_REPAGE_INTERVAL) if s.repage
+                                      else s.within / speed}) for s in slas)
+
+
+def incident_timings(rule: alerts.Rule, speed: float) -> Timings:
+    """A P0 incident's clocks at a drill's speed: the acknowledge and action SLAs (each also the interval at
+    which an unanswered page escalates), the automatic recovery's hold and the "if >5min -> manual" step."""
+    _speed(speed)
+    ack, action = scaled(_p0_slas(), speed)
+    return Timings(ack=ack.within, action=action.within,
+                   clear_hold=rule.recovery.clear_hold / speed if rule.recovery.clear_hold else None,
+                   manual_after=rule.manual_after.after / speed if rule.manual_after else None)
 
 
 def scaled_durations(speed: float) -> Durations:
     """A rollback's or degradation's timings at a drill's speed; re-page intervals keep their floor."""
-    if not 1 <= speed <= MAX_SPEED:
-        raise ValueError(f"speed must be between 1 and {MAX_SPEED}, got {speed:g}")
+    _speed(speed)
     d = Durations()
     vals: dict[str, Any] = {}
     for name in Durations.model_fields:

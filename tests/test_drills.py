@@ -133,3 +133,88 @@ def test_the_cli_lists_and_shows_them():
                                                            f"shows the {len(drills.scenarios())} there are")
     r = _cli("drill", "show", "p0-hot_wallet", "--speed", "0")
     assert r.returncode == 2 and "between 1 (the manual's clocks) and 600" in r.stderr
+
+
+async def test_a_p0_drill_runs_marked_at_its_speed_and_is_refused_where_it_must_be(
+        dev_env, store, etcd_server, prefix, sim, sim_server, sim_env, http, task_queue):
+    """`drill start p0-hot_wallet --speed 30 --as oscar` against the real dev server, a worker and the real
+    simulator: the incident is a drill ([DRILL] in its pages), its acknowledge SLA is the manual's 5 minutes
+    / 30 = 10 s and it escalates when that passes, the fault is in at the simulator, `drill end` takes it out.
+    Refused, with nothing started and no fault injected: a prefix marked production, a core without the fault
+    API, an incident of the rule already open, a scenario `start` does not run yet."""
+    import asyncio
+    import uuid
+
+    from contracts.incidents import incident_workflow_id
+    from tests.support.incident_helpers import GuardStandIn, incident_worker, triggers
+    from tests.support.standins import StandIns
+    from tests.support.store_helpers import run_cli
+    from tests.support.waits import wait_for_value
+    from workflows.incident import IncidentWorkflow
+
+    ns = uuid.uuid4().hex[:8]
+    env = {"ROLLBACKCTL_ETCD_ENDPOINTS": etcd_server.endpoint, "TEMPORAL_ADDRESS": dev_env.client.service_client.config.target_host,
+           "ROLLBACKCTL_SIGNING": "off", **sim_env, "ROLLBACKCTL_TASK_QUEUE": task_queue, "ROLLBACKCTL_MONITOR_NAMESPACE": ns}
+    wid = incident_workflow_id("hot_wallet", None, ns)
+
+    async def cli(*args: str, **extra: str):
+        return await asyncio.to_thread(run_cli, *args, env={**env, **extra}, timeout=60)
+
+    async def nothing_started() -> None:
+        assert (await http.get(f"{sim_server.url}/sim/faults")).json() == {}
+        try:
+            await dev_env.client.get_workflow_handle(wid).describe()
+            raise AssertionError(f"{wid} was started")
+        except Exception as e:  # RPCError NOT_FOUND
+            assert "not found" in str(e).lower(), e
+
+    prod = prefix.rstrip("/") + "-prod/"
+    r = await cli("init", "--super-admin", "alice", "--environment", "production", ROLLBACKCTL_ETCD_PREFIX=prod)
+    assert r.code == 0 and f"{prod} marked production" in r.out, r.err
+    r = await cli("init", "--environment", "staging", ROLLBACKCTL_ETCD_PREFIX=prod)
+    assert r.code == 4 and f"{prod} is marked production already" in r.err
+    r = await cli("drill", "start", "p0-hot_wallet", "--speed", "30", "--as", "oscar", ROLLBACKCTL_ETCD_PREFIX=prod)
+    assert r.code == 3 and r.err.strip() == (f"rollbackctl: error: {prod} is marked production: drills never run there "
+                                             "(use a staging or dev stack)")
+    await nothing_started()
+    no_faults = f"http://{etcd_server.endpoint}"  # answers HTTP, has no /sim/faults: a production core
+    r = await cli("drill", "start", "p0-hot_wallet", "--speed", "30", "--as", "oscar", ROLLBACKCTL_TRADING_CORE_URL=no_faults)
+    assert r.code == 2 and "has no /sim/faults: it is not the simulator" in r.err
+    await nothing_started()
+    r = await cli("drill", "start", "rollback-non_critical-single_module", "--as", "oscar")
+    assert r.code == 2 and "`drill start` runs P0 scenarios so far" in r.err
+    await nothing_started()
+
+    si, guard = StandIns(), GuardStandIn()
+    async with incident_worker(dev_env, store, si, guard, task_queue):
+        r = await cli("drill", "start", "p0-hot_wallet", "--speed", "30", "--as", "oscar")
+        assert r.code == 0, r.err
+        assert wid in r.out and "acknowledge   due" in r.out and "(within 10 s)" in r.out
+        assert (await http.get(f"{sim_server.url}/sim/faults")).json() == {"hot_wallet_usd": 50000.0}
+        h = dev_env.client.get_workflow_handle(wid)
+
+        r = await cli("drill", "start", "p0-hot_wallet", "--speed", "30", "--as", "oscar")
+        assert r.code == 4 and f"{wid} is open (a real incident or another drill)" in r.err
+
+        async def state():
+            return await h.query(IncidentWorkflow.state)
+
+        st = await wait_for_value(state, lambda s: s.sla.escalations, 40, "the scaled acknowledge SLA to escalate",
+                                  every=0.2)
+        assert st.drill and st.detail.startswith("[DRILL] p0-hot_wallet at speed 30, run by oscar")
+        esc = st.sla.escalations[0]  # unacknowledged 5 min / 30 after the page: level 2 paged, its own 10 s begins
+        assert esc.level == 2 and timedelta(seconds=10) <= esc.at - st.sla.page_submitted_at < timedelta(seconds=12), \
+            (esc, st.sla.page_submitted_at)
+        assert st.sla.ack_due - esc.at == timedelta(seconds=10)
+        async def pages():
+            return triggers(si)
+
+        # the escalation is recorded when decided; its page follows through the pager
+        sent = await wait_for_value(pages, lambda ps: {p["escalation_level"] for p in ps} == {1, 2}, 20,
+                                    "the level 1 and level 2 pages")
+        assert all(p["summary"].startswith("[DRILL]") for p in sent), sent
+
+        r = await cli("drill", "end", wid)
+        assert r.code == 0 and "fault cleared" in r.out, r.err
+        assert (await http.get(f"{sim_server.url}/sim/faults")).json() == {}
+        await h.terminate("test over")

@@ -2,7 +2,15 @@
 manual's tables (manual/drills.py): each P0 rule, each rollback severity and scope, each degradation
 level, a canary failing its pass criteria, HL down during a rollback. `show` prints the fault that
 rehearses it (ready for `rollbackctl sim fault`), what it teaches and the SLAs it is scored against at
-the given speed. No etcd, no Temporal: reading them changes nothing."""
+the given speed. No etcd, no Temporal: reading them changes nothing.
+
+`drill start p0-RULE --speed N --as OP` runs a P0 scenario for real: the incident workflow is opened first,
+marked a drill (audit records, pages and chat say [DRILL]) with its acknowledge and action SLAs, its
+escalation and its recovery clocks divided by N, then the fault is injected at the trading core's fault
+API; the P0 monitor's own detection reaches that open incident (it opens by signal-with-start under the
+same id). `drill end ID` clears the fault. Refused, with nothing started: a prefix marked production
+(`init --environment production`), a core without the fault API (production has none), an incident of
+that rule already open."""
 
 from __future__ import annotations
 
@@ -26,6 +34,15 @@ def register(sub: argparse._SubParsersAction) -> None:
                     help="divide every clock by N (1 = the manual's; at most 600)")
     sh.add_argument("--json", action="store_true", help="the scenario as JSON, SLAs at --speed")
     sh.set_defaults(func=cmd_show)
+    st = s.add_parser("start", help="run a P0 scenario: a drill incident with scaled SLAs, then its fault at the core")
+    st.add_argument("name", metavar="NAME", help="a P0 scenario (`drill list --kind p0`)")
+    st.add_argument("--speed", type=_speed, default=1.0, metavar="N",
+                    help="divide every clock by N (1 = the manual's; re-pages stay >= 10 s)")
+    st.add_argument("--as", dest="actor", required=True, metavar="OPERATOR", help="who runs the drill (recorded)")
+    st.set_defaults(func=cmd_start)
+    en = s.add_parser("end", help="end a drill: clear the fault at the trading core (then resolve the incident)")
+    en.add_argument("id", metavar="ID", help="the drill incident's workflow id")
+    en.set_defaults(func=cmd_end)
 
 
 def _kinds() -> tuple[str, ...]:
@@ -86,4 +103,90 @@ def cmd_show(args) -> int:
             print(f"  {s.name:<16} within {_secs(s.within):<10} {s.what}")
     else:
         print("\nNo human clock: it is scored on whether it rolled back on its own and paged.")
+    return 0
+
+
+async def cmd_start(args) -> int:
+    from datetime import datetime, timezone
+
+    from temporalio.client import WorkflowExecutionStatus
+    from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
+    from temporalio.exceptions import WorkflowAlreadyStartedError
+    from temporalio.service import RPCError
+
+    from activities.monitor import MonitorSettings
+    from contracts.incidents import ConditionReport, IncidentInput, incident_workflow_id
+    from core.settings import TemporalSettings
+    from core.temporal_client import connect
+    from manual import alerts, drills
+    from rollbackctl.cli.common import links, switch_store
+    from rollbackctl.cli.sim_cmds import faults_call
+
+    try:
+        sc = drills.get(args.name)
+    except drills.UnknownScenario as e:
+        raise CliError(str(e), 2) from None
+    if sc.kind != "p0":
+        raise CliError(f"{sc.name}: `drill start` runs P0 scenarios so far; run this one by hand: `rollbackctl drill "
+                       f"show {sc.name} --speed N` gives its fault and SLAs (docs/runbook.md, \"Drills\")", 2)
+    async with switch_store() as store:
+        env = await store.environment()
+    if env == "production":
+        raise CliError(f"{store.prefix} is marked production: drills never run there (use a staging or dev stack)", 3)
+    await faults_call("GET")  # a core without the fault API (production) is refused here, before anything starts
+    rule = alerts.get(sc.rule)
+    symbol = drills.DRILL_SYMBOL if rule.per_symbol else None
+    wid = incident_workflow_id(rule.id, symbol, MonitorSettings().namespace)
+    client = await connect()
+    try:
+        desc = await client.get_workflow_handle(wid).describe()
+        if desc.status == WorkflowExecutionStatus.RUNNING:
+            raise CliError(f"{wid} is open (a real incident or another drill): no drill on top of it", 4)
+    except RPCError:
+        pass  # none yet
+    values = {m: (v.get(symbol) if isinstance(v, dict) else v) for m, v in sc.fault.items()}
+    now = datetime.now(timezone.utc)
+    detail = f"[DRILL] {sc.name} at speed {args.speed:g}, run by {args.actor}"
+    inp = IncidentInput(rule=rule.id, symbol=symbol, detected_at=now, started_at=now, values=values, detail=detail,
+                        timings=drills.incident_timings(rule, args.speed), drill=True)
+    try:  # FAIL, not the monitor's USE_EXISTING: a drill never merges into an incident opened meanwhile
+        h = await client.start_workflow(
+            "IncidentWorkflow", inp, id=wid, task_queue=TemporalSettings().task_queue,
+            id_conflict_policy=WorkflowIDConflictPolicy.FAIL, id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE)
+    except WorkflowAlreadyStartedError:
+        raise CliError(f"{wid} was opened meanwhile (a real incident or another drill): no drill on top of it", 4) from None
+    await h.signal("condition", ConditionReport(firing=True, at=now, values=values, detail=detail))
+    try:
+        faults = await faults_call("POST", sc.fault)
+    except CliError as e:
+        await client.get_workflow_handle(wid).terminate(f"drill abandoned: its fault was not injected ({e})")
+        raise CliError(f"{e} (the drill incident {wid} was ended; nothing else changed)", e.exit_code) from None
+    print(f"[DRILL] {sc.title} at speed {args.speed:g}: the incident is open and the fault is in at the trading core "
+          f"({', '.join(f'{k}={v}' for k, v in sorted(faults.items()))}).")
+    for sla in drills.scaled(sc.slas, args.speed):
+        print(f"  {sla.name:<13} due {(now + sla.within).strftime('%H:%M:%S')} UTC (within {_secs(sla.within)})")
+    print(f"Answer it as at 3 a.m.: `rollbackctl incidents`, `rollbackctl ack {wid} --as YOU`, the checklist with "
+          f"`rollbackctl tick`. End it: `rollbackctl drill end {wid}`, then `rollbackctl resolve {wid} --as YOU`.")
+    print(links(wid))
+    return 0
+
+
+async def cmd_end(args) -> int:
+    from temporalio.service import RPCError
+
+    from contracts.incidents import IncidentState
+    from core.temporal_client import connect
+    from rollbackctl.cli.common import links
+    from rollbackctl.cli.sim_cmds import faults_call
+
+    client = await connect()
+    try:
+        st = await client.get_workflow_handle(args.id).query("state", result_type=IncidentState)
+    except RPCError as e:
+        raise CliError(f"{args.id}: not an open incident ({e.message})", 4) from None
+    if not st.drill:
+        raise CliError(f"{args.id} is a real incident, not a drill: `drill end` leaves it and the core alone", 4)
+    await faults_call("DELETE")
+    print(f"[DRILL] fault cleared at the trading core; the monitor sees the clear. Resolve it: "
+          f"`rollbackctl resolve {args.id} --as YOU`.\n{links(args.id)}")
     return 0

@@ -60,7 +60,8 @@ def _assignments(items: list[str]) -> dict:
     return out
 
 
-async def _call(method: str, body=None):
+async def faults_call(method: str, body=None):
+    """The trading core's fault API (/sim/faults): GET, POST (merge) or DELETE; one clear CliError otherwise."""
     import httpx
 
     from core.settings import TradingCoreSettings
@@ -97,11 +98,11 @@ def cmd_fault(args) -> int:
         raise CliError("--clear removes every fault; give either --clear or KEY=VALUE, not both", 2)
     if not args.clear and not args.assignments:
         raise CliError("nothing to inject: give KEY=VALUE (e.g. error_rate=0.03), or --clear", 2)
-    faults = asyncio.run(_call("DELETE") if args.clear else _call("POST", _assignments(args.assignments)))
+    faults = asyncio.run(faults_call("DELETE") if args.clear else faults_call("POST", _assignments(args.assignments)))
     _show(faults, args.json)
     return 0
 
 
 def cmd_faults(args) -> int:
-    _show(asyncio.run(_call("GET")), args.json)
+    _show(asyncio.run(faults_call("GET")), args.json)
     return 0

@@ -18,6 +18,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("init", help="write every missing switch default (never overwrites); bootstrap the first super admin",
                        description="Run once per prefix with etcd write credentials (an administrator's).")
     p.add_argument("--super-admin", metavar="NAME", help="create this super admin if no operator exists yet")
+    p.add_argument("--environment", choices=("dev", "staging", "production"),
+                   help="mark the prefix once (drills refuse a production one); an existing mark is never changed")
     _key_args(p, "the super admin's")
     p.set_defaults(func=cmd_init)
 
@@ -151,6 +153,10 @@ async def cmd_init(args) -> int:
         print(f"initialised {len(r['initialised'])} switches to their defaults: {', '.join(r['initialised'])}")
     else:
         print(f"all {r['existing']} switches already present; nothing overwritten")
+    if args.environment:
+        async with switch_store() as store:
+            written = await store.mark_environment(args.environment)
+        print(f"{store.prefix} marked {args.environment}" if written else f"{store.prefix} is marked {args.environment}")
     if args.super_admin:
         async with switch_store() as store:
             op = await store.operator(args.super_admin)
