@@ -214,6 +214,21 @@ async def test_a_p0_drill_runs_marked_at_its_speed_and_is_refused_where_it_must_
                                     "the level 1 and level 2 pages")
         assert all(p["summary"].startswith("[DRILL]") for p in sent), sent
 
+        # scored: the acknowledgement came after the scaled SLA (level 2 was paged first): missed
+        r = await cli("ack", wid, "--as", "vic")
+        assert r.code == 3, r.err
+        r = await cli("ack", wid, "--as", "oscar")
+        assert r.code == 0, r.err
+        r = await cli("drill", "report", wid, "--json")
+        assert r.code == 0, r.err
+        rep = json.loads(r.out)
+        ack, action, resolved = rep["measures"]
+        assert ack["by"] == "oscar" and ack["sla_s"] == 10.0 and ack["after_page_s"] > 10 and ack["result"] == "missed"
+        assert action["sla_s"] == 20.0 and resolved["result"] == "not yet"
+        assert [e["level"] for e in rep["escalations"]] == [2]
+        r = await cli("drill", "report", wid)
+        assert r.code == 0 and "| acknowledged | oscar |" in r.out and "| missed |" in r.out, r.out
+
         r = await cli("drill", "end", wid)
         assert r.code == 0 and "fault cleared" in r.out, r.err
         assert (await http.get(f"{sim_server.url}/sim/faults")).json() == {}

@@ -43,6 +43,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     en = s.add_parser("end", help="end a drill: clear the fault at the trading core (then resolve the incident)")
     en.add_argument("id", metavar="ID", help="the drill incident's workflow id")
     en.set_defaults(func=cmd_end)
+    rp = s.add_parser("report", help="how a P0 drill went: acknowledge, first action, resolve against its scaled SLAs")
+    rp.add_argument("id", metavar="ID", help="the drill incident's workflow id (open or ended)")
+    rp.add_argument("--json", action="store_true", help="the scores as JSON")
+    rp.set_defaults(func=cmd_report)
 
 
 def _kinds() -> tuple[str, ...]:
@@ -189,4 +193,69 @@ async def cmd_end(args) -> int:
     await faults_call("DELETE")
     print(f"[DRILL] fault cleared at the trading core; the monitor sees the clear. Resolve it: "
           f"`rollbackctl resolve {args.id} --as YOU`.\n{links(args.id)}")
+    return 0
+
+
+def score(st, inp, decisions) -> dict:
+    """A P0 drill's scores from its incident's state, its start input (the scaled SLAs it ran with) and its
+    decision records: each measured from the first page, against the SLA the drill ran with."""
+    base = st.sla.page_submitted_at or st.detected_at
+
+    def measure(name: str, at, by, sla) -> dict:
+        took = (at - base).total_seconds() if at else None
+        ok = None if sla is None else (took is not None and took <= sla.total_seconds())
+        return {"measure": name, "at": at.isoformat() if at else None, "by": by, "after_page_s": took,
+                "sla_s": sla.total_seconds() if sla is not None else None,
+                "result": "-" if ok is None and took is not None else ("met" if ok else
+                                                                       ("not yet" if took is None else "missed"))}
+
+    return {
+        "workflow_id": st.workflow_id, "rule": st.rule, "detail": st.detail, "status": st.status,
+        "paged_at": base.isoformat(),
+        "measures": [measure("acknowledged", st.sla.acked_at, st.sla.acked_by, inp.timings.ack),
+                     measure("first action", st.sla.action_at, st.sla.action_by, inp.timings.action),
+                     measure("resolved", st.resolved_at, st.resolved_by, None)],
+        "escalations": [{"at": e.at.isoformat(), "level": e.level, "why": e.why} for e in st.sla.escalations],
+        "refused": [{"at": d.at.isoformat(), "kind": d.kind, "actor": d.actor, "why": d.detail}
+                    for d in decisions if not d.accepted] + [{"why": r} for r in st.refused],
+    }
+
+
+async def cmd_report(args) -> int:
+    from temporalio.service import RPCError
+
+    from contracts.incidents import IncidentInput, IncidentState
+    from contracts.progress import Progress
+    from core.temporal_client import connect
+    from rollbackctl.cli.common import links
+
+    client = await connect()
+    h = client.get_workflow_handle(args.id)
+    try:
+        st = await h.query("state", result_type=IncidentState)
+        prog = await h.query("progress", result_type=Progress)
+        async for ev in h.fetch_history_events():  # the first event: the input, with the SLAs it ran with
+            (inp,) = await client.data_converter.decode(
+                ev.workflow_execution_started_event_attributes.input.payloads, [IncidentInput])
+            break
+    except RPCError as e:
+        raise CliError(f"{args.id}: no incident to report on ({e.message})", 4) from None
+    if not st.drill:
+        raise CliError(f"{args.id} is a real incident, not a drill: nothing to score", 4)
+    sc = score(st, inp, prog.decisions)
+    if args.json:
+        print_json(sc)
+        return 0
+    print(f"# Drill report: {st.rule} ({st.workflow_id})\n\n{st.detail}. Status: {st.status}. "
+          f"First page {sc['paged_at']}.\n")
+    rows = [[m["measure"], m["by"] or "", f"{m['after_page_s']:.1f} s" if m["after_page_s"] is not None else "",
+             f"{m['sla_s']:g} s" if m["sla_s"] is not None else "", m["result"]] for m in sc["measures"]]
+    print("| measure | by | after the page | SLA (scaled) | result |\n|---|---|---:|---:|---|")
+    for r in rows:
+        print("| " + " | ".join(r) + " |")
+    print("\n## Escalations\n" + ("\n".join(f"- level {e['level']} at {e['at']}: {e['why']}" for e in sc["escalations"])
+                                  or "- none"))
+    print("\n## Refused\n" + ("\n".join(f"- {r.get('kind', 'signal')} by {r.get('actor', '?')}: {r['why']}"
+                                          for r in sc["refused"]) or "- none"))
+    print(f"\n{links(st.workflow_id)}")
     return 0
