@@ -404,7 +404,7 @@ def get(rule_id: str) -> Rule:
         raise KeyError(f"unknown P0 rule {rule_id!r} (one of {', '.join(BY_ID)})") from None
 
 
-_NEGATED = {"<": ">=", "<=": ">", ">": "<=", ">=": "<"}
+NEGATED = {"<": ">=", "<=": ">", ">": "<=", ">=": "<"}  # the comparison that holds exactly when op does not
 
 
 def not_triggered(rule_id: str, **kw: Any) -> HealthCheck:
@@ -413,7 +413,7 @@ def not_triggered(rule_id: str, **kw: Any) -> HealthCheck:
     read the P0 table without restating it."""
     rule = get(rule_id)
     (t,) = rule.trigger
-    return HealthCheck(metric=t.metric, op=_NEGATED[t.op], threshold=t.threshold, why=f"P0: {rule.alert}", **kw)
+    return HealthCheck(metric=t.metric, op=NEGATED[t.op], threshold=t.threshold, why=f"P0: {rule.alert}", **kw)
 
 
 def preapproved_switch_values() -> list[tuple[str, Any]]:

@@ -96,19 +96,11 @@ def _violating(metric: str, op: str, threshold: float | bool) -> float | bool:
     if op == "==":
         v = float(threshold) + 1
         return int(v) if _integral(metric) else v
-    return _failing(metric, {"<": ">=", "<=": ">", ">": "<=", ">=": "<"}[op], threshold)
+    return _failing(metric, alerts.NEGATED[op], threshold)
 
 
 def _put(fault: dict[str, Any], metric: str, value: Any, per_symbol: bool) -> None:
     fault[metric] = {DRILL_SYMBOL: float(value)} if per_symbol else value
-
-
-def _holds(metric: str, op: str, threshold: Any, fault: dict[str, Any]) -> bool | None:
-    if metric not in fault:
-        return None
-    v = fault[metric]
-    v = v.get(DRILL_SYMBOL) if isinstance(v, dict) else v
-    return alerts.Condition(metric=metric, op=op, threshold=threshold).holds(v)
 
 
 def rule_fault(rule: alerts.Rule) -> dict[str, Any]:
@@ -120,10 +112,8 @@ def rule_fault(rule: alerts.Rule) -> dict[str, Any]:
     fault: dict[str, Any] = {}
     c = core[0]
     _put(fault, c.metric, _failing(c.metric, c.op, c.threshold), rule.per_symbol)
-    for cl in rule.clear:
-        if cl.metric in alerts.CORE_METRICS and _holds(cl.metric, cl.op, cl.threshold, fault) is not False:
-            if cl.metric in fault:  # the trigger's own field already decides the clear
-                continue
+    for cl in rule.clear:  # the trigger's own field, held past its line, already fails its clear
+        if cl.metric in alerts.CORE_METRICS and cl.metric not in fault:
             _put(fault, cl.metric, _violating(cl.metric, cl.op, cl.threshold), rule.per_symbol)
     return fault
 

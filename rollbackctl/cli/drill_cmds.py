@@ -67,6 +67,15 @@ def _speed(raw: str) -> float:
     return v
 
 
+def _scenario(name: str):
+    from manual import drills
+
+    try:
+        return drills.get(name)
+    except drills.UnknownScenario as e:
+        raise CliError(str(e), 2) from None
+
+
 def _secs(td) -> str:
     s = td.total_seconds()
     return f"{s / 60:g} min" if s >= 60 and s % 60 == 0 else f"{s:g} s"
@@ -88,10 +97,7 @@ def cmd_list(args) -> int:
 def cmd_show(args) -> int:
     from manual import drills
 
-    try:
-        sc = drills.get(args.name)
-    except drills.UnknownScenario as e:
-        raise CliError(str(e), 2) from None
+    sc = _scenario(args.name)
     slas = drills.scaled(sc.slas, args.speed)
     if args.json:
         print_json({**sc.model_dump(mode="json"), "speed": args.speed,
@@ -126,10 +132,7 @@ async def cmd_start(args) -> int:
     from rollbackctl.cli.common import links, switch_store
     from rollbackctl.cli.sim_cmds import faults_call
 
-    try:
-        sc = drills.get(args.name)
-    except drills.UnknownScenario as e:
-        raise CliError(str(e), 2) from None
+    sc = _scenario(args.name)
     if sc.kind != "p0":
         raise CliError(f"{sc.name}: `drill start` runs P0 scenarios so far; run this one by hand: `rollbackctl drill "
                        f"show {sc.name} --speed N` gives its fault and SLAs (docs/runbook.md, \"Drills\")", 2)
