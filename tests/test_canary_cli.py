@@ -78,6 +78,17 @@ async def test_phase3_cli_promotes_through_four_stages_then_a_fault_rolls_the_ne
         res = await client.get_workflow_handle_for(CanaryWorkflow.run, wid).result()
         assert res.status == "passed", res
         await save_history(client.get_workflow_handle(wid), "canary_phase3_passed")
+        # Every patch the run asked about is recorded before its first local activity marker (patches_first). Temporal's core may put a
+        # local activity's marker in one workflow task and the commands after its result in the next, and it
+        # tells a replay of a patch only when it reaches that next task (sdk-core, workflow_machines.rs:
+        # "Scan through to the next WFT, searching for any patch / la markers"). A patch decided after the
+        # marker then answered False on replay: CI's "Nondeterminism error: Non-deprecated patch marker
+        # encountered for change canary-seq-by-worker", from `canary status` on an ended canary.
+        markers = [e.marker_recorded_event_attributes.marker_name
+                   async for e in client.get_workflow_handle(wid).fetch_history_events()
+                   if e.HasField("marker_recorded_event_attributes")]
+        first_la = markers.index("core_local_activity")
+        assert "core_patch" not in markers[first_la:] and markers.count("core_patch") >= 3, markers
         final = {}
         for st in canary.PHASE3.stages:
             final.update(st.profile)

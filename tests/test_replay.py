@@ -59,7 +59,8 @@ def _patch_ids() -> set[str]:
     ids = set()
     for text in src.values():
         for arg in re.findall(r"workflow\.(?:patched|deprecate_patch)\(([^)]+)\)", text):
-            ids.add(arg.strip('"') if arg.startswith('"') else consts[arg])
+            if arg != "name":  # base.patches_first asks the others' ids, by variable
+                ids.add(arg.strip('"') if arg.startswith('"') else consts[arg])
     return ids
 
 

@@ -41,6 +41,11 @@ DEGRADATION_5PCT = "degradation-5pct-restore"
 CANCEL_HANDLED = "cancel-handled"
 # patch: an observation with a `traffic` metric (a 5% restore) passes only if live traffic was seen
 OBSERVE_TRAFFIC = "observe-needs-traffic"
+# patch: every patch a run may ask about is decided in its first activation (patches_first)
+PATCHES_FIRST = "patches-first"
+# The patches the interpreter's shared parts ask about (workflows/runner.py, gate.py, gateway.py), whichever
+# workflow runs them; each workflow adds its own when it calls patches_first.
+RUNNER_PATCHES = ("fleet-receipts", "roster-refresh", OBSERVE_TRAFFIC, "two-person", "snapshot-before-own-write")
 CLOSE_WAIT = timedelta(seconds=30)  # at its end a workflow waits this long to hear its alerts resolved
 # The longest a trading-core action is retried under one Idempotency-Key; the core must keep a
 # performed action's answer at least this long (docs/trading-core-api.md; the simulator: 24 h).
@@ -110,3 +115,22 @@ class ActionOutcome:
 
 class StartRefused(StepFailed):
     """The requester's signed start was refused (signing on): nothing was changed."""
+
+
+def patches_first(*own: str) -> None:
+    """Decide, in the run's first activation, every patch the run may later ask about (a new run: each
+    True, as it would answer later). Call it at the top of `run`, before anything is awaited.
+
+    Why: a patch first asked right after a local activity's result can be answered differently on replay.
+    Temporal's core may record a local activity's marker in one workflow task and the commands that follow
+    its result in the next, and it tells a replay of a patch only when replay reaches the task that holds
+    the patch's marker (sdk-core, worker/workflow/machines/workflow_machines.rs: "Scan through to the next
+    WFT, searching for any patch / la markers"). So replay answered False where the run had answered True:
+    "Nondeterminism error: Non-deprecated patch marker encountered for change canary-seq-by-worker" on
+    every replay of that canary (a query of the ended run, a worker restart). Asked here, before any local
+    activity, every marker is in the first workflow task; later calls return the decision remembered (the
+    SDK memoizes `patched` per id). Runs recorded before PATCHES_FIRST keep their patches where they were
+    decided then."""
+    if workflow.patched(PATCHES_FIRST):
+        for name in (*RUNNER_PATCHES, *own):
+            workflow.patched(name)

@@ -65,7 +65,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from contracts.progress import Decision, DecisionAck, DecisionRecord, Progress
     from workflows.alerting import PagingHandlers
-    from workflows.base import PAGER_OUTBOX, StepFailed
+    from workflows.base import PAGER_OUTBOX, StepFailed, patches_first
     from workflows.runner import ObserveClock, Runner
 
 SEQ_RETRY = RetryPolicy(initial_interval=timedelta(milliseconds=200), maximum_interval=timedelta(seconds=5),
@@ -343,6 +343,7 @@ class CanaryWorkflow(PagingHandlers):
     async def run(self, inp: CanaryInput) -> CanaryResult:
         st, r = self.st, self.r
         r.outbox = workflow.patched(PAGER_OUTBOX)
+        patches_first(SEQ_BY_WORKER, SIGNED_START)
         await r.load_roster()
         st.roster = dict(r.roster)
         if inp.carry is None and inp.seq is not None and workflow.patched(SEQ_BY_WORKER):

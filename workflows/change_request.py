@@ -32,7 +32,7 @@ with workflow.unsafe.imports_passed_through():
         RequestOutcome,
     )
     from workflows.alerting import PagingHandlers
-    from workflows.base import PAGER_OUTBOX, Withdrawn, root_cause
+    from workflows.base import PAGER_OUTBOX, Withdrawn, patches_first, root_cause
     from workflows.gate import decision_signal, decision_update
     from workflows.runner import Runner
 
@@ -81,6 +81,7 @@ class ChangeRequestWorkflow(PagingHandlers):
     @workflow.run
     async def run(self, inp: ChangeRequestInput) -> ChangeRequestResult:
         self.r.outbox = workflow.patched(PAGER_OUTBOX)
+        patches_first(PICKUP_DEADLINE)
         req = inp.proof.request
         late = workflow.now() - workflow.info().workflow_start_time
         if late > inp.pickup_deadline and workflow.patched(PICKUP_DEADLINE):

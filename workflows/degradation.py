@@ -27,7 +27,7 @@ with workflow.unsafe.imports_passed_through():
     from workflows.models import DegradeInput
     from workflows.alerting import PagingHandlers
     from manual.steps import ApplySwitches
-    from workflows.base import (CANCEL_HANDLED, DEGRADATION_5PCT, PAGER_OUTBOX, RESTORE_ONLY_CHANGES, StartRefused,
+    from workflows.base import (CANCEL_HANDLED, patches_first, DEGRADATION_5PCT, PAGER_OUTBOX, RESTORE_ONLY_CHANGES, StartRefused,
                                 StepFailed, Withdrawn)
     from workflows.gate import decision_signal, decision_update
     from workflows.runner import Runner
@@ -65,6 +65,7 @@ class DegradationWorkflow(PagingHandlers):
     async def run(self, inp: DegradeInput) -> RunResult:
         self.r.outbox = workflow.patched(PAGER_OUTBOX)
         self.r.flip_first = workflow.patched("flip-first")
+        patches_first(CANCEL_HANDLED, RESTORE_ONLY_CHANGES, DEGRADATION_5PCT, "undo-failures-paged")
         await self.r.load_roster()
         try:
             refused = self.r.accept_start("degrade.start", inp.proof, inp.signed_values())

@@ -24,7 +24,7 @@ with workflow.unsafe.imports_passed_through():
     from manual.emergency import render_change, render_changes
     from manual.steps import AwaitConfirmation
     from workflows.alerting import PagingHandlers
-    from workflows.base import PAGER_OUTBOX
+    from workflows.base import PAGER_OUTBOX, patches_first
     from workflows.gate import decision_signal, decision_update
     from workflows.runner import Runner
 
@@ -70,6 +70,7 @@ class EmergencyWorkflow(PagingHandlers):
     @workflow.run
     async def run(self, inp: EmergencyFollowUpInput) -> EmergencyFollowUpResult:
         self.r.outbox = workflow.patched(PAGER_OUTBOX)
+        patches_first()
         rec_step = self.r._begin("record", "emergency")
         rec: EmergencyRecord | None = await workflow.execute_activity_method(
             EmergencyActivities.record, inp, start_to_close_timeout=timedelta(seconds=15), retry_policy=READ_RETRY)

@@ -60,7 +60,7 @@ with workflow.unsafe.imports_passed_through():
     from workflows.rollback import RollbackWorkflow, rollback_workflow_id
     from contracts.paging import Channel, Delivery
     from workflows.alerting import PagingHandlers
-    from workflows.base import PAGER_OUTBOX, StepFailed
+    from workflows.base import PAGER_OUTBOX, StepFailed, patches_first
     from workflows.runner import Runner
 
 
@@ -346,6 +346,7 @@ class IncidentWorkflow(PagingHandlers):
     @workflow.run
     async def run(self, inp: IncidentInput) -> IncidentResult:
         self.r.outbox = workflow.patched(PAGER_OUTBOX)
+        patches_first()
         roster = asyncio.create_task(self.r.load_roster())
         immediate = asyncio.create_task(self._take_actions("immediate"))
         try:

@@ -30,7 +30,8 @@ with workflow.unsafe.imports_passed_through():
     from workflows.models import RollbackInput
     from workflows.alerting import PagingHandlers
     from workflows.gate import decision_signal, decision_update
-    from workflows.base import CANCEL_HANDLED, PAGER_OUTBOX, RESTORE_ONLY_CHANGES, StartRefused, StepFailed, Withdrawn
+    from workflows.base import (CANCEL_HANDLED, PAGER_OUTBOX, RESTORE_ONLY_CHANGES, StartRefused, StepFailed, Withdrawn,
+                                patches_first)
     from workflows.runner import Runner
 
 
@@ -84,6 +85,7 @@ class RollbackWorkflow(PagingHandlers):
         d = inp.durations
         self.r.outbox = workflow.patched(PAGER_OUTBOX)
         self.r.flip_first = workflow.patched("flip-first")
+        patches_first(CANCEL_HANDLED, RESTORE_ONLY_CHANGES, "hl-down-core-actions")
         if inp.severity is not Severity.CRITICAL or not self.r.flip_first:
             await self.r.load_roster()  # validators need it while the window/monitoring waits
         # (critical: the checklist loads it beside the snapshot, so nothing delays the flip)

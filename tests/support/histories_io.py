@@ -47,6 +47,7 @@ def export(hist: WorkflowHistory) -> str:
 # a suffix for the same branch recorded before a patch).
 REQUIRED = {
     "rollback": ("rollback_critical_cross_restored", "rollback_data_window_cancelled",
+                 "rollback_critical_cross_restored_patches_first",  # patch "patches-first"
                  "rollback_non_critical_monitored", "rollback_breach_escalated_to_level_3",
                  "rollback_hl_down_level_2", "rollback_hl_down_level_2_restored", "rollback_restore_blocked",
                  "rollback_crash_after_own_write_restored",  # patch "snapshot-before-own-write"
@@ -55,6 +56,7 @@ REQUIRED = {
                  "rollback_breach_stayed_then_withdrawn", "rollback_full_system_withdrawn_by_starter",  # exits
                  "rollback_5pct_no_traffic_rolled_back_again"),  # patch "observe-needs-traffic"
     "degradation": ("degradation_level_2_restored", "degradation_level_2_restored_pre_outbox",
+                    "degradation_level_2_restored_patches_first",  # patch "patches-first"
                     "degradation_level_2_undo_refused_paged",  # patch "undo-failures-paged"
                     "degradation_level_1_restored_by_risk_manager",  # patch "restore-only-changes"
                     "degradation_level_2_withdrawn_at_confirm",  # the withdraw exit
@@ -63,12 +65,14 @@ REQUIRED = {
                     # patch "observe-needs-traffic"
                     "degradation_level_1_restored_through_5pct_traffic_seen", "degradation_level_1_5pct_no_traffic"),
     "pager": ("pager_storm", "pager_reroute"),
-    "change request": ("change_request_expired_before_pickup",),  # patch "change-pickup-deadline"
+    "change request": ("change_request_expired_before_pickup",  # patch "change-pickup-deadline"
+                       "change_request_expired_before_pickup_patches_first"),
     "emergency": ("emergency_acknowledged",),  # the follow-up of a move made while Temporal was down
     "canary": ("canary_phase3_passed", "canary_phase3_rolled_back", "canary_phase3_extended_promoted_aborted",
                "canary_phase3_paused_by_rollback", "canary_phase2_precision_rolled_back",
                "canary_phase3_continued_as_new", "canary_phase3_passed_seq_by_worker",
-               "canary_phase3_rolled_back_seq_by_worker"),
+               "canary_phase3_rolled_back_seq_by_worker",
+               "canary_phase3_passed_patches_first"),  # patch "patches-first", in every workflow below
     "incident": ("incident_hot_wallet_acked_auto_recovered", "incident_hl_margin_unacked_escalated",
                  "incident_hl_down_level_choice", "incident_asset_mismatch_rollback_child",
                  "incident_hedge_margin_undo_conflict", "incident_hl_refired_after_recovery"),
