@@ -78,9 +78,10 @@ async def test_phase3_cli_promotes_through_four_stages_then_a_fault_rolls_the_ne
         res = await client.get_workflow_handle_for(CanaryWorkflow.run, wid).result()
         assert res.status == "passed", res
         await save_history(client.get_workflow_handle(wid), "canary_phase3_passed")
-        # Every patch the run asked about is recorded before its first local activity marker (patches_first). Temporal's core may put a
-        # local activity's marker in one workflow task and the commands after its result in the next, and it
-        # tells a replay of a patch only when it reaches that next task (sdk-core, workflow_machines.rs:
+        # Every patch the run asked about is recorded before its first local activity marker (patches_first).
+        # Temporal's core may put a local activity's marker in one workflow task and the commands after its
+        # result in the next, and it tells a replay of a patch only when it reaches that next task (sdk-core,
+        # workflow_machines.rs:
         # "Scan through to the next WFT, searching for any patch / la markers"). A patch decided after the
         # marker then answered False on replay: CI's "Nondeterminism error: Non-deprecated patch marker
         # encountered for change canary-seq-by-worker", from `canary status` on an ended canary.

@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import base64
 import json
-import re
 from pathlib import Path
 
 import pytest
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 
-from tests.support import histories_io
+from tests.support import histories_io, patch_ids
 from tests.support.histories_io import REQUIRED
 from tests.support.nondeterministic import CanaryWithoutSnapshot, PageFirst, ReorderedRollback
 from workflows.registry import WORKFLOWS
@@ -54,14 +53,7 @@ def test_every_branch_has_a_history(kind):
 
 def _patch_ids() -> set[str]:
     """Every id workflows/ passes to `workflow.patched`, as a literal or a module constant."""
-    src = {p: p.read_text() for p in (Path(__file__).parent.parent / "workflows").glob("*.py")}
-    consts = dict(m for text in src.values() for m in re.findall(r'^([A-Z][A-Z0-9_]*) = "([^"]+)"', text, re.M))
-    ids = set()
-    for text in src.values():
-        for arg in re.findall(r"workflow\.(?:patched|deprecate_patch)\(([^)]+)\)", text):
-            if arg != "name":  # base.patches_first asks the others' ids, by variable
-                ids.add(arg.strip('"') if arg.startswith('"') else consts[arg])
-    return ids
+    return {p for _, p in patch_ids.asked()}
 
 
 def _markers(path: Path) -> set[str]:

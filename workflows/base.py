@@ -43,9 +43,17 @@ CANCEL_HANDLED = "cancel-handled"
 OBSERVE_TRAFFIC = "observe-needs-traffic"
 # patch: every patch a run may ask about is decided in its first activation (patches_first)
 PATCHES_FIRST = "patches-first"
+# patch: an applied change set waits for the fleet's receipts (workflows/runner.py)
+FLEET_RECEIPTS = "fleet-receipts"
+# patch: a step waiting for a signed human decision re-reads the roster (workflows/gate.py)
+ROSTER_REFRESH_PATCH = "roster-refresh"
+# patch: a two-person step needs two distinct approvers (workflows/gate.py)
+TWO_PERSON = "two-person"
+# patch: a workflow's own earlier write is snapshotted before it writes again (workflows/gateway.py)
+SNAPSHOT_OWN_WRITE = "snapshot-before-own-write"
 # The patches the interpreter's shared parts ask about (workflows/runner.py, gate.py, gateway.py), whichever
 # workflow runs them; each workflow adds its own when it calls patches_first.
-RUNNER_PATCHES = ("fleet-receipts", "roster-refresh", OBSERVE_TRAFFIC, "two-person", "snapshot-before-own-write")
+RUNNER_PATCHES = (FLEET_RECEIPTS, ROSTER_REFRESH_PATCH, OBSERVE_TRAFFIC, TWO_PERSON, SNAPSHOT_OWN_WRITE)
 CLOSE_WAIT = timedelta(seconds=30)  # at its end a workflow waits this long to hear its alerts resolved
 # The longest a trading-core action is retried under one Idempotency-Key; the core must keep a
 # performed action's answer at least this long (docs/trading-core-api.md; the simulator: 24 h).

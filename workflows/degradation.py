@@ -27,8 +27,8 @@ with workflow.unsafe.imports_passed_through():
     from workflows.models import DegradeInput
     from workflows.alerting import PagingHandlers
     from manual.steps import ApplySwitches
-    from workflows.base import (CANCEL_HANDLED, patches_first, DEGRADATION_5PCT, PAGER_OUTBOX, RESTORE_ONLY_CHANGES, StartRefused,
-                                StepFailed, Withdrawn)
+    from workflows.base import (CANCEL_HANDLED, DEGRADATION_5PCT, PAGER_OUTBOX, RESTORE_ONLY_CHANGES, StartRefused,
+                                StepFailed, Withdrawn, patches_first)
     from workflows.gate import decision_signal, decision_update
     from workflows.runner import Runner
 

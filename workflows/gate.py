@@ -18,7 +18,7 @@ with workflow.unsafe.imports_passed_through():
     from core import identity
     from manual.steps import AwaitConfirmation
     from contracts.progress import Awaiting, Decision, DecisionAck, DecisionRecord, Exit
-from workflows.base import ROSTER_REFRESH, ANSWERS, EXITS, Withdrawn
+from workflows.base import ROSTER_REFRESH, ROSTER_REFRESH_PATCH, TWO_PERSON, ANSWERS, EXITS, Withdrawn
 
 
 
@@ -63,7 +63,7 @@ class DecisionGate:
         """How many different operators must approve a step leading to `values` (two-person rule)."""
         if not self.signing or not approvals.two_person_changes(values):
             return 1
-        return 2 if workflow.patched("two-person") else 1
+        return 2 if workflow.patched(TWO_PERSON) else 1
 
     def accept_start(self, action: str, proof: identity.Proof | None, values: dict[str, Any]) -> str | None:
         """Check the requester's signed start (once; signing on). A refusal, or None (then the proof
@@ -193,7 +193,7 @@ class DecisionGate:
                              prompt=step.prompt, approvals=step.approvals, approved_by=approved_by,
                              no_break_glass=step.no_break_glass, exits=step.exits, on_timeout=step.on_timeout)
         # Patch "roster-refresh": with signing on, keys are re-read while a human is awaited.
-        refresh = self.signing and workflow.patched("roster-refresh")
+        refresh = self.signing and workflow.patched(ROSTER_REFRESH_PATCH)
         try:
             while True:
                 try:

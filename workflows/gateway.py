@@ -29,7 +29,7 @@ with workflow.unsafe.imports_passed_through():
     from contracts.fleet import FleetApplied, FleetWaitInput
     from manual import switches as matrix
     from manual.steps import ApplySwitches, Observe
-from workflows.base import SWITCH_RETRY, CORE_RETRY, CORE_ACTION_HORIZON, root_cause
+from workflows.base import SWITCH_RETRY, CORE_RETRY, CORE_ACTION_HORIZON, SNAPSHOT_OWN_WRITE, root_cause
 
 
 class ActivityGateway:
@@ -121,7 +121,7 @@ class ActivityGateway:
             return
         own = [c for c in res.changes
                if (st := snap.switches.get(c.switch)) is not None and st.change_id == res.change_id]
-        if not own or not workflow.patched("snapshot-before-own-write"):
+        if not own or not workflow.patched(SNAPSHOT_OWN_WRITE):
             return
         for c in own:
             snap.switches[c.switch] = snap.switches[c.switch].model_copy(

@@ -38,7 +38,8 @@ with workflow.unsafe.imports_passed_through():
     from core import metrics as series
 
 from workflows.alerting import Alerting
-from workflows.base import MAX_CHECKS_KEPT, OBSERVE_TRAFFIC, ROSTER_REFRESH, ActionOutcome, StepFailed, root_cause
+from workflows.base import (FLEET_RECEIPTS, MAX_CHECKS_KEPT, OBSERVE_TRAFFIC, ROSTER_REFRESH, ROSTER_REFRESH_PATCH,
+                            ActionOutcome, StepFailed, root_cause)
 from workflows import metrics as wf_metrics
 from workflows.gate import DecisionGate
 from workflows.gateway import ActivityGateway
@@ -299,7 +300,7 @@ class Runner(ActivityGateway, Alerting, DecisionGate):
             raise StepFailed(msg) from e
         detail = f"audit {res.audit_id}, etcd revision {res.revision}" + (" (already applied)" if res.replayed else "")
         if step.verify_applied:
-            if workflow.patched("fleet-receipts"):
+            if workflow.patched(FLEET_RECEIPTS):
                 detail += "; " + await self.verify_everywhere(res, step)
             else:
                 detail += "; " + await self.verify_applied(res.revision, step.verify_timeout)
@@ -386,7 +387,8 @@ class Runner(ActivityGateway, Alerting, DecisionGate):
                     return c.stop
                 if due:
                     if (self._escalate_open and self.signing and self.roster_at is not None
-                            and workflow.now() - self.roster_at >= ROSTER_REFRESH and workflow.patched("roster-refresh")):
+                            and workflow.now() - self.roster_at >= ROSTER_REFRESH
+                            and workflow.patched(ROSTER_REFRESH_PATCH)):
                         await self.load_roster(local=False)  # an escalation may arrive meanwhile: keep keys fresh
                     check, verdicts, health = await self._check(step, values)
                     c.tick(workflow.now())

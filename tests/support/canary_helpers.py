@@ -79,7 +79,8 @@ async def start(env, tq, phase="phase3", by="alice", **kw):
 
 async def status(env, wid) -> CanaryStatus:
     h = env.client.get_workflow_handle(wid)
-    for attempt in range(3):
+    attempt = 1
+    while True:
         try:
             return await h.query(CanaryWorkflow.status)
         except RPCError as e:
@@ -87,9 +88,9 @@ async def status(env, wid) -> CanaryStatus:
             # task pending: "query deadline exceeded" (and the worker's "Task not found when completing:
             # workflow execution already completed" for the run before). A query is a read: asked again.
             # A workflow that is really stuck fails all three, and the failure says where.
-            if attempt == 2 or "deadline exceeded" not in str(e):
+            if attempt == 3 or "deadline exceeded" not in str(e):
                 raise AssertionError(f"status query on {wid} failed ({e}); {await stuck_where(h)}") from e
-    raise AssertionError("unreachable")
+            attempt += 1
 
 
 async def stuck_where(h) -> str:
