@@ -30,6 +30,9 @@ class Timings(BaseModel):
     page_after: timedelta | None = None
     clear_hold: timedelta | None = None  # auto-recovery hold (default: the rule's)
     manual_after: timedelta | None = None  # HL: "if >5min -> manual" (default: the rule's)
+    # A drill's speed: the rollbacks and degradations the incident starts run with the manual's timings divided
+    # by it (manual.drills.scaled_durations), as its own clocks are (None: the manual's).
+    speed: float | None = Field(default=None, ge=1)
 
 
 class ConditionReport(BaseModel):

@@ -23,12 +23,15 @@ from pydantic import BaseModel, ConfigDict
 
 from contracts.incidents import Timings
 from contracts.trading_core import HealthSnapshot
-from manual import alerts, canary, degradation
+from manual import alerts, canary, degradation, rollback
 from manual.rollback import MIN_REPAGE_INTERVAL, NEXT_SCOPE, OBSERVE_CHECKS, Durations, Scope, Severity
 from manual.steps import HealthCheck
 
 # The symbol a per-symbol rule is rehearsed on (every trading core lists it; the simulator does).
 DRILL_SYMBOL = "BTC"
+# The module a single-module rollback drill rolls back unless the drill names another (manual/rollback.py
+# MODULES): the rollback scenarios' fault is a failing error rate, internalization's symptom.
+DRILL_MODULE = "internalization"
 # Kinds, in the order `drill list` shows them.
 Kind = Literal["p0", "rollback", "degradation", "canary", "hl_down_rollback"]
 KINDS: tuple[str, ...] = ("p0", "rollback", "degradation", "canary", "hl_down_rollback")
@@ -249,12 +252,13 @@ def scaled(slas: tuple[Sla, ...], speed: float) -> tuple[Sla, ...]:
 
 def incident_timings(rule: alerts.Rule, speed: float) -> Timings:
     """A P0 incident's clocks at a drill's speed: the acknowledge and action SLAs (each also the interval at
-    which an unanswered page escalates), the automatic recovery's hold and the "if >5min -> manual" step."""
+    which an unanswered page escalates), the automatic recovery's hold and the "if >5min -> manual" step;
+    and the speed itself, for the rollbacks and degradations the incident starts (scaled_durations)."""
     _speed(speed)
     ack, action = scaled(_p0_slas(), speed)
     return Timings(ack=ack.within, action=action.within,
                    clear_hold=rule.recovery.clear_hold / speed if rule.recovery.clear_hold else None,
-                   manual_after=rule.manual_after.after / speed if rule.manual_after else None)
+                   manual_after=rule.manual_after.after / speed if rule.manual_after else None, speed=speed)
 
 
 def scaled_durations(speed: float) -> Durations:
@@ -270,3 +274,13 @@ def scaled_durations(speed: float) -> Durations:
                 v = max(v, MIN_REPAGE_INTERVAL)
         vals[name] = v
     return Durations(**vals)
+
+
+def await_slas(d: Durations) -> dict[str, timedelta]:
+    """Each human step a rollback or degradation can wait at, and the time the manual gives it (in `d`, so
+    scaled when `d` is): the data-inconsistency decision window, and each confirmation or approval (the
+    confirm SLA, after which it re-pages). `fix` is not here: its clock is a reminder, not an SLA."""
+    steps = (rollback.window_step(d), rollback.confirm_step(d, Scope.SINGLE),
+             rollback.super_admin_approval_step(d, 1), rollback.second_approval_step(d, "-"),
+             rollback.approve_level_3_step(d, Scope.CROSS, 1), rollback.level_choice_step(d))
+    return {s.name: s.timeout for s in steps}

@@ -141,7 +141,7 @@ async def test_a_p0_drill_runs_marked_at_its_speed_and_is_refused_where_it_must_
     simulator: the incident is a drill ([DRILL] in its pages), its acknowledge SLA is the manual's 5 minutes
     / 30 = 10 s and it escalates when that passes, the fault is in at the simulator, `drill end` takes it out.
     Refused, with nothing started and no fault injected: a prefix marked production, a core without the fault
-    API, an incident of the rule already open, a scenario `start` does not run yet."""
+    API, an incident of the rule already open, a scenario `start` does not run yet (a canary's)."""
     import asyncio
     import uuid
 
@@ -181,8 +181,20 @@ async def test_a_p0_drill_runs_marked_at_its_speed_and_is_refused_where_it_must_
     r = await cli("drill", "start", "p0-hot_wallet", "--speed", "30", "--as", "oscar", ROLLBACKCTL_TRADING_CORE_URL=no_faults)
     assert r.code == 2 and "has no /sim/faults: it is not the simulator" in r.err
     await nothing_started()
-    r = await cli("drill", "start", "rollback-non_critical-single_module", "--as", "oscar")
-    assert r.code == 2 and "`drill start` runs P0 scenarios so far" in r.err
+    r = await cli("drill", "start", "degrade-1", "--speed", "30", "--as", "oscar", ROLLBACKCTL_ETCD_PREFIX=prod)
+    assert r.code == 3 and f"{prod} is marked production: drills never run there" in r.err
+    await nothing_started()
+    r = await cli("drill", "start", "rollback-critical_path_failure-single_module", "--switch", "nothing", "--as",
+                  "oscar")
+    assert r.code == 2 and "nothing" in r.err, r.err
+    r = await cli("drill", "start", "rollback-critical_path_failure-cross_module", "--switch", "hedging", "--as",
+                  "oscar")
+    assert r.code == 2 and "--switch is for single-module scenarios" in r.err, r.err
+    r = await cli("drill", "start", "degrade-3", "--as", "oscar")
+    assert r.code == 3 and "degradation level 3 needs super_admin; oscar is on_call" in r.err, r.err
+    await nothing_started()
+    r = await cli("drill", "start", "canary-phase2-fails", "--as", "oscar")
+    assert r.code == 2 and "`drill start` does not run canary scenarios yet" in r.err
     await nothing_started()
 
     si, guard = StandIns(), GuardStandIn()
@@ -233,3 +245,257 @@ async def test_a_p0_drill_runs_marked_at_its_speed_and_is_refused_where_it_must_
         assert r.code == 0 and "fault cleared" in r.out, r.err
         assert (await http.get(f"{sim_server.url}/sim/faults")).json() == {}
         await h.terminate("test over")
+
+
+async def _drill_process(env: dict[str, str], *args: str):
+    """`rollbackctl drill start ...` as a user runs it, in the background (it follows its run to the end), and
+    the workflow id it prints."""
+    import asyncio
+    import os
+
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("ROLLBACKCTL_", "TEMPORAL_"))}
+    proc = await asyncio.create_subprocess_exec(ROLLBACKCTL, "drill", "start", *args, env={**base, **env},
+                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+                                                stdin=asyncio.subprocess.DEVNULL)
+    seen = []
+    while True:
+        line = (await asyncio.wait_for(proc.stdout.readline(), 60)).decode()
+        if not line:
+            raise AssertionError(f"drill start ended before it started a run: {''.join(seen)}"
+                                 f"{(await proc.stderr.read()).decode()}")
+        seen.append(line)
+        if line.startswith("workflow "):
+            return proc, line.split()[1], seen
+
+
+async def _drill_env(dev_env, etcd_server, sim_env, task_queue) -> dict[str, str]:
+    return {"ROLLBACKCTL_ETCD_ENDPOINTS": etcd_server.endpoint,
+            "TEMPORAL_ADDRESS": dev_env.client.service_client.config.target_host,
+            "ROLLBACKCTL_SIGNING": "off", **sim_env, "ROLLBACKCTL_TASK_QUEUE": task_queue}
+
+
+async def test_a_rollback_drill_runs_to_its_end_and_is_scored(
+        dev_env, store, etcd_server, prefix, sim, sim_server, sim_env, http, task_queue, core_settings,
+        paging_settings):
+    """`drill start rollback-critical_path_failure-cross_module --speed 300 --as oscar` on the dev server with
+    the production worker and the real simulator: the scenario's fault goes in (error rate past the manual's
+    1%), the real rollback runs marked a drill with the manual's clocks / 300 (observation 1 s; the confirm
+    SLA 10 min / 300 = 2 s, held at the 10 s re-page floor), applies HL_MODE, and the fault is taken out (the
+    rollback fixed it). oscar confirms, alice's fix restores through the 5% stage. The command ends when the
+    run does, with no fault left at the simulator, and prints the report: who answered each wait, against
+    which scaled SLA. The audit records of the drill's change sets say [DRILL]."""
+    import asyncio
+    import functools
+
+    from contracts.progress import Progress
+    from tests.support.fixtures_sim import apply_and_wait
+    from tests.support.store_helpers import run_cli
+    from tests.support.waits import wait_for_value
+    from tests.support.wf_helpers import PagedWorker, audit_of
+    from worker import activity_methods, activity_objects, build_worker
+
+    await apply_and_wait(sim, store, global_betting_enabled=True, routing_mode="NORMAL_MODE")
+    env = await _drill_env(dev_env, etcd_server, sim_env, task_queue)
+    objs = activity_objects(store, http, dev_env.client, core_settings, paging_settings)
+    worker = build_worker(dev_env.client, task_queue, activity_methods(objs),
+                          worker_class=functools.partial(PagedWorker, critical_lane=True))
+    async with worker:
+        proc, wid, seen = await _drill_process(env, "rollback-critical_path_failure-cross_module", "--speed", "300",
+                                               "--as", "oscar")
+        assert wid.startswith("rollback-drill-rollback-critical_path_failure-cross_module-"), wid
+        assert any("the fault is in at the trading core (error_rate=0.02)" in ln for ln in seen), seen
+        h = dev_env.client.get_workflow_handle(wid)
+
+        async def progress():
+            return await h.query("progress", result_type=Progress)
+
+        await wait_for_value(progress, lambda p: p.awaiting is not None and p.awaiting.step == "confirm", 60,
+                             "the drill rollback to wait for its confirmation", every=0.2)
+        sw = (await sim.switches())["switches"]
+        assert sw["routing_mode"]["value"] == "HL_MODE" and sw["global_betting_enabled"]["value"] is False
+        assert (await http.get(f"{sim_server.url}/sim/faults")).json() == {}  # taken out once applied
+        r = await asyncio.to_thread(run_cli, "confirm", wid, "--as", "oscar", "--reason", "error rate back",
+                                    env=env, timeout=60)
+        assert r.code == 0, r.err
+        await wait_for_value(progress, lambda p: p.awaiting is not None and p.awaiting.step == "fix", 60,
+                             "the drill rollback to wait for its fix", every=0.2)
+        r = await asyncio.to_thread(run_cli, "fix", wid, "--as", "alice", "--reference", "pr-1", "--tests-passed",
+                                    env=env, timeout=60)
+        assert r.code == 0, r.err
+        out, err = await asyncio.wait_for(proc.communicate(), 120)
+        out = "".join(seen) + out.decode()
+        assert proc.returncode == 0, (out, err.decode())
+        assert f"[DRILL] {wid}: completed, restored; the simulator is restored" in out, out
+        assert "| confirm | oscar |" in out and "| 10 s | met |" in out, out
+        assert (await http.get(f"{sim_server.url}/sim/faults")).json() == {}
+        sw = (await sim.switches())["switches"]
+        assert (sw["routing_mode"]["value"], sw["global_betting_enabled"]["value"]) == ("NORMAL_MODE", True)
+        recs = await audit_of(store, wid)
+        assert recs and all(r.reason.startswith("[DRILL]") for r in recs), [r.reason for r in recs]
+
+        r = await asyncio.to_thread(run_cli, "drill", "report", wid, "--json", env=env, timeout=60)
+        assert r.code == 0, r.err
+        rep = json.loads(r.out)
+        assert rep["status"] == "completed" and rep["result"] == "restored"
+        confirm = next(w for w in rep["waits"] if w["measure"] == "confirm")
+        assert confirm["by"] == "oscar" and confirm["sla_s"] == 10.0 and confirm["result"] == "met", confirm
+        assert 0 < rep["applied_after_s"] < rep["ended_after_s"]
+
+
+# Who answers a wait, by the role it needs (tests/conftest.py's roster); a second approval goes to sam.
+ANSWERER = {"on_call": "oscar", "risk_manager": "rita", "super_admin": "alice"}
+RUN_SCENARIOS = [s.name for s in drills.scenarios() if s.kind in ("rollback", "degradation", "hl_down_rollback")]
+
+
+def _answer(wid: str, a) -> list[str]:
+    """The command a responder sends for what the run awaits (`a`: its Awaiting)."""
+    who = ANSWERER[a.min_role]
+    if who in a.approved_by:
+        who = "sam"
+    return {"confirm": ["confirm", wid, "--as", who, "--reason", "drill: it holds"],
+            "proceed_or_cancel": ["proceed", wid, "--as", who, "--reason", "drill: roll back now"],
+            "escalate": ["escalate", wid, "--as", "alice", "--reason", "drill: Level 3"],
+            "level_choice": ["escalate", wid, "--as", "oscar", "--level", "2", "--reason", "drill: HL down"],
+            "fix": ["fix", wid, "--as", "alice", "--reference", "pr-drill", "--tests-passed"]}[a.expects]
+
+
+@pytest.mark.parametrize("name", RUN_SCENARIOS)
+async def test_every_rollback_and_degradation_scenario_runs_to_its_end(
+        name, dev_env, store, etcd_server, prefix, sim, sim_server, sim_env, http, task_queue, core_settings,
+        paging_settings):
+    """Each rollback, degradation and HL-down scenario the manual's tables generate, run by `drill start NAME
+    --speed 300` on the dev server with the production worker and the real simulator, answered by a
+    responder who sends whatever the run waits for (`status` tells it; the command it would type), as the
+    role the step needs. Before the fix the facilitator ends the drill (`drill end`: HL comes back in the
+    HL-down scenario). Each ends `completed`, with no fault at the simulator, the switches back where they
+    were, [DRILL] on every audit record the run wrote, and a report of every wait."""
+    import asyncio
+    import functools
+    import time
+
+    from contracts.progress import Progress
+    from manual import degradation as deg
+    from tests.support.fixtures_sim import apply_and_wait
+    from tests.support.store_helpers import run_cli
+    from tests.support.wf_helpers import PagedWorker, audit_of
+    from worker import activity_methods, activity_objects, build_worker
+
+    sc = drills.get(name)
+    await apply_and_wait(sim, store, global_betting_enabled=True, routing_mode="NORMAL_MODE")
+    before = {k: v["value"] for k, v in (await sim.switches())["switches"].items()}
+    env = await _drill_env(dev_env, etcd_server, sim_env, task_queue)
+    starter = "alice" if sc.kind == "degradation" and deg.get(sc.level).permission.value == "super_admin" else "oscar"
+    objs = activity_objects(store, http, dev_env.client, core_settings, paging_settings)
+    worker = build_worker(dev_env.client, task_queue, activity_methods(objs),
+                          worker_class=functools.partial(PagedWorker, critical_lane=True))
+    async with worker:
+        # HL goes down during the observation after the rollback's change: 5 min / 60 = 5 s gives the drill's
+        # follower (polling every 0.1 s) time to see the change applied, and HL the checks to fail
+        speed = "60" if sc.kind == "hl_down_rollback" else "300"
+        proc, wid, seen = await _drill_process(env, name, "--speed", speed, "--as", starter)
+        h = dev_env.client.get_workflow_handle(wid)
+        answered, ended, sent = set(), False, []
+        deadline = time.monotonic() + 120
+        while proc.returncode is None:
+            assert time.monotonic() < deadline, (name, sent, await h.query("progress", result_type=Progress))
+            try:
+                await asyncio.wait_for(proc.wait(), 0.2)  # the responder looks again every 0.2 s
+                break
+            except asyncio.TimeoutError:
+                pass
+            p = await h.query("progress", result_type=Progress)
+            a = p.awaiting
+            if a is None or (a.step, a.since, len(a.approved_by)) in answered:
+                continue
+            cmd = _answer(wid, a)
+            if a.expects == "fix" and not ended:
+                r = await asyncio.to_thread(run_cli, "drill", "end", wid, env=env, timeout=60)
+                assert r.code == 0 and "fault cleared at the trading core; the run goes on" in r.out, r.err
+                ended = True
+            r = await asyncio.to_thread(run_cli, *cmd, env=env, timeout=60)
+            assert r.code == 0, (cmd, r.err)
+            answered.add((a.step, a.since, len(a.approved_by)))
+            sent.append(" ".join(cmd[:1] + cmd[2:4]))
+        out, err = await proc.communicate()
+        out = "".join(seen) + out.decode()
+        assert proc.returncode == 0, (out, err.decode())
+        assert f"[DRILL] {wid}: completed" in out and "the simulator is restored" in out, out
+        assert f"# Drill report: {'degradation' if sc.kind == 'degradation' else 'rollback'} ({wid})" in out, out
+        assert (await http.get(f"{sim_server.url}/sim/faults")).json() == {}
+        recs = await audit_of(store, wid)
+        assert all(r.reason.startswith("[DRILL]") for r in recs), [r.reason for r in recs]
+        r = await asyncio.to_thread(run_cli, "drill", "report", wid, "--json", env=env, timeout=60)
+        assert r.code == 0, r.err
+        rep = json.loads(r.out)
+        assert rep["status"] == "completed", rep
+        assert [w["measure"] for w in rep["waits"] if w["result"] != "no answer"] or sc.severity is Severity.NON_CRITICAL
+        if sc.kind == "hl_down_rollback":  # the lesson: HL down in HL_MODE escalates to Level 3
+            assert "breach: cross_module -> full_system" in rep["escalations"], rep
+    after = {k: v["value"] for k, v in (await sim.switches())["switches"].items()}
+    assert after == before, {k: (before[k], after[k]) for k in before if before[k] != after.get(k)}
+
+
+@pytest.mark.parametrize("rule", [r.id for r in alerts.RULES])
+async def test_every_p0_scenario_runs_to_its_end(rule, dev_env, store, etcd_server, prefix, sim, sim_server, sim_env,
+                                                http, task_queue, core_settings, paging_settings):
+    """Each P0 scenario, `drill start p0-RULE --speed 300` on the dev server with the production worker, the
+    P0 monitor polling the real simulator, and a responder: oscar acknowledges and ticks the first further
+    step, the facilitator ends the drill (`drill end`: the fault comes out, the monitor sees the clear),
+    oscar resolves. The incident ends resolved with no fault left, and the report scores the acknowledgement
+    and the first action against the scaled SLAs (10 s each: 5 and 10 min / 300, held at the re-page floor)."""
+    import asyncio
+    import uuid
+
+    from contracts.incidents import IncidentState, incident_workflow_id
+    from contracts.progress import Progress
+    from tests.support.incident_helpers import p0_stack
+    from workflows.models import RollbackInput
+    from tests.support.store_helpers import run_cli
+    from tests.support.waits import wait_for_value
+
+    ns = uuid.uuid4().hex[:8]
+    env = {**await _drill_env(dev_env, etcd_server, sim_env, task_queue), "ROLLBACKCTL_MONITOR_NAMESPACE": ns}
+    r_ = alerts.get(rule)
+    wid = incident_workflow_id(rule, drills.DRILL_SYMBOL if r_.per_symbol else None, ns)
+
+    async def cli(*args: str):
+        r = await asyncio.to_thread(run_cli, *args, env=env, timeout=60)
+        assert r.code == 0, (args, r.err)
+        return r
+
+    async with p0_stack(dev_env, store, core_settings, paging_settings, task_queue, ns):
+        r = await cli("drill", "start", f"p0-{rule}", "--speed", "300", "--as", "oscar")
+        assert wid in r.out, r.out
+        h = dev_env.client.get_workflow_handle(wid)
+
+        async def state():
+            return await h.query("state", result_type=IncidentState)
+
+        st = await wait_for_value(state, lambda s: s.ready, 30, "the drill incident to be ready", every=0.1)
+        assert st.drill
+        await cli("ack", wid, "--as", "oscar")
+        await cli("tick", wid, st.checklist[0].id, "--as", "oscar")
+        await cli("drill", "end", wid)
+        await wait_for_value(state, lambda s: s.condition == "clear", 30, "the monitor to see the clear", every=0.1)
+        await cli("resolve", wid, "--as", "oscar", "--reason", "drill over")
+        await asyncio.wait_for(h.result(), 60)
+        rep = json.loads((await cli("drill", "report", wid, "--json")).out)
+        # a rule whose acknowledgement starts the decision tree's rollback (asset mismatch): that rollback is a
+        # drill too, on the drill's clocks; the facilitator withdraws it
+        for child in (await state()).children:
+            async for ev in dev_env.client.get_workflow_handle(child).fetch_history_events():
+                (inp,) = await dev_env.client.data_converter.decode(
+                    ev.workflow_execution_started_event_attributes.input.payloads, [RollbackInput])
+                break
+            assert inp.drill and inp.durations == drills.scaled_durations(300), inp
+            await wait_for_value(lambda: dev_env.client.get_workflow_handle(child).query(
+                "progress", result_type=Progress), lambda p: p.awaiting is not None, 30, "the rollback to wait")
+            await cli("withdraw", child, "--as", "alice", "--reason", "drill over")
+            await asyncio.wait_for(dev_env.client.get_workflow_handle(child).result(), 60)
+        assert bool(r_.rollback) == bool((await state()).children), r_.rollback
+    assert rep["status"] == "resolved", rep
+    ack, action, resolved = rep["measures"]
+    assert (ack["by"], ack["sla_s"], ack["result"]) == ("oscar", 10.0, "met"), ack
+    assert (action["by"], action["sla_s"], action["result"]) == ("oscar", 10.0, "met"), action
+    assert resolved["by"] == "oscar" and resolved["after_page_s"] >= action["after_page_s"]
+    assert (await http.get(f"{sim_server.url}/sim/faults")).json() == {}

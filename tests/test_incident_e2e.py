@@ -8,49 +8,17 @@ from __future__ import annotations
 import asyncio
 from datetime import timedelta
 import uuid
-from contextlib import asynccontextmanager
 
-import httpx
 import pytest
 from temporalio.client import WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
 
-from activities.monitor import AutoMode, Monitor, TemporalGuard, TemporalIncidents
-from contracts.trading_core import ReadHealthInput
-from activities.trading_core import TradingCoreActivities
 from manual import alerts
 from tests.support.fixtures_sim import LEVEL_KEYS
-from worker import activity_methods, activity_objects, build_worker
+from tests.support.incident_helpers import p0_stack
 from workflows.incident import IncidentWorkflow
-from contracts.incidents import MonitorInput, ResolveRequest, incident_workflow_id
+from contracts.incidents import ResolveRequest, incident_workflow_id
 from contracts.progress import Decision
-
-INTERVAL = 0.05
-
-
-@asynccontextmanager
-async def p0_stack(env, store, core_settings, paging_settings, tq: str, ns: str):
-    """A worker (every real activity) and the monitor loop polling the simulator every 50 ms."""
-    async with httpx.AsyncClient() as http:
-        objs = activity_objects(store, http, env.client, core_settings, paging_settings)
-        async with build_worker(env.client, tq, activity_methods(objs)):
-            core = TradingCoreActivities.from_settings(core_settings, http)
-
-            async def read(timeout_s: float) -> dict:
-                return (await core.read_health(ReadHealthInput(timeout_s=timeout_s))).model_dump(mode="json")
-
-            mon = Monitor(MonitorInput(namespace=ns, interval_s=INTERVAL, incident_task_queue=tq), read,
-                          TemporalIncidents(env.client, tq, ns), AutoMode(store, TemporalGuard(env.client), ns))
-            task = asyncio.create_task(mon.run())
-            try:
-                yield mon
-            finally:
-                task.cancel()
-                # bounded: a monitor that does not stop on cancellation fails here, naming it, not at the
-                # test's 300 s timeout
-                done, _ = await asyncio.wait({task}, timeout=30)
-                assert done, f"the monitor did not stop within 30 s of its cancellation: {task!r}"
-
 
 FAULTS = {
     "hl_disconnection": {"hl_connected": False, "hl_disconnected_for_s": 61.0},

@@ -37,7 +37,8 @@ with workflow.unsafe.imports_passed_through():
     from manual import alerts, escalation, switches
     from contracts.roles import Role
     from manual.roles import MONITOR_IDENTITY
-    from manual.rollback import Scope, Severity
+    from manual.drills import scaled_durations
+    from manual.rollback import Durations, Scope, Severity
     from manual.steps import ApplySwitches, AwaitConfirmation, CoreActions
     from workflows.degradation import DegradationWorkflow, degrade_workflow_id
     from contracts.incidents import (
@@ -85,6 +86,8 @@ class IncidentWorkflow(PagingHandlers):
         self.page_after = t.page_after or alerts.SLA.page_after
         self.clear_hold = t.clear_hold or self.rule.recovery.clear_hold
         self.manual_after = t.manual_after or (self.rule.manual_after.after if self.rule.manual_after else None)
+        # what the rollbacks and degradations it starts run with (a drill's: scaled like its own clocks)
+        self.child_durations = scaled_durations(t.speed) if t.speed else Durations()
         self.incident_id = incident_id_for(info.workflow_id, info.workflow_start_time)
         self.r = Runner(info.workflow_id, "incident", requested_by=MONITOR_IDENTITY, drill=inp.drill,
                         incident=self.incident_id, key=self.incident_id)
@@ -615,6 +618,7 @@ class IncidentWorkflow(PagingHandlers):
         await workflow.start_child_workflow(
             DegradationWorkflow.run,
             DegradeInput(level=d.level, incident_id=self.incident_id, requested_by=d.actor, drill=self.st.drill,
+                         durations=self.child_durations,
                          reason=f"P0 {self.rule.alert}: {self.st.detail or 'still down'}; chosen by {d.actor}"
                                 + (f": {d.reason}" if d.reason else "")),
             id=wid, parent_close_policy=workflow.ParentClosePolicy.ABANDON)
@@ -629,6 +633,7 @@ class IncidentWorkflow(PagingHandlers):
             RollbackWorkflow.run,
             RollbackInput(incident_id=self.incident_id, summary=self._summary()[:500], severity=Severity(spec.severity),
                           scope=Scope(spec.scope), requested_by=actor, drill=self.st.drill,
+                          durations=self.child_durations,
                           reason=f"P0 {self.rule.alert} acknowledged by {actor}: {spec.why}"),
             id=wid, parent_close_policy=workflow.ParentClosePolicy.ABANDON)
         await self.r.notify(f"{self.st.workflow_id}: decision-tree rollback {wid} started on {actor}'s "

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from rollbackctl.cli.common import CliError, print_json, table
 
@@ -34,17 +35,19 @@ def register(sub: argparse._SubParsersAction) -> None:
                     help="divide every clock by N (1 = the manual's; at most 600)")
     sh.add_argument("--json", action="store_true", help="the scenario as JSON, SLAs at --speed")
     sh.set_defaults(func=cmd_show)
-    st = s.add_parser("start", help="run a P0 scenario: a drill incident with scaled SLAs, then its fault at the core")
-    st.add_argument("name", metavar="NAME", help="a P0 scenario (`drill list --kind p0`)")
+    st = s.add_parser("start", help="run a scenario: its fault at the core, the real workflow with scaled clocks")
+    st.add_argument("name", metavar="NAME", help="a P0, rollback or degradation scenario (`drill list`)")
     st.add_argument("--speed", type=_speed, default=1.0, metavar="N",
                     help="divide every clock by N (1 = the manual's; re-pages stay >= 10 s)")
     st.add_argument("--as", dest="actor", required=True, metavar="OPERATOR", help="who runs the drill (recorded)")
+    st.add_argument("--switch", metavar="MODULE",
+                    help="a single-module rollback scenario: the module or switch rolled back (default: internalization)")
     st.set_defaults(func=cmd_start)
-    en = s.add_parser("end", help="end a drill: clear the fault at the trading core (then resolve the incident)")
-    en.add_argument("id", metavar="ID", help="the drill incident's workflow id")
+    en = s.add_parser("end", help="end a drill: clear the fault at the trading core (the run or incident goes on)")
+    en.add_argument("id", metavar="ID", help="the drill's workflow id (its incident, rollback or degradation)")
     en.set_defaults(func=cmd_end)
-    rp = s.add_parser("report", help="how a P0 drill went: acknowledge, first action, resolve against its scaled SLAs")
-    rp.add_argument("id", metavar="ID", help="the drill incident's workflow id (open or ended)")
+    rp = s.add_parser("report", help="how a drill went: each human step against its scaled SLA, escalations, refusals")
+    rp.add_argument("id", metavar="ID", help="the drill's workflow id (open or ended)")
     rp.add_argument("--json", action="store_true", help="the scores as JSON")
     rp.set_defaults(func=cmd_report)
 
@@ -117,6 +120,8 @@ def cmd_show(args) -> int:
 
 
 async def cmd_start(args) -> int:
+    """P0 scenarios open a drill incident and return; rollback and degradation scenarios run their workflow
+    and follow it to its end (_start_run)."""
     from datetime import datetime, timezone
 
     from temporalio.client import WorkflowExecutionStatus
@@ -133,14 +138,16 @@ async def cmd_start(args) -> int:
     from rollbackctl.cli.sim_cmds import faults_call
 
     sc = _scenario(args.name)
-    if sc.kind != "p0":
-        raise CliError(f"{sc.name}: `drill start` runs P0 scenarios so far; run this one by hand: `rollbackctl drill "
-                       f"show {sc.name} --speed N` gives its fault and SLAs (docs/runbook.md, \"Drills\")", 2)
+    if sc.kind == "canary":
+        raise CliError(f"{sc.name}: `drill start` does not run canary scenarios yet; run it by hand: `rollbackctl drill "
+                       f"show {sc.name} --speed N` gives its fault (docs/runbook.md, \"Drills\")", 2)
     async with switch_store() as store:
         env = await store.environment()
     if env == "production":
         raise CliError(f"{store.prefix} is marked production: drills never run there (use a staging or dev stack)", 3)
     await faults_call("GET")  # a core without the fault API (production) is refused here, before anything starts
+    if sc.kind != "p0":
+        return await _start_run(args, sc)
     rule = alerts.get(sc.rule)
     symbol = drills.DRILL_SYMBOL if rule.per_symbol else None
     wid = incident_workflow_id(rule.id, symbol, MonitorSettings().namespace)
@@ -178,25 +185,226 @@ async def cmd_start(args) -> int:
     return 0
 
 
-async def cmd_end(args) -> int:
+async def _start_run(args, sc) -> int:
+    """A rollback or degradation scenario: the fault goes in (the incident's symptom), the real workflow starts
+    marked a drill with every clock divided by the speed, signed like `rollback start` / `degrade`; then this
+    command follows it to its end (_follow_run). HL down during a rollback: the fault goes in only once the
+    rollback has moved orders to HL."""
+    from datetime import datetime, timezone
+
+    from contracts.roles import Role
+    from manual import drills, rollback
+    from rollbackctl.cli import signing
+    from rollbackctl.cli.sim_cmds import faults_call
+    from rollbackctl.cli.workflow_cmds import _operator_role, _start
+
+    single = sc.scope is rollback.Scope.SINGLE
+    if args.switch and not single:
+        raise CliError(f"--switch is for single-module scenarios; {sc.name} has no module to choose", 2)
+    incident = f"drill-{sc.name}-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}"
+    reason = f"[DRILL] {sc.name} at speed {args.speed:g}, run by {args.actor}"
+    d = drills.scaled_durations(args.speed)
+    role = await _operator_role(args.actor)
+    if sc.kind == "degradation":
+        from manual import degradation
+        from workflows.degradation import DegradationWorkflow, degrade_workflow_id
+        from workflows.models import DegradeInput
+
+        lvl = degradation.get(sc.level)
+        if not role.at_least(lvl.permission):
+            raise CliError(f"degradation level {lvl.level} needs {lvl.permission.value}; {args.actor} is {role.value}",
+                           3)
+        inp = DegradeInput(level=sc.level, incident_id=incident, requested_by=args.actor, reason=reason, durations=d,
+                           drill=True)
+        wid, run, what, action, critical = (degrade_workflow_id(sc.level, incident), DegradationWorkflow.run,
+                                            "degradation", "degrade.start", False)
+    else:
+        from workflows.models import RollbackInput
+
+        switch = (args.switch or drills.DRILL_MODULE) if single else None
+        try:
+            rollback.target_changes(sc.scope, switch)
+        except (ValueError, KeyError) as e:
+            raise CliError(str(e).strip('"'), 2) from None
+        if not role.at_least(Role.ON_CALL):
+            raise CliError(f"{args.actor} is {role.value}; starting a rollback needs on_call or above", 3)
+        inp = RollbackInput(incident_id=incident, summary=reason, severity=sc.severity, scope=sc.scope, switch=switch,
+                            requested_by=args.actor, reason=reason, durations=d, drill=True)
+        wid, run, what, action = f"rollback-{incident}", "RollbackWorkflow", "rollback", "rollback.start"
+        critical = rollback.on_critical_lane(inp.severity)
+    inp.proof = signing.start_proof(inp, action, wid)
+    later = sc.kind == "hl_down_rollback"
+    if not later:
+        faults = await faults_call("POST", sc.fault)
+        print(f"[DRILL] {sc.title} at speed {args.speed:g}: the fault is in at the trading core "
+              f"({', '.join(f'{k}={v}' for k, v in sorted(faults.items()))}).")
+    try:
+        await _start(run, inp, wid, what, False, critical=critical)
+    except BaseException:
+        if not later:
+            await faults_call("DELETE")
+            print("[DRILL] not started: the fault was taken out again", flush=True)
+        raise
+    now = datetime.now(timezone.utc)
+    for sla in drills.scaled(sc.slas, args.speed):
+        print(f"  {sla.name:<16} within {_secs(sla.within)} of its step ({sla.what})")
+    print(f"Answer it as at 3 a.m., from another terminal: `rollbackctl status {wid}`, then what it waits for "
+          f"(`rollbackctl confirm|fix|proceed|escalate|withdraw {wid} --as YOU`). This command follows it to its end "
+          "and then restores the simulator; Ctrl-C stops following (the run and the fault stay: "
+          f"`rollbackctl drill end {wid}`).", flush=True)
+    return await _follow_run(wid, sc, later, since=now)
+
+
+async def _follow_run(wid: str, sc, later: bool, since) -> int:
+    """Follow a drill run to its end, printing what `status --follow` prints. The fault's life: once the run's
+    first change set is applied the fault is taken out (the rollback fixed it), or, HL down during a rollback,
+    put in then; a run that changes nothing (non-critical) keeps it to its end. At the end every fault is
+    cleared (the simulator restored) and the drill's report printed."""
+    import asyncio
+    from datetime import datetime, timezone
+
+    from temporalio.client import WorkflowExecutionStatus
+
+    from core.temporal_client import connect
+    from rollbackctl.cli.sim_cmds import faults_call
+    from rollbackctl.cli.workflow_cmds import FollowState, follow_lines, truthful_progress
+
+    client = await connect()
+    st, acted = FollowState(), False
+    try:
+        while True:
+            p, temporal, _ = await truthful_progress(client, wid)
+            for line in follow_lines(st, p, datetime.now(timezone.utc)):
+                print(line)
+            if p.applied and not acted:
+                acted = True
+                if later:
+                    faults = await faults_call("POST", sc.fault)
+                    print(f"[DRILL] the rollback moved orders to HL; now HL goes down at the trading core "
+                          f"({', '.join(f'{k}={v}' for k, v in sorted(faults.items()))})")
+                else:
+                    await faults_call("DELETE")
+                    print("[DRILL] the change set is applied: the fault is taken out (the rollback fixed it)")
+            if temporal != WorkflowExecutionStatus.RUNNING.name.lower():
+                break
+            sys.stdout.flush()
+            # quick until the fault's moment has come (HL must go down during the observation, which lasts
+            # 5 min / speed), then at the pace of `status --follow`
+            await asyncio.sleep(0.5 if acted else 0.1)
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        print(f"\n[DRILL] stopped following {wid}: the run goes on, and so does any fault in force "
+              f"(`rollbackctl drill end {wid}`, then `rollbackctl withdraw {wid} --as YOU`)", flush=True)
+        raise
+    await faults_call("DELETE")
+    print(f"[DRILL] {wid}: {temporal}" + (f", {p.result}" if p.result else "") + "; the simulator is restored "
+          "(no fault in force)\n")
+    _print_run_report(score_run(p, await _start_input(client, wid), temporal))
+    return 0
+
+
+# The workflows a drill runs, and the input each starts with (module, class): what it ran with.
+_INPUTS = {"IncidentWorkflow": ("contracts.incidents", "IncidentInput"),
+           "RollbackWorkflow": ("workflows.models", "RollbackInput"),
+           "DegradationWorkflow": ("workflows.models", "DegradeInput")}
+
+
+async def _start_input(client, wid: str):
+    """(workflow type, its start input) from the first event of its history; CliError when there is none or it is
+    not a workflow a drill runs."""
+    import importlib
+
     from temporalio.service import RPCError
 
-    from contracts.incidents import IncidentState
+    try:
+        async for ev in client.get_workflow_handle(wid).fetch_history_events():
+            a = ev.workflow_execution_started_event_attributes
+            break
+    except RPCError as e:
+        raise CliError(f"{wid}: no such workflow ({e.message})", 4) from None
+    wtype = a.workflow_type.name
+    if wtype not in _INPUTS:
+        raise CliError(f"{wid} is a {wtype}: drills run incidents, rollbacks and degradations", 4)
+    mod, cls = _INPUTS[wtype]
+    (inp,) = await client.data_converter.decode(a.input.payloads, [getattr(importlib.import_module(mod), cls)])
+    return wtype, inp
+
+
+async def cmd_end(args) -> int:
     from core.temporal_client import connect
     from rollbackctl.cli.common import links
     from rollbackctl.cli.sim_cmds import faults_call
 
     client = await connect()
-    try:
-        st = await client.get_workflow_handle(args.id).query("state", result_type=IncidentState)
-    except RPCError as e:
-        raise CliError(f"{args.id}: not an open incident ({e.message})", 4) from None
-    if not st.drill:
-        raise CliError(f"{args.id} is a real incident, not a drill: `drill end` leaves it and the core alone", 4)
+    wtype, inp = await _start_input(client, args.id)
+    if not inp.drill:
+        what = "incident" if wtype == "IncidentWorkflow" else "run"
+        raise CliError(f"{args.id} is a real {what}, not a drill: `drill end` leaves it and the core alone", 4)
     await faults_call("DELETE")
-    print(f"[DRILL] fault cleared at the trading core; the monitor sees the clear. Resolve it: "
-          f"`rollbackctl resolve {args.id} --as YOU`.\n{links(args.id)}")
+    if wtype == "IncidentWorkflow":
+        print(f"[DRILL] fault cleared at the trading core; the monitor sees the clear. Resolve it: "
+              f"`rollbackctl resolve {args.id} --as YOU`.\n{links(args.id)}")
+    else:
+        print(f"[DRILL] fault cleared at the trading core; the run goes on: answer it, or end it with "
+              f"`rollbackctl withdraw {args.id} --as YOU --reason ...`.\n{links(args.id)}")
     return 0
+
+
+def score_run(p, started, temporal: str) -> dict:
+    """A rollback or degradation drill's scores from its progress and start input: each human step it waited
+    at, how long it waited and who answered, against the time the manual gives that step at the drill's
+    speed (manual.drills.await_slas); when the change set was applied and when the run ended, from its start;
+    the escalations; the decisions it refused."""
+    from manual import drills
+
+    _, inp = started
+    slas = drills.await_slas(inp.durations)
+    base = p.history[0].started_at if p.history else None
+
+    def after(at) -> float | None:
+        return (at - base).total_seconds() if at and base else None
+
+    waits = []
+    for h in p.history:
+        if h.kind != "await":
+            continue
+        # who answered: the decisions accepted while it waited (a decision ends a wait in a later workflow
+        # task than the one that began it, so strictly after its start); two of them at a two-person step
+        who = [d.actor for d in p.decisions if d.accepted and h.started_at < d.at
+               and (h.ended_at is None or d.at <= h.ended_at)]
+        by = ", ".join(dict.fromkeys(who)) or None
+        took = (h.ended_at - h.started_at).total_seconds() if h.ended_at else None
+        sla = slas.get(h.name)
+        result = ("not yet" if took is None else "no answer" if by is None else "-" if sla is None
+                  else "met" if took <= sla.total_seconds() else "missed")
+        waits.append({"measure": h.name, "by": by, "outcome": h.outcome, "waited_s": took,
+                      "sla_s": sla.total_seconds() if sla is not None else None, "result": result})
+    applied = next((h.ended_at for h in p.history if h.kind == "apply_switches" and h.ended_at), None)
+    ended = p.history[-1].ended_at if p.history and temporal != "running" else None
+    return {
+        "workflow_id": p.workflow_id, "kind": p.kind, "detail": inp.reason, "status": temporal, "result": p.result,
+        "started_at": base.isoformat() if base else None,
+        "applied_after_s": after(applied) if p.applied else None, "ended_after_s": after(ended),
+        "waits": waits, "escalations": list(p.escalations),
+        "refused": [{"at": d.at.isoformat(), "kind": d.kind, "actor": d.actor, "why": d.detail}
+                    for d in p.decisions if not d.accepted],
+    }
+
+
+def _print_run_report(sc: dict) -> None:
+    def secs(v) -> str:
+        return f"{v:.1f} s" if v is not None else ""
+
+    print(f"# Drill report: {sc['kind']} ({sc['workflow_id']})\n\n{sc['detail']}. Status: {sc['status']}"
+          + (f", {sc['result']}" if sc["result"] else "") + f". Started {sc['started_at']}.\n")
+    print(f"- change set applied after {secs(sc['applied_after_s']) or 'nothing applied'}")
+    print(f"- ended after {secs(sc['ended_after_s']) or 'not yet'}\n")
+    print("| waited at | answered by | waited | SLA (scaled) | result |\n|---|---|---:|---:|---|")
+    for w in sc["waits"]:
+        print(f"| {w['measure']} | {w['by'] or ''} | {secs(w['waited_s'])} | "
+              f"{'' if w['sla_s'] is None else format(w['sla_s'], 'g') + ' s'} | {w['result']} |")
+    print("\n## Escalations\n" + ("\n".join(f"- {e}" for e in sc["escalations"]) or "- none"))
+    print("\n## Refused\n" + ("\n".join(f"- {r['kind']} by {r['actor']}: {r['why']}" for r in sc["refused"])
+                               or "- none"))
 
 
 def score(st, inp, decisions) -> dict:
@@ -227,24 +435,35 @@ def score(st, inp, decisions) -> dict:
 async def cmd_report(args) -> int:
     from temporalio.service import RPCError
 
-    from contracts.incidents import IncidentInput, IncidentState
+    from contracts.incidents import IncidentState
     from contracts.progress import Progress
     from core.temporal_client import connect
     from rollbackctl.cli.common import links
 
     client = await connect()
+    started = await _start_input(client, args.id)
+    wtype, inp = started
+    if not inp.drill:
+        raise CliError(f"{args.id} is real, not a drill: nothing to score", 4)
+    if wtype != "IncidentWorkflow":
+        from rollbackctl.cli.workflow_cmds import truthful_progress
+
+        p, temporal, note = await truthful_progress(client, args.id)
+        if not p.history and note:  # no steps to score: say why rather than score nothing
+            raise CliError(f"{args.id}: {note}", 5)
+        sc = score_run(p, started, temporal)
+        if args.json:
+            print_json(sc)
+        else:
+            _print_run_report(sc)
+            print(f"\n{links(args.id)}")
+        return 0
     h = client.get_workflow_handle(args.id)
     try:
         st = await h.query("state", result_type=IncidentState)
         prog = await h.query("progress", result_type=Progress)
-        async for ev in h.fetch_history_events():  # the first event: the input, with the SLAs it ran with
-            (inp,) = await client.data_converter.decode(
-                ev.workflow_execution_started_event_attributes.input.payloads, [IncidentInput])
-            break
     except RPCError as e:
-        raise CliError(f"{args.id}: no incident to report on ({e.message})", 4) from None
-    if not st.drill:
-        raise CliError(f"{args.id} is a real incident, not a drill: nothing to score", 4)
+        raise CliError(f"{args.id}: its state cannot be read ({e.message})", 5) from None
     sc = score(st, inp, prog.decisions)
     if args.json:
         print_json(sc)

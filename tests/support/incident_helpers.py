@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from contextlib import asynccontextmanager
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable
 
@@ -108,3 +109,39 @@ async def stop_child(env, wid: str) -> None:
             break
         await asyncio.sleep(0.02)  # polling the child's query (real time; no timer of ours involved)
     await terminate_idle(child, "test over")
+
+
+# The P0 monitor's poll interval in end-to-end tests.
+MONITOR_INTERVAL = 0.05
+
+
+@asynccontextmanager
+async def p0_stack(env, store, core_settings, paging_settings, tq: str, ns: str):
+    """A worker (every real activity) and the monitor loop polling the simulator every 50 ms."""
+    import httpx
+
+    from activities.monitor import AutoMode, Monitor, TemporalGuard, TemporalIncidents
+    from activities.trading_core import TradingCoreActivities
+    from contracts.incidents import MonitorInput
+    from contracts.trading_core import ReadHealthInput
+    from worker import activity_methods, activity_objects, build_worker
+
+    async with httpx.AsyncClient() as http:
+        objs = activity_objects(store, http, env.client, core_settings, paging_settings)
+        async with build_worker(env.client, tq, activity_methods(objs)):
+            core = TradingCoreActivities.from_settings(core_settings, http)
+
+            async def read(timeout_s: float) -> dict:
+                return (await core.read_health(ReadHealthInput(timeout_s=timeout_s))).model_dump(mode="json")
+
+            mon = Monitor(MonitorInput(namespace=ns, interval_s=MONITOR_INTERVAL, incident_task_queue=tq), read,
+                          TemporalIncidents(env.client, tq, ns), AutoMode(store, TemporalGuard(env.client), ns))
+            task = asyncio.create_task(mon.run())
+            try:
+                yield mon
+            finally:
+                task.cancel()
+                # bounded: a monitor that does not stop on cancellation fails here, naming it, not at the
+                # test's 300 s timeout
+                done, _ = await asyncio.wait({task}, timeout=30)
+                assert done, f"the monitor did not stop within 30 s of its cancellation: {task!r}"
