@@ -141,7 +141,7 @@ async def test_a_p0_drill_runs_marked_at_its_speed_and_is_refused_where_it_must_
     simulator: the incident is a drill ([DRILL] in its pages), its acknowledge SLA is the manual's 5 minutes
     / 30 = 10 s and it escalates when that passes, the fault is in at the simulator, `drill end` takes it out.
     Refused, with nothing started and no fault injected: a prefix marked production, a core without the fault
-    API, an incident of the rule already open, a scenario `start` does not run yet (a canary's)."""
+    API, an incident of the rule already open, a start its operator may not make."""
     import asyncio
     import uuid
 
@@ -194,7 +194,7 @@ async def test_a_p0_drill_runs_marked_at_its_speed_and_is_refused_where_it_must_
     assert r.code == 3 and "degradation level 3 needs super_admin; oscar is on_call" in r.err, r.err
     await nothing_started()
     r = await cli("drill", "start", "canary-phase2-fails", "--as", "oscar")
-    assert r.code == 2 and "`drill start` does not run canary scenarios yet" in r.err
+    assert r.code == 3 and "oscar is on_call; starting phase2 needs a risk_manager" in r.err, r.err
     await nothing_started()
 
     si, guard = StandIns(), GuardStandIn()
@@ -499,3 +499,42 @@ async def test_every_p0_scenario_runs_to_its_end(rule, dev_env, store, etcd_serv
     assert (action["by"], action["sla_s"], action["result"]) == ("oscar", 10.0, "met"), action
     assert resolved["by"] == "oscar" and resolved["after_page_s"] >= action["after_page_s"]
     assert (await http.get(f"{sim_server.url}/sim/faults")).json() == {}
+
+
+@pytest.mark.parametrize("name", [s.name for s in drills.scenarios() if s.kind == "canary"])
+async def test_every_canary_scenario_rolls_itself_back(name, dev_env, store, etcd_server, prefix, sim, sim_server,
+                                                       sim_env, http, task_queue, core_settings, paging_settings):
+    """Each canary scenario, `drill start canary-PHASE-fails --speed 600` on the dev server with the production
+    worker and the real simulator, as the plan's owner: with the fault in, stage 1's checks fail and the canary
+    rolls itself back (the manual: no human clock). The command ends when it does, the simulator restored,
+    the switches back where they were, and the report says it rolled itself back at stage 1."""
+    import asyncio
+    import functools
+
+    from manual import canary as cplan
+    from tests.support.fixtures_sim import apply_and_wait
+    from tests.support.store_helpers import run_cli
+    from tests.support.wf_helpers import PagedWorker, audit_of
+    from worker import activity_methods, activity_objects, build_worker
+
+    sc = drills.get(name)
+    await apply_and_wait(sim, store, global_betting_enabled=False, routing_mode="NORMAL_MODE")
+    before = {k: v["value"] for k, v in (await sim.switches())["switches"].items()}
+    env = await _drill_env(dev_env, etcd_server, sim_env, task_queue)
+    owner = ANSWERER[cplan.plan_for(sc.phase, 600).owner_role().value]
+    objs = activity_objects(store, http, dev_env.client, core_settings, paging_settings)
+    worker = build_worker(dev_env.client, task_queue, activity_methods(objs), worker_class=PagedWorker)
+    async with worker:
+        proc, wid, seen = await _drill_process(env, name, "--speed", "600", "--as", owner)
+        out, err = await asyncio.wait_for(proc.communicate(), 120)
+        out = "".join(seen) + out.decode()
+        assert proc.returncode == 0, (out, err.decode())
+        assert f"[DRILL] {wid} ended; the simulator is restored" in out and "rolled itself back at stage 1" in out, out
+        rep = json.loads((await asyncio.to_thread(run_cli, "drill", "report", wid, "--json", env=env,
+                                                  timeout=60)).out)
+        assert rep["result"] == "rolled_back" and rep["rolled_back_on_its_own"] and rep["failed_checks"], rep
+        recs = await audit_of(store, wid)
+        assert recs and all(r.reason.startswith("[DRILL]") for r in recs), [r.reason for r in recs]
+    assert (await http.get(f"{sim_server.url}/sim/faults")).json() == {}
+    after = {k: v["value"] for k, v in (await sim.switches())["switches"].items()}
+    assert after == before, {k: (before[k], after[k]) for k in before if before[k] != after.get(k)}

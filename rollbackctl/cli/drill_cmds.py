@@ -8,13 +8,17 @@ the given speed. No etcd, no Temporal: reading them changes nothing.
 marked a drill (audit records, pages and chat say [DRILL]) with its acknowledge and action SLAs, its
 escalation and its recovery clocks divided by N, then the fault is injected at the trading core's fault
 API; the P0 monitor's own detection reaches that open incident (it opens by signal-with-start under the
-same id). `drill end ID` clears the fault. Refused, with nothing started: a prefix marked production
-(`init --environment production`), a core without the fault API (production has none), an incident of
-that rule already open."""
+same id). `drill start` of a rollback, degradation, HL-down or canary scenario puts the fault in, starts the
+real workflow marked a drill with every clock divided by N, follows it to its end (taking the fault out once
+the rollback's change set is applied, or putting HL down only then) and restores the simulator. `drill end
+ID` clears the fault; `drill report ID` scores a drill from its workflow. Refused, with nothing started: a
+prefix marked production (`init --environment production`), a core without the fault API (production has
+none), an incident of that rule already open, a start its operator may not make."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import sys
 
@@ -36,7 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     sh.add_argument("--json", action="store_true", help="the scenario as JSON, SLAs at --speed")
     sh.set_defaults(func=cmd_show)
     st = s.add_parser("start", help="run a scenario: its fault at the core, the real workflow with scaled clocks")
-    st.add_argument("name", metavar="NAME", help="a P0, rollback or degradation scenario (`drill list`)")
+    st.add_argument("name", metavar="NAME", help="a scenario (`drill list`): P0, rollback, degradation, HL down, canary")
     st.add_argument("--speed", type=_speed, default=1.0, metavar="N",
                     help="divide every clock by N (1 = the manual's; re-pages stay >= 10 s)")
     st.add_argument("--as", dest="actor", required=True, metavar="OPERATOR", help="who runs the drill (recorded)")
@@ -138,14 +142,13 @@ async def cmd_start(args) -> int:
     from rollbackctl.cli.sim_cmds import faults_call
 
     sc = _scenario(args.name)
-    if sc.kind == "canary":
-        raise CliError(f"{sc.name}: `drill start` does not run canary scenarios yet; run it by hand: `rollbackctl drill "
-                       f"show {sc.name} --speed N` gives its fault (docs/runbook.md, \"Drills\")", 2)
     async with switch_store() as store:
         env = await store.environment()
     if env == "production":
         raise CliError(f"{store.prefix} is marked production: drills never run there (use a staging or dev stack)", 3)
     await faults_call("GET")  # a core without the fault API (production) is refused here, before anything starts
+    if sc.kind == "canary":
+        return await _start_canary(args, sc)
     if sc.kind != "p0":
         return await _start_run(args, sc)
     rule = alerts.get(sc.rule)
@@ -255,12 +258,100 @@ async def _start_run(args, sc) -> int:
     return await _follow_run(wid, sc, later, since=now)
 
 
+async def _start_canary(args, sc) -> int:
+    """A canary failing its pass criteria: the fault goes in (a stage's health check fails), the phase's canary
+    starts marked a drill at time-scale = speed, signed like `canary start`; this command follows it until it
+    ends (it should roll itself back and page: no human clock), restores the simulator and prints the report."""
+    from datetime import timedelta
+
+    from core.settings import TemporalSettings
+    from core.temporal_client import connect
+    from rollbackctl.cli.canary_cmds import follow, resolve_plan, start_canary
+    from rollbackctl.cli.common import links, switch_store
+    from rollbackctl.cli.signing import approval_timeout
+    from rollbackctl.cli.sim_cmds import faults_call
+    from workflows.canary_models import CanaryInput
+
+    if args.switch:
+        raise CliError(f"--switch is for single-module scenarios; {sc.name} runs the manual's {sc.phase} plan", 2)
+    plan_in, plan = resolve_plan(sc.phase, None, args.speed)
+    need = plan.owner_role()
+    reason = f"[DRILL] {sc.name} at speed {args.speed:g}, run by {args.actor}"
+    s = TemporalSettings()
+    async with switch_store() as store:
+        op = await store.operator(args.actor)
+        if op is None:
+            raise CliError(f"unknown operator {args.actor!r} (see `rollbackctl operator list`)", 3)
+        if not op.role.at_least(need):
+            raise CliError(f"{args.actor} is {op.role.value}; starting {sc.phase} needs a {need.value}", 3)
+        inp = CanaryInput(phase=sc.phase, requested_by=args.actor, reason=reason, plan=plan_in, time_scale=args.speed,
+                          drill=True, approval_timeout=approval_timeout(at_most=timedelta(days=7)))
+        client = await connect(s)
+        faults = await faults_call("POST", sc.fault)
+        try:
+            wid = await start_canary(client, store, inp, s.task_queue)
+        except BaseException:
+            await faults_call("DELETE")
+            print("[DRILL] not started: the fault was taken out again", flush=True)
+            raise
+    print(f"[DRILL] {sc.title} at speed {args.speed:g}: the fault is in at the trading core "
+          f"({', '.join(f'{k}={v}' for k, v in sorted(faults.items()))}); {plan.title}{plan.scale_note()} started.\n"
+          f"{links(wid)}\nIt should roll itself back and page: watch the page arrive, check the rollback landed "
+          f"(`rollbackctl switch list`). This command follows it to its end, then restores the simulator; "
+          f"Ctrl-C stops following (`rollbackctl drill end {wid}`).", flush=True)
+    try:
+        await follow(client, wid)
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        print(f"\n[DRILL] stopped following {wid}: the canary goes on, and so does the fault "
+              f"(`rollbackctl drill end {wid}`)", flush=True)
+        raise
+    await faults_call("DELETE")
+    print(f"[DRILL] {wid} ended; the simulator is restored (no fault in force)\n")
+    _print_canary_report(score_canary(await _canary_status(client, wid)))
+    return 0
+
+
+async def _canary_status(client, wid: str):
+    from temporalio.service import RPCError
+
+    from workflows.canary_models import CanaryStatus
+
+    try:
+        return await client.get_workflow_handle(wid).query("status", result_type=CanaryStatus)
+    except RPCError as e:
+        raise CliError(f"{wid}: its status cannot be read ({e.message}): is a worker running on its task queue?",
+                       5) from None
+
+
+def score_canary(st) -> dict:
+    """A canary drill's score: no human clock (the manual: automatic rollback on a failed pass criterion); did it
+    roll itself back, at which stage, how long after it started, on which failed checks."""
+    first = st.stage_log[0].started_at if st.stage_log else None
+    rb = next((r for r in st.stage_log if r.outcome == "rolled_back"), None)
+    return {"workflow_id": st.workflow_id, "title": st.title, "status": st.status, "result": st.result,
+            "rolled_back_on_its_own": st.result == "rolled_back",
+            "stage": rb.stage if rb else None, "why": rb.detail if rb else st.detail,
+            "rolled_back_after_s": (rb.ended_at - first).total_seconds() if rb and rb.ended_at and first else None,
+            "failed_checks": [", ".join(c.breaches) for c in st.recent_checks if not c.ok]}
+
+
+def _print_canary_report(sc: dict) -> None:
+    print(f"# Drill report: {sc['title']} ({sc['workflow_id']})\n\nStatus: {sc['status']}"
+          + (f", {sc['result']}" if sc["result"] not in (None, sc["status"]) else "") + ".\n")
+    if sc["rolled_back_on_its_own"]:
+        print(f"- rolled itself back at stage {sc['stage']}, {sc['rolled_back_after_s']:.1f} s after it started: "
+              f"{sc['why']}")
+    else:
+        print(f"- did NOT roll itself back ({sc['result'] or sc['status']}): the pass criteria did not catch the fault")
+    print(f"- failed checks seen: {len(sc['failed_checks'])}" + (f" (last: {sc['failed_checks'][-1]})"
+                                                                  if sc["failed_checks"] else ""))
+
+
 async def _follow_run(wid: str, sc, later: bool, since) -> int:
     """Follow a drill run to its end, printing what `status --follow` prints. The fault's life: once the run's
     first change set is applied the fault is taken out (the rollback fixed it), or, HL down during a rollback,
     put in then; a run that changes nothing (non-critical) keeps it to its end. At the end every fault is
     cleared (the simulator restored) and the drill's report printed."""
-    import asyncio
     from datetime import datetime, timezone
 
     from temporalio.client import WorkflowExecutionStatus
@@ -304,6 +395,7 @@ async def _follow_run(wid: str, sc, later: bool, since) -> int:
 
 # The workflows a drill runs, and the input each starts with (module, class): what it ran with.
 _INPUTS = {"IncidentWorkflow": ("contracts.incidents", "IncidentInput"),
+           "CanaryWorkflow": ("workflows.canary_models", "CanaryInput"),
            "RollbackWorkflow": ("workflows.models", "RollbackInput"),
            "DegradationWorkflow": ("workflows.models", "DegradeInput")}
 
@@ -323,7 +415,7 @@ async def _start_input(client, wid: str):
         raise CliError(f"{wid}: no such workflow ({e.message})", 4) from None
     wtype = a.workflow_type.name
     if wtype not in _INPUTS:
-        raise CliError(f"{wid} is a {wtype}: drills run incidents, rollbacks and degradations", 4)
+        raise CliError(f"{wid} is a {wtype}: drills run incidents, rollbacks, degradations and canaries", 4)
     mod, cls = _INPUTS[wtype]
     (inp,) = await client.data_converter.decode(a.input.payloads, [getattr(importlib.import_module(mod), cls)])
     return wtype, inp
@@ -340,7 +432,10 @@ async def cmd_end(args) -> int:
         what = "incident" if wtype == "IncidentWorkflow" else "run"
         raise CliError(f"{args.id} is a real {what}, not a drill: `drill end` leaves it and the core alone", 4)
     await faults_call("DELETE")
-    if wtype == "IncidentWorkflow":
+    if wtype == "CanaryWorkflow":
+        print(f"[DRILL] fault cleared at the trading core; the canary goes on (`rollbackctl canary abort {args.id} "
+              f"--as YOU --reason ...` ends it).\n{links(args.id)}")
+    elif wtype == "IncidentWorkflow":
         print(f"[DRILL] fault cleared at the trading core; the monitor sees the clear. Resolve it: "
               f"`rollbackctl resolve {args.id} --as YOU`.\n{links(args.id)}")
     else:
@@ -445,6 +540,14 @@ async def cmd_report(args) -> int:
     wtype, inp = started
     if not inp.drill:
         raise CliError(f"{args.id} is real, not a drill: nothing to score", 4)
+    if wtype == "CanaryWorkflow":
+        sc = score_canary(await _canary_status(client, args.id))
+        if args.json:
+            print_json(sc)
+        else:
+            _print_canary_report(sc)
+            print(f"\n{links(args.id)}")
+        return 0
     if wtype != "IncidentWorkflow":
         from rollbackctl.cli.workflow_cmds import truthful_progress
 
