@@ -262,7 +262,10 @@ def incident_timings(rule: alerts.Rule, speed: float) -> Timings:
 
 
 def scaled_durations(speed: float) -> Durations:
-    """A rollback's or degradation's timings at a drill's speed; re-page intervals keep their floor."""
+    """A rollback's or degradation's timings at a drill's speed; re-page intervals keep their floor, and health
+    checks stay at least canary.MIN_SCALED_INTERVAL (1 s) apart, as a scaled canary's do. The floor is what makes
+    a fast drill fair: a check every 50 ms (15 s / 300) would count three failures in a row in the 150 ms before
+    a drill's fault can come out after the change that fixes it."""
     _speed(speed)
     d = Durations()
     vals: dict[str, Any] = {}
@@ -272,6 +275,8 @@ def scaled_durations(speed: float) -> Durations:
             v = v / speed
             if name in ("confirm_sla", "fix_reminder"):
                 v = max(v, MIN_REPAGE_INTERVAL)
+            elif name == "check_interval":
+                v = max(v, canary.MIN_SCALED_INTERVAL)
         vals[name] = v
     return Durations(**vals)
 

@@ -103,7 +103,7 @@ def test_slas_and_timings_scale_by_the_speed_with_the_workflows_floors():
     assert [s.name for s in data.slas] == ["decision window", "observe", "confirm"]
     d, fast = Durations(), drills.scaled_durations(60)
     assert fast.observe == d.observe / 60 and fast.decision_window == d.decision_window / 60
-    assert fast.check_interval == d.check_interval / 60
+    assert fast.check_interval == max(d.check_interval / 60, canary.MIN_SCALED_INTERVAL) == canary.MIN_SCALED_INTERVAL
     assert fast.confirm_sla == max(d.confirm_sla / 60, MIN_REPAGE_INTERVAL) == MIN_REPAGE_INTERVAL
     for bad in (0.5, drills.MAX_SPEED + 1):
         with pytest.raises(ValueError, match="speed must be between 1 and"):
@@ -313,7 +313,10 @@ async def test_a_rollback_drill_runs_to_its_end_and_is_scored(
                              "the drill rollback to wait for its confirmation", every=0.2)
         sw = (await sim.switches())["switches"]
         assert sw["routing_mode"]["value"] == "HL_MODE" and sw["global_betting_enabled"]["value"] is False
-        assert (await http.get(f"{sim_server.url}/sim/faults")).json() == {}  # taken out once applied
+        async def faults():
+            return (await http.get(f"{sim_server.url}/sim/faults")).json()
+
+        await wait_for_value(faults, lambda f: f == {}, 30, "the fault taken out once the change set is applied")
         r = await asyncio.to_thread(run_cli, "confirm", wid, "--as", "oscar", "--reason", "error rate back",
                                     env=env, timeout=60)
         assert r.code == 0, r.err
