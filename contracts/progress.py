@@ -166,6 +166,7 @@ class DecisionRecord(BaseModel):
 class Progress(BaseModel):
     workflow_id: str
     kind: str
+    drill: bool = False  # a practice run (`--drill`, `rollbackctl drill start`): every view says [DRILL]
     status: str = "running"
     current_step: str | None = None
     history: list[StepRecord] = []
@@ -197,7 +198,8 @@ class Progress(BaseModel):
     def details(self) -> str:
         """Where it is, in Temporal markdown: the workflow's current details, which the Web UI shows on its
         page (and `temporal workflow describe`), so the timeline reads like the runbook."""
-        head = f"**{self.kind}** · status **{self.status}**" + (f" · level {self.level}" if self.level else "")
+        head = (("**[DRILL]** " if self.drill else "") + f"**{self.kind}** · status **{self.status}**"
+                + (f" · level {self.level}" if self.level else ""))
         lines = [head]
         if self.result:
             lines.append(f"Result: **{self.result}**" + (f": {self.detail}" if self.detail else ""))

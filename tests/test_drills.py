@@ -207,6 +207,8 @@ async def test_a_p0_drill_runs_marked_at_its_speed_and_is_refused_where_it_must_
 
         r = await cli("drill", "start", "p0-hot_wallet", "--speed", "30", "--as", "oscar")
         assert r.code == 4 and f"{wid} is open (a real incident or another drill)" in r.err
+        r = await cli("incidents")
+        assert r.code == 0 and "[DRILL] Hot wallet" in r.out, r.out
 
         async def state():
             return await h.query(IncidentWorkflow.state)
@@ -317,6 +319,8 @@ async def test_a_rollback_drill_runs_to_its_end_and_is_scored(
             return (await http.get(f"{sim_server.url}/sim/faults")).json()
 
         await wait_for_value(faults, lambda f: f == {}, 30, "the fault taken out once the change set is applied")
+        r = await asyncio.to_thread(run_cli, "status", wid, env=env, timeout=60)
+        assert r.code == 0 and r.out.startswith(f"[DRILL] {wid}  [rollback]"), r.out  # every view says so
         r = await asyncio.to_thread(run_cli, "confirm", wid, "--as", "oscar", "--reason", "error rate back",
                                     env=env, timeout=60)
         assert r.code == 0, r.err
@@ -533,6 +537,7 @@ async def test_every_canary_scenario_rolls_itself_back(name, dev_env, store, etc
         out = "".join(seen) + out.decode()
         assert proc.returncode == 0, (out, err.decode())
         assert f"[DRILL] {wid} ended; the simulator is restored" in out and "rolled itself back at stage 1" in out, out
+        assert f"[DRILL] {wid}  {cplan.plan_for(sc.phase).title}" in out, out  # `canary status` says so
         rep = json.loads((await asyncio.to_thread(run_cli, "drill", "report", wid, "--json", env=env,
                                                   timeout=60)).out)
         assert rep["result"] == "rolled_back" and rep["rolled_back_on_its_own"] and rep["failed_checks"], rep

@@ -131,7 +131,7 @@ class CanaryWorkflow(PagingHandlers):
             run=st.runs, stages=len(self.plan.stages), part=st.part, failed_in_a_row=c.streak if c else 0,
             paused=st.paused, paused_by=st.paused_by, pause_reason=st.pause_reason, waiting_for=self._why_waiting(),
             recent_checks=p.checks[-10:], stage_log=st.stages, extensions=st.extensions,
-            time_scale=self.plan.time_scale, result=p.result, detail=p.detail)
+            time_scale=self.plan.time_scale, result=p.result, detail=p.detail, drill=p.drill)
         if p.result is None and not self._awaiting_approval():  # nothing applied before the start is approved
             out.stage, out.stage_name, out.stage_days = s.number, s.name, s.days
             out.check_interval = s.observe.interval

@@ -126,6 +126,7 @@ class CanaryStatus(BaseModel):
     time_scale: float = 1.0
     result: str | None = None
     detail: str = ""
+    drill: bool = False  # a practice run: every view says [DRILL]
 
     def timer_near(self, now: datetime, margin: timedelta = timedelta(minutes=1)) -> bool:
         """Whether the next health check or the stage's end falls within `margin` of `now`."""

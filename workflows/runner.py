@@ -126,7 +126,7 @@ class Runner(ActivityGateway, Alerting, DecisionGate):
 
     def __init__(self, workflow_id: str, kind: str, *, requested_by: str, drill: bool, incident: str,
                  key: str | None = None):
-        self.progress = Progress(workflow_id=workflow_id, kind=kind)
+        self.progress = Progress(workflow_id=workflow_id, kind=kind, drill=drill)
         # Change ids, idempotency keys and page dedup keys derive from this (default: the workflow id;
         # an incident workflow whose id repeats per rule uses its per-occurrence incident id).
         self.key_base = key or workflow_id

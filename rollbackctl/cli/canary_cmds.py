@@ -326,8 +326,8 @@ async def cmd_decision(args) -> int:
 def render(s) -> str:
     from manual.canary import human
 
-    lines = [f"{s.workflow_id}  {s.title}  [run {s.run}]" + (f"  time-scale {s.time_scale:g}" if s.time_scale != 1
-                                                              else "")]
+    lines = [("[DRILL] " if s.drill else "") + f"{s.workflow_id}  {s.title}  [run {s.run}]"
+             + (f"  time-scale {s.time_scale:g}" if s.time_scale != 1 else "")]
     if s.stage is not None:
         lines.append(f"status: {s.status}   stage {s.stage}/{s.stages} {s.stage_name} (days {s.stage_days})"
                      + (f"   {human(s.time_left)} left of {human(s.stage_duration)}" if s.time_left is not None else ""))

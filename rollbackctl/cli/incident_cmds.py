@@ -175,7 +175,8 @@ async def cmd_incidents(args) -> int:
         ack, act = _sla_text(st, now)
         paged = (_ago(st.sla.paged_at, now) if st.sla.paged_at else
                  "FAILED" if st.paging_failures else "queued" if st.sla.page_submitted_at else "-")
-        out.append([st.workflow_id, st.alert + (f" [{st.symbol}]" if st.symbol else ""), st.status, st.condition,
+        out.append([st.workflow_id, ("[DRILL] " if st.drill else "") + st.alert + (f" [{st.symbol}]" if st.symbol else ""),
+                    st.status, st.condition,
                     f"L{st.sla.level}", ack, act, paged])
     print(table(out, ["ID", "ALERT", "STATUS", "CONDITION", "LEVEL", "ACK (5 MIN)", "ACTION (10 MIN)", "PAGED"]))
     print("\n".join(queue_lines(q)))

@@ -426,7 +426,8 @@ async def cmd_decision(args) -> int:
 
 
 def _render(p) -> str:
-    lines = [f"{p.workflow_id}  [{p.kind}]  status: {p.status}" + (f"  level: {p.level}" if p.level else "")]
+    lines = [("[DRILL] " if p.drill else "") + f"{p.workflow_id}  [{p.kind}]  status: {p.status}"
+             + (f"  level: {p.level}" if p.level else "")]
     for h in p.history:
         t = h.started_at.strftime("%H:%M:%S")
         lines.append(f"  {t}  {h.name:<22} {h.outcome or '...':<10} {h.detail}")
