@@ -348,6 +348,19 @@ async def test_a_rollback_drill_runs_to_its_end_and_is_scored(
         assert confirm["by"] == "oscar" and confirm["sla_s"] == 10.0 and confirm["result"] == "met", confirm
         assert 0 < rep["applied_after_s"] < rep["ended_after_s"]
 
+        # the history per operator: oscar ran it and confirmed; alice only fixed
+        r = await asyncio.to_thread(run_cli, "drill", "history", "--operator", "alice", "--json", env=env, timeout=60)
+        assert r.code == 0, r.err
+        (mine,) = [e for e in json.loads(r.out) if e["workflow_id"] == wid]
+        assert (mine["scenario"], mine["speed"], mine["run_by"], mine["status"]) == (
+            "rollback-critical_path_failure-cross_module", 300.0, "oscar", "restored"), mine
+        assert [(s["measure"], s["by"]) for s in mine["scores"]] == [("fix", "alice")], mine
+        r = await asyncio.to_thread(run_cli, "drill", "history", "--operator", "oscar", env=env, timeout=60)
+        assert r.code == 0 and f"rollback-critical_path_failure-cross_module at speed 300, run by oscar: restored  " \
+            f"({wid})" in r.out and "confirm            oscar" in r.out, r.out
+        r = await asyncio.to_thread(run_cli, "drill", "history", "--operator", "vic", env=env, timeout=60)
+        assert r.code == 0 and wid not in r.out, r.out
+
 
 # Who answers a wait, by the role it needs (tests/conftest.py's roster); a second approval goes to sam.
 ANSWERER = {"on_call": "oscar", "risk_manager": "rita", "super_admin": "alice"}

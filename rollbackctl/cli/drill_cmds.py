@@ -54,6 +54,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     rp.add_argument("id", metavar="ID", help="the drill's workflow id (open or ended)")
     rp.add_argument("--json", action="store_true", help="the scores as JSON")
     rp.set_defaults(func=cmd_report)
+    hi = s.add_parser("history", help="the drills run lately: scenario, who ran it, how it ended, each person's scores")
+    hi.add_argument("--operator", metavar="OP", help="only drills OP ran or answered, with OP's own scores")
+    hi.add_argument("--limit", type=int, default=20, metavar="N", help="look at the N newest workflows (default 20)")
+    hi.add_argument("--json", action="store_true", help="the history as JSON")
+    hi.set_defaults(func=cmd_history)
 
 
 def _kinds() -> tuple[str, ...]:
@@ -583,4 +588,107 @@ async def cmd_report(args) -> int:
     print("\n## Refused\n" + ("\n".join(f"- {r.get('kind', 'signal')} by {r.get('actor', '?')}: {r['why']}"
                                           for r in sc["refused"]) or "- none"))
     print(f"\n{links(st.workflow_id)}")
+    return 0
+
+
+_DRILL_REASON = r"^\[DRILL\] (\S+) at speed ([0-9.]+), run by (\S+)"
+
+
+def _scores(wtype: str, inp, st) -> list[dict]:
+    """One row per scored step of a drill: (measure, by, seconds, SLA seconds, result), whatever its kind."""
+    if wtype == "IncidentWorkflow":
+        return [{"measure": m["measure"], "by": m["by"], "took_s": m["after_page_s"], "sla_s": m["sla_s"],
+                 "result": m["result"]} for m in st["measures"]]
+    if wtype == "CanaryWorkflow":
+        return [{"measure": "rolled itself back", "by": None, "took_s": st["rolled_back_after_s"], "sla_s": None,
+                 "result": "yes" if st["rolled_back_on_its_own"] else "NO"}]
+    return [{"measure": w["measure"], "by": w["by"], "took_s": w["waited_s"], "sla_s": w["sla_s"],
+             "result": w["result"]} for w in st["waits"]]
+
+
+async def _drill_entry(client, wid: str) -> dict | None:
+    """A drill's history row (None: not a drill): its scenario, speed, who ran it, its end and its scores."""
+    import re
+
+    from contracts.incidents import IncidentState
+    from contracts.progress import Progress
+    from rollbackctl.cli.workflow_cmds import truthful_progress
+
+    wtype, inp = await _start_input(client, wid)
+    if not inp.drill:
+        return None
+    reason = getattr(inp, "detail", None) or getattr(inp, "reason", "") or ""
+    m = re.match(_DRILL_REASON, reason)
+    entry = {"workflow_id": wid, "kind": wtype, "scenario": m.group(1) if m else "-",
+             "speed": float(m.group(2)) if m else None,
+             "run_by": m.group(3) if m else getattr(inp, "requested_by", None), "status": None, "scores": [],
+             "note": None}
+    try:
+        if wtype == "IncidentWorkflow":
+            h = client.get_workflow_handle(wid)
+            st = await h.query("state", result_type=IncidentState)
+            prog = await h.query("progress", result_type=Progress)
+            sc = score(st, inp, prog.decisions)
+            entry["status"] = st.status
+        elif wtype == "CanaryWorkflow":
+            sc = score_canary(await _canary_status(client, wid))
+            entry["status"] = sc["result"] or sc["status"]
+        else:
+            p, temporal, note = await truthful_progress(client, wid)
+            if not p.history and note:
+                raise CliError(note, 5)
+            sc = score_run(p, (wtype, inp), temporal)
+            entry["status"] = sc["result"] or temporal
+        entry["scores"] = _scores(wtype, inp, sc)
+    except CliError as e:  # listed, with why it is not scored
+        entry["note"] = str(e)
+    except Exception as e:  # noqa: BLE001 - one unreadable drill must not hide the others
+        entry["note"] = f"its state cannot be read ({type(e).__name__}: {str(e)[:120]})"
+    return entry
+
+
+async def cmd_history(args) -> int:
+    """The drills among the newest --limit workflows (Temporal's visibility, newest first); with --operator,
+    those OP ran or answered, and only OP's scores."""
+    from temporalio.service import RPCError
+
+    from core.temporal_client import connect
+
+    if not 1 <= args.limit <= 500:
+        raise CliError("--limit: between 1 and 500", 2)
+    client = await connect()
+    types = ", ".join(f"'{t}'" for t in _INPUTS)
+    entries = []
+    try:
+        async for wf in client.list_workflows(f"WorkflowType IN ({types})", limit=args.limit):
+            e = await _drill_entry(client, wf.id)
+            if e is None:
+                continue
+            e["started"] = wf.start_time.isoformat() if wf.start_time else None
+            if args.operator:
+                mine = [s for s in e["scores"] if s["by"] and args.operator in s["by"].split(", ")]
+                if e["run_by"] != args.operator and not mine:
+                    continue
+                e["scores"] = mine
+            entries.append(e)
+    except RPCError as e:
+        raise CliError(f"cannot list workflows: {e.message}", 5) from None
+    if args.json:
+        print_json(entries)
+        return 0
+    who = f" by or answered by {args.operator}" if args.operator else ""
+    if not entries:
+        print(f"no drills{who} among the newest {args.limit} workflows")
+        return 0
+    print(f"# Drills{who} (newest first, among the newest {args.limit} workflows)\n")
+    for e in entries:
+        speed = f" at speed {e['speed']:g}" if e["speed"] else ""
+        print(f"- {e['started'] or '?'}  {e['scenario']}{speed}, run by {e['run_by']}: {e['status'] or '?'}  "
+              f"({e['workflow_id']})")
+        for s in e["scores"]:
+            took = f"{s['took_s']:.1f} s" if s["took_s"] is not None else "-"
+            sla = f" (SLA {s['sla_s']:g} s)" if s["sla_s"] is not None else ""
+            print(f"    {s['measure']:<18} {s['by'] or '':<14} {took}{sla}  {s['result']}")
+        if e["note"]:
+            print(f"    not scored: {e['note']}")
     return 0
