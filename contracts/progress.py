@@ -153,6 +153,18 @@ class CheckResult(BaseModel):
     readings: list[str] = []  # each check's value against its limit, e.g. "error_rate=0.002 (<= 0.01) ok"
 
 
+# CLI -> workflow: an Update its validator refused. Temporal keeps no trace of a rejected Update, so the CLI
+# says so, and the workflow's record (its progress, a drill's report) shows who tried what and why it was no.
+REFUSED_SIGNAL = "refused_attempt"
+MAX_REFUSALS_KEPT = 50  # per run: reported refusals past this are dropped (a script looping on a refusal)
+
+
+class RefusedAttempt(BaseModel):
+    kind: str = Field(min_length=1, max_length=40)  # the Update: confirm, ack, promote, ...
+    actor: str = Field(min_length=1, max_length=64)
+    why: str = Field(default="", max_length=500)  # the validator's one line
+
+
 class DecisionRecord(BaseModel):
     at: datetime
     kind: str

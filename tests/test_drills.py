@@ -240,6 +240,10 @@ async def test_a_p0_drill_runs_marked_at_its_speed_and_is_refused_where_it_must_
         assert ack["by"] == "oscar" and ack["sla_s"] == 10.0 and ack["after_page_s"] > 10 and ack["result"] == "missed"
         assert action["sla_s"] == 20.0 and resolved["result"] == "not yet"
         assert [e["level"] for e in rep["escalations"]] == [2]
+        # vic's ack was refused by the Update's validator (a viewer): Temporal keeps no trace of it; the CLI
+        # reported it to the workflow, and the report lists it
+        assert [(r["kind"], r["actor"]) for r in rep["refused"]] == [("acknowledge", "vic")], rep["refused"]
+        assert "vic" in rep["refused"][0]["why"] and "(reported by the CLI)" in rep["refused"][0]["why"]
         r = await cli("drill", "report", wid)
         assert r.code == 0 and "| acknowledged | oscar |" in r.out and "| missed |" in r.out, r.out
 
@@ -326,6 +330,9 @@ async def test_a_rollback_drill_runs_to_its_end_and_is_scored(
         assert r.code == 0, r.err
         await wait_for_value(progress, lambda p: p.awaiting is not None and p.awaiting.step == "fix", 60,
                              "the drill rollback to wait for its fix", every=0.2)
+        r = await asyncio.to_thread(run_cli, "fix", wid, "--as", "oscar", "--reference", "pr-1", "--tests-passed",
+                                    env=env, timeout=60)
+        assert r.code == 3, r  # restoring HL_MODE and betting needs their owner's role, not on-call's
         r = await asyncio.to_thread(run_cli, "fix", wid, "--as", "alice", "--reference", "pr-1", "--tests-passed",
                                     env=env, timeout=60)
         assert r.code == 0, r.err
@@ -347,6 +354,7 @@ async def test_a_rollback_drill_runs_to_its_end_and_is_scored(
         confirm = next(w for w in rep["waits"] if w["measure"] == "confirm")
         assert confirm["by"] == "oscar" and confirm["sla_s"] == 10.0 and confirm["result"] == "met", confirm
         assert 0 < rep["applied_after_s"] < rep["ended_after_s"]
+        assert [(x["kind"], x["actor"]) for x in rep["refused"]] == [("fix", "oscar")], rep["refused"]
 
         # the history per operator: oscar ran it and confirmed; alice only fixed
         r = await asyncio.to_thread(run_cli, "drill", "history", "--operator", "alice", "--json", env=env, timeout=60)

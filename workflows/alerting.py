@@ -31,7 +31,7 @@ with workflow.unsafe.imports_passed_through():
         owner_of,
     )
     from manual import escalation, switches
-    from contracts.progress import DecisionRecord
+    from contracts.progress import REFUSED_SIGNAL, DecisionRecord, RefusedAttempt
 from workflows.base import SWITCH_RETRY, NOTIFY_RETRY, SUBMIT_RETRY, CLOSE_WAIT, MAX_CHECKS_KEPT, Withdrawn, root_cause
 
 
@@ -394,3 +394,8 @@ class PagingHandlers:
     @workflow.signal(name=TAKE_ALERTS_SIGNAL)
     def take_alerts(self, recs: list[AlertRecord]) -> None:
         self.r.take_alerts(recs)
+
+    @workflow.signal(name=REFUSED_SIGNAL)
+    def refused_attempt(self, a: RefusedAttempt) -> None:
+        """The CLI's report of an Update this workflow's validator refused (workflows/gate.py record_refused)."""
+        self.r.record_refused(a)

@@ -17,7 +17,8 @@ with workflow.unsafe.imports_passed_through():
     from contracts.roles import Role
     from core import identity
     from manual.steps import AwaitConfirmation
-    from contracts.progress import Awaiting, Decision, DecisionAck, DecisionRecord, Exit
+    from contracts.progress import (MAX_REFUSALS_KEPT, Awaiting, Decision, DecisionAck, DecisionRecord, Exit,
+                                    RefusedAttempt)
 from workflows.base import ROSTER_REFRESH, ROSTER_REFRESH_PATCH, TWO_PERSON, ANSWERS, EXITS, Withdrawn
 
 
@@ -346,6 +347,15 @@ class DecisionGate:
                                                       detail=d.reason, key_id=d.key_id if proof else None,
                                                       break_glass=d.break_glass))
         return DecisionAck(accepted=True, step=step, message=f"{kind} by {d.actor} accepted at step {step}")
+
+    def record_refused(self, a: RefusedAttempt) -> None:
+        """An Update its validator refused, as the CLI reports it (Temporal records nothing of it): kept in
+        the decisions, marked as reported, at most MAX_REFUSALS_KEPT per run."""
+        mark = "(reported by the CLI)"
+        if sum(1 for r in self.progress.decisions if r.detail.endswith(mark)) >= MAX_REFUSALS_KEPT:
+            return
+        self.progress.decisions.append(DecisionRecord(at=workflow.now(), kind=a.kind, actor=a.actor, accepted=False,
+                                                      detail=f"refused: {a.why} {mark}"))
 
     def refuse(self, kind: str, d: Decision, why: str) -> None:
         """A refused signal: recorded, ignored (Updates are refused by their validators instead)."""

@@ -312,9 +312,9 @@ async def cmd_decision(args) -> int:
         d = await signed_decision(client, wid, args.kind, d)  # signing on: bound to the canary, its step and kind
         ack = await client.get_workflow_handle(wid).execute_update(args.kind, d, result_type=dict)
     except WorkflowUpdateFailedError as e:
-        from rollbackctl.cli.common import refused
+        from rollbackctl.cli.common import refusal
 
-        raise refused(e, args.kind, wid) from None
+        raise await refusal(client, e, args.kind, wid, args.actor) from None
     except RPCError as e:
         raise CliError(f"{wid}: {e.message}", 4 if "complete" in e.message.lower() else 5) from None
     from rollbackctl.cli.common import report_action

@@ -48,6 +48,23 @@ def refused(e: BaseException, what: str, wid: str) -> CliError:
     return CliError(f"{what} refused by {wid}: {msg}", exit_code_of_kind(getattr(cause, "type", None)))
 
 
+async def refusal(client, e: BaseException, what: str, wid: str, actor: str) -> CliError:
+    """`refused(...)`, after telling the workflow (signal REFUSED_SIGNAL): Temporal keeps no trace of an
+    Update its validator rejected, so without this neither its record nor a drill's report would show who
+    tried what. Best effort, within 3 s: the refusal stands either way."""
+    from contracts.progress import REFUSED_SIGNAL, RefusedAttempt
+    from core.aio import within
+
+    err = refused(e, what, wid)
+    why = str(err).split(f"refused by {wid}: ", 1)[-1]
+    try:
+        await within(3, client.get_workflow_handle(wid).signal(
+            REFUSED_SIGNAL, RefusedAttempt(kind=what[:40], actor=(actor or "?")[:64], why=why[:500])))
+    except Exception:  # noqa: BLE001 - the report is a courtesy; the refusal is what the user must see
+        pass
+    return err
+
+
 def exit_code_for(e: BaseException) -> int:
     from activities.switch_store import StoreError
     from core.etcd import EtcdAuthError, EtcdOutcomeUnknown, EtcdUnavailable

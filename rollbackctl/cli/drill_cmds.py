@@ -486,7 +486,7 @@ def score_run(p, started, temporal: str) -> dict:
         "applied_after_s": after(applied) if p.applied else None, "ended_after_s": after(ended),
         "waits": waits, "escalations": list(p.escalations),
         "refused": [{"at": d.at.isoformat(), "kind": d.kind, "actor": d.actor, "why": d.detail}
-                    for d in p.decisions if not d.accepted],
+                    for d in p.decisions if _refusal(d)],
     }
 
 
@@ -505,6 +505,12 @@ def _print_run_report(sc: dict) -> None:
     print("\n## Escalations\n" + ("\n".join(f"- {e}" for e in sc["escalations"]) or "- none"))
     print("\n## Refused\n" + ("\n".join(f"- {r['kind']} by {r['actor']}: {r['why']}" for r in sc["refused"])
                                or "- none"))
+
+
+def _refusal(d) -> bool:
+    """A decision record that is a refused command: not accepted, and not PagerDuty's own acknowledgement seen
+    (recorded as a non-decision, kind `pagerduty.*`)."""
+    return not d.accepted and not d.kind.startswith("pagerduty.")
 
 
 def score(st, inp, decisions) -> dict:
@@ -528,7 +534,7 @@ def score(st, inp, decisions) -> dict:
                      measure("resolved", st.resolved_at, st.resolved_by, None)],
         "escalations": [{"at": e.at.isoformat(), "level": e.level, "why": e.why} for e in st.sla.escalations],
         "refused": [{"at": d.at.isoformat(), "kind": d.kind, "actor": d.actor, "why": d.detail}
-                    for d in decisions if not d.accepted] + [{"why": r} for r in st.refused],
+                    for d in decisions if _refusal(d)] + [{"why": r} for r in st.refused],
     }
 
 
@@ -612,7 +618,8 @@ async def _drill_entry(client, wid: str) -> dict | None:
 
     from contracts.incidents import IncidentState
     from contracts.progress import Progress
-    from rollbackctl.cli.workflow_cmds import truthful_progress
+    from core.aio import within
+    from rollbackctl.cli.workflow_cmds import QUERY_TIMEOUT_S, truthful_progress
 
     wtype, inp = await _start_input(client, wid)
     if not inp.drill:
@@ -623,23 +630,26 @@ async def _drill_entry(client, wid: str) -> dict | None:
              "speed": float(m.group(2)) if m else None,
              "run_by": m.group(3) if m else getattr(inp, "requested_by", None), "status": None, "scores": [],
              "note": None}
-    try:
+    async def scored() -> tuple[str | None, dict]:
         if wtype == "IncidentWorkflow":
             h = client.get_workflow_handle(wid)
             st = await h.query("state", result_type=IncidentState)
             prog = await h.query("progress", result_type=Progress)
-            sc = score(st, inp, prog.decisions)
-            entry["status"] = st.status
-        elif wtype == "CanaryWorkflow":
+            return st.status, score(st, inp, prog.decisions)
+        if wtype == "CanaryWorkflow":
             sc = score_canary(await _canary_status(client, wid))
-            entry["status"] = sc["result"] or sc["status"]
-        else:
-            p, temporal, note = await truthful_progress(client, wid)
-            if not p.history and note:
-                raise CliError(note, 5)
-            sc = score_run(p, (wtype, inp), temporal)
-            entry["status"] = sc["result"] or temporal
+            return sc["result"] or sc["status"], sc
+        p, temporal, note = await truthful_progress(client, wid)
+        if not p.history and note:
+            raise CliError(note, 5)
+        sc = score_run(p, (wtype, inp), temporal)
+        return sc["result"] or temporal, sc
+
+    try:  # a query needs a worker on the drill's task queue; one that answers nothing must not stall the list
+        entry["status"], sc = await within(2 * QUERY_TIMEOUT_S, scored())
         entry["scores"] = _scores(wtype, inp, sc)
+    except asyncio.TimeoutError:
+        entry["note"] = f"no answer within {2 * QUERY_TIMEOUT_S:g} s: is a worker running on its task queue?"
     except CliError as e:  # listed, with why it is not scored
         entry["note"] = str(e)
     except Exception as e:  # noqa: BLE001 - one unreadable drill must not hide the others
@@ -658,21 +668,32 @@ async def cmd_history(args) -> int:
         raise CliError("--limit: between 1 and 500", 2)
     client = await connect()
     types = ", ".join(f"'{t}'" for t in _INPUTS)
-    entries = []
     try:
-        async for wf in client.list_workflows(f"WorkflowType IN ({types})", limit=args.limit):
-            e = await _drill_entry(client, wf.id)
-            if e is None:
-                continue
-            e["started"] = wf.start_time.isoformat() if wf.start_time else None
-            if args.operator:
-                mine = [s for s in e["scores"] if s["by"] and args.operator in s["by"].split(", ")]
-                if e["run_by"] != args.operator and not mine:
-                    continue
-                e["scores"] = mine
-            entries.append(e)
+        found = [wf async for wf in client.list_workflows(f"WorkflowType IN ({types})", limit=args.limit)]
     except RPCError as e:
         raise CliError(f"cannot list workflows: {e.message}", 5) from None
+    gate = asyncio.Semaphore(16)  # read at most 16 at once: a drill whose worker is gone waits out its timeout
+
+    async def entry(wf):
+        async with gate:
+            try:
+                e = await _drill_entry(client, wf.id)
+            except CliError:  # gone since it was listed, or not a workflow a drill runs
+                return None
+        if e is not None:
+            e["started"] = wf.start_time.isoformat() if wf.start_time else None
+        return e
+
+    entries = []
+    for e in await asyncio.gather(*(entry(wf) for wf in found)):
+        if e is None:
+            continue
+        if args.operator:
+            mine = [s for s in e["scores"] if s["by"] and args.operator in s["by"].split(", ")]
+            if e["run_by"] != args.operator and not mine:
+                continue
+            e["scores"] = mine
+        entries.append(e)
     if args.json:
         print_json(entries)
         return 0

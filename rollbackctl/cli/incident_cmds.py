@@ -120,9 +120,9 @@ async def _update(name: str, ident: str, arg, sign_as: str | None = None) -> tup
                 arg = await signed_decision(client, wid, sign_as, arg)
         res = await client.get_workflow_handle(wid).execute_update(name, arg)
     except WorkflowUpdateFailedError as e:
-        from rollbackctl.cli.common import refused
+        from rollbackctl.cli.common import refusal
 
-        raise refused(e, name, wid) from None
+        raise await refusal(client, e, name, wid, getattr(arg, "actor", "?")) from None
     except RPCError as e:
         if "not found" in e.message.lower() or "completed" in e.message.lower():
             raise CliError(f"{wid}: no open incident ({e.message})", 4) from None

@@ -414,9 +414,9 @@ async def cmd_decision(args) -> int:
         d = await signed_decision(client, wid, args.decision, d)
         ack = await client.get_workflow_handle(wid).execute_update(args.decision, d, result_type=dict)
     except WorkflowUpdateFailedError as e:
-        from rollbackctl.cli.common import refused
+        from rollbackctl.cli.common import refusal
 
-        raise refused(e, args.decision, wid) from None
+        raise await refusal(client, e, args.decision, wid, args.actor) from None
     except RPCError as e:
         raise CliError(f"{wid}: {e.message}", 4 if "completed" in e.message.lower() else 5) from None
     from rollbackctl.cli.common import report_action
