@@ -222,7 +222,7 @@ async def cmd_start(args) -> int:
     from manual import switches
     from manual.canary import human
     from contracts.roles import Role
-    from rollbackctl.cli.common import switch_store
+    from rollbackctl.cli.common import operator_of, switch_store
     from rollbackctl.cli.signing import approval_timeout, signing_on
     from core.settings import TemporalSettings
     from core.temporal_client import connect
@@ -234,9 +234,7 @@ async def cmd_start(args) -> int:
         raise CliError("--break-glass needs a reason", 2)
     s = TemporalSettings()
     async with switch_store() as store:
-        op = await store.operator(args.actor)
-        if op is None:
-            raise CliError(f"unknown operator {args.actor!r} (see `rollbackctl operator list`)", 3)
+        op = await operator_of(store, args.actor)
         if not op.role.at_least(need):
             owned = [k for k in plan.touched() if switches.get(k).permission is need]
             raise CliError(f"{args.actor} is {op.role.value}; starting {args.phase} approves its plan, which changes "

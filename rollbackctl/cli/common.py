@@ -48,6 +48,14 @@ def refused(e: BaseException, what: str, wid: str) -> CliError:
     return CliError(f"{what} refused by {wid}: {msg}", exit_code_of_kind(getattr(cause, "type", None)))
 
 
+async def operator_of(store, actor: str):
+    """The operator record of `actor` from the roster in etcd; an unknown name is refused (exit 3)."""
+    op = await store.operator(actor)
+    if op is None:
+        raise CliError(f"unknown operator {actor!r} (see `rollbackctl operator list`)", 3)
+    return op
+
+
 async def refusal(client, e: BaseException, what: str, wid: str, actor: str) -> CliError:
     """`refused(...)`, after telling the workflow (signal REFUSED_SIGNAL): Temporal keeps no trace of an
     Update its validator rejected, so without this neither its record nor a drill's report would show who

@@ -88,6 +88,20 @@ def _scenario(name: str):
         raise CliError(str(e), 2) from None
 
 
+# What a drill's workflow carries as its reason (its incident's detail): written by _drill_reason, read back by
+# `drill history` (_DRILL_REASON).
+_DRILL_REASON = r"^\[DRILL\] (\S+) at speed ([0-9.]+), run by (\S+)"
+
+
+def _drill_reason(sc, speed: float, actor: str) -> str:
+    return f"[DRILL] {sc.name} at speed {speed:g}, run by {actor}"
+
+
+def _faults_text(faults: dict) -> str:
+    """The faults in force, as `drill start` reports them."""
+    return ", ".join(f"{k}={v}" for k, v in sorted(faults.items()))
+
+
 def _secs(td) -> str:
     s = td.total_seconds()
     return f"{s / 60:g} min" if s >= 60 and s % 60 == 0 else f"{s:g} s"
@@ -129,8 +143,8 @@ def cmd_show(args) -> int:
 
 
 async def cmd_start(args) -> int:
-    """P0 scenarios open a drill incident and return; rollback and degradation scenarios run their workflow
-    and follow it to its end (_start_run)."""
+    """P0 scenarios open a drill incident and return; rollback, degradation, HL-down and canary scenarios run
+    their workflow and follow it to its end (_start_run, _start_canary)."""
     from datetime import datetime, timezone
 
     from temporalio.client import WorkflowExecutionStatus
@@ -168,7 +182,7 @@ async def cmd_start(args) -> int:
         pass  # none yet
     values = {m: (v.get(symbol) if isinstance(v, dict) else v) for m, v in sc.fault.items()}
     now = datetime.now(timezone.utc)
-    detail = f"[DRILL] {sc.name} at speed {args.speed:g}, run by {args.actor}"
+    detail = _drill_reason(sc, args.speed, args.actor)
     inp = IncidentInput(rule=rule.id, symbol=symbol, detected_at=now, started_at=now, values=values, detail=detail,
                         timings=drills.incident_timings(rule, args.speed), drill=True)
     try:  # FAIL, not the monitor's USE_EXISTING: a drill never merges into an incident opened meanwhile
@@ -184,7 +198,7 @@ async def cmd_start(args) -> int:
         await client.get_workflow_handle(wid).terminate(f"drill abandoned: its fault was not injected ({e})")
         raise CliError(f"{e} (the drill incident {wid} was ended; nothing else changed)", e.exit_code) from None
     print(f"[DRILL] {sc.title} at speed {args.speed:g}: the incident is open and the fault is in at the trading core "
-          f"({', '.join(f'{k}={v}' for k, v in sorted(faults.items()))}).")
+          f"({_faults_text(faults)}).")
     for sla in drills.scaled(sc.slas, args.speed):
         print(f"  {sla.name:<13} due {(now + sla.within).strftime('%H:%M:%S')} UTC (within {_secs(sla.within)})")
     print(f"Answer it as at 3 a.m.: `rollbackctl incidents`, `rollbackctl ack {wid} --as YOU`, the checklist with "
@@ -210,7 +224,7 @@ async def _start_run(args, sc) -> int:
     if args.switch and not single:
         raise CliError(f"--switch is for single-module scenarios; {sc.name} has no module to choose", 2)
     incident = f"drill-{sc.name}-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}"
-    reason = f"[DRILL] {sc.name} at speed {args.speed:g}, run by {args.actor}"
+    reason = _drill_reason(sc, args.speed, args.actor)
     d = drills.scaled_durations(args.speed)
     role = await _operator_role(args.actor)
     if sc.kind == "degradation":
@@ -245,7 +259,7 @@ async def _start_run(args, sc) -> int:
     if not later:
         faults = await faults_call("POST", sc.fault)
         print(f"[DRILL] {sc.title} at speed {args.speed:g}: the fault is in at the trading core "
-              f"({', '.join(f'{k}={v}' for k, v in sorted(faults.items()))}).")
+              f"({_faults_text(faults)}).")
     try:
         await _start(run, inp, wid, what, False, critical=critical)
     except BaseException:
@@ -253,14 +267,13 @@ async def _start_run(args, sc) -> int:
             await faults_call("DELETE")
             print("[DRILL] not started: the fault was taken out again", flush=True)
         raise
-    now = datetime.now(timezone.utc)
     for sla in drills.scaled(sc.slas, args.speed):
         print(f"  {sla.name:<16} within {_secs(sla.within)} of its step ({sla.what})")
     print(f"Answer it as at 3 a.m., from another terminal: `rollbackctl status {wid}`, then what it waits for "
           f"(`rollbackctl confirm|fix|proceed|escalate|withdraw {wid} --as YOU`). This command follows it to its end "
           "and then restores the simulator; Ctrl-C stops following (the run and the fault stay: "
           f"`rollbackctl drill end {wid}`).", flush=True)
-    return await _follow_run(wid, sc, later, since=now)
+    return await _follow_run(wid, sc, later)
 
 
 async def _start_canary(args, sc) -> int:
@@ -272,7 +285,7 @@ async def _start_canary(args, sc) -> int:
     from core.settings import TemporalSettings
     from core.temporal_client import connect
     from rollbackctl.cli.canary_cmds import follow, resolve_plan, start_canary
-    from rollbackctl.cli.common import links, switch_store
+    from rollbackctl.cli.common import links, operator_of, switch_store
     from rollbackctl.cli.signing import approval_timeout
     from rollbackctl.cli.sim_cmds import faults_call
     from workflows.canary_models import CanaryInput
@@ -281,12 +294,10 @@ async def _start_canary(args, sc) -> int:
         raise CliError(f"--switch is for single-module scenarios; {sc.name} runs the manual's {sc.phase} plan", 2)
     plan_in, plan = resolve_plan(sc.phase, None, args.speed)
     need = plan.owner_role()
-    reason = f"[DRILL] {sc.name} at speed {args.speed:g}, run by {args.actor}"
+    reason = _drill_reason(sc, args.speed, args.actor)
     s = TemporalSettings()
     async with switch_store() as store:
-        op = await store.operator(args.actor)
-        if op is None:
-            raise CliError(f"unknown operator {args.actor!r} (see `rollbackctl operator list`)", 3)
+        op = await operator_of(store, args.actor)
         if not op.role.at_least(need):
             raise CliError(f"{args.actor} is {op.role.value}; starting {sc.phase} needs a {need.value}", 3)
         inp = CanaryInput(phase=sc.phase, requested_by=args.actor, reason=reason, plan=plan_in, time_scale=args.speed,
@@ -300,7 +311,7 @@ async def _start_canary(args, sc) -> int:
             print("[DRILL] not started: the fault was taken out again", flush=True)
             raise
     print(f"[DRILL] {sc.title} at speed {args.speed:g}: the fault is in at the trading core "
-          f"({', '.join(f'{k}={v}' for k, v in sorted(faults.items()))}); {plan.title}{plan.scale_note()} started.\n"
+          f"({_faults_text(faults)}); {plan.title}{plan.scale_note()} started.\n"
           f"{links(wid)}\nIt should roll itself back and page: watch the page arrive, check the rollback landed "
           f"(`rollbackctl switch list`). This command follows it to its end, then restores the simulator; "
           f"Ctrl-C stops following (`rollbackctl drill end {wid}`).", flush=True)
@@ -352,7 +363,7 @@ def _print_canary_report(sc: dict) -> None:
                                                                   if sc["failed_checks"] else ""))
 
 
-async def _follow_run(wid: str, sc, later: bool, since) -> int:
+async def _follow_run(wid: str, sc, later: bool) -> int:
     """Follow a drill run to its end, printing what `status --follow` prints. The fault's life: once the run's
     first change set is applied the fault is taken out (the rollback fixed it), or, HL down during a rollback,
     put in then; a run that changes nothing (non-critical) keeps it to its end. At the end every fault is
@@ -377,7 +388,7 @@ async def _follow_run(wid: str, sc, later: bool, since) -> int:
                 if later:
                     faults = await faults_call("POST", sc.fault)
                     print(f"[DRILL] the rollback moved orders to HL; now HL goes down at the trading core "
-                          f"({', '.join(f'{k}={v}' for k, v in sorted(faults.items()))})")
+                          f"({_faults_text(faults)})")
                 else:
                     await faults_call("DELETE")
                     print("[DRILL] the change set is applied: the fault is taken out (the rollback fixed it)")
@@ -538,51 +549,36 @@ def score(st, inp, decisions) -> dict:
     }
 
 
-async def cmd_report(args) -> int:
+async def _scored(client, wid: str, started) -> tuple[str | None, dict]:
+    """(how it ended or stands, its scores) for a drill of any kind, read from its workflow (a query: a worker
+    must be running on its task queue); CliError (exit 5) when its state cannot be read."""
     from temporalio.service import RPCError
 
     from contracts.incidents import IncidentState
     from contracts.progress import Progress
-    from core.temporal_client import connect
-    from rollbackctl.cli.common import links
+    from rollbackctl.cli.workflow_cmds import truthful_progress
 
-    client = await connect()
-    started = await _start_input(client, args.id)
     wtype, inp = started
-    if not inp.drill:
-        raise CliError(f"{args.id} is real, not a drill: nothing to score", 4)
+    if wtype == "IncidentWorkflow":
+        h = client.get_workflow_handle(wid)
+        try:
+            st = await h.query("state", result_type=IncidentState)
+            prog = await h.query("progress", result_type=Progress)
+        except RPCError as e:
+            raise CliError(f"{wid}: its state cannot be read ({e.message})", 5) from None
+        return st.status, score(st, inp, prog.decisions)
     if wtype == "CanaryWorkflow":
-        sc = score_canary(await _canary_status(client, args.id))
-        if args.json:
-            print_json(sc)
-        else:
-            _print_canary_report(sc)
-            print(f"\n{links(args.id)}")
-        return 0
-    if wtype != "IncidentWorkflow":
-        from rollbackctl.cli.workflow_cmds import truthful_progress
+        sc = score_canary(await _canary_status(client, wid))
+        return sc["result"] or sc["status"], sc
+    p, temporal, note = await truthful_progress(client, wid)
+    if not p.history and note:  # no steps to score: say why rather than score nothing
+        raise CliError(f"{wid}: {note}", 5)
+    sc = score_run(p, started, temporal)
+    return sc["result"] or temporal, sc
 
-        p, temporal, note = await truthful_progress(client, args.id)
-        if not p.history and note:  # no steps to score: say why rather than score nothing
-            raise CliError(f"{args.id}: {note}", 5)
-        sc = score_run(p, started, temporal)
-        if args.json:
-            print_json(sc)
-        else:
-            _print_run_report(sc)
-            print(f"\n{links(args.id)}")
-        return 0
-    h = client.get_workflow_handle(args.id)
-    try:
-        st = await h.query("state", result_type=IncidentState)
-        prog = await h.query("progress", result_type=Progress)
-    except RPCError as e:
-        raise CliError(f"{args.id}: its state cannot be read ({e.message})", 5) from None
-    sc = score(st, inp, prog.decisions)
-    if args.json:
-        print_json(sc)
-        return 0
-    print(f"# Drill report: {st.rule} ({st.workflow_id})\n\n{st.detail}. Status: {st.status}. "
+
+def _print_incident_report(sc: dict) -> None:
+    print(f"# Drill report: {sc['rule']} ({sc['workflow_id']})\n\n{sc['detail']}. Status: {sc['status']}. "
           f"First page {sc['paged_at']}.\n")
     rows = [[m["measure"], m["by"] or "", f"{m['after_page_s']:.1f} s" if m["after_page_s"] is not None else "",
              f"{m['sla_s']:g} s" if m["sla_s"] is not None else "", m["result"]] for m in sc["measures"]]
@@ -593,14 +589,28 @@ async def cmd_report(args) -> int:
                                   or "- none"))
     print("\n## Refused\n" + ("\n".join(f"- {r.get('kind', 'signal')} by {r.get('actor', '?')}: {r['why']}"
                                           for r in sc["refused"]) or "- none"))
-    print(f"\n{links(st.workflow_id)}")
+
+
+async def cmd_report(args) -> int:
+    from core.temporal_client import connect
+    from rollbackctl.cli.common import links
+
+    client = await connect()
+    started = await _start_input(client, args.id)
+    wtype, inp = started
+    if not inp.drill:
+        raise CliError(f"{args.id} is real, not a drill: nothing to score", 4)
+    _, sc = await _scored(client, args.id, started)
+    if args.json:
+        print_json(sc)
+        return 0
+    {"IncidentWorkflow": _print_incident_report, "CanaryWorkflow": _print_canary_report}.get(
+        wtype, _print_run_report)(sc)
+    print(f"\n{links(args.id)}")
     return 0
 
 
-_DRILL_REASON = r"^\[DRILL\] (\S+) at speed ([0-9.]+), run by (\S+)"
-
-
-def _scores(wtype: str, inp, st) -> list[dict]:
+def _scores(wtype: str, st) -> list[dict]:
     """One row per scored step of a drill: (measure, by, seconds, SLA seconds, result), whatever its kind."""
     if wtype == "IncidentWorkflow":
         return [{"measure": m["measure"], "by": m["by"], "took_s": m["after_page_s"], "sla_s": m["sla_s"],
@@ -616,10 +626,8 @@ async def _drill_entry(client, wid: str) -> dict | None:
     """A drill's history row (None: not a drill): its scenario, speed, who ran it, its end and its scores."""
     import re
 
-    from contracts.incidents import IncidentState
-    from contracts.progress import Progress
     from core.aio import within
-    from rollbackctl.cli.workflow_cmds import QUERY_TIMEOUT_S, truthful_progress
+    from rollbackctl.cli.workflow_cmds import QUERY_TIMEOUT_S
 
     wtype, inp = await _start_input(client, wid)
     if not inp.drill:
@@ -630,24 +638,10 @@ async def _drill_entry(client, wid: str) -> dict | None:
              "speed": float(m.group(2)) if m else None,
              "run_by": m.group(3) if m else getattr(inp, "requested_by", None), "status": None, "scores": [],
              "note": None}
-    async def scored() -> tuple[str | None, dict]:
-        if wtype == "IncidentWorkflow":
-            h = client.get_workflow_handle(wid)
-            st = await h.query("state", result_type=IncidentState)
-            prog = await h.query("progress", result_type=Progress)
-            return st.status, score(st, inp, prog.decisions)
-        if wtype == "CanaryWorkflow":
-            sc = score_canary(await _canary_status(client, wid))
-            return sc["result"] or sc["status"], sc
-        p, temporal, note = await truthful_progress(client, wid)
-        if not p.history and note:
-            raise CliError(note, 5)
-        sc = score_run(p, (wtype, inp), temporal)
-        return sc["result"] or temporal, sc
 
     try:  # a query needs a worker on the drill's task queue; one that answers nothing must not stall the list
-        entry["status"], sc = await within(2 * QUERY_TIMEOUT_S, scored())
-        entry["scores"] = _scores(wtype, inp, sc)
+        entry["status"], sc = await within(2 * QUERY_TIMEOUT_S, _scored(client, wid, (wtype, inp)))
+        entry["scores"] = _scores(wtype, sc)
     except asyncio.TimeoutError:
         entry["note"] = f"no answer within {2 * QUERY_TIMEOUT_S:g} s: is a worker running on its task queue?"
     except CliError as e:  # listed, with why it is not scored

@@ -126,11 +126,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 async def _operator_role(actor: str):
+    from rollbackctl.cli.common import operator_of
+
     async with switch_store() as store:
-        op = await store.operator(actor)
-    if op is None:
-        raise CliError(f"unknown operator {actor!r} (see `rollbackctl operator list`)", 3)
-    return op.role
+        return (await operator_of(store, actor)).role
 
 
 def _links(wid: str) -> str:
