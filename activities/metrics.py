@@ -218,30 +218,33 @@ class WorkflowMetrics:
         steps: dict[tuple[str, ...], float] = {}
         awaiting: dict[tuple[str, ...], float] = {}
         oldest: dict[tuple[str, ...], float] = {}
-        opened = {(r.id,): 0.0 for r in alerts.RULES}
-        late = {(r.id,): 0.0 for r in alerts.RULES}
+        # every rule's real series exists at 0 (an alert rule tells "none late" from "not collected"); a drill's
+        # only while one runs
+        opened = {(r.id, "false"): 0.0 for r in alerts.RULES}
+        late = {(r.id, "false"): 0.0 for r in alerts.RULES}
         stage, stages, last_ok, in_a_row = {}, {}, {}, {}
         for p, extra in rows:
             if p is None:
                 continue
-            key = (p.kind, p.current_step or "-")
+            drill = "true" if p.drill else "false"
+            key = (p.kind, p.current_step or "-", drill)
             steps[key] = steps.get(key, 0) + 1
             if p.awaiting is not None:
-                k = (p.kind, p.awaiting.min_role)
+                k = (p.kind, p.awaiting.min_role, drill)
                 awaiting[k] = awaiting.get(k, 0) + 1
                 waited = max(0.0, (now - p.awaiting.since).total_seconds())
-                oldest[(p.kind,)] = max(oldest.get((p.kind,), 0.0), waited)
+                oldest[(p.kind, drill)] = max(oldest.get((p.kind, drill), 0.0), waited)
             if extra is None:
                 continue
             if hasattr(extra, "rule"):
-                r = (extra.rule,)
+                r = (extra.rule, drill)
                 if extra.status != "resolved":
                     opened[r] = opened.get(r, 0) + 1
                     if extra.sla.acked_at is None and (extra.sla.ack_breached or (
                             extra.sla.ack_due is not None and now > extra.sla.ack_due)):
                         late[r] = late.get(r, 0) + 1
             elif isinstance(extra, dict) and extra.get("phase"):
-                ph = (str(extra["phase"]),)
+                ph = (str(extra["phase"]), drill)
                 stage[ph] = float(extra.get("stage") or 0)
                 stages[ph] = float(extra.get("stages") or 0)
                 in_a_row[ph] = float(extra.get("failed_in_a_row") or 0)

@@ -86,6 +86,7 @@ class PageInput(BaseModel):
     custom_details: dict[str, Any] = {}
     escalation_level: int = Field(default=1, ge=1)
     links: list[dict[str, str]] = []  # [{"href", "text"}]: the Temporal UI, the runbook
+    drill: bool = False  # a game day's page: to the drill routing key when one is configured
 
 
 class PageResult(BaseModel):
@@ -101,6 +102,7 @@ class ChatInput(BaseModel):
     text: str = Field(min_length=1)
     escalation_level: int = Field(default=1, ge=1)
     fields: dict[str, Any] = {}
+    drill: bool = False  # to the drill webhook when one is configured
 
 
 class ChatResult(BaseModel):
@@ -219,14 +221,15 @@ def check_paging(settings: PagingSettings) -> tuple[SecretStr, list[SecretStr], 
 
 
 @contextmanager
-def _counted(channel: str, level: int):
+def _counted(channel: str, level: int, drill: bool):
     """rollbackctl_pages_sent_total / _failed_total (core/metrics.py) for one attempt."""
+    labels = (channel, str(level), "true" if drill else "false")
     try:
         yield
     except Exception:
-        metrics.PAGES_FAILED.labels(channel, str(level)).inc()
+        metrics.PAGES_FAILED.labels(*labels).inc()
         raise
-    metrics.PAGES_SENT.labels(channel, str(level)).inc()
+    metrics.PAGES_SENT.labels(*labels).inc()
 
 
 def _retry_after(resp: httpx.Response) -> timedelta | None:
@@ -359,7 +362,7 @@ class PagingActivities:
             if links:  # PagerDuty Events API v2: payload-level `links` [{href, text}], shown on the alert
                 body["links"] = links
         what = f"PagerDuty ({inp.event_action}, level {lvl.level})"
-        with _counted("pagerduty", lvl.level):
+        with _counted("pagerduty", lvl.level, inp.drill):
             resp = await self._post(what, self._pd_url, body)
             if resp.status_code != 202 and not (200 <= resp.status_code < 300):
                 raise self._refused(what, resp, self._pd_said(resp))
@@ -392,7 +395,7 @@ class PagingActivities:
             {"type": "mrkdwn", "text": slack_escape(f"escalation level {lvl.level}: {lvl.name} ({lvl.slack_channel})")}]})
         body = {"text": slack_escape(inp.text)[:SLACK_TEXT_MAX], "blocks": blocks}
         what = f"Slack webhook (level {lvl.level}, {lvl.slack_channel})"
-        with _counted("slack", lvl.level):
+        with _counted("slack", lvl.level, inp.drill):
             resp = await self._post(what, self._pick(self._hooks, lvl.level), body)
             if not 200 <= resp.status_code < 300:
                 raise self._refused(what, resp, resp.text[:200])

@@ -10,6 +10,11 @@ Two endpoints per process that talks to Temporal (README, "Metrics"):
 Names follow Prometheus conventions: base units (seconds, ratios), `_total` on counters, no
 unbounded labels (no workflow ids: switch, rule, kind, step, channel, level and phase names come
 from the manual and are bounded).
+
+Every series about workflows (the gauges of what runs now, the workflows' own events) has a `drill`
+label, "true" or "false": a game day (`rollbackctl drill`) is counted, but apart. Dashboards and alert
+rules about the real exchange read `drill="false"`, so a drill's late acknowledgement pages nobody and
+its times never enter the real SLA figures.
 """
 
 from __future__ import annotations
@@ -53,19 +58,21 @@ AUDIT_VERIFY_TIME = Gauge("rollbackctl_audit_verify_timestamp_seconds", "When th
 # -- workflows now (activities/metrics.py WorkflowMetrics: Temporal visibility + progress queries) -------
 WORKFLOWS_RUNNING = Gauge("rollbackctl_workflows_running",
                           "Running rollbacks, degradations, canaries, incidents, change requests and emergency "
-                          "follow-ups, by kind and current step", ["kind", "step"], registry=None)
+                          "follow-ups, by kind and current step", ["kind", "step", "drill"], registry=None)
 AWAITING_HUMAN = Gauge("rollbackctl_awaiting_human", "Workflows waiting for a person's decision, by kind and the least role that may give it",
-                       ["kind", "role"], registry=None)
+                       ["kind", "role", "drill"], registry=None)
 AWAITING_HUMAN_OLDEST = Gauge("rollbackctl_awaiting_human_oldest_seconds",
-                              "How long the longest-waiting workflow of a kind has waited for a person", ["kind"], registry=None)
-INCIDENTS_OPEN = Gauge("rollbackctl_incidents_open", "Open P0 incidents, by rule", ["rule"], registry=None)
+                              "How long the longest-waiting workflow of a kind has waited for a person", ["kind", "drill"],
+                              registry=None)
+INCIDENTS_OPEN = Gauge("rollbackctl_incidents_open", "Open P0 incidents, by rule", ["rule", "drill"], registry=None)
 INCIDENTS_UNACKED_PAST_SLA = Gauge("rollbackctl_incidents_unacknowledged_past_sla",
-                                   "Open P0 incidents not acknowledged within the acknowledge SLA, by rule", ["rule"], registry=None)
-CANARY_STAGE = Gauge("rollbackctl_canary_stage", "The running canary's stage (1-based; 0: not started)", ["phase"], registry=None)
-CANARY_STAGES = Gauge("rollbackctl_canary_stages", "How many stages the running canary has", ["phase"], registry=None)
-CANARY_LAST_CHECK_OK = Gauge("rollbackctl_canary_last_check_ok", "1 if the running canary's last health check passed", ["phase"], registry=None)
+                                   "Open P0 incidents not acknowledged within the acknowledge SLA, by rule", ["rule", "drill"],
+                                   registry=None)
+CANARY_STAGE = Gauge("rollbackctl_canary_stage", "The running canary's stage (1-based; 0: not started)", ["phase", "drill"], registry=None)
+CANARY_STAGES = Gauge("rollbackctl_canary_stages", "How many stages the running canary has", ["phase", "drill"], registry=None)
+CANARY_LAST_CHECK_OK = Gauge("rollbackctl_canary_last_check_ok", "1 if the running canary's last health check passed", ["phase", "drill"], registry=None)
 CANARY_FAILED_IN_A_ROW = Gauge("rollbackctl_canary_failed_checks_in_a_row",
-                               "The running canary's consecutive failed health checks", ["phase"], registry=None)
+                               "The running canary's consecutive failed health checks", ["phase", "drill"], registry=None)
 TASK_QUEUE_POLLERS = Gauge("rollbackctl_task_queue_pollers",
                            "Workers that polled a task queue in the last minute (Temporal's DescribeTaskQueue)",
                            ["task_queue", "type"], registry=None)
@@ -73,10 +80,10 @@ COLLECTIONS = Counter("rollbackctl_metrics_collections", "Collections of the wor
 
 # -- paging (activities/paging.py) ---------------------------------------------------------------------
 PAGES_SENT = Counter("rollbackctl_pages_sent", "Pages and chat messages the service accepted, by channel and escalation level",
-                     ["channel", "level"], registry=None)
+                     ["channel", "level", "drill"], registry=None)
 PAGES_FAILED = Counter("rollbackctl_pages_failed",
                        "Page and chat attempts that failed (refused, unreachable, timed out), by channel and level",
-                       ["channel", "level"], registry=None)
+                       ["channel", "level", "drill"], registry=None)
 WEBHOOKS_RECEIVED = Counter("rollbackctl_pagerduty_webhooks", "PagerDuty v3 webhooks received, by outcome",
                             ["outcome"], registry=None)
 
@@ -118,15 +125,15 @@ SLA_BREACHES = "rollbackctl_sla_breaches"
 HEALTH_CHECKS = "rollbackctl_health_checks"
 WORKFLOWS_FINISHED = "rollbackctl_workflows_finished"
 WORKFLOW_SERIES = (
-    WorkflowSeries(f"{INCIDENT_ACK}_seconds", "histogram", "P0 incident opened to acknowledged (the signed ack)", ("rule",)),
-    WorkflowSeries(f"{INCIDENT_ACTION}_seconds", "histogram", "P0 incident opened to the first human action", ("rule",)),
+    WorkflowSeries(f"{INCIDENT_ACK}_seconds", "histogram", "P0 incident opened to acknowledged (the signed ack)", ("rule", "drill")),
+    WorkflowSeries(f"{INCIDENT_ACTION}_seconds", "histogram", "P0 incident opened to the first human action", ("rule", "drill")),
     WorkflowSeries(f"{SLA_BREACHES}_total", "counter", "Acknowledge or action SLAs missed (an escalation followed)",
-                   ("rule", "sla")),
+                   ("rule", "sla", "drill")),
     WorkflowSeries(f"{HEALTH_CHECKS}_total", "counter",
                    "Health checks of canaries and of rollback / degradation observations, by kind and result (ok / failed)",
-                   ("kind", "result")),
+                   ("kind", "result", "drill")),
     WorkflowSeries(f"{WORKFLOWS_FINISHED}_total", "counter", "Rollbacks, degradations, canaries, incidents ended, by result",
-                   ("kind", "result")),
+                   ("kind", "result", "drill")),
 )
 SDK_BUCKETS = {INCIDENT_ACK: HUMAN_BUCKETS, INCIDENT_ACTION: HUMAN_BUCKETS}  # keyed by the name before the unit suffix
 

@@ -70,8 +70,42 @@ def test_the_dashboard_is_built_from_its_source_and_names_only_real_series():
     assert used <= _catalogue(), used - _catalogue()
     # The issue's five areas (matrix, incidents, rollbacks, canary, paging), and the HTTP services.
     titles = [t for t, _ in build_dashboard.ROWS]
-    assert titles == ["Control matrix", "P0 incidents", "Rollbacks, degradations and decisions", "Canary", "Paging",
-                      "Console and OFREP"]
+    assert titles == ["Control matrix", "P0 incidents", "Rollbacks, degradations and decisions", "Canary", "Drills",
+                      "Paging", "Console and OFREP"]
+    # A game day is counted apart (issue 22): every panel about the exchange selects drill="false" on every
+    # series that has the label, and the Drills row drill="true".
+    for title, panels in build_dashboard.ROWS:
+        want = 'drill="true"' if title == "Drills" else 'drill="false"'
+        for ptitle, _, targets, _, _ in panels:
+            for expr, _ in targets:
+                assert _drill_selectors(expr) <= {want}, (title, ptitle, expr)
+
+
+def _drill_series() -> set[str]:
+    """Names of the series that carry the drill label (as exported; a histogram's base name)."""
+    gauges = {m.name for group in metrics.GROUPS.values() for g in group if "drill" in g._labelnames
+              for m in g.describe()}
+    return gauges | {s.name for s in metrics.WORKFLOW_SERIES if "drill" in s.labels}
+
+
+def _drill_selectors(expr: str) -> set[str]:
+    """For each drill-labelled series `expr` reads: its drill matcher ('drill="false"'), or "none" when it
+    reads the series without one."""
+    out = set()
+    for m in re.finditer(r"\b(rollbackctl_[a-z_]+?)(_bucket|_count|_sum)?\b(\{[^}]*\})?", expr):
+        if m.group(1) in _drill_series() or m.group(1) + "_total" in _drill_series():
+            sel = re.search(r'drill\s*=\s*"(true|false)"', m.group(3) or "")
+            out.add(f'drill="{sel.group(1)}"' if sel else "none")
+    return out
+
+
+def test_no_alert_rule_reads_a_drill():
+    """A drill's incident left unacknowledged past its (scaled) SLA must page nobody: every rule that reads a
+    drill-labelled series selects drill="false" (promtool's unit test shows the drill series not firing)."""
+    text = (REPO / "monitoring" / "prometheus" / "rollbackctl-rules.yml").read_text()
+    exprs = [block.split("labels:")[0] for block in text.split("- alert: ")[1:]]  # name, comment and expr
+    read = {e: _drill_selectors(e) for e in exprs if _drill_selectors(e)}
+    assert read and all(v == {'drill="false"'} for v in read.values()), read
 
 
 def test_switch_gauges_follow_the_manual_and_pass_promtool():
@@ -119,7 +153,7 @@ async def test_pages_sent_and_failed_count_what_pagerduty_answered(sim, paging):
     """PagerDuty's Events API v2 answers 202 to an accepted event and 429 past the rate limit
     (https://developer.pagerduty.com/docs/events-api-v2/overview/); the strict sink does the same."""
     reg = metrics.registry(("paging",))
-    lab = {"channel": "pagerduty", "level": "1"}
+    lab = {"channel": "pagerduty", "level": "1", "drill": "false"}
     sent0 = reg.get_sample_value("rollbackctl_pages_sent_total", lab) or 0.0
     failed0 = reg.get_sample_value("rollbackctl_pages_failed_total", lab) or 0.0
     await sim.paging_config(pagerduty_events_per_min=1)
@@ -232,11 +266,13 @@ async def test_with_temporal_unreachable_the_workflow_gauges_keep_their_last_val
 
             async def seen() -> float | None:
                 await wm.collect()
-                return reg.get_sample_value("rollbackctl_workflows_running", {"kind": "rollback", "step": p.current_step})
+                return reg.get_sample_value("rollbackctl_workflows_running", {"kind": "rollback", "step": p.current_step,
+                                                                          "drill": "false"})
 
             await wait_for_value(seen, lambda v: (v or 0) >= 1, 20, "the rollback in the gauges (visibility lags)")
             before, failed0 = gauges(), failed()
-            assert reg.get_sample_value("rollbackctl_awaiting_human", {"kind": "rollback", "role": p.awaiting.min_role}) >= 1
+            assert reg.get_sample_value("rollbackctl_awaiting_human", {"kind": "rollback", "role": p.awaiting.min_role,
+                                                                     "drill": "false"}) >= 1
 
             proxy.cut()
             stop = asyncio.Event()
@@ -252,7 +288,8 @@ async def test_with_temporal_unreachable_the_workflow_gauges_keep_their_last_val
 
             proxy.open()
             await wm.collect()  # Temporal back: the next collection succeeds and says the same
-            assert reg.get_sample_value("rollbackctl_workflows_running", {"kind": "rollback", "step": p.current_step}) >= 1
+            assert reg.get_sample_value("rollbackctl_workflows_running", {"kind": "rollback", "step": p.current_step,
+                                                                          "drill": "false"}) >= 1
         finally:
             proxy.open()
             await terminate_idle(h)

@@ -649,7 +649,7 @@ class CanaryWorkflow(PagingHandlers):
     async def _finish(self, status: str, detail: str = "") -> CanaryResult:
         st, r = self.st, self.r
         r.progress.status = r.progress.result = status
-        wf_metrics.count(series.WORKFLOWS_FINISHED, kind="canary", result=status)
+        wf_metrics.count(series.WORKFLOWS_FINISHED, kind="canary", result=status, drill=self.r.drill)
         r.progress.detail = detail or r.progress.detail
         r.progress.current_step = None
         r.progress.awaiting = None

@@ -89,7 +89,7 @@ class DegradationWorkflow(PagingHandlers):
             await self.r.notify(f"{self.r.wid} stopped: {self.r.progress.detail}", page=True, severity="critical",
                                 kind="stopped")
         self.r.progress.status = self.r.progress.result = status
-        wf_metrics.count(series.WORKFLOWS_FINISHED, kind="degradation", result=status)
+        wf_metrics.count(series.WORKFLOWS_FINISHED, kind="degradation", result=status, drill=self.r.drill)
         self.r.progress.current_step = None
         await self.r.drain()
         left = (self.r.progress.detail if status in ("failed", "restore_blocked", "restore_failed") or self._not_undone

@@ -326,7 +326,8 @@ class IncidentWorkflow(PagingHandlers):
     def _acted(self, actor: str, what: str) -> None:
         if self.st.sla.action_at is None:
             self.st.sla.action_at, self.st.sla.action_by, self.st.sla.action_what = workflow.now(), actor, what
-            wf_metrics.seconds(series.INCIDENT_ACTION, self.st.sla.action_at - self.st.started_at, rule=self.rule.id)
+            wf_metrics.seconds(series.INCIDENT_ACTION, self.st.sla.action_at - self.st.started_at,
+                               drill=self.st.drill, rule=self.rule.id)
 
     def _on_delivery(self, d: Delivery) -> None:
         """paged_at once PagerDuty accepted the page (not when it was handed over)."""
@@ -337,7 +338,7 @@ class IncidentWorkflow(PagingHandlers):
     def _on_repage(self, level: int) -> None:
         now = workflow.now()
         if not self.st.sla.ack_breached:
-            wf_metrics.count(series.SLA_BREACHES, rule=self.rule.id, sla="ack")
+            wf_metrics.count(series.SLA_BREACHES, drill=self.st.drill, rule=self.rule.id, sla="ack")
         self.st.sla.ack_breached = True
         self.st.sla.level = level
         self.st.sla.ack_due = now + self.ack_sla
@@ -407,7 +408,7 @@ class IncidentWorkflow(PagingHandlers):
             prompt=f"P0 {self.rule.alert}: acknowledge (`rollbackctl ack {self.st.workflow_id} --as OP`)"))
         sla = self.st.sla
         sla.acked_at, sla.acked_by = workflow.now(), d.actor
-        wf_metrics.seconds(series.INCIDENT_ACK, sla.acked_at - self.st.started_at, rule=self.rule.id)
+        wf_metrics.seconds(series.INCIDENT_ACK, sla.acked_at - self.st.started_at, drill=self.st.drill, rule=self.rule.id)
         if self.st.status == "open":
             self.st.status = "acknowledged"
         if self.r.outbox:  # every alert it opened, at every level paged
@@ -430,7 +431,7 @@ class IncidentWorkflow(PagingHandlers):
             if sla.action_at is None and sla.action_breached_at is None:
                 if now >= sla.action_due:
                     sla.action_breached_at = now
-                    wf_metrics.count(series.SLA_BREACHES, rule=self.rule.id, sla="action")
+                    wf_metrics.count(series.SLA_BREACHES, drill=self.st.drill, rule=self.rule.id, sla="action")
                     await self.r.notify(
                         f"ACTION SLA BREACHED: {self._summary()}: no action recorded {self.action_sla} after the "
                         f"page (acknowledged: {sla.acked_by or 'no'}). Tick the checklist "
@@ -658,7 +659,7 @@ class IncidentWorkflow(PagingHandlers):
         self.st.status = "resolved"
         self.st.resolved_by, self.st.resolved_at = req.actor, workflow.now()
         self.r.progress.status = self.r.progress.result = "resolved"
-        wf_metrics.count(series.WORKFLOWS_FINISHED, kind="incident", result="resolved")
+        wf_metrics.count(series.WORKFLOWS_FINISHED, kind="incident", result="resolved", drill=self.st.drill)
         self.r.progress.detail = f"resolved by {req.actor}" + (f": {req.reason}" if req.reason else "")
         self.r.progress.current_step = None
         text = (f"RESOLVED {self._summary()} by {req.actor}" + (f": {req.reason}" if req.reason else "")

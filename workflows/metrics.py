@@ -16,12 +16,18 @@ with workflow.unsafe.imports_passed_through():
 _HELP = {s.name.removesuffix("_seconds").removesuffix("_total"): s.help for s in series.WORKFLOW_SERIES}
 
 
-def seconds(name: str, value: timedelta, **labels: str) -> None:
+def _labels(drill: bool, labels: dict[str, str]) -> dict[str, str]:
+    # Every series carries the drill mark (a required argument, so no call site can forget it): a game day's
+    # acknowledge times and SLA breaches must never count toward the real ones (dashboards read drill="false").
+    return {**labels, "drill": "true" if drill else "false"}
+
+
+def seconds(name: str, value: timedelta, *, drill: bool, **labels: str) -> None:
     """Observe a duration (exported as `<name>_seconds`)."""
     workflow.metric_meter().create_histogram_timedelta(name, _HELP.get(name), "s").record(
-        max(value, timedelta(0)), labels)
+        max(value, timedelta(0)), _labels(drill, labels))
 
 
-def count(name: str, **labels: str) -> None:
+def count(name: str, *, drill: bool, **labels: str) -> None:
     """Count one event (exported as `<name>_total`)."""
-    workflow.metric_meter().create_counter(name, _HELP.get(name)).add(1, labels)
+    workflow.metric_meter().create_counter(name, _HELP.get(name)).add(1, _labels(drill, labels))

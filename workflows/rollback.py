@@ -109,7 +109,7 @@ class RollbackWorkflow(PagingHandlers):
                                 kind="stopped")
         self.r.progress.status = status
         self.r.progress.result = status
-        wf_metrics.count(series.WORKFLOWS_FINISHED, kind="rollback", result=status)
+        wf_metrics.count(series.WORKFLOWS_FINISHED, kind="rollback", result=status, drill=self.r.drill)
         self.r.progress.current_step = None
         await self.r.drain()
         left = (self.r.progress.detail if status in NEEDS_HUMAN or self.core_in_force

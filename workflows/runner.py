@@ -397,7 +397,8 @@ class Runner(ActivityGateway, Alerting, DecisionGate):
                         c.traffic = c.traffic or float(health[step.traffic]) > 0
                     c.next_check_at = workflow.now() + step.interval
                     self.progress.checks = [*self.progress.checks[-(MAX_CHECKS_KEPT - 1):], check]
-                    wf_metrics.count(series.HEALTH_CHECKS, kind=self.progress.kind, result="ok" if check.ok else "failed")
+                    wf_metrics.count(series.HEALTH_CHECKS, drill=self.drill, kind=self.progress.kind,
+                                     result="ok" if check.ok else "failed")
                     self.show()
                     c.streak = c.streak + 1 if not check.ok else 0
                     tripped = c.streak >= step.consecutive
