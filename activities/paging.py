@@ -21,6 +21,9 @@ Settings (core.settings.PagingSettings; all secrets, never logged nor put in an 
 - ROLLBACKCTL_PAGERDUTY_ROUTING_KEYS: comma list, one 32-character integration key per escalation
   level (manual/escalation.py, level 1 first); or ROLLBACKCTL_PAGERDUTY_ROUTING_KEY for every level.
 - ROLLBACKCTL_SLACK_WEBHOOK_URLS: one incoming-webhook URL per level; or ROLLBACKCTL_SLACK_WEBHOOK_URL.
+- ROLLBACKCTL_PAGERDUTY_DRILL_ROUTING_KEYS / ROLLBACKCTL_SLACK_DRILL_WEBHOOK_URLS (optional): where a
+  drill's pages and chat go (`rollbackctl drill`: a game-day PagerDuty service and channel), one entry for
+  every level or one per level. Unset, a drill pages the real keys, its summaries marked [DRILL].
 - ROLLBACKCTL_PAGING_TIMEOUT_S: per-request timeout (default 5).
 
 `check_paging(settings)` refuses what the services would refuse (a key that is not 32 characters, a
@@ -34,7 +37,7 @@ import logging
 import re
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 from urllib.parse import urlparse
 
 import httpx
@@ -177,9 +180,26 @@ def change_url_for(events_url: str) -> str:
     return base + "/v2/change/enqueue"
 
 
-def check_paging(settings: PagingSettings) -> tuple[SecretStr, list[SecretStr], list[SecretStr], SecretStr]:
-    """The paging configuration, checked as PagerDuty and Slack would check it: (events URL, routing
-    keys per level, webhooks per level, change-events URL). Raises PagingNotConfigured (one line)."""
+class PagingConfig(NamedTuple):
+    url: SecretStr  # the Events API
+    keys: list[SecretStr]  # routing keys, per level (or one for all)
+    hooks: list[SecretStr]  # Slack webhooks, per level (or one for all)
+    change: SecretStr  # the Change Events API
+    drill_keys: list[SecretStr]  # a drill's routing keys ([]: the keys above)
+    drill_hooks: list[SecretStr]  # a drill's webhooks ([]: the webhooks above)
+
+
+def _check_key(var: str, i: int, k: SecretStr) -> None:
+    v = k.get_secret_value()
+    if not _KEY.match(v):
+        raise PagingNotConfigured(
+            f"{var}: entry {i} is {len(v)} characters; a PagerDuty integration key is exactly "
+            f"{ROUTING_KEY_LENGTH} letters and digits (PagerDuty answers 400 to anything else)")
+
+
+def check_paging(settings: PagingSettings) -> PagingConfig:
+    """The paging configuration, checked as PagerDuty and Slack would check it. Raises
+    PagingNotConfigured (one line naming the variable)."""
     missing = []
     if settings.pagerduty_url is None or not settings.pagerduty_url.get_secret_value().strip():
         missing.append("ROLLBACKCTL_PAGERDUTY_URL")
@@ -201,11 +221,19 @@ def check_paging(settings: PagingSettings) -> tuple[SecretStr, list[SecretStr], 
                                       f"(manual/escalation.py): give one per level, level 1 first")
     key_var = "ROLLBACKCTL_PAGERDUTY_ROUTING_KEYS" if settings.pagerduty_routing_keys else "ROLLBACKCTL_PAGERDUTY_ROUTING_KEY"
     for i, k in enumerate(keys, 1):
-        v = k.get_secret_value()
-        if not _KEY.match(v):
-            raise PagingNotConfigured(
-                f"{key_var}: entry {i} is {len(v)} characters; a PagerDuty integration key is exactly "
-                f"{ROUTING_KEY_LENGTH} letters and digits (PagerDuty answers 400 to anything else)")
+        _check_key(key_var, i, k)
+    drill_keys, drill_hooks = _split(settings.pagerduty_drill_routing_keys), _split(settings.slack_drill_webhook_urls)
+    for name, lst in (("ROLLBACKCTL_PAGERDUTY_DRILL_ROUTING_KEYS", drill_keys),
+                      ("ROLLBACKCTL_SLACK_DRILL_WEBHOOK_URLS", drill_hooks)):
+        if len(lst) not in (0, 1, n):
+            raise PagingNotConfigured(f"{name} lists {len(lst)} entries; give one for every level, or one per level "
+                                      f"({n}, level 1 first: manual/escalation.py)")
+    for i, k in enumerate(drill_keys, 1):
+        _check_key("ROLLBACKCTL_PAGERDUTY_DRILL_ROUTING_KEYS", i, k)
+    live = {k.get_secret_value() for k in keys}
+    if any(k.get_secret_value() in live for k in drill_keys):
+        raise PagingNotConfigured("ROLLBACKCTL_PAGERDUTY_DRILL_ROUTING_KEYS repeats a real routing key: a drill key "
+                                  "exists to keep game-day pages off the real services (leave it unset to share them)")
     url = settings.pagerduty_url.get_secret_value().strip()
     if (why := _url_problem(url)) is not None:
         raise PagingNotConfigured(f"ROLLBACKCTL_PAGERDUTY_URL {why}")
@@ -214,10 +242,11 @@ def check_paging(settings: PagingSettings) -> tuple[SecretStr, list[SecretStr], 
     if (why := _url_problem(change)) is not None:
         raise PagingNotConfigured(f"ROLLBACKCTL_PAGERDUTY_CHANGE_URL {why}")
     hook_var = "ROLLBACKCTL_SLACK_WEBHOOK_URLS" if settings.slack_webhook_urls else "ROLLBACKCTL_SLACK_WEBHOOK_URL"
-    for i, h in enumerate(hooks, 1):
-        if (why := _url_problem(h.get_secret_value())) is not None:
-            raise PagingNotConfigured(f"{hook_var}: entry {i} {why}")
-    return SecretStr(url), keys, hooks, SecretStr(change)
+    for var, lst in ((hook_var, hooks), ("ROLLBACKCTL_SLACK_DRILL_WEBHOOK_URLS", drill_hooks)):
+        for i, h in enumerate(lst, 1):
+            if (why := _url_problem(h.get_secret_value())) is not None:
+                raise PagingNotConfigured(f"{var}: entry {i} {why}")
+    return PagingConfig(SecretStr(url), keys, hooks, SecretStr(change), drill_keys, drill_hooks)
 
 
 @contextmanager
@@ -245,7 +274,8 @@ def _retry_after(resp: httpx.Response) -> timedelta | None:
 class PagingActivities:
     def __init__(self, client: httpx.AsyncClient, *, pagerduty_url: SecretStr, routing_keys: list[SecretStr],
                  slack_webhooks: list[SecretStr], timeout_s: float = 5.0, owns_client: bool = False,
-                 change_url: SecretStr | None = None, console_origin: str = ""):
+                 change_url: SecretStr | None = None, console_origin: str = "",
+                 drill_routing_keys: list[SecretStr] | None = None, drill_webhooks: list[SecretStr] | None = None):
         if not routing_keys or not slack_webhooks:
             raise PagingNotConfigured("paging needs at least one routing key and one Slack webhook")
         self.client = client
@@ -253,6 +283,8 @@ class PagingActivities:
         self._change_url = change_url or SecretStr(change_url_for(pagerduty_url.get_secret_value()))
         self._keys = routing_keys
         self._hooks = slack_webhooks
+        self._drill_keys = drill_routing_keys or []
+        self._drill_hooks = drill_webhooks or []
         self.timeout_s = timeout_s
         self._owns_client = owns_client
         self.console_origin = console_origin.rstrip("/")
@@ -269,25 +301,28 @@ class PagingActivities:
 
     @classmethod
     def from_settings(cls, settings: PagingSettings, client: httpx.AsyncClient | None = None) -> "PagingActivities":
-        url, keys, hooks, change = check_paging(settings)
-        if len(keys) == 1 and len(escalation.LEVELS) > 1:
+        cfg = check_paging(settings)
+        if len(cfg.keys) == 1 and len(escalation.LEVELS) > 1:
             log.warning("one PagerDuty routing key for all %d escalation levels: escalation relies on the "
                         "PagerDuty service's own policy", len(escalation.LEVELS))
         owns = client is None
-        return cls(client or httpx.AsyncClient(), pagerduty_url=url, routing_keys=keys, slack_webhooks=hooks,
-                   timeout_s=settings.paging_timeout_s, owns_client=owns, change_url=change,
-                   console_origin=settings.console_origin)
+        return cls(client or httpx.AsyncClient(), pagerduty_url=cfg.url, routing_keys=cfg.keys, slack_webhooks=cfg.hooks,
+                   timeout_s=settings.paging_timeout_s, owns_client=owns, change_url=cfg.change,
+                   console_origin=settings.console_origin, drill_routing_keys=cfg.drill_keys,
+                   drill_webhooks=cfg.drill_hooks)
 
     async def aclose(self) -> None:
         if self._owns_client:
             await self.client.aclose()
 
     def __repr__(self) -> str:  # never a key or a webhook URL
-        return f"PagingActivities(levels={len(self._keys)} routing keys, {len(self._hooks)} webhooks)"
+        return (f"PagingActivities(levels={len(self._keys)} routing keys, {len(self._hooks)} webhooks, "
+                f"drill: {len(self._drill_keys)} keys, {len(self._drill_hooks)} webhooks)")
 
     # -- helpers ------------------------------------------------------------------------------------
     def _secrets(self) -> list[str]:
-        return [s.get_secret_value() for s in (self._pd_url, self._change_url, *self._keys, *self._hooks)]
+        return [s.get_secret_value() for s in (self._pd_url, self._change_url, *self._keys, *self._hooks,
+                                               *self._drill_keys, *self._drill_hooks)]
 
     def _scrub(self, text: str) -> str:
         for s in sorted(self._secrets(), key=len, reverse=True):
@@ -336,7 +371,8 @@ class PagingActivities:
     async def page(self, inp: PageInput) -> PageResult:
         lvl = escalation.get(inp.escalation_level)
         body: dict[str, Any] = {
-            "routing_key": self._pick(self._keys, lvl.level).get_secret_value(),
+            "routing_key": self._pick(self._drill_keys if inp.drill and self._drill_keys else self._keys,
+                                      lvl.level).get_secret_value(),
             "event_action": inp.event_action,
             "dedup_key": inp.dedup_key,
         }
@@ -361,7 +397,7 @@ class PagingActivities:
             links = [lk for lk in inp.links if lk.get("href")] + ([decide] if decide else [])
             if links:  # PagerDuty Events API v2: payload-level `links` [{href, text}], shown on the alert
                 body["links"] = links
-        what = f"PagerDuty ({inp.event_action}, level {lvl.level})"
+        what = f"PagerDuty ({inp.event_action}, level {lvl.level}{', drill' if inp.drill else ''})"
         with _counted("pagerduty", lvl.level, inp.drill):
             resp = await self._post(what, self._pd_url, body)
             if resp.status_code != 202 and not (200 <= resp.status_code < 300):
@@ -394,9 +430,10 @@ class PagingActivities:
         blocks.append({"type": "context", "elements": [
             {"type": "mrkdwn", "text": slack_escape(f"escalation level {lvl.level}: {lvl.name} ({lvl.slack_channel})")}]})
         body = {"text": slack_escape(inp.text)[:SLACK_TEXT_MAX], "blocks": blocks}
-        what = f"Slack webhook (level {lvl.level}, {lvl.slack_channel})"
+        what = f"Slack webhook (level {lvl.level}, {lvl.slack_channel}{', drill' if inp.drill else ''})"
         with _counted("slack", lvl.level, inp.drill):
-            resp = await self._post(what, self._pick(self._hooks, lvl.level), body)
+            resp = await self._post(what, self._pick(self._drill_hooks if inp.drill and self._drill_hooks else self._hooks,
+                                                     lvl.level), body)
             if not 200 <= resp.status_code < 300:
                 raise self._refused(what, resp, resp.text[:200])
         self._log().info("chat to level %d (%s) -> %d", lvl.level, lvl.slack_channel, resp.status_code)

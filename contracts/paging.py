@@ -214,6 +214,7 @@ class Send(BaseModel):
     reroute_of: str | None = None
     group_key: str | None = None
     page: bool = False  # the notice it delivers also pages (a chat-only notice that fails is rerouted to PagerDuty)
+    drill: bool = False  # a game day's: to the drill routing key / webhook when configured
     attempts: int = 0  # tries so far (the pager retries under the budget: a retry takes a slot like any send)
     not_before: datetime | None = None  # retry after (Retry-After, or the backoff)
     last_error: str = ""

@@ -128,6 +128,10 @@ class PagingSettings(BaseSettings):
     # One per escalation level (comma lists, level 1 first); see activities/paging.py.
     pagerduty_routing_keys: SecretStr | None = None
     slack_webhook_urls: SecretStr | None = None
+    # Where a drill's pages and chat go (`rollbackctl drill`), when set: one entry for every level, or one
+    # per level; unset, drills use the keys above (their pages still say [DRILL]).
+    pagerduty_drill_routing_keys: SecretStr | None = None
+    slack_drill_webhook_urls: SecretStr | None = None
     paging_timeout_s: float = Field(default=5.0, gt=0, le=60)
     # The pager's budgets (workflows/pager.py): PagerDuty's ~120 events/min per routing key and Slack's
     # ~1 message/s per webhook, as documented; lower them if other senders share the keys.

@@ -181,9 +181,12 @@ class Stack:
         return {**hook,
             "ROLLBACKCTL_PAGERDUTY_URL": f"{base}/sim/pagerduty/v2/enqueue",
             "ROLLBACKCTL_PAGERDUTY_ROUTING_KEYS": ",".join(dev_routing_keys()),
-            "ROLLBACKCTL_SIM_PAGERDUTY_KEYS": ",".join(dev_routing_keys()),
+            # drills page a game-day service of their own, and chat in their own channel
+            "ROLLBACKCTL_PAGERDUTY_DRILL_ROUTING_KEYS": ",".join(dev_routing_keys(drill=True)),
+            "ROLLBACKCTL_SIM_PAGERDUTY_KEYS": ",".join(dev_routing_keys() + dev_routing_keys(drill=True)),
             "ROLLBACKCTL_SLACK_WEBHOOK_URLS": ",".join(
                 f"{base}/sim/slack/{lv.slack_channel.lstrip('#')}" for lv in escalation.LEVELS),
+            "ROLLBACKCTL_SLACK_DRILL_WEBHOOK_URLS": f"{base}/sim/slack/{DRILL_SLACK_CHANNEL}",
         }
 
 
@@ -191,13 +194,19 @@ class Stack:
 METRICS_PORTS = 1 + max(o for pair in Stack.METRICS.values() for o in pair if o is not None)
 
 
-def dev_routing_keys() -> list[str]:
-    """Well-formed PagerDuty integration keys (32 characters) for the dev stack's levels, stable across runs."""
+DRILL_SLACK_CHANNEL = "game-day"  # the dev stack's drill channel (its Slack sink's path)
+
+
+def dev_routing_keys(drill: bool = False) -> list[str]:
+    """Well-formed PagerDuty integration keys (32 characters) for the dev stack's levels, stable across runs;
+    `drill`: the game-day service's, one per level too."""
     import hashlib
 
     from manual import escalation
 
-    return [hashlib.sha256(f"rollbackctl-dev-level-{lv.level}".encode()).hexdigest()[:32] for lv in escalation.LEVELS]
+    tag = "drill-" if drill else ""
+    return [hashlib.sha256(f"rollbackctl-dev-{tag}level-{lv.level}".encode()).hexdigest()[:32]
+            for lv in escalation.LEVELS]
 
 
 def _start_etcd(st: Stack) -> int:

@@ -20,6 +20,7 @@ from contracts.incidents import MonitorState
 from contracts.trading_core import HealthSnapshot
 from manual import alerts, canary, degradation, drills
 from manual.rollback import MIN_REPAGE_INTERVAL, OBSERVE_CHECKS, Durations, Scope, Severity
+from tests.support.fixtures_sim import DRILL_HOOK, DRILL_KEYS, LEVEL_HOOKS
 from workflows.runner import check_one
 
 ROLLBACKCTL = str(Path(sys.executable).with_name("rollbackctl"))
@@ -465,12 +466,15 @@ async def test_every_rollback_and_degradation_scenario_runs_to_its_end(
 
 @pytest.mark.parametrize("rule", [r.id for r in alerts.RULES])
 async def test_every_p0_scenario_runs_to_its_end(rule, dev_env, store, etcd_server, prefix, sim, sim_server, sim_env,
-                                                http, task_queue, core_settings, paging_settings):
+                                                http, task_queue, core_settings, drill_paging_settings):
     """Each P0 scenario, `drill start p0-RULE --speed 300` on the dev server with the production worker, the
     P0 monitor polling the real simulator, and a responder: oscar acknowledges and ticks the first further
     step, the facilitator ends the drill (`drill end`: the fault comes out, the monitor sees the clear),
     oscar resolves. The incident ends resolved with no fault left, and the report scores the acknowledgement
-    and the first action against the scaled SLAs (10 s each: 5 and 10 min / 300, held at the re-page floor)."""
+    and the first action against the scaled SLAs (10 s each: 5 and 10 min / 300, held at the re-page floor).
+    The worker has a drill routing key per level and a drill Slack webhook: every page of the drill (trigger,
+    acknowledge, resolve) went to the game-day service at the strict PagerDuty sink, none to a real key, and
+    its chat to the game-day channel."""
     import asyncio
     import uuid
 
@@ -491,7 +495,7 @@ async def test_every_p0_scenario_runs_to_its_end(rule, dev_env, store, etcd_serv
         assert r.code == 0, (args, r.err)
         return r
 
-    async with p0_stack(dev_env, store, core_settings, paging_settings, task_queue, ns):
+    async with p0_stack(dev_env, store, core_settings, drill_paging_settings, task_queue, ns):
         r = await cli("drill", "start", f"p0-{rule}", "--speed", "300", "--as", "oscar")
         assert wid in r.out, r.out
         h = dev_env.client.get_workflow_handle(wid)
@@ -499,7 +503,9 @@ async def test_every_p0_scenario_runs_to_its_end(rule, dev_env, store, etcd_serv
         async def state():
             return await h.query("state", result_type=IncidentState)
 
-        st = await wait_for_value(state, lambda s: s.ready, 30, "the drill incident to be ready", every=0.1)
+        # acknowledged once PagerDuty has the page (as a paged responder does)
+        st = await wait_for_value(state, lambda s: s.ready and s.sla.paged_at is not None, 30,
+                                  "the drill incident to be ready and paged", every=0.1)
         assert st.drill
         await cli("ack", wid, "--as", "oscar")
         await cli("tick", wid, st.checklist[0].id, "--as", "oscar")
@@ -527,6 +533,15 @@ async def test_every_p0_scenario_runs_to_its_end(rule, dev_env, store, etcd_serv
     assert (action["by"], action["sla_s"], action["result"]) == ("oscar", 10.0, "met"), action
     assert resolved["by"] == "oscar" and resolved["after_page_s"] >= action["after_page_s"]
     assert (await http.get(f"{sim_server.url}/sim/faults")).json() == {}
+    # only the drill paged in this test (the sinks start empty): all of it on the game-day service
+    pages = await sim.pages()
+    assert {p["event_action"] for p in pages} >= {"trigger", "acknowledge", "resolve"}, pages
+    assert {p["routing_key"] for p in pages} <= set(DRILL_KEYS) and DRILL_KEYS[0] in {p["routing_key"] for p in pages}
+    pd = await sim.pagerduty()
+    assert pd["dropped"] == [] and pd["rejected"] == [], (pd["dropped"], pd["rejected"])
+    chats = await sim.chats(DRILL_HOOK)
+    assert chats and all(m["text"].startswith("[DRILL]") for m in chats), chats
+    assert [m for h in LEVEL_HOOKS for m in await sim.chats(h)] == []
 
 
 @pytest.mark.parametrize("name", [s.name for s in drills.scenarios() if s.kind == "canary"])
@@ -537,7 +552,6 @@ async def test_every_canary_scenario_rolls_itself_back(name, dev_env, store, etc
     rolls itself back (the manual: no human clock). The command ends when it does, the simulator restored,
     the switches back where they were, and the report says it rolled itself back at stage 1."""
     import asyncio
-    import functools
 
     from manual import canary as cplan
     from tests.support.fixtures_sim import apply_and_wait

@@ -63,6 +63,14 @@ def test_unconfigured_paging_refuses_naming_what_is_missing(monkeypatch):
     ({"ROLLBACKCTL_PAGERDUTY_URL": "http://events.pagerduty.com/v2/enqueue"}, "must be https"),
     ({"ROLLBACKCTL_SLACK_WEBHOOK_URLS": "https://hooks.slack.com/a,ftp://x/b,https://hooks.slack.com/c"},
      "ROLLBACKCTL_SLACK_WEBHOOK_URLS: entry 2 is not an http(s) URL"),
+    # a drill's own PagerDuty service and Slack channel: one entry for every level, or one per level
+    ({"ROLLBACKCTL_PAGERDUTY_DRILL_ROUTING_KEYS": f"{K[::-1]},{K[::-1]}"},
+     "ROLLBACKCTL_PAGERDUTY_DRILL_ROUTING_KEYS lists 2 entries; give one for every level, or one per level (3"),
+    ({"ROLLBACKCTL_PAGERDUTY_DRILL_ROUTING_KEYS": "drill-key"},
+     "ROLLBACKCTL_PAGERDUTY_DRILL_ROUTING_KEYS: entry 1 is 9 characters"),
+    ({"ROLLBACKCTL_PAGERDUTY_DRILL_ROUTING_KEYS": K}, "ROLLBACKCTL_PAGERDUTY_DRILL_ROUTING_KEYS repeats a real routing key"),
+    ({"ROLLBACKCTL_SLACK_DRILL_WEBHOOK_URLS": "http://hooks.slack.com/drills"},
+     "ROLLBACKCTL_SLACK_DRILL_WEBHOOK_URLS: entry 1 must be https"),
 ])
 def test_malformed_paging_is_refused_in_one_line(monkeypatch, env, fragment):
     base = {"ROLLBACKCTL_PAGERDUTY_URL": "https://events.pagerduty.com/v2/enqueue",
@@ -137,6 +145,44 @@ async def test_long_summaries_are_cut_to_pagerdutys_limit(sim, paging):
                                                            summary="x" * 5000, severity="warning"))
     [ev] = await sim.pages()
     assert len(ev["payload"]["summary"]) == 1024 and ev["payload"]["severity"] == "warning"
+
+
+async def test_a_drill_pages_and_chats_on_its_own_service_and_acts_on_its_alert_there(sim, sim_server, paging,
+                                                                                       drill_paging_settings):
+    """With ROLLBACKCTL_PAGERDUTY_DRILL_ROUTING_KEYS / ROLLBACKCTL_SLACK_DRILL_WEBHOOK_URLS set, a drill's pages
+    go to the game-day service's key for their level and its chat to the game-day channel; real ones do not move.
+    PagerDuty keys an alert by routing key and dedup key: an acknowledge or resolve "sent via a different
+    routing_key ... will be dropped" (Events API v2, https://developer.pagerduty.com/docs/events-api-v2/overview/;
+    the strict sink does the same), so a drill's acknowledge must go where its trigger went. Unset, a drill pages
+    the real keys (its summary says [DRILL])."""
+    from tests.support.fixtures_sim import DRILL_HOOK, DRILL_KEYS
+
+    env = ActivityEnvironment()
+    drills = PagingActivities.from_settings(drill_paging_settings)
+    try:
+        await env.run(drills.page, trigger(2, "drill-1:L2", drill=True))
+        await env.run(drills.page, PageInput(event_action="acknowledge", dedup_key="drill-1:L2", summary="acked",
+                                             escalation_level=2, drill=True))
+        await env.run(drills.page, trigger(2, "real-1:L2"))
+        await env.run(drills.chat, ChatInput(text="[DRILL] rollback started", escalation_level=2, drill=True))
+        await env.run(drills.chat, ChatInput(text="rollback started", escalation_level=2))
+    finally:
+        await drills.aclose()
+    pages = await sim.pages()
+    assert [(p["dedup_key"], p["routing_key"]) for p in pages] == [
+        ("drill-1:L2", DRILL_KEYS[1]), ("drill-1:L2", DRILL_KEYS[1]), ("real-1:L2", LEVEL_KEYS[1])]
+    inc = {i["dedup_key"]: i for i in await sim.incidents()}
+    assert inc["drill-1:L2"]["status"] == "acknowledged" and inc["real-1:L2"]["status"] == "triggered"
+    assert (await sim.pagerduty())["dropped"] == []
+    assert [m["text"] for m in await sim.chats(DRILL_HOOK)] == ["[DRILL] rollback started"]
+    assert [m["text"] for m in await sim.chats(LEVEL_HOOKS[1])] == ["rollback started"]
+    # not configured: the real keys, and the drill's acknowledge still finds its alert
+    await sim.clear_sinks()
+    await env.run(paging.page, trigger(1, "drill-2:L1", drill=True))
+    await env.run(paging.page, PageInput(event_action="acknowledge", dedup_key="drill-2:L1", summary="acked",
+                                         drill=True))
+    assert [p["routing_key"] for p in await sim.pages()] == [LEVEL_KEYS[0]] * 2
+    assert (await sim.incidents())[0]["status"] == "acknowledged"
 
 
 # -- Slack ------------------------------------------------------------------------------------------------

@@ -171,13 +171,15 @@ class Alerting:
             calls = []
             if n.chat:
                 calls.append(workflow.execute_activity_method(
-                    PagingActivities.chat, ChatInput(text=n.text, escalation_level=n.level, fields=n.fields),
+                    PagingActivities.chat, ChatInput(text=n.text, escalation_level=n.level, fields=n.fields,
+                                                     drill=n.drill),
                     start_to_close_timeout=timedelta(seconds=10), retry_policy=NOTIFY_RETRY))
             if n.page and n.dedup_key:
                 calls.append(workflow.execute_activity_method(
                     PagingActivities.page, PageInput(event_action=n.event_action, dedup_key=n.dedup_key,
                                                      summary=n.text[:1000], severity=n.severity,
-                                                     escalation_level=n.level, custom_details=n.custom_details),
+                                                     escalation_level=n.level, custom_details=n.custom_details,
+                                                     drill=n.drill),
                     start_to_close_timeout=timedelta(seconds=10), retry_policy=NOTIFY_RETRY))
             results = await asyncio.gather(*calls, return_exceptions=True)
             page_ok = n.page and n.dedup_key and not isinstance(results[-1], BaseException)
@@ -348,7 +350,7 @@ class Alerting:
                 # answers of older paging activities, which today's ChatResult / PageResult do not decode
                 # (a method reference would impose its return type; the SDK ignores result_type then).
                 calls = [workflow.execute_activity(
-                    "paging.chat", ChatInput(text=f"{prefix}{text}", escalation_level=level,
+                    "paging.chat", ChatInput(text=f"{prefix}{text}", escalation_level=level, drill=self.drill,
                                                      fields={"workflow": self.wid, "incident": self.incident}),
                     result_type=dict, start_to_close_timeout=timedelta(seconds=10), retry_policy=NOTIFY_RETRY)]
                 if page:
@@ -357,7 +359,7 @@ class Alerting:
                             event_action=event_action,
                             dedup_key=f"{self.key_base}:L{level}" + (f":{dedup}" if dedup else ""),
                             summary=f"{prefix}{text}"[:1000], severity=severity, source="rollbackctl",
-                            escalation_level=level,
+                            escalation_level=level, drill=self.drill,
                             custom_details={"workflow_id": self.wid, "incident": self.incident, "drill": self.drill}),
                         result_type=dict, start_to_close_timeout=timedelta(seconds=10), retry_policy=NOTIFY_RETRY))
                 await asyncio.gather(*calls)

@@ -208,7 +208,7 @@ class PagerWorkflow:
         return Send(id=f"{n.id}:{channel.value}", channel=channel, level=n.level, event_action=n.event_action,
                     text=n.text[:3000], severity=n.severity, dedup_key=n.dedup_key, fields=n.fields,
                     custom_details=n.custom_details, notice_ids=[n.id], owners=[n.owner], urgent=n.urgent,
-                    queued_at=now, page=n.page, **kw)
+                    queued_at=now, page=n.page, drill=n.drill, **kw)
 
     def _group_of_key(self, dedup_key: str | None) -> Group | None:
         if dedup_key is None:
@@ -304,7 +304,7 @@ class PagerWorkflow:
                                     "incidents": sorted({m.owner for m in g.members if m.owner}),
                                     "storm": g.group, "kind": g.kind},
                     notice_ids=[m.notice_id for m in new_pd], owners=[m.owner for m in new_pd],
-                    urgent=g.severity == "critical", queued_at=now, group_key=g.key, page=True))
+                    urgent=g.severity == "critical", queued_at=now, group_key=g.key, page=True, drill=g.drill))
             chunk: list[GroupMember] = []
             size = 0
             chunks: list[list[GroupMember]] = []
@@ -324,7 +324,7 @@ class PagerWorkflow:
                 self._enqueue(Send(
                     id=f"{g.dedup_key}:slack:{now.isoformat()}:{i}", channel=Channel.SLACK, level=g.level, text=text,
                     severity=g.severity, notice_ids=[m.notice_id for m in c], owners=[m.owner for m in c],
-                    urgent=g.severity == "critical", queued_at=now, group_key=g.key,
+                    urgent=g.severity == "critical", queued_at=now, group_key=g.key, drill=g.drill,
                     fields={"storm": g.group, "members": str(len(labels))}))
         return due
 
@@ -386,12 +386,13 @@ class PagerWorkflow:
                     PagingActivities.page,
                     PageInput(event_action=s.event_action, dedup_key=s.dedup_key or s.id[:255], summary=s.text[:1024],
                               severity=s.severity, escalation_level=s.level, custom_details=s.custom_details,
-                              links=s.links),
+                              links=s.links, drill=s.drill),
                     start_to_close_timeout=SEND_TIMEOUT, retry_policy=ONE_ATTEMPT)
                 status = res.http_status
             else:
                 res = await workflow.execute_activity_method(
-                    PagingActivities.chat, ChatInput(text=s.text, escalation_level=s.level, fields=s.fields),
+                    PagingActivities.chat, ChatInput(text=s.text, escalation_level=s.level, fields=s.fields,
+                                                     drill=s.drill),
                     start_to_close_timeout=SEND_TIMEOUT, retry_policy=ONE_ATTEMPT)
                 status = res.http_status
             ok = True
@@ -478,7 +479,7 @@ class PagerWorkflow:
             return []  # a reroute of a reroute of a reroute: stop (every level was tried)
         out: list[str] = []
         nxt = s.level + 1 if s.level < self.limits.levels else None
-        base = dict(notice_ids=[], owners=[], urgent=True, queued_at=now, reroute_of=f"{s.reroute_of or s.id}>",
+        base = dict(notice_ids=[], owners=[], urgent=True, queued_at=now, reroute_of=f"{s.reroute_of or s.id}>", drill=s.drill,
                     severity="critical" if s.severity in ("critical", "error") else s.severity,
                     custom_details={**s.custom_details, "rerouted_because": error[:300]})
         if s.channel is Channel.PAGERDUTY:

@@ -38,6 +38,9 @@ SIM_TOKEN = f"sim-token-{uuid.uuid4().hex}"
 # PagerDuty integration keys are exactly 32 characters (its Events API answers 400 otherwise).
 LEVEL_KEYS = [uuid.uuid4().hex for lv in escalation.LEVELS]
 LEVEL_HOOKS = [f"T000/B00{lv.level}/{uuid.uuid4().hex[:12]}" for lv in escalation.LEVELS]
+# A game-day PagerDuty service (one key per level) and Slack channel (ROLLBACKCTL_*_DRILL_*).
+DRILL_KEYS = [uuid.uuid4().hex for lv in escalation.LEVELS]
+DRILL_HOOK = f"T000/BD00/{uuid.uuid4().hex[:12]}"
 
 
 @dataclass
@@ -70,7 +73,7 @@ def start_sim(etcd_endpoint: str, prefix: str = "/sim-idle/", timeout: float = 2
         "ROLLBACKCTL_LOG_LEVEL": "WARNING",
         "ROLLBACKCTL_LOG_FORMAT": "json",
         "ROLLBACKCTL_SIM_PARENT_PID": str(os.getpid()),
-        "ROLLBACKCTL_SIM_PAGERDUTY_KEYS": ",".join(LEVEL_KEYS),  # the account's integration keys
+        "ROLLBACKCTL_SIM_PAGERDUTY_KEYS": ",".join(LEVEL_KEYS + DRILL_KEYS),  # the account's integration keys
     }
     t0 = time.monotonic()
     proc = procs.spawn([sys.executable, "-m", "simulator"], log, env=env)
@@ -129,6 +132,14 @@ def paging_settings(sim_server) -> PagingSettings:
         slack_webhook_urls=SecretStr(",".join(f"{sim_server.url}/sim/slack/{h}" for h in LEVEL_HOOKS)),
         paging_timeout_s=2.0,
     )
+
+
+@pytest.fixture
+def drill_paging_settings(paging_settings, sim_server) -> PagingSettings:
+    """paging_settings with a drill routing key per level and a drill Slack webhook."""
+    return paging_settings.model_copy(update=dict(
+        pagerduty_drill_routing_keys=SecretStr(",".join(DRILL_KEYS)),
+        slack_drill_webhook_urls=SecretStr(f"{sim_server.url}/sim/slack/{DRILL_HOOK}")))
 
 
 @pytest.fixture
