@@ -254,6 +254,42 @@ async def test_a_p0_drill_runs_marked_at_its_speed_and_is_refused_where_it_must_
         await h.terminate("test over")
 
 
+async def test_a_p0_drill_ended_before_the_monitor_saw_it_still_clears(dev_env, store, etcd_server, prefix, sim,
+                                                                       sim_server, sim_env, http, task_queue):
+    """Found running `make demo`: the facilitator ended a drill (`drill end`) before the P0 monitor's reads of
+    hold had seen the fault. The monitor reports changes only, so it never reported a clear: the incident stayed
+    "firing" and could not be resolved. Here no monitor runs at all (the extreme case): `drill end` reads the
+    core itself, judges the rule's clear conditions as the monitor does, and tells the incident."""
+    import asyncio
+    import uuid
+
+    from contracts.incidents import incident_workflow_id
+    from tests.support.incident_helpers import GuardStandIn, incident_worker
+    from tests.support.standins import StandIns
+    from tests.support.store_helpers import run_cli
+    from tests.support.waits import wait_for_value
+    from workflows.incident import IncidentWorkflow
+
+    ns = uuid.uuid4().hex[:8]
+    env = {**await _drill_env(dev_env, etcd_server, sim_env, task_queue), "ROLLBACKCTL_MONITOR_NAMESPACE": ns}
+    wid = incident_workflow_id("hedge_margin", None, ns)
+
+    async def cli(*args: str):
+        r = await asyncio.to_thread(run_cli, *args, env=env, timeout=60)
+        assert r.code == 0, (args, r.err)
+        return r
+
+    async with incident_worker(dev_env, store, StandIns(), GuardStandIn(), task_queue):
+        await cli("drill", "start", "p0-hedge_margin", "--speed", "30", "--as", "oscar")
+        h = dev_env.client.get_workflow_handle(wid)
+        r = await cli("drill", "end", wid)
+        assert "the core reads clear: hedge_margin_ratio=" in r.out and "the incident is told so" in r.out, r.out
+        st = await wait_for_value(lambda: h.query(IncidentWorkflow.state), lambda s: s.condition == "clear", 10,
+                                  "the drill incident told the clear", every=0.1)
+        assert st.detail.startswith("clear: hedge_margin_ratio=")
+        await h.terminate("test over")
+
+
 async def _drill_process(env: dict[str, str], *args: str):
     """`rollbackctl drill start ...` as a user runs it, in the background (it follows its run to the end), and
     the workflow id it prints."""

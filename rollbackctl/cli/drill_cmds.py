@@ -452,12 +452,53 @@ async def cmd_end(args) -> int:
         print(f"[DRILL] fault cleared at the trading core; the canary goes on (`rollbackctl canary abort {args.id} "
               f"--as YOU --reason ...` ends it).\n{links(args.id)}")
     elif wtype == "IncidentWorkflow":
-        print(f"[DRILL] fault cleared at the trading core; the monitor sees the clear. Resolve it: "
+        seen = await _report_clear(client, args.id, inp)
+        said = (f"the core reads {seen}: the incident is told so" if seen else
+                "the core does not read clear yet: the monitor reports the clear when it does")
+        print(f"[DRILL] fault cleared at the trading core; {said}. Resolve it: "
               f"`rollbackctl resolve {args.id} --as YOU`.\n{links(args.id)}")
     else:
         print(f"[DRILL] fault cleared at the trading core; the run goes on: answer it, or end it with "
               f"`rollbackctl withdraw {args.id} --as YOU --reason ...`.\n{links(args.id)}")
     return 0
+
+
+async def _report_clear(client, wid: str, inp) -> str | None:
+    """The monitor reports a clear only for a condition it saw fire (it signals on changes). A facilitator who
+    takes the fault out within the rule's reads of hold leaves a drill incident the monitor never saw: nothing
+    would ever tell it the clear, and it could never be resolved. So, the fault out, `drill end` reads the core
+    once and judges the rule the monitor's own way (its Detector, from the firing state): when the clear
+    conditions hold, it sends the incident the report the monitor sends (the monitor's own later one changes
+    nothing). The clear it saw (its detail), or None when the core does not read clear yet."""
+    from datetime import datetime, timezone
+
+    import httpx
+
+    from activities.monitor import Detector
+    from activities.trading_core import TradingCoreActivities
+    from contracts.incidents import ConditionReport, KeyState, MonitorState
+    from contracts.trading_core import ReadHealthInput
+    from core.settings import TradingCoreSettings
+    from manual import alerts
+
+    rule = alerts.get(inp.rule)
+    firing = KeyState(rule=rule.id, symbol=inp.symbol, firing=True)
+    key = f"{rule.id}:{inp.symbol}" if inp.symbol else rule.id
+    try:
+        async with httpx.AsyncClient() as http:
+            snap = await TradingCoreActivities.from_settings(TradingCoreSettings(), http).read_health(ReadHealthInput())
+    except Exception as e:  # the core away: the monitor reports the clear once it reads one
+        print(f"(could not read the core's health: {e})", file=sys.stderr)
+        return None
+    now = datetime.now(timezone.utc)
+    changed = Detector(MonitorState(keys={key: firing}), rules=(rule,)).observe(snap.model_dump(mode="json"), now)
+    ks = next((k for k in changed if not k.firing and k.symbol == inp.symbol), None)
+    if ks is None:
+        return None
+    detail = Detector.describe(ks)
+    await client.get_workflow_handle(wid).signal(
+        "condition", ConditionReport(firing=False, at=now, values=dict(ks.values), detail=detail))
+    return detail
 
 
 def score_run(p, started, temporal: str) -> dict:
