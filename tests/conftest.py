@@ -139,14 +139,20 @@ async def ts_env(_ts_server, request):
     it no longer skips, so one failure stays one failure."""
     yield _ts_server.env
     if not await _time_skips(_ts_server.env):
-        _ts_server.replaced.append(request.node.nodeid)
-        old, _ts_server.env = _ts_server.env, await _start_time_skipping()
-        try:
-            import asyncio
+        await replace_time_skipping(_ts_server, request.node.nodeid)
 
-            await asyncio.wait_for(old.shutdown(), 10)
-        except Exception:
-            pass  # the old server's process is killed with the session at worst
+
+async def replace_time_skipping(srv: _TimeSkippingServer, after: str):
+    """A fresh time-skipping server in place of the shared one (named in the session summary); the new env."""
+    srv.replaced.append(after)
+    old, srv.env = srv.env, await _start_time_skipping()
+    try:
+        import asyncio
+
+        await asyncio.wait_for(old.shutdown(), 10)
+    except Exception:
+        pass  # the old server's process is killed with the session at worst
+    return srv.env
 
 
 @pytest_asyncio.fixture(scope="session")

@@ -17,7 +17,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from manual import canary
 from manual.canary import CanaryPlan
 from tests.support.identity_helpers import Signers, Unchanged, refused, save_signed_history, signing_worker
-from tests.support.canary_helpers import STARTED, Scripted, coarse, off_beat, status, terminate_leftovers, until
+from tests.support.canary_helpers import (STARTED, Scripted, ServerWedged, coarse, off_beat, status,
+                                          terminate_leftovers, until)
 from tests.support.store_helpers import dump
 from tests.support.wf_helpers import audit_of, set_switches, values
 from workflows.canary import CanaryWorkflow
@@ -68,7 +69,22 @@ def signed_by(rec) -> list[tuple[str, str]]:
 
 
 async def test_phase3_waits_for_a_second_super_admin_then_runs_every_stage_across_continue_as_new(
-        ts_env, store, etcd, prefix, signers, task_queue):
+        _ts_server, ts_env, store, etcd, prefix, signers, task_queue, request):
+    """Its continue-as-new runs into the time-skipping test server's own wedge about one run in fifteen (see
+    canary_helpers.wedged: sdk-java #3088; the real server fails and redelivers the task instead). Recognised
+    by its exact history, that one failure is said and the test runs once more, whole, on a fresh test
+    server; anything else fails as it is."""
+    from tests.conftest import replace_time_skipping
+
+    try:
+        await _phase3_two_person(ts_env, store, etcd, prefix, signers, task_queue)
+    except ServerWedged as e:
+        print(f"\n{e}: the test runs once more on a fresh time-skipping server")
+        env = await replace_time_skipping(_ts_server, request.node.nodeid)
+        await _phase3_two_person(env, store, etcd, prefix, signers, f"{task_queue}-again")
+
+
+async def _phase3_two_person(ts_env, store, etcd, prefix, signers, task_queue):
     si, wid = Scripted(), canary_id()
     inp = signers.start(CanaryInput(phase="phase3", requested_by="alice", plan=P3, history_limit=150,
                                     approval_timeout=2 * H), "canary.start", wid)
@@ -115,6 +131,7 @@ async def test_phase3_waits_for_a_second_super_admin_then_runs_every_stage_acros
     assert ("rita", "promote") in signed_by(audit[-1])
     # the nonces belong to the workflow's first run, whichever run wrote them
     kvs, _ = await etcd.get_prefix(f"{prefix}nonces/")
+    kvs = [kv for kv in kvs if json.loads(kv.value)["owner"].startswith(f"{wid}/")]  # (not a wedged first try's)
     owners = {json.loads(kv.value)["owner"] for kv in kvs}
     assert owners == {f"{wid}/{h.first_execution_run_id}"}
     assert len(kvs) == 3  # alice's start, sam's confirm, rita's promote

@@ -9,7 +9,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from temporalio import activity
 from temporalio.client import WorkflowUpdateFailedError
-from temporalio.service import RPCError
+from temporalio.service import RPCError, RPCStatusCode
 
 from contracts.progress import Progress
 from manual import canary
@@ -82,27 +82,83 @@ async def status(env, wid) -> CanaryStatus:
     attempt = 1
     while True:
         try:
-            return await h.query(CanaryWorkflow.status)
+            return await h.query(CanaryWorkflow.status, rpc_timeout=timedelta(seconds=15))
         except RPCError as e:
-            # Seen twice in CI, on the time-skipping server just after a continue-as-new, with no workflow
-            # task pending: "query deadline exceeded" (and the worker's "Task not found when completing:
-            # workflow execution already completed" for the run before). A query is a read: asked again.
-            # A workflow that is really stuck fails all three, and the failure says where.
-            if attempt == 3 or "deadline exceeded" not in str(e):
+            # Unanswered ("query deadline exceeded" from the server, "Timeout expired" from the client's own
+            # deadline): the test server's wedge at a continue-as-new (`wedged`) says so at once; otherwise a
+            # query is a read, asked again, and a workflow that is really stuck fails all three, saying where.
+            if _unanswered(e) and (why := await wedged(env, h)):
+                raise ServerWedged(why) from e
+            if attempt == 3 or not _unanswered(e):
                 raise AssertionError(f"status query on {wid} failed ({e}); {await stuck_where(h)}") from e
             attempt += 1
+
+
+def _unanswered(e: RPCError) -> bool:
+    return e.status is RPCStatusCode.DEADLINE_EXCEEDED or "deadline exceeded" in str(e) or "Timeout expired" in str(e)
+
+
+class ServerWedged(AssertionError):
+    """The time-skipping test server wedged a run at a continue-as-new (see `wedged`)."""
+
+
+async def wedged(env, h) -> str | None:
+    """The time-skipping test server's known failure (sdk-java #3088, "refused CancelTimer leaves the workflow
+    task complete in memory but STARTED in history, so it is never timed out or redelivered"; #2606, the
+    CancelTimer / TimerFired race it comes from; the real server fails and redelivers such a task instead): at
+    a continue-as-new the new run exists, the old run's history ends on WORKFLOW_TASK_STARTED, the worker's
+    completion is answered "workflow execution already completed", and the lock that task holds on time
+    skipping is never given back, so no timer fires again and a query or a sleep times out. Seen in CI about
+    one run in fifteen of the Phase 3 test. Recognised by exactly that history: a description of it, else None."""
+    from temporalio.api.enums.v1 import EventType
+
+    try:
+        first = (await h.fetch_history()).events[0]
+        prev = first.workflow_execution_started_event_attributes.continued_execution_run_id
+        if not prev:
+            return None
+        last = (await env.client.get_workflow_handle(h.id, run_id=prev).fetch_history()).events[-1]
+    except RPCError:
+        return None
+    if last.event_type != EventType.EVENT_TYPE_WORKFLOW_TASK_STARTED:
+        return None
+    return (f"the time-skipping test server wedged {h.id} at its continue-as-new: run {prev} ends on "
+            f"WORKFLOW_TASK_STARTED (event {last.event_id}) and time no longer skips (sdk-java #3088)")
+
+
+async def skip(env, wid: str, step: timedelta) -> None:
+    """`env.sleep(step)` with a deadline: normally a few seconds of real time; a sleep that does not return is
+    the test server's wedge (ServerWedged) or a real hang (the failure says where)."""
+    from temporalio.api.testservice.v1 import SleepRequest
+
+    req = SleepRequest()
+    req.duration.FromTimedelta(step)
+    h = env.client.get_workflow_handle(wid)
+    try:
+        await env.client.test_service.unlock_time_skipping_with_sleep(req, timeout=timedelta(seconds=30))
+    except RPCError as e:
+        if _unanswered(e) and (why := await wedged(env, h)):
+            raise ServerWedged(why) from e
+        raise AssertionError(f"skipping {step} on {wid} failed ({e}); {await stuck_where(h)}") from e
 
 
 async def stuck_where(h) -> str:
     from temporalio.api.enums.v1 import EventType
 
+    def names(events) -> str:
+        return ", ".join(f"{e.event_id}:{EventType.Name(e.event_type).removeprefix('EVENT_TYPE_')}" for e in events)
+
     try:
         d = (await h.describe()).raw_description
         t = d.pending_workflow_task
         hist = await h.fetch_history()
-        tail = ", ".join(EventType.Name(e.event_type).removeprefix("EVENT_TYPE_") for e in hist.events[-8:])
         task = f"pending workflow task: {t.state} attempt {t.attempt}" if t.ByteSize() else "no pending task reported"
-        return f"{task}; last events: {tail}"
+        out = f"{task}; last events: {names(hist.events[-8:])}"
+        prev = hist.events[0].workflow_execution_started_event_attributes.continued_execution_run_id
+        if prev:  # the run before a continue-as-new: what it left behind
+            before = await h._client.get_workflow_handle(h.id, run_id=prev).fetch_history()
+            out += f"; the run before ({prev}) ended with: {names(before.events[-12:])}"
+        return out
     except Exception as e:  # the diagnosis must not hide the failure
         return f"(could not describe it: {e})"
 
@@ -114,7 +170,7 @@ async def until(env, wid, pred, step=6 * H, limit=200) -> CanaryStatus:
         s = await status(env, wid)
         if pred(s):
             return s
-        await env.sleep(step)
+        await skip(env, wid, step)
     raise AssertionError(f"condition not reached; last status: {s}")
 
 
