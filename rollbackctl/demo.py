@@ -231,7 +231,8 @@ def _running() -> set[str]:
 
 
 # Scenario modules that append their steps (in this order) when imported.
-SCENARIOS = ["rollbackctl.demo_rollback", "rollbackctl.demo_canary", "rollbackctl.demo_p0", "rollbackctl.demo_identity"]
+SCENARIOS = ["rollbackctl.demo_rollback", "rollbackctl.demo_canary", "rollbackctl.demo_p0", "rollbackctl.demo_identity",
+             "rollbackctl.demo_drill"]
 
 
 def scenarios(only: str) -> list[str]:
