@@ -254,6 +254,61 @@ async def test_a_p0_drill_runs_marked_at_its_speed_and_is_refused_where_it_must_
         await h.terminate("test over")
 
 
+async def test_an_acknowledgement_before_the_storm_page_goes_out_acknowledges_it(
+        dev_env, store, etcd_server, prefix, sim, sim_server, sim_env, http, task_queue, core_settings,
+        drill_paging_settings):
+    """Found by the strict sink: a per-symbol P0 (order deviation) pages as a storm, which the pager holds
+    `group_hold` (2 s) for its siblings. An acknowledgement within that hold was sent under the incident's
+    own alert key, which PagerDuty never opened: "acknowledge and resolve events sent via a different ...
+    dedup_key ... will be dropped" (Events API v2, https://developer.pagerduty.com/docs/events-api-v2/overview/),
+    and the storm's alert, sent after, stayed triggered: acknowledged in rollbackctl, still paging in
+    PagerDuty. Now the acknowledgement waits for the storm's page and goes out under its key."""
+    import asyncio
+    import uuid
+
+    from contracts.incidents import IncidentState, incident_workflow_id
+    from tests.support.incident_helpers import p0_stack
+    from tests.support.store_helpers import run_cli
+    from tests.support.waits import wait_for_value
+    from tests.support.wf_helpers import save_history
+
+    ns = uuid.uuid4().hex[:8]
+    env = {**await _drill_env(dev_env, etcd_server, sim_env, task_queue), "ROLLBACKCTL_MONITOR_NAMESPACE": ns}
+    wid = incident_workflow_id("order_deviation", drills.DRILL_SYMBOL, ns)
+
+    async def cli(*args: str):
+        r = await asyncio.to_thread(run_cli, *args, env=env, timeout=60)
+        assert r.code == 0, (args, r.err)
+        return r
+
+    async with p0_stack(dev_env, store, core_settings, drill_paging_settings, task_queue, ns):
+        await cli("drill", "start", "p0-order_deviation", "--speed", "300", "--as", "oscar")
+        h = dev_env.client.get_workflow_handle(wid)
+
+        async def state():
+            return await h.query("state", result_type=IncidentState)
+
+        st = await wait_for_value(state, lambda s: s.ready, 30, "the drill incident to be ready", every=0.05)
+        assert st.sla.paged_at is None, "paged already: the acknowledgement would not race the storm's hold"
+        await cli("ack", wid, "--as", "oscar")
+
+        async def storm():
+            return (await sim.pagerduty())["alerts"]
+
+        alerts = await wait_for_value(storm, lambda a: a and all(x["status"] == "acknowledged" for x in a), 30,
+                                      "the storm's alert acknowledged at PagerDuty", every=0.2)
+        assert [x["dedup_key"].startswith("pager/") for x in alerts] == [True], alerts
+        assert (await sim.pagerduty())["dropped"] == []
+        await cli("drill", "end", wid)
+        await wait_for_value(state, lambda s: s.condition == "clear", 30, "the clear", every=0.1)
+        await cli("resolve", wid, "--as", "oscar", "--reason", "drill over")
+        await asyncio.wait_for(h.result(), 60)
+        alerts = await wait_for_value(storm, lambda a: all(x["status"] == "resolved" for x in a), 30,
+                                      "the storm's alert resolved at PagerDuty", every=0.2)
+        assert (await sim.pagerduty())["dropped"] == []
+        await save_history(h, "incident_order_deviation_acked_in_storm_hold")
+
+
 async def test_a_p0_drill_ended_before_the_monitor_saw_it_still_clears(dev_env, store, etcd_server, prefix, sim,
                                                                        sim_server, sim_env, http, task_queue):
     """Found running `make demo`: the facilitator ended a drill (`drill end`) before the P0 monitor's reads of

@@ -32,7 +32,8 @@ with workflow.unsafe.imports_passed_through():
     )
     from manual import escalation, switches
     from contracts.progress import REFUSED_SIGNAL, DecisionRecord, RefusedAttempt
-from workflows.base import SWITCH_RETRY, NOTIFY_RETRY, SUBMIT_RETRY, CLOSE_WAIT, MAX_CHECKS_KEPT, Withdrawn, root_cause
+from workflows.base import (ACK_AFTER_STORM, CLOSE_WAIT, MAX_CHECKS_KEPT, NOTIFY_RETRY, SUBMIT_RETRY, SWITCH_RETRY,
+                            Withdrawn, root_cause)
 
 
 class Alerting:
@@ -129,6 +130,13 @@ class Alerting:
             targets = [a for a in self.open_alerts(level) if f"{event_action}:{a.dedup_key}" not in self._acting
                        and not (event_action == "acknowledge" and a.status is AlertStatus.ACKNOWLEDGED)]
             self._acting.update(f"{event_action}:{a.dedup_key}" for a in targets)
+            held = [a for a in targets if a.status is AlertStatus.SUBMITTED and a.group is not None]
+            if held and workflow.patched(ACK_AFTER_STORM):
+                # a storm's member not paged yet (the pager holds a storm for its siblings): its alert will be
+                # the storm's, under another key; sent under this one, PagerDuty would drop it
+                targets = [a for a in targets if a not in held]
+                self._background.append(asyncio.create_task(self._after_storm(held, f"{prefix}{text}",
+                                                                              event_action, common)))
             for i, a in enumerate(targets):
                 n = Notice(id=self._notice_id(), text=f"{prefix}{text}", page=True, event_action=event_action,
                            level=a.level, dedup_key=a.dedup_key, chat=i == 0 and a.level == lvl, submitted_at=now,
@@ -138,6 +146,14 @@ class Alerting:
             if not any(n.chat for n in notices):
                 notices.append(Notice(id=self._notice_id(), text=f"{prefix}{text}", level=lvl, submitted_at=now,
                                       **common))
+        if not await self._hand_over(notices):
+            return
+        triggers = [n for n in notices if n.page and n.event_action == "trigger"]
+        if triggers:
+            self._background.append(asyncio.create_task(self._watch(triggers)))
+
+    async def _hand_over(self, notices: list[Notice]) -> bool:
+        """To the pager; when it cannot be reached, sent directly (False)."""
         try:
             await workflow.execute_activity_method(
                 PagerClient.submit, notices, start_to_close_timeout=timedelta(seconds=10),
@@ -145,10 +161,29 @@ class Alerting:
         except FailureError as e:
             why = f"the pager could not be reached ({root_cause(e)})"
             await self._send_directly(notices, why)
-            return
-        triggers = [n for n in notices if n.page and n.event_action == "trigger"]
-        if triggers:
-            self._background.append(asyncio.create_task(self._watch(triggers)))
+            return False
+        return True
+
+    async def _after_storm(self, held: list[AlertRecord], text: str, event_action: str, common: dict) -> None:
+        """An acknowledge or resolve of alerts whose trigger the pager still holds in a storm: once each went out
+        (the ledger then has the storm's key) or failed (nothing to act on), sent under the key PagerDuty knows.
+        Every wait has an exit: past `confirm_within` the trigger is sent directly (_watch) and so is this."""
+        try:
+            await workflow.wait_condition(lambda: all(a.status is not AlertStatus.SUBMITTED for a in held),
+                                          timeout=self.limits.confirm_within)
+        except asyncio.TimeoutError:
+            pass
+        now = workflow.now()
+        notices = []
+        for a in held:
+            if a.status is AlertStatus.FAILED:
+                continue
+            n = Notice(id=self._notice_id(), text=text, page=True, event_action=event_action, level=a.level,
+                       dedup_key=a.dedup_key, chat=False, submitted_at=now, **common)
+            self._pending[n.id] = a.dedup_key
+            notices.append(n)
+        if notices:
+            await self._hand_over(notices)
 
     async def _watch(self, notices: list[Notice]) -> None:
         """Every wait has an exit: a page the pager has not confirmed within `confirm_within` is sent

@@ -51,9 +51,13 @@ ROSTER_REFRESH_PATCH = "roster-refresh"
 TWO_PERSON = "two-person"
 # patch: a workflow's own earlier write is snapshotted before it writes again (workflows/gateway.py)
 SNAPSHOT_OWN_WRITE = "snapshot-before-own-write"
-# The patches the interpreter's shared parts ask about (workflows/runner.py, gate.py, gateway.py), whichever
-# workflow runs them; each workflow adds its own when it calls patches_first.
-RUNNER_PATCHES = (FLEET_RECEIPTS, ROSTER_REFRESH_PATCH, OBSERVE_TRAFFIC, TWO_PERSON, SNAPSHOT_OWN_WRITE)
+# patch: an acknowledge or resolve of an alert still held in a storm waits for the storm's page and goes out
+# under its key (workflows/alerting.py)
+ACK_AFTER_STORM = "ack-after-storm"
+# The patches the interpreter's shared parts ask about (workflows/runner.py, gate.py, gateway.py,
+# alerting.py), whichever workflow runs them; each workflow adds its own when it calls patches_first.
+RUNNER_PATCHES = (FLEET_RECEIPTS, ROSTER_REFRESH_PATCH, OBSERVE_TRAFFIC, TWO_PERSON, SNAPSHOT_OWN_WRITE,
+                  ACK_AFTER_STORM)
 CLOSE_WAIT = timedelta(seconds=30)  # at its end a workflow waits this long to hear its alerts resolved
 # The longest a trading-core action is retried under one Idempotency-Key; the core must keep a
 # performed action's answer at least this long (docs/trading-core-api.md; the simulator: 24 h).
