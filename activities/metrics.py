@@ -220,13 +220,13 @@ class WorkflowMetrics:
         oldest: dict[tuple[str, ...], float] = {}
         # every rule's real series exists at 0 (an alert rule tells "none late" from "not collected"); a drill's
         # only while one runs
-        opened = {(r.id, "false"): 0.0 for r in alerts.RULES}
-        late = {(r.id, "false"): 0.0 for r in alerts.RULES}
+        opened = {(r.id, metrics.drill_label(False)): 0.0 for r in alerts.RULES}
+        late = {(r.id, metrics.drill_label(False)): 0.0 for r in alerts.RULES}
         stage, stages, last_ok, in_a_row = {}, {}, {}, {}
         for p, extra in rows:
             if p is None:
                 continue
-            drill = "true" if p.drill else "false"
+            drill = metrics.drill_label(p.drill)
             key = (p.kind, p.current_step or "-", drill)
             steps[key] = steps.get(key, 0) + 1
             if p.awaiting is not None:

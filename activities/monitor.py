@@ -83,7 +83,8 @@ def utcnow() -> datetime:
 
 
 # -- detection (pure) -----------------------------------------------------------------------------------
-def _key(rule: alerts.Rule, symbol: str | None) -> str:
+def rule_key(rule: alerts.Rule, symbol: str | None) -> str:
+    """The monitor's key for a rule (per symbol where it applies) in MonitorState.keys."""
     return f"{rule.id}:{symbol}" if symbol else rule.id
 
 
@@ -140,7 +141,7 @@ class Detector:
 
     def _step(self, rule: alerts.Rule, symbol: str | None, vals: dict[str, Any], now: datetime,
               changed: list[KeyState]) -> None:
-        key = _key(rule, symbol)
+        key = rule_key(rule, symbol)
         ks = self.state.keys.get(key) or KeyState(rule=rule.id, symbol=symbol)
         self.state.keys[key] = ks
         trig = _judge(rule.trigger, vals, any_=True)
@@ -457,7 +458,7 @@ class Monitor:
             log.warning("could not list the open incidents: %s: %s", type(e).__name__, e)
             return
         for rule_id, symbol in keys:
-            key = _key(alerts.get(rule_id), symbol)
+            key = rule_key(alerts.get(rule_id), symbol)
             if key not in self.state.keys:
                 self.state.keys[key] = KeyState(rule=rule_id, symbol=symbol, firing=True, delivered=True)
                 log.warning("adopted the open incident %s%s: its clear is delivered when the condition clears",

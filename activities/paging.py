@@ -252,7 +252,7 @@ def check_paging(settings: PagingSettings) -> PagingConfig:
 @contextmanager
 def _counted(channel: str, level: int, drill: bool):
     """rollbackctl_pages_sent_total / _failed_total (core/metrics.py) for one attempt."""
-    labels = (channel, str(level), "true" if drill else "false")
+    labels = (channel, str(level), metrics.drill_label(drill))
     try:
         yield
     except Exception:
@@ -331,7 +331,10 @@ class PagingActivities:
         return text
 
     @staticmethod
-    def _pick(items: list[SecretStr], level: int) -> SecretStr:
+    def _pick(items: list[SecretStr], level: int, drill_items: list[SecretStr] | None = None,
+              drill: bool = False) -> SecretStr:
+        """The entry for `level` (the last one past the list's end); a drill's from `drill_items` when configured."""
+        items = drill_items if drill and drill_items else items
         return items[min(level, len(items)) - 1]
 
     async def _post(self, what: str, url: SecretStr, body: dict[str, Any]) -> httpx.Response:
@@ -371,8 +374,7 @@ class PagingActivities:
     async def page(self, inp: PageInput) -> PageResult:
         lvl = escalation.get(inp.escalation_level)
         body: dict[str, Any] = {
-            "routing_key": self._pick(self._drill_keys if inp.drill and self._drill_keys else self._keys,
-                                      lvl.level).get_secret_value(),
+            "routing_key": self._pick(self._keys, lvl.level, self._drill_keys, inp.drill).get_secret_value(),
             "event_action": inp.event_action,
             "dedup_key": inp.dedup_key,
         }
@@ -432,8 +434,7 @@ class PagingActivities:
         body = {"text": slack_escape(inp.text)[:SLACK_TEXT_MAX], "blocks": blocks}
         what = f"Slack webhook (level {lvl.level}, {lvl.slack_channel}{', drill' if inp.drill else ''})"
         with _counted("slack", lvl.level, inp.drill):
-            resp = await self._post(what, self._pick(self._drill_hooks if inp.drill and self._drill_hooks else self._hooks,
-                                                     lvl.level), body)
+            resp = await self._post(what, self._pick(self._hooks, lvl.level, self._drill_hooks, inp.drill), body)
             if not 200 <= resp.status_code < 300:
                 raise self._refused(what, resp, resp.text[:200])
         self._log().info("chat to level %d (%s) -> %d", lvl.level, lvl.slack_channel, resp.status_code)

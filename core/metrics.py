@@ -108,6 +108,11 @@ HTTP_LATENCY = Histogram("rollbackctl_http_request_duration_seconds",
 CONSOLE_LIVE_STREAMS = Gauge("rollbackctl_console_live_streams", "Browsers following a live console page now", registry=None)
 
 
+def drill_label(drill: bool) -> str:
+    """The `drill` label's value (module docstring): "true" for a game day's series, "false" for the exchange's."""
+    return "true" if drill else "false"
+
+
 @dataclass(frozen=True)
 class WorkflowSeries:
     """A series the workflows record through `workflow.metric_meter()` (the SDK endpoint)."""

@@ -66,6 +66,10 @@ class Demo:
     def cli_json(self, *args: str) -> Any:
         return json.loads(self.cli(*args, "--json", show=False).stdout)
 
+    def incident(self, wid: str) -> dict | None:
+        """The running incident `wid` as `rollbackctl incidents --json` shows it (None: not running)."""
+        return next((r for r in self.cli_json("incidents") if r.get("workflow_id") == wid and "rule" in r), None)
+
     def progress(self, wid: str) -> dict:
         """`rollbackctl status WID --json`: a workflow's progress, quietly."""
         return self.cli_json("status", wid)

@@ -20,10 +20,6 @@ SCENARIO = "p0-hedge_margin"
 SPEED = "30"
 
 
-def _incident(demo: Demo, wid: str) -> dict | None:
-    return next((r for r in demo.cli_json("incidents") if r.get("workflow_id") == wid and "rule" in r), None)
-
-
 @step("Drill: a P0 game day at speed 30 (hedge margin <200%), answered, ended and scored")
 def drill(demo: Demo) -> None:
     import re
@@ -40,7 +36,7 @@ def drill(demo: Demo) -> None:
     if m is None:
         raise DemoError("`drill start` did not name the drill incident")
     wid = m.group(1)
-    row = wait_until("the drill incident to be paged", lambda: _incident(demo, wid),
+    row = wait_until("the drill incident to be paged", lambda: demo.incident(wid),
                      lambda r: r is not None and r["ready"] and (r.get("sla") or {}).get("paged_at"), 60)
     print()
     demo.cli("incidents")
@@ -55,12 +51,12 @@ def drill(demo: Demo) -> None:
     demo.cli("ack", wid, "--as", oncall)
     demo.cli("tick", wid, row["checklist"][0]["id"], "--as", oncall, "--note", "drill: hedge collateral topped up")
     demo.cli("drill", "end", wid)
-    wait_until("the monitor to see the clear", lambda: _incident(demo, wid), lambda r: r and r["condition"] == "clear",
+    wait_until("the monitor to see the clear", lambda: demo.incident(wid), lambda r: r and r["condition"] == "clear",
                60)
     # the alert's immediate action capped a switch, and this rule's recovery is a person's: the risk manager
     # resolves with --undo, as in a real incident (a drill leaves the matrix as it found it)
     demo.cli("resolve", wid, "--as", demo.risk_manager, "--undo", "--reason", "drill over")
-    wait_until("the incident to end", lambda: _incident(demo, wid), lambda r: r is None, 30)
+    wait_until("the incident to end", lambda: demo.incident(wid), lambda r: r is None, 30)
     after = {s["name"]: s["value"] for s in demo.cli_json("switch", "list")}
     moved = {k: (before.get(k), v) for k, v in after.items() if before.get(k) != v}
     if moved:

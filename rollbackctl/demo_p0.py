@@ -15,11 +15,6 @@ from rollbackctl.demo import Demo, step, wait_until
 WID = "incident-hot_wallet"
 
 
-def _incident(demo: Demo) -> dict | None:
-    rows = demo.cli_json("incidents")
-    return next((r for r in rows if r.get("workflow_id") == WID and "rule" in r), None)
-
-
 @step("P0: the hot wallet drops below $100K (injected at the simulator); the monitor opens an incident")
 def p0_fault(demo: Demo) -> None:
     url = demo.core_url
@@ -39,7 +34,7 @@ def p0_fault(demo: Demo) -> None:
     print(f"PagerDuty (the simulator's sink) got a {page['payload']['severity']} {page['event_action']} at "
           f"escalation level {page['payload']['custom_details']['escalation_level']}:\n  "
           f"{page['payload']['summary'][:300]}")
-    wait_until("the incident to take input", lambda: _incident(demo), lambda r: r is not None and r["ready"], 30)
+    wait_until("the incident to take input", lambda: demo.incident(WID), lambda r: r is not None and r["ready"], 30)
     print()
     demo.cli("incidents")
 
@@ -56,7 +51,7 @@ def p0_pagerduty_ack(demo: Demo) -> None:
     hook = httpx.post(f"{url}/sim/pagerduty/app/acknowledge", json={"dedup_key": key, "user": "Olive (PagerDuty app)"},
                       timeout=10).json()
     print(f"  webhook delivered: HTTP {hook.get('status')}" + (f" ({hook['error']})" if hook.get("error") else ""))
-    wait_until("the incident to see it", lambda: _incident(demo),
+    wait_until("the incident to see it", lambda: demo.incident(WID),
                lambda r: r is not None and (r.get("sla") or {}).get("seen_by"), 30)
     demo.cli("incidents")
     print("\nSeen, not acknowledged: the signed `rollbackctl ack` below is still the manual's 5-minute confirm.")
@@ -72,7 +67,7 @@ def p0_resolve(demo: Demo) -> None:
     demo.cli("resolve", WID, "--as", oncall, ok=(4,))
     print(f"$ curl -X DELETE {url}/sim/faults")
     httpx.delete(f"{url}/sim/faults", timeout=5)
-    wait_until("the monitor to report it clear", lambda: _incident(demo), lambda r: r and r["condition"] == "clear",
+    wait_until("the monitor to report it clear", lambda: demo.incident(WID), lambda r: r and r["condition"] == "clear",
                30)
     demo.cli("resolve", WID, "--as", oncall, "--reason", "wallet refilled")
     mine = lambda ps: [p for p in ps if "/hot_wallet-" in p.get("dedup_key", "")]  # noqa: E731

@@ -108,6 +108,19 @@ def _cli_json(env: dict[str, str], *args: str):
     return json.loads(r.stdout)
 
 
+async def _demo(env: dict[str, str], log: Path, scenarios: str | None = None) -> str:
+    """`python -m rollbackctl.demo` on the stack (DEMO_SCENARIOS as given: all of the env's by default); its
+    output, once it exited 0."""
+    import asyncio
+
+    with open(log, "wb") as out:
+        demo = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "rollbackctl.demo"],
+                                       env={**env, **({"DEMO_SCENARIOS": scenarios} if scenarios else {})},
+                                       stdout=out, stderr=subprocess.STDOUT, cwd=REPO, timeout=600)
+    assert demo.returncode == 0, log.read_text()[-4000:]
+    return log.read_text()
+
+
 async def until(what: str, fetch, pred, timeout: float = 30.0):
     async def f():
         return fetch()
@@ -116,15 +129,9 @@ async def until(what: str, fetch, pred, timeout: float = 30.0):
 
 
 async def test_a_rollback_and_a_p0_incident_answer_through_prometheus(stack, tmp_path):
-    import asyncio
-
     env, prom, st = stack
-    log = tmp_path / "demo.log"
-    with open(log, "wb") as out:
-        demo = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "rollbackctl.demo"], env=env, stdout=out,
-                                       stderr=subprocess.STDOUT, cwd=REPO, timeout=600)
-    assert demo.returncode == 0, log.read_text()[-4000:]
-    assert "/metrics" in log.read_text() and "prometheus --config.file=" in log.read_text()
+    out = await _demo(env, tmp_path / "demo.log")
+    assert "/metrics" in out and "prometheus --config.file=" in out
 
     # Every target is up (one scrape after the demo, whose last change the collectors have seen).
     def targets() -> list[dict]:
@@ -255,12 +262,7 @@ async def test_a_rollback_and_a_p0_incident_answer_through_prometheus(stack, tmp
     # A Phase 3 canary that promotes, then one that rolls back on an injected 2% error rate (the demo's
     # canary scenario, run again on the same stack): its stage gauges followed it while it ran and are
     # gone now that no canary runs; its checks and its ends were counted.
-    log2 = tmp_path / "demo-canary.log"
-    with open(log2, "wb") as out:
-        demo = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "rollbackctl.demo"],
-                                       env={**env, "DEMO_SCENARIOS": "canary"}, stdout=out, stderr=subprocess.STDOUT,
-                                       cwd=REPO, timeout=600)
-    assert demo.returncode == 0, log2.read_text()[-4000:]
+    await _demo(env, tmp_path / "demo-canary.log", "canary")
     stages = len(_cli_json(env, "canary", "plan", "phase3")["stages"])
     assert stages == 4
     assert prom.value('max(max_over_time(rollbackctl_canary_stages{phase="phase3"}[15m]))') == stages
@@ -280,13 +282,8 @@ async def test_a_rollback_and_a_p0_incident_answer_through_prometheus(stack, tmp
     # (the demo's rollback is a drill too, and the canary scenario's /sim/reset emptied the sink since: counted
     # from here)
     drill_pages = prom.value('sum(rollbackctl_pages_sent_total{channel="pagerduty",drill="true"})') or 0.0
-    log3 = tmp_path / "demo-drill.log"
-    with open(log3, "wb") as out:
-        demo = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "rollbackctl.demo"],
-                                       env={**env, "DEMO_SCENARIOS": "drill"}, stdout=out, stderr=subprocess.STDOUT,
-                                       cwd=REPO, timeout=600)
-    assert demo.returncode == 0, log3.read_text()[-4000:]
-    assert "| acknowledged | oscar |" in log3.read_text() and "back where the drill found it" in log3.read_text()
+    out = await _demo(env, tmp_path / "demo-drill.log", "drill")
+    assert "| acknowledged | oscar |" in out and "back where the drill found it" in out
     await until("the drill's acknowledgement", lambda: prom.value(
         'sum(rollbackctl_incident_ack_seconds_count{rule="hedge_margin",drill="true"})'), lambda v: v == 1.0, 30)
     assert prom.value('sum(rollbackctl_incident_ack_seconds_count{drill="false"})') == real_acks

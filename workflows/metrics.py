@@ -19,7 +19,7 @@ _HELP = {s.name.removesuffix("_seconds").removesuffix("_total"): s.help for s in
 def _labels(drill: bool, labels: dict[str, str]) -> dict[str, str]:
     # Every series carries the drill mark (a required argument, so no call site can forget it): a game day's
     # acknowledge times and SLA breaches must never count toward the real ones (dashboards read drill="false").
-    return {**labels, "drill": "true" if drill else "false"}
+    return {**labels, "drill": series.drill_label(drill)}
 
 
 def seconds(name: str, value: timedelta, *, drill: bool, **labels: str) -> None:

@@ -474,7 +474,7 @@ async def _report_clear(client, wid: str, inp) -> str | None:
 
     import httpx
 
-    from activities.monitor import Detector
+    from activities.monitor import Detector, rule_key
     from activities.trading_core import TradingCoreActivities
     from contracts.incidents import ConditionReport, KeyState, MonitorState
     from contracts.trading_core import ReadHealthInput
@@ -483,7 +483,6 @@ async def _report_clear(client, wid: str, inp) -> str | None:
 
     rule = alerts.get(inp.rule)
     firing = KeyState(rule=rule.id, symbol=inp.symbol, firing=True)
-    key = f"{rule.id}:{inp.symbol}" if inp.symbol else rule.id
     try:
         async with httpx.AsyncClient() as http:
             snap = await TradingCoreActivities.from_settings(TradingCoreSettings(), http).read_health(ReadHealthInput())
@@ -491,7 +490,7 @@ async def _report_clear(client, wid: str, inp) -> str | None:
         print(f"(could not read the core's health: {e})", file=sys.stderr)
         return None
     now = datetime.now(timezone.utc)
-    changed = Detector(MonitorState(keys={key: firing}), rules=(rule,)).observe(snap.model_dump(mode="json"), now)
+    changed = Detector(MonitorState(keys={rule_key(rule, inp.symbol): firing}), rules=(rule,)).observe(snap.model_dump(mode="json"), now)
     ks = next((k for k in changed if not k.firing and k.symbol == inp.symbol), None)
     if ks is None:
         return None
