@@ -17,24 +17,25 @@ A drill is practice: it never runs against a stack marked production (the drill 
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
 from contracts.incidents import Timings
 from contracts.trading_core import HealthSnapshot
-from manual import alerts, canary, degradation, rollback
+from manual import alerts, canary, degradation, drill_kinds, rollback
 from manual.rollback import MIN_REPAGE_INTERVAL, NEXT_SCOPE, OBSERVE_CHECKS, Durations, Scope, Severity
 from manual.steps import HealthCheck
 
+# The kinds, in the order `drill list` shows them, and the speed limit (manual/drill_kinds.py: light, for the CLI).
+Kind = drill_kinds.Kind
+KINDS = drill_kinds.KINDS
+MAX_SPEED = drill_kinds.MAX_SPEED
 # The symbol a per-symbol rule is rehearsed on (every trading core lists it; the simulator does).
 DRILL_SYMBOL = "BTC"
 # The module a single-module rollback drill rolls back unless the drill names another (manual/rollback.py
 # MODULES): the rollback scenarios' fault is a failing error rate, internalization's symptom.
 DRILL_MODULE = "internalization"
-# Kinds, in the order `drill list` shows them.
-Kind = Literal["p0", "rollback", "degradation", "canary", "hl_down_rollback"]
-KINDS: tuple[str, ...] = ("p0", "rollback", "degradation", "canary", "hl_down_rollback")
 # Degradation levels have no machine trigger in the manual (its "Trigger" column is prose). The rules whose
 # faults together rehearse each level's trigger:
 LEVEL_FAULTS: dict[int, tuple[str, ...]] = {
@@ -42,7 +43,6 @@ LEVEL_FAULTS: dict[int, tuple[str, ...]] = {
     2: ("liquidation_failure", "hedge_margin"),  # "Liquidation completely broken / Multi-module failures"
     3: ("asset_mismatch",),  # "Full outage / Database unavailable / Asset at risk"
 }
-MAX_SPEED = 600  # 10 days of canary in 24 minutes; beyond it health-check intervals fall below a second
 
 
 class Sla(BaseModel):

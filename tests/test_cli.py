@@ -213,3 +213,21 @@ def test_reading_the_matrix_does_not_import_the_temporal_sdk(env):
     r = subprocess.run([sys.executable, "-c", code], env={**base, **env}, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip().splitlines()[-1] == "[]", r.stdout
+
+
+def test_building_the_parser_imports_no_models_and_no_clients():
+    """Every command pays for building the parser (`rollbackctl --help` too): it must not import the
+    pydantic models of the contracts or the manual's scenarios, nor an etcd or Temporal client. It once
+    did: `drill list --kind` built manual/drills.py (and the incident contracts behind it) for its
+    choices, and `consumers` imported the fleet's contracts at the top, about 0.2 s of every command
+    (`python -X importtime`, issue 21)."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom rollbackctl.cli import build_parser\nbuild_parser()\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('contracts', 'activities', 'workflows', "
+            "'temporalio', 'aetcd', 'grpc', 'httpx', 'pydantic_settings', 'cryptography') "
+            "or m in ('manual.drills', 'manual.alerts', 'manual.switches', 'core.settings', 'core.etcd')))\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip().splitlines()[-1] == "[]", r.stdout

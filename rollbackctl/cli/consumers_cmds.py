@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import time
 
-from contracts.fleet import receipt_rows
 from rollbackctl.cli.common import print_json, switch_store, table
 
 
@@ -19,6 +18,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 async def cmd_consumers(args) -> int:
+    from contracts.fleet import receipt_rows
+
     async with switch_store() as store:
         rows, matrix = await store.consumers()
     out = receipt_rows(rows, matrix, time.time())

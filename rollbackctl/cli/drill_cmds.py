@@ -62,13 +62,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _kinds() -> tuple[str, ...]:
-    from manual.drills import KINDS
+    from manual.drill_kinds import KINDS
 
     return KINDS
 
 
 def _speed(raw: str) -> float:
-    from manual.drills import MAX_SPEED
+    from manual.drill_kinds import MAX_SPEED
 
     try:
         v = float(raw)
