@@ -336,12 +336,13 @@ class Etcd:
         return (not self._closed and ch is not None and self._channel is not ch
                 and not (task is not None and task.cancelling()))
 
-    async def _call(self, stub_cls, method: str, request):
-        """One unary call, failing over across endpoints by the retry rule above (MUTATIONS)."""
+    async def _call(self, stub_cls, method: str, request, read_only: bool = False):
+        """One unary call, failing over across endpoints by the retry rule above (MUTATIONS; `read_only`: a
+        Txn of ranges alone, which changes nothing and may be sent again like a Range)."""
         errors: list[str] = []
         reauthed = False
         attempts = 0
-        mutation = method in MUTATIONS
+        mutation = method in MUTATIONS and not read_only
         while attempts < len(self.endpoints):
             ch = None
             target = self.endpoint
@@ -428,6 +429,23 @@ class Etcd:
             ),
         )
         return [_kv(m) for m in resp.kvs], resp.header.revision
+
+    async def read(self, keys: list[str], prefixes: list[str] = ()) -> tuple[dict[str, KV | None],
+                                                                             dict[str, list[KV]], int]:
+        """Several keys and prefixes in one round trip, all at one store revision (a Txn of ranges and
+        nothing else: it writes nothing, so it fails over like a Range). Returns each key's KV (None: absent),
+        each prefix's KVs sorted by key, and the revision they were read at."""
+        ops = [rpc.RequestOp(request_range=rpc.RangeRequest(key=k.encode())) for k in keys]
+        for p in prefixes:
+            b = p.encode()
+            ops.append(rpc.RequestOp(request_range=rpc.RangeRequest(
+                key=b, range_end=prefix_range_end(b), sort_order=rpc.RangeRequest.ASCEND,
+                sort_target=rpc.RangeRequest.KEY)))
+        resp = await self._call(rpc.KVStub, "Txn", rpc.TxnRequest(success=ops), read_only=True)
+        got = [r.response_range.kvs for r in resp.responses]
+        singles = {k: (_kv(kvs[0]) if kvs else None) for k, kvs in zip(keys, got)}
+        ranges = {p: [_kv(m) for m in kvs] for p, kvs in zip(prefixes, got[len(keys):])}
+        return singles, ranges, resp.header.revision
 
     async def put(self, key: str, value: bytes, lease: int = 0) -> int:
         """Write `key`; with `lease`, it disappears when the lease expires (a registration that stops being

@@ -50,6 +50,42 @@ async def test_kv_and_txn(etcd, prefix):
     assert await etcd.delete_prefix(prefix) == 2 and await etcd.get(k) is None
 
 
+async def test_read_takes_keys_and_prefixes_in_one_revision(etcd, prefix):
+    """`read` (what an audited change reads before it writes, in one round trip): each key's KV or None,
+    each prefix's KVs in key order, all at the revision the reply names (one Txn of ranges; etcd's
+    rpc.proto on Txn: "A MultiOp is applied atomically", its lookups included)."""
+    await etcd.put(f"{prefix}s/b", b"2")
+    await etcd.put(f"{prefix}s/a", b"1")
+    rev = await etcd.put(f"{prefix}one", b"x")
+    singles, ranges, at = await etcd.read([f"{prefix}one", f"{prefix}none"], [f"{prefix}s/", f"{prefix}empty/"])
+    assert at == rev
+    assert singles[f"{prefix}one"].value == b"x" and singles[f"{prefix}none"] is None
+    assert [(kv.key, kv.value) for kv in ranges[f"{prefix}s/"]] == [(f"{prefix}s/a", b"1"), (f"{prefix}s/b", b"2")]
+    assert ranges[f"{prefix}empty/"] == []
+
+
+async def test_a_read_txn_fails_over_like_a_range_a_write_txn_does_not(etcd_server, prefix):
+    """clientv3 retries only what cannot have changed anything (retry.go: a write is nonRepeatable); a Txn
+    of ranges alone writes nothing, so a `read` cut off mid-call moves on to the next endpoint, where a
+    Txn that writes says its outcome is unknown."""
+    proxy = Proxy(etcd_server.endpoint).start()
+    try:
+        async with Etcd([proxy.endpoint, etcd_server.endpoint], timeout=30) as e:
+            await e.put(f"{prefix}a", b"1")
+            ch = e._channel
+            proxy.hold()
+            read = asyncio.create_task(e.read([f"{prefix}a"]))
+            write = asyncio.create_task(e.txn([], [Put(f"{prefix}b", b"2")]))
+            await wait_until(lambda: len(ch._active_calls) == 2, timeout=10, what="both calls on the channel")
+            await e._rotate(ch)
+            singles, _, _ = await read
+            assert singles[f"{prefix}a"].value == b"1" and e.endpoint == etcd_server.endpoint
+            with pytest.raises(EtcdOutcomeUnknown, match="may or may not have been applied"):
+                await write
+    finally:
+        proxy.close()
+
+
 async def test_fails_over_from_a_dead_first_endpoint(etcd_server, prefix):
     async with Etcd([dead_endpoint(), etcd_server.endpoint]) as e:
         store = SwitchStore(e, prefix)
