@@ -32,6 +32,7 @@ BENCHES: dict[str, tuple[str, dict, dict]] = {
     "propagation": ("bench.propagation", {"changes": 200}, {"changes": 30}),
     "fleet": ("bench.fleet", {"consumers": 50, "changes": 40, "pollers": 50}, {"consumers": 50, "changes": 8, "pollers": 50}),
     "critical_rollback": ("bench.critical_rollback", {"runs": 50, "cli_runs": 10}, {"runs": 10, "cli_runs": 3}),
+    "cli": ("bench.cli", {"runs": 10}, {"runs": 3}),
     "detection": ("bench.detection", {"runs": 20}, {"runs": 5}),
     "concurrency": ("bench.concurrency", {"rollbacks": 200}, {"rollbacks": 30}),
     "incidents": ("bench.incidents", {"incidents": 200}, {"incidents": 30}),

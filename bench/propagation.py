@@ -1,9 +1,20 @@
 """Switch propagation: an audited change set (what `switch set` does) -> applied at the simulator,
-against the baseline of a bare etcd put -> watch event on the same server."""
+against the baseline of a bare etcd put -> watch event on the same server.
+
+Paired and interleaved (each round takes one sample of each, so all see the same load), issue 21 item 3:
+- bare_etcd_put_to_watch: a put -> its watch event, in this process (the baseline)
+- switch_put_to_consumer: a switch's record put as one etcd write -> applied by a consumer in this process
+  following the matrix with core/watcher.py (propagation proper: the watch, the record parsed, the
+  callback); its ratio to the baseline is what the consumer side adds
+- audited_change_to_consumer: an audited change set (SwitchStore.apply: the reads, the checks, one
+  transaction with its audit record) -> applied by that consumer: the whole `switch set` path
+- audited_change_to_applied: the same change -> applied at the simulator (its own process; its
+  applied_at, read back over HTTP after the change)"""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import uuid
 from datetime import datetime, timezone
@@ -67,9 +78,71 @@ async def bare_put_to_watch_ms(etcd, n: int, prefix: str = "/bench-baseline/") -
 
 
 async def run(st: BenchStack, changes: int = 200) -> dict:
-    store_ms = await audited_samples(st, changes)
+    from core.watcher import SwitchWatcher
 
-    base_ms = await bare_put_to_watch_ms(st.etcd, changes)  # same server, same client library
-    s, b = summary(store_ms), summary(base_ms)
-    return {"audited_change_to_applied_ms": s, "bare_etcd_put_to_watch_ms": b,
-            "ratio_p50": round(s["p50"] / b["p50"], 1), "ratio_p99": round(s["p99"] / b["p99"], 1)}
+    name = "max_order_size_internal"  # a Risk Manager switch, any valid amount
+    seen: dict[int, float] = {}
+    arrived = asyncio.Event()
+
+    def on_change(upd) -> None:
+        if upd.name == name:
+            seen[upd.revision] = time.perf_counter()
+            arrived.set()
+
+    async def at_consumer(rev: int) -> float:
+        while rev not in seen:
+            arrived.clear()
+            await asyncio.wait_for(arrived.wait(), 5)
+        return seen.pop(rev)
+
+    out: dict[str, list[float]] = {k: [] for k in ("bare", "put", "audited", "sim")}
+    bprefix = f"/bench-baseline/{uuid.uuid4().hex}/"
+    bkey = f"{bprefix}k"
+    events: asyncio.Queue = asyncio.Queue()
+    _, brev = await st.etcd.get_prefix(bprefix)
+
+    async def watch() -> None:
+        async for batch in st.etcd.watch_prefix(bprefix, brev + 1):
+            for ev in batch:
+                await events.put((time.perf_counter(), ev.kv.mod_revision))
+
+    watcher = SwitchWatcher(st.etcd, st.store.prefix, on_change=on_change, observe=False)
+    await watcher.start()
+    task = asyncio.create_task(watch())
+    key = st.store.switch_key(name)
+    try:
+        async with httpx.AsyncClient() as http:
+            for i in range(changes):
+                t0 = time.perf_counter()
+                rev = await st.etcd.put(bkey, str(i).encode())
+                while True:
+                    t1, r = await events.get()
+                    if r == rev:
+                        break
+                out["bare"].append((t1 - t0) * 1000)
+
+                rec = dict(watcher.records[name])  # (this stack's own: a write outside the audit trail)
+                rec.update(value=500_000 + i, change_id=f"bench-put-{i}")
+                t0 = time.perf_counter()
+                rev = await st.etcd.put(key, json.dumps(rec).encode())
+                out["put"].append((await at_consumer(rev) - t0) * 1000)
+
+                t0, w0 = time.perf_counter(), datetime.now(timezone.utc)
+                res = await st.store.apply(ChangeSetRequest(
+                    change_id=f"bench-prop-{uuid.uuid4()}", actor="rita", reason="benchmark",
+                    changes=[SwitchChange(switch=name, value=1000 + i)]))
+                out["audited"].append((await at_consumer(res.revision) - t0) * 1000)
+                applied = await _applied_at(http, st.core.url, name, res.revision)
+                out["sim"].append((applied - w0).total_seconds() * 1000)
+    finally:
+        task.cancel()
+        await watcher.stop()
+    b, p, a, s = (summary(out[k]) for k in ("bare", "put", "audited", "sim"))
+    return {"audited_change_to_applied_ms": s, "audited_change_to_consumer_ms": a, "switch_put_to_consumer_ms": p,
+            "bare_etcd_put_to_watch_ms": b,
+            "ratio_p50": round(s["p50"] / b["p50"], 1), "ratio_p99": round(s["p99"] / b["p99"], 1),
+            "consumer_ratio_p50": round(p["p50"] / b["p50"], 2), "consumer_ratio_p99": round(p["p99"] / b["p99"], 2),
+            "audited_consumer_ratio_p50": round(a["p50"] / b["p50"], 1),
+            "audited_consumer_ratio_p99": round(a["p99"] / b["p99"], 1),
+            "target_consumer_p99_within_3x": p["p99"] <= 3 * b["p99"],
+            "target_audited_p99_within_3x": s["p99"] <= 3 * b["p99"]}
