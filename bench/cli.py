@@ -4,6 +4,7 @@ Temporal, and `switch list` and `--help` as whole processes, beside the floor th
 Issue 21, item 2 (target: each <= 150 ms). Every figure is a whole process started by this benchmark,
 interleaved, so all share the same load:
 - python_floor:        `python -c pass` (the interpreter and site, nothing of ours)
+- temporal_sdk_import: `python -c "import temporalio.client"`: the Temporal client alone
 - import_floor:        the libraries `rollback start` cannot do without, imported and nothing run:
                        asyncio, pydantic, pydantic-settings, the etcd client (aetcd, grpc), the Ed25519
                        signer (cryptography) and the Temporal client (temporalio)
@@ -67,10 +68,11 @@ async def run(st, runs: int = 10) -> dict:
     # compiled once (as an installed package is), then measured
     for args in ([PY, "-c", FLOOR_IMPORTS], [ROLLBACKCTL, "--help"], [ROLLBACKCTL, "switch", "list"]):
         _wall(args, env)
-    out: dict[str, list[float]] = {k: [] for k in ("python_floor", "import_floor", "help", "switch_list",
-                                                   "rollback_start_to_request")}
+    out: dict[str, list[float]] = {k: [] for k in ("python_floor", "temporal_sdk_import", "import_floor", "help",
+                                                   "switch_list", "rollback_start_to_request")}
     for _ in range(runs):  # interleaved: the same load on each
         out["python_floor"].append(_wall([PY, "-c", "pass"], env))
+        out["temporal_sdk_import"].append(_wall([PY, "-c", "import temporalio.client"], env))
         out["import_floor"].append(_wall([PY, "-c", FLOOR_IMPORTS], env))
         out["help"].append(_wall([ROLLBACKCTL, "--help"], env))
         out["switch_list"].append(_wall([ROLLBACKCTL, "switch", "list"], env))
