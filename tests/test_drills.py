@@ -533,6 +533,17 @@ async def test_every_rollback_and_degradation_scenario_runs_to_its_end(
                 assert r.code == 0 and "fault cleared at the trading core; the run goes on" in r.out, r.err
                 ended = True
             r = await asyncio.to_thread(run_cli, *cmd, env=env, timeout=60)
+            if r.code == 4 and a.expects == "proceed_or_cancel":
+                # Too late, not wrong: the data-inconsistency window (5 min / 300 = 1 s, on_timeout
+                # "proceed") can close while a CLI process starts on a loaded box (seen: 1.7-2 s); the CLI
+                # then refuses (exit 4: "not waiting for a decision now", or "waits for 'confirm' at step
+                # ..., not 'proceed'"). Allowed only when the run has moved past that very wait; a
+                # responder looks again.
+                now = (await h.query("progress", result_type=Progress)).awaiting
+                assert now is None or (now.step, now.since) != (a.step, a.since), (cmd, r.err, now)
+                answered.add((a.step, a.since, len(a.approved_by)))
+                sent.append(" ".join(cmd[:1] + cmd[2:4]) + " (late: the window had closed)")
+                continue
             assert r.code == 0, (cmd, r.err)
             answered.add((a.step, a.since, len(a.approved_by)))
             sent.append(" ".join(cmd[:1] + cmd[2:4]))
