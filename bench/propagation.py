@@ -24,6 +24,7 @@ import httpx
 from contracts.changes import ChangeSetRequest, SwitchChange
 from bench.stack import BenchStack
 from bench.stats import summary
+from core.aio import within
 
 
 async def _applied_at(http: httpx.AsyncClient, url: str, name: str, revision: int, timeout: float = 5.0) -> datetime:
@@ -92,7 +93,7 @@ async def run(st: BenchStack, changes: int = 200) -> dict:
     async def at_consumer(rev: int) -> float:
         while rev not in seen:
             arrived.clear()
-            await asyncio.wait_for(arrived.wait(), 5)
+            await within(5, arrived.wait())
         return seen.pop(rev)
 
     out: dict[str, list[float]] = {k: [] for k in ("bare", "put", "audited", "sim")}
