@@ -17,6 +17,7 @@ import asyncio
 import json
 import time
 import uuid
+from contextlib import asynccontextmanager
 from datetime import datetime, timezone
 
 import httpx
@@ -52,10 +53,10 @@ async def audited_samples(st: BenchStack, changes: int) -> list[float]:
     return store_ms
 
 
-async def bare_put_to_watch_ms(etcd, n: int, prefix: str = "/bench-baseline/") -> list[float]:
-    """ms from a bare etcd put to its watch event, `n` times: the baseline the propagation figures are
-    compared to (same server, same client library)."""
-    out: list[float] = []
+@asynccontextmanager
+async def bare_watch(etcd, prefix: str = "/bench-baseline/"):
+    """Yields `sample()`: ms from a bare etcd put of one key to its watch event, one sample per call (the
+    baseline the propagation figures are compared to: same server, same client library)."""
     key = f"{prefix}{uuid.uuid4().hex}"
     events: asyncio.Queue = asyncio.Queue()
     _, rev = await etcd.get_prefix(prefix)
@@ -63,19 +64,27 @@ async def bare_put_to_watch_ms(etcd, n: int, prefix: str = "/bench-baseline/") -
     async def watch() -> None:
         async for batch in etcd.watch_prefix(prefix, rev + 1):
             for ev in batch:
-                await events.put((time.perf_counter(), ev.kv.value))
+                await events.put((time.perf_counter(), ev.kv.mod_revision))
+
+    async def sample() -> float:
+        t0 = time.perf_counter()
+        put = await etcd.put(key, uuid.uuid4().bytes)
+        while True:
+            t1, r = await events.get()
+            if r == put:
+                return (t1 - t0) * 1000
 
     task = asyncio.create_task(watch())
-    for i in range(n):
-        t0 = time.perf_counter()
-        await etcd.put(key, str(i).encode())
-        while True:
-            t1, v = await events.get()
-            if v == str(i).encode():
-                break
-        out.append((t1 - t0) * 1000)
-    task.cancel()
-    return out
+    try:
+        yield sample
+    finally:
+        task.cancel()
+
+
+async def bare_put_to_watch_ms(etcd, n: int, prefix: str = "/bench-baseline/") -> list[float]:
+    """`n` bare put -> watch samples in a row (bare_watch)."""
+    async with bare_watch(etcd, prefix) as sample:
+        return [await sample() for _ in range(n)]
 
 
 async def run(st: BenchStack, changes: int = 200) -> dict:
@@ -97,30 +106,13 @@ async def run(st: BenchStack, changes: int = 200) -> dict:
         return seen.pop(rev)
 
     out: dict[str, list[float]] = {k: [] for k in ("bare", "put", "audited", "sim")}
-    bprefix = f"/bench-baseline/{uuid.uuid4().hex}/"
-    bkey = f"{bprefix}k"
-    events: asyncio.Queue = asyncio.Queue()
-    _, brev = await st.etcd.get_prefix(bprefix)
-
-    async def watch() -> None:
-        async for batch in st.etcd.watch_prefix(bprefix, brev + 1):
-            for ev in batch:
-                await events.put((time.perf_counter(), ev.kv.mod_revision))
-
     watcher = SwitchWatcher(st.etcd, st.store.prefix, on_change=on_change, observe=False)
     await watcher.start()
-    task = asyncio.create_task(watch())
     key = st.store.switch_key(name)
     try:
-        async with httpx.AsyncClient() as http:
+        async with httpx.AsyncClient() as http, bare_watch(st.etcd, f"/bench-baseline/{uuid.uuid4().hex}/") as bare:
             for i in range(changes):
-                t0 = time.perf_counter()
-                rev = await st.etcd.put(bkey, str(i).encode())
-                while True:
-                    t1, r = await events.get()
-                    if r == rev:
-                        break
-                out["bare"].append((t1 - t0) * 1000)
+                out["bare"].append(await bare())
 
                 rec = dict(watcher.records[name])  # (this stack's own: a write outside the audit trail)
                 rec.update(value=500_000 + i, change_id=f"bench-put-{i}")
@@ -136,7 +128,6 @@ async def run(st: BenchStack, changes: int = 200) -> dict:
                 applied = await _applied_at(http, st.core.url, name, res.revision)
                 out["sim"].append((applied - w0).total_seconds() * 1000)
     finally:
-        task.cancel()
         await watcher.stop()
     b, p, a, s = (summary(out[k]) for k in ("bare", "put", "audited", "sim"))
     return {"audited_change_to_applied_ms": s, "audited_change_to_consumer_ms": a, "switch_put_to_consumer_ms": p,

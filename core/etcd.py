@@ -167,6 +167,13 @@ def prefix_range_end(prefix: bytes) -> bytes:
     return b"\0"
 
 
+def _prefix_range(prefix: str) -> rpc.RangeRequest:
+    """A Range of every key under `prefix`, sorted by key (get_prefix, and each prefix of a `read`)."""
+    p = prefix.encode()
+    return rpc.RangeRequest(key=p, range_end=prefix_range_end(p), sort_order=rpc.RangeRequest.ASCEND,
+                            sort_target=rpc.RangeRequest.KEY)
+
+
 def _short(e: grpc.aio.AioRpcError) -> str:
     """A gRPC error in a few words (its details repeat the address and a status)."""
     d = (e.details() or e.code().name).strip()
@@ -402,17 +409,7 @@ class Etcd:
 
     async def get_prefix(self, prefix: str) -> tuple[list[KV], int]:
         """Every key under `prefix`, sorted by key, and the store revision they were read at."""
-        p = prefix.encode()
-        resp = await self._call(
-            rpc.KVStub,
-            "Range",
-            rpc.RangeRequest(
-                key=p,
-                range_end=prefix_range_end(p),
-                sort_order=rpc.RangeRequest.ASCEND,
-                sort_target=rpc.RangeRequest.KEY,
-            ),
-        )
+        resp = await self._call(rpc.KVStub, "Range", _prefix_range(prefix))
         return [_kv(m) for m in resp.kvs], resp.header.revision
 
     async def get_from(self, start_key: str, prefix: str, limit: int = 0) -> tuple[list[KV], int]:
@@ -436,11 +433,7 @@ class Etcd:
         nothing else: it writes nothing, so it fails over like a Range). Returns each key's KV (None: absent),
         each prefix's KVs sorted by key, and the revision they were read at."""
         ops = [rpc.RequestOp(request_range=rpc.RangeRequest(key=k.encode())) for k in keys]
-        for p in prefixes:
-            b = p.encode()
-            ops.append(rpc.RequestOp(request_range=rpc.RangeRequest(
-                key=b, range_end=prefix_range_end(b), sort_order=rpc.RangeRequest.ASCEND,
-                sort_target=rpc.RangeRequest.KEY)))
+        ops += [rpc.RequestOp(request_range=_prefix_range(p)) for p in prefixes]
         resp = await self._call(rpc.KVStub, "Txn", rpc.TxnRequest(success=ops), read_only=True)
         got = [r.response_range.kvs for r in resp.responses]
         singles = {k: (_kv(kvs[0]) if kvs else None) for k, kvs in zip(keys, got)}

@@ -200,19 +200,28 @@ def test_reading_the_matrix_does_not_import_the_temporal_sdk(env):
     start on this machine, `python -X importtime`) is left to the commands that talk to Temporal
     (issue 21: a fast CLI)."""
     import os
+
+    # main() leaves with os._exit: run what it runs, then look at what was imported
+    code = ("import asyncio\nfrom rollbackctl.cli import build_parser\n"
+            "args = build_parser().parse_args(['switch', 'get', 'routing_mode'])\n"
+            "assert not asyncio.run(args.func(args))\n")
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("ROLLBACKCTL_", "TEMPORAL_"))}
+    assert _imported_by(code, "m.split('.')[0] == 'temporalio' or m in ('simulator.runner', 'simulator.core')",
+                        env={**base, **env}) == []
+
+
+def _imported_by(code: str, which: str, env: dict | None = None) -> list[str]:
+    """The modules, among those `which` (a condition on the module name `m`) selects, that running `code` in a
+    fresh interpreter imported."""
     import subprocess
     import sys
 
-    # main() leaves with os._exit: run what it runs, then look at what was imported
-    code = ("import asyncio, sys\nfrom rollbackctl.cli import build_parser\n"
-            "args = build_parser().parse_args(['switch', 'get', 'routing_mode'])\n"
-            "assert not asyncio.run(args.func(args))\n"
-            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'temporalio' or m in ('simulator.runner', "
-            "'simulator.core')))\n")
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("ROLLBACKCTL_", "TEMPORAL_"))}
-    r = subprocess.run([sys.executable, "-c", code], env={**base, **env}, capture_output=True, text=True, timeout=60)
+    probe = f"{code}\nimport sys\nprint(sorted(m for m in sys.modules if {which}))\n"
+    r = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
-    assert r.stdout.strip().splitlines()[-1] == "[]", r.stdout
+    import ast
+
+    return ast.literal_eval(r.stdout.strip().splitlines()[-1])  # (the list printed above)
 
 
 def test_building_the_parser_imports_no_models_and_no_clients():
@@ -221,13 +230,7 @@ def test_building_the_parser_imports_no_models_and_no_clients():
     did: `drill list --kind` built manual/drills.py (and the incident contracts behind it) for its
     choices, and `consumers` imported the fleet's contracts at the top, about 0.2 s of every command
     (`python -X importtime`, issue 21)."""
-    import subprocess
-    import sys
-
-    code = ("import sys\nfrom rollbackctl.cli import build_parser\nbuild_parser()\n"
-            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('contracts', 'activities', 'workflows', "
-            "'temporalio', 'aetcd', 'grpc', 'httpx', 'pydantic_settings', 'cryptography') "
-            "or m in ('manual.drills', 'manual.alerts', 'manual.switches', 'core.settings', 'core.etcd')))\n")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert r.returncode == 0, r.stderr
-    assert r.stdout.strip().splitlines()[-1] == "[]", r.stdout
+    assert _imported_by("from rollbackctl.cli import build_parser\nbuild_parser()",
+                        "m.split('.')[0] in ('contracts', 'activities', 'workflows', 'temporalio', 'aetcd', 'grpc', "
+                        "'httpx', 'pydantic_settings', 'cryptography') or m in ('manual.drills', 'manual.alerts', "
+                        "'manual.switches', 'core.settings', 'core.etcd')") == []
