@@ -23,12 +23,15 @@ def runtime(metrics_listen: str = "") -> Runtime:
     `metrics_listen` (host:port, the first call only): the SDK's Prometheus exporter (core/metrics.py)."""
     global _RUNTIME
     if _RUNTIME is None:
-        from core.metrics import sdk_prometheus
+        metrics = None
+        if metrics_listen:  # the worker's and the monitor's; a CLI command does not pay for prometheus_client (~55 ms)
+            from core.metrics import sdk_prometheus
 
+            metrics = sdk_prometheus(metrics_listen)
         _RUNTIME = Runtime(telemetry=TelemetryConfig(logging=LoggingConfig(
             filter=TelemetryFilter(core_level="WARN", other_level="WARN"),
             forwarding=LogForwardingConfig(logger=logging.getLogger("temporalio.core"))),
-            metrics=sdk_prometheus(metrics_listen) if metrics_listen else None))
+            metrics=metrics))
         Runtime.set_default(_RUNTIME, error_if_already_set=False)
     return _RUNTIME
 

@@ -234,3 +234,37 @@ def test_building_the_parser_imports_no_models_and_no_clients():
                         "m.split('.')[0] in ('contracts', 'activities', 'workflows', 'temporalio', 'aetcd', 'grpc', "
                         "'httpx', 'pydantic_settings', 'cryptography') or m in ('manual.drills', 'manual.alerts', "
                         "'manual.switches', 'core.settings', 'core.etcd')") == []
+
+
+def test_a_cli_connection_to_temporal_does_not_load_the_metrics_exporter():
+    """The CLI's Temporal runtime has no metrics exporter, so a command that connects (every on-call
+    command) must not import prometheus_client (~55 ms of `rollback start`, issue 21): only the worker
+    and the monitor, which pass a listen address, pay for it."""
+    code = "from core.temporal_client import runtime\nruntime()"
+    assert _imported_by(code, "m.split('.')[0] == 'prometheus_client' or m == 'core.metrics'") == []
+    # and the worker's runtime still makes its exporter
+    assert "prometheus_client" in _imported_by("from core.temporal_client import runtime\nruntime('127.0.0.1:0')",
+                                               "m == 'prometheus_client'")
+
+
+def test_argparse_translations_are_looked_up_once_with_the_same_result():
+    """argparse looks its ~190 messages up through gettext, which searched the locale directories on
+    every call (~10-30 ms per command, issue 21). The parser now binds the catalog gettext would find,
+    once: its messages read the same, and a second build looks nothing up."""
+    import argparse
+    import gettext
+
+    from rollbackctl.cli import build_parser
+
+    build_parser()
+    assert argparse._("usage: ") == gettext.gettext("usage: ")
+    assert argparse.ngettext("expected %s argument", "expected %s arguments", 2) == gettext.ngettext(
+        "expected %s argument", "expected %s arguments", 2)
+    looked = []
+    real = gettext.find
+    gettext.find = lambda *a, **k: looked.append(a) or real(*a, **k)
+    try:
+        build_parser()
+    finally:
+        gettext.find = real
+    assert len(looked) <= 1, f"{len(looked)} catalog searches building the parser"
