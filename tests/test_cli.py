@@ -247,10 +247,10 @@ def test_a_cli_connection_to_temporal_does_not_load_the_metrics_exporter():
                                                "m == 'prometheus_client'")
 
 
-def test_argparse_translations_are_looked_up_once_with_the_same_result():
+def test_argparse_translations_are_looked_up_once_with_the_same_result(monkeypatch):
     """argparse looks its ~190 messages up through gettext, which searched the locale directories on
     every call (~10-30 ms per command, issue 21). The parser now binds the catalog gettext would find,
-    once: its messages read the same, and a second build looks nothing up."""
+    once per build: its messages read the same, and a build searches at most once."""
     import argparse
     import gettext
 
@@ -260,11 +260,7 @@ def test_argparse_translations_are_looked_up_once_with_the_same_result():
     assert argparse._("usage: ") == gettext.gettext("usage: ")
     assert argparse.ngettext("expected %s argument", "expected %s arguments", 2) == gettext.ngettext(
         "expected %s argument", "expected %s arguments", 2)
-    looked = []
-    real = gettext.find
-    gettext.find = lambda *a, **k: looked.append(a) or real(*a, **k)
-    try:
-        build_parser()
-    finally:
-        gettext.find = real
+    looked, real = [], gettext.find
+    monkeypatch.setattr(gettext, "find", lambda *a, **k: looked.append(a) or real(*a, **k))
+    build_parser()
     assert len(looked) <= 1, f"{len(looked)} catalog searches building the parser"
