@@ -28,6 +28,7 @@ COMMAND_MODULES = [
     "rollbackctl.cli.ofrep_cmds",
     "rollbackctl.cli.consumers_cmds",
     "rollbackctl.cli.drill_cmds",
+    "rollbackctl.cli.helper_cmds",
 ]
 
 
@@ -73,18 +74,32 @@ class _Version(argparse.Action):
         parser.exit()
 
 
-def main(argv: list[str] | None = None) -> None:
+_PARSER: argparse.ArgumentParser | None = None
+
+
+def parser() -> argparse.ArgumentParser:
+    """The parser, built once per process: the helper (rollbackctl/helper.py) builds it before it forks, so
+    a command forked from it does not rebuild it (~70 ms). Parsing does not change it."""
+    global _PARSER
+    if _PARSER is None:
+        _PARSER = build_parser()
+    return _PARSER
+
+
+def run(argv: list[str] | None = None) -> int:
+    """One command: its exit code, with any error said in one line on stderr."""
     from core import log
 
     log.configure(level=os.environ.get("ROLLBACKCTL_LOG_LEVEL", "WARNING"))
-    parser = build_parser()
-    args = parser.parse_args(argv)
     code = 0
     try:
+        args = parser().parse_args(argv)
         result = args.func(args)
         if asyncio.iscoroutine(result):
             result = asyncio.run(result)
         code = int(result or 0)
+    except SystemExit as e:  # --help, --version, a usage error (argparse has said it), or a command's exit
+        code = _exit_status(e)
     except KeyboardInterrupt:
         code = 130
     except Exception as e:  # one line, the right exit code
@@ -100,6 +115,21 @@ def main(argv: list[str] | None = None) -> None:
                   "reached it: check with `rollbackctl status`", file=sys.stderr)
         else:
             print(f"rollbackctl: error: {e}", file=sys.stderr)
+    return code
+
+
+def _exit_status(e: SystemExit) -> int:
+    """What the interpreter would have exited with for this SystemExit."""
+    if e.code is None:
+        return 0
+    if isinstance(e.code, int):
+        return e.code
+    print(e.code, file=sys.stderr)
+    return 1
+
+
+def main(argv: list[str] | None = None) -> None:
+    code = run(argv)
     sys.stdout.flush()
     sys.stderr.flush()
     # The Temporal SDK's Rust core can abort at interpreter exit (sdk-python #300): leave directly.
