@@ -39,6 +39,7 @@ PRELOAD = (
 )
 PRELOAD_PACKAGES = ("core", "contracts", "manual")
 DEFAULT_IDLE_S = 8 * 3600
+GO_WAIT_S = 30.0  # a child whose caller does not answer its pid with "go" in this long runs nothing
 
 
 def preload() -> list[str]:
@@ -77,32 +78,7 @@ class _Stop(Exception):
     pass
 
 
-def _recv_request(conn: socket.socket) -> tuple[dict, list[int]]:
-    """The caller's request and the three fds it passed (stdin, stdout, stderr)."""
-    fds: list[int] = []
-    data, anc, _flags, _addr = conn.recvmsg(1 << 16, socket.CMSG_SPACE(3 * struct.calcsize("i")))
-    for level, kind, payload in anc:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-            n = len(payload) // struct.calcsize("i")
-            fds.extend(struct.unpack(f"{n}i", payload[: n * struct.calcsize("i")]))
-    while len(data) < launch._HEADER.size:
-        more = conn.recv(1 << 16)
-        if not more:
-            raise ConnectionError("the caller hung up mid-request")
-        data += more
-    (n,) = launch._HEADER.unpack(data[: launch._HEADER.size])
-    body = data[launch._HEADER.size:]
-    while len(body) < n:
-        more = conn.recv(n - len(body))
-        if not more:
-            raise ConnectionError("the caller hung up mid-request")
-        body += more
-    import json
-
-    return json.loads(body[:n]), fds
-
-
-def _run_child(conn: socket.socket, listener: socket.socket, req: dict, fds: list[int]) -> None:
+def _run_child(conn: socket.socket, listener: socket.socket, req: dict) -> None:
     """In the forked child: become the caller's command, report its exit code, exit. Never returns."""
     code = 1
     try:
@@ -110,7 +86,16 @@ def _run_child(conn: socket.socket, listener: socket.socket, req: dict, fds: lis
         signal.signal(signal.SIGINT, signal.default_int_handler)
         for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGCHLD):
             signal.signal(sig, signal.SIG_DFL)
-        for i, fd in enumerate(fds[:3]):
+        try:
+            launch.send_msg(conn, {"pid": os.getpid()})
+            conn.settimeout(GO_WAIT_S)
+            go, fds = launch.recv_msg_with_fds(conn)
+        except OSError:
+            go, fds = None, []
+        if not go or not go.get("go") or len(fds) != 3:  # the caller went away or gave up: run nothing, say nothing
+            os._exit(1)
+        conn.settimeout(None)
+        for i, fd in enumerate(fds):
             os.dup2(fd, i)
         for fd in fds:
             if fd > 2:
@@ -124,7 +109,6 @@ def _run_child(conn: socket.socket, listener: socket.socket, req: dict, fds: lis
         sys.stderr = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), encoding="utf-8", errors="backslashreplace",
                                       line_buffering=True)
         sys.argv = ["rollbackctl", *req["argv"]]
-        launch.send_msg(conn, {"pid": os.getpid()})
         from rollbackctl import cli
 
         code = cli.run(list(req["argv"]))
@@ -216,28 +200,27 @@ def serve(directory: str, idle_s: float = DEFAULT_IDLE_S) -> int:
 
 def _serve_one(conn: socket.socket, listener: socket.socket, fp: str) -> bool:
     """Take one command: fork it off, or refuse it. False when the helper must stop (its code changed)."""
-    fds: list[int] = []
+    stray: list[int] = []
     try:
         pid, uid, gid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
                                                              struct.calcsize("3i")))
         if uid != os.getuid():
             return True  # not ours: closed without a word
-        req, fds = _recv_request(conn)
-        if len(fds) != 3:
-            launch.send_msg(conn, {"refused": f"expected stdin, stdout and stderr, got {len(fds)} fds"})
+        req, stray = launch.recv_msg_with_fds(conn)  # fds come later, with "go"; any here are closed
+        if req is None:
             return True
         if launch.fingerprint() != fp:
             launch.send_msg(conn, {"refused": "the code changed since the helper started; it stops"})
             return False
         child = os.fork()
         if child == 0:
-            _run_child(conn, listener, req, fds)  # never returns
+            _run_child(conn, listener, req)  # never returns
         return True
     except (OSError, ValueError, KeyError, ConnectionError) as e:
         print(f"rollbackctl helper: a request failed: {e}", file=sys.stderr, flush=True)
         return True
     finally:
-        for fd in fds:
+        for fd in stray:
             with contextlib.suppress(OSError):
                 os.close(fd)
         conn.close()

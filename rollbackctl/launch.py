@@ -41,6 +41,9 @@ HELPER_COMMANDS = frozenset({
 PACKAGES = ("rollbackctl", "core", "manual", "contracts", "workflows", "activities", "simulator")
 MODULES = ("worker.py",)
 FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
+# How long the helper may take to say it forked (it takes milliseconds); past it the command runs directly.
+# Safe: the helper's child runs nothing until this process answers its pid with "go".
+FIRST_ANSWER_S = 5.0
 _HEADER = struct.Struct("!I")
 
 
@@ -130,6 +133,30 @@ def recv_exact(sock: socket.socket, n: int) -> bytes | None:
     return buf
 
 
+def recv_msg_with_fds(sock: socket.socket, max_fds: int = 3) -> tuple[dict | None, list[int]]:
+    """A message and the fds passed with it (SCM_RIGHTS). The caller owns (and must close) the fds."""
+    size = struct.calcsize("i")
+    data, anc, _flags, _addr = sock.recvmsg(1 << 16, socket.CMSG_SPACE(max_fds * size))
+    fds: list[int] = []
+    for level, kind, payload in anc:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            n = len(payload) // size
+            fds.extend(struct.unpack(f"{n}i", payload[: n * size]))
+    if not data:
+        return None, fds
+    while len(data) < _HEADER.size:
+        more = sock.recv(1 << 16)
+        if not more:
+            return None, fds
+        data += more
+    (n,) = _HEADER.unpack(data[: _HEADER.size])
+    body = data[_HEADER.size:]
+    rest = recv_exact(sock, n - len(body)) if len(body) < n else b""
+    if rest is None:
+        return None, fds
+    return json.loads((body + rest)[:n]), fds
+
+
 def recv_msg(sock: socket.socket) -> dict | None:
     head = recv_exact(sock, _HEADER.size)
     if head is None:
@@ -144,8 +171,9 @@ def _trace(msg: str) -> None:
 
 
 def via_helper(argv: list[str]) -> int | None:
-    """Run the command in a fork of the helper: its exit code, or None when no helper may take it (the
-    caller runs it directly). Once the helper has said it forked, the command is its: no second run."""
+    """Run the command in a fork of the helper: its exit code, or None when no helper took it (the caller
+    runs it directly). The child sends its pid and runs the command only after this process answers "go":
+    so a command runs once (here or there, never both), and never where a Ctrl-C could not reach it."""
     if os.environ.get("ROLLBACKCTL_HELPER", "").lower() in ("0", "off", "no", "false"):
         return None
     if not argv or argv[0] not in HELPER_COMMANDS:
@@ -165,42 +193,44 @@ def via_helper(argv: list[str]) -> int | None:
         _trace(f"none for this code ({e.strerror}); running directly")
         return None
     pid: int | None = None
-    got: list[int] = []  # signals received, forwarded once the child's pid is known
+    got: list[int] = []  # the signals received
 
     def forward(signum, _frame):
         got.append(signum)
-        if pid is not None:
-            try:
-                os.kill(pid, signum)
-            except ProcessLookupError:
-                pass
+        if pid is None:  # nothing runs yet, and nothing will (the helper's child waits for "go")
+            raise _Interrupted(signum)
+        try:
+            os.kill(pid, signum)
+        except ProcessLookupError:
+            pass
 
     before = {sig: signal.signal(sig, forward) for sig in FORWARDED_SIGNALS}
-    with s:
-        try:
-            send_msg(s, {"argv": argv, "cwd": os.getcwd(), "env": dict(os.environ), "umask": _umask()}, [0, 1, 2])
-            first = recv_msg(s)
-        except OSError as e:
-            first = None
-            _trace(f"did not answer ({e})")
-        if not first or "pid" not in first:
-            if got:  # interrupted before anything ran: do not start it directly now
-                return 128 + got[-1]
-            for sig, handler in before.items():
-                signal.signal(sig, handler)
-            _trace(f"refused ({(first or {}).get('refused', 'no answer')}); running directly")
-            return None
-        pid = int(first["pid"])
-        _trace(f"running in pid {pid} forked from the helper at {path}")
-        for signum in list(got):  # those that came before the pid (one arriving just now may go twice, none lost)
+    try:
+        with s:
+            s.settimeout(FIRST_ANSWER_S)
+            try:  # the terminal's fds go only with "go", to a child that is there to take them (below)
+                send_msg(s, {"argv": argv, "cwd": os.getcwd(), "env": dict(os.environ), "umask": _umask()})
+                _trace(f"asked the helper at {path}")
+                first = recv_msg(s)
+            except OSError as e:  # including its silence past FIRST_ANSWER_S (a stopped or wedged helper)
+                first = None
+                _trace(f"did not answer ({e or 'timed out'})")
+            if not first or "pid" not in first:
+                for sig, handler in before.items():
+                    signal.signal(sig, handler)
+                _trace(f"refused ({(first or {}).get('refused', 'no answer')}); running directly")
+                return None
+            s.settimeout(None)
+            pid = int(first["pid"])
+            # From here a signal is forwarded, so the child may start: it runs nothing before this "go".
+            _trace(f"running in pid {pid} forked from the helper at {path}")
             try:
-                os.kill(pid, signum)
-            except ProcessLookupError:
-                pass
-        try:
-            last = recv_msg(s)
-        except OSError:
-            last = None
+                send_msg(s, {"go": True}, [0, 1, 2])
+                last = recv_msg(s)
+            except OSError:
+                last = None
+    except _Interrupted as e:
+        return 128 + e.signum
     if last and "exit" in last:
         return int(last["exit"])
     if got:
@@ -208,6 +238,14 @@ def via_helper(argv: list[str]) -> int | None:
     print(f"rollbackctl: error: the command's process (pid {pid}, forked from the helper) ended without an exit "
           "code; what it was doing may or may not have happened: check with `rollbackctl status`", file=sys.stderr)
     return 1
+
+
+class _Interrupted(Exception):
+    """A signal before the helper's child had its "go": nothing ran; the caller exits 128 + signum."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
 
 
 def _umask() -> int:

@@ -286,3 +286,33 @@ def test_the_protocol_carries_any_environment():
     with a, b:
         launch.send_msg(a, {"env": {"X": "caf\udce9", "Y": json.dumps({"k": 1})}})
         assert launch.recv_msg(b) == {"env": {"X": "caf\udce9", "Y": '{"k": 1}'}}
+
+
+async def test_a_wedged_helper_costs_a_wait_not_a_lost_or_doubled_command(env, helper, store):
+    """A stopped helper (SIGSTOP: a laptop's frozen process) cannot swallow a command: after FIRST_ANSWER_S the
+    command runs directly, once; Ctrl-C during that wait ends it at once with nothing run. When the helper
+    wakes up, the children it forks for those callers find them gone and run nothing (they wait for "go")."""
+    os.kill(helper, signal.SIGSTOP)
+    try:
+        r = run_cli("switch", "set", "hedge_max_leverage", "1.5", "--as", "rita", "--reason", "helper frozen",
+                    env=env)
+        assert r.code == 0 and "did not answer" in r.err and "running directly" in r.err, r.err
+        assert not FORKED.search(r.err)
+
+        e = {**os.environ, **env}
+        p = subprocess.Popen([ROLLBACKCTL, "switch", "set", "hedge_max_leverage", "2", "--as", "rita", "--reason",
+                              "interrupted"], env=e, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             stdin=subprocess.DEVNULL, text=True)
+        assert "asked the helper" in p.stderr.readline()  # it waits for the helper's answer now
+        p.send_signal(signal.SIGINT)
+        out, err = p.communicate(timeout=30)
+        assert p.returncode == 130 and "running directly" not in err, (p.returncode, err)
+    finally:
+        os.kill(helper, signal.SIGCONT)
+    # the helper has now forked a child for each of those two callers; one more command through it comes after them
+    r = run_cli("switch", "list", "--json", env=env)
+    assert FORKED.search(r.err), r.err
+    ours = [(rec["reason"], rec["changes"]) for rec in run_cli("audit", "--json", "--limit", "0", env=env).json()
+            if rec["reason"] in ("helper frozen", "interrupted")]
+    assert ours == [("helper frozen", [{"switch": "hedge_max_leverage", "old": 3.0, "new": 1.5}])]
+    assert (await store.get("hedge_max_leverage")).value == 1.5
