@@ -109,6 +109,7 @@ def _run_child(conn: socket.socket, listener: socket.socket, req: dict) -> None:
         sys.stderr = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), encoding="utf-8", errors="backslashreplace",
                                       line_buffering=True)
         sys.argv = ["rollbackctl", *req["argv"]]
+        threading.Thread(target=_end_with_caller, args=(conn,), daemon=True, name="caller-watch").start()
         from rollbackctl import cli
 
         code = cli.run(list(req["argv"]))
@@ -128,6 +129,16 @@ def _run_child(conn: socket.socket, listener: socket.socket, req: dict) -> None:
         except OSError:
             pass
         os._exit(code)
+
+
+def _end_with_caller(conn: socket.socket) -> None:
+    """In the child: the caller sends nothing after "go", so the end of its socket is the caller's end (killed,
+    even with SIGKILL). The command ends with it, as it would have run in the caller's own process."""
+    try:
+        conn.recv(1)
+    except OSError:
+        pass
+    os.kill(os.getpid(), signal.SIGTERM)  # SIG_DFL in the child: it ends here
 
 
 def serve(directory: str, idle_s: float = DEFAULT_IDLE_S) -> int:

@@ -316,3 +316,28 @@ async def test_a_wedged_helper_costs_a_wait_not_a_lost_or_doubled_command(env, h
             if rec["reason"] in ("helper frozen", "interrupted")]
     assert ours == [("helper frozen", [{"switch": "hedge_max_leverage", "old": 3.0, "new": 1.5}])]
     assert (await store.get("hedge_max_leverage")).value == 1.5
+
+
+def test_killing_the_command_kills_it(env, helper):
+    """kill -9 of the command the user ran (no signal to forward) ends the forked command too, as it ends a
+    command that runs directly."""
+    hole = _blackhole()
+    try:
+        e = {**os.environ, **env, "ROLLBACKCTL_ETCD_ENDPOINTS": f"127.0.0.1:{hole.getsockname()[1]}",
+             "ROLLBACKCTL_ETCD_TIMEOUT_S": "120", "ROLLBACKCTL_ETCD_CONNECT_TIMEOUT_S": "120"}  # it would wait 2 min
+        p = subprocess.Popen([ROLLBACKCTL, "switch", "list"], env=e, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             stdin=subprocess.DEVNULL, text=True)
+        line = ""
+        while not FORKED.search(line):
+            line = p.stderr.readline()
+            assert line, "the command ended before it said where it runs"
+        child = int(FORKED.search(line).group(1))
+        hole.settimeout(30)
+        conn, _ = hole.accept()  # the child is inside its etcd call
+        p.kill()
+        p.wait(timeout=30)
+        gone = _gone(child)  # the etcd connection still open: only the caller's end can end it
+        conn.close()
+    finally:
+        hole.close()
+    assert gone, f"the forked command {child} outlived the command the user killed"
