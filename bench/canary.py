@@ -143,6 +143,26 @@ async def _drive(env, tq: str, signer: Signer, http: httpx.AsyncClient, sim_url:
     }
 
 
+async def _floor(env, checks: int, canary_wall_s: float) -> dict:
+    """The same number of 5-minute waits with nothing of ours in them (bench/canary_floor.py), same server."""
+    from temporalio.worker import Worker
+
+    from bench.canary_floor import CanaryFloor, noop
+
+    out: dict = {}
+    tq = f"bench-canary-floor-{uuid.uuid4().hex[:6]}"
+    async with Worker(env.client, task_queue=tq, workflows=[CanaryFloor], activities=[noop]):
+        for key, la in (("floor_timers_only_wall_s", False), ("floor_timer_plus_local_activity_wall_s", True)):
+            t = time.monotonic()
+            await env.client.execute_workflow(CanaryFloor.run, args=[checks, la], id=f"{tq}-{la}", task_queue=tq)
+            out[key] = round(time.monotonic() - t, 1)
+    out["floor_checks"] = checks
+    out["canary_over_floor_with_local_activity"] = round(canary_wall_s / out["floor_timer_plus_local_activity_wall_s"], 2)
+    out["target_wall_s"] = 10
+    out["floor_over_target"] = round(out["floor_timer_plus_local_activity_wall_s"] / 10, 2)
+    return out
+
+
 async def run() -> dict:
     from temporalio.contrib.pydantic import pydantic_data_converter
     from temporalio.testing import WorkflowEnvironment
@@ -189,6 +209,7 @@ async def run() -> dict:
                 objs = activity_objects(store, http, env.client, core, paging)
                 async with build_worker(env.client, tq, activity_methods(objs)):
                     out = await _drive(env, tq, signer, http, sim_url, store)
+                out.update(await _floor(env, out["health_checks"], out["wall_s"]))
             finally:
                 await env.shutdown()
     finally:
