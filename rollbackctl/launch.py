@@ -3,10 +3,16 @@ this very code, else here, directly. Standard library only: this module is what 
 before it knows whether a helper will do the work (issue 21, item 2).
 
 The helper (rollbackctl/helper.py, started with `rollbackctl helper start`, opt-in) has the CLI and its
-libraries imported and its parser built. For each command it forks; the child takes this process's
-stdin, stdout and stderr (passed over a Unix socket, SCM_RIGHTS), its argv, environment, working
-directory and umask, runs the command and sends back its exit code. This process waits, forwards
-SIGINT, SIGTERM, SIGHUP and SIGQUIT to the child, and exits with the child's code.
+libraries imported and its parser built. The exchange over its Unix socket:
+1. this process sends argv, environment, working directory and umask;
+2. the helper forks; the child sends its pid;
+3. this process answers "go" with its stdin, stdout and stderr (SCM_RIGHTS): only now, so no fd of ours
+   sits in a helper's queue, and only once it can forward signals to the child;
+4. the child takes them, runs the command and sends back its exit code.
+This process forwards SIGINT, SIGTERM, SIGHUP and SIGQUIT to the child and exits with its code; the
+child ends itself when this process's end of the socket closes (even after a SIGKILL). No answer in
+FIRST_ANSWER_S, or a signal before step 3: the child (if any) runs nothing, and the command runs
+directly or not at all, never twice.
 
 It is used only when it is safe to:
 - the command is one of HELPER_COMMANDS (commands that end by themselves: no servers, no prompts,

@@ -341,3 +341,14 @@ def test_killing_the_command_kills_it(env, helper):
     finally:
         hole.close()
     assert gone, f"the forked command {child} outlived the command the user killed"
+
+
+def test_the_fingerprint_covers_every_package_pyproject_installs():
+    """A package added to pyproject but not to launch.PACKAGES would be edited under a helper unnoticed."""
+    import tomllib
+
+    with open(os.path.join(launch.code_root(), "pyproject.toml"), "rb") as f:
+        meta = tomllib.load(f)
+    installed = {p.rstrip("*") for p in meta["tool"]["setuptools"]["packages"]["find"]["include"]}
+    modules = {f"{m}.py" for m in meta["tool"]["setuptools"].get("py-modules", [])}
+    assert installed == set(launch.PACKAGES) and modules == set(launch.MODULES)
