@@ -59,11 +59,17 @@ def preload() -> list[str]:
     return sorted(set(sys.modules) - before)
 
 
+def idle_s() -> float:
+    """ROLLBACKCTL_HELPER_IDLE: seconds without a command after which a helper exits."""
+    return float(os.environ.get("ROLLBACKCTL_HELPER_IDLE", DEFAULT_IDLE_S))
+
+
 def pid_path(sock: str) -> str:
     return sock[: -len(".sock")] + ".pid"
 
 
-def _alive(sock: str) -> bool:
+def alive(sock: str) -> bool:
+    """A helper answers at `sock`."""
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         s.connect(sock)
@@ -150,7 +156,7 @@ def serve(directory: str, idle_s: float = DEFAULT_IDLE_S) -> int:
         print(f"rollbackctl helper: {directory} must be this user's alone (mode 0700); not starting", file=sys.stderr)
         return 2
     sock = launch.socket_path(directory, fp)
-    if _alive(sock):
+    if alive(sock):
         print(f"rollbackctl helper: one already serves this code at {sock}", file=sys.stderr)
         return 0
     t0 = time.monotonic()
@@ -213,7 +219,7 @@ def _serve_one(conn: socket.socket, listener: socket.socket, fp: str) -> bool:
     """Take one command: fork it off, or refuse it. False when the helper must stop (its code changed)."""
     stray: list[int] = []
     try:
-        pid, uid, gid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+        _pid, uid, _gid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
                                                              struct.calcsize("3i")))
         if uid != os.getuid():
             return True  # not ours: closed without a word
@@ -253,8 +259,7 @@ def main(argv: list[str] | None = None) -> None:
     s = sub.add_parser("serve", help="run a helper in the foreground")
     s.add_argument("directory", nargs="?", default=None)
     args = p.parse_args(argv)
-    idle = float(os.environ.get("ROLLBACKCTL_HELPER_IDLE", DEFAULT_IDLE_S))
-    sys.exit(serve(args.directory or launch.helper_dir(), idle))
+    sys.exit(serve(args.directory or launch.helper_dir(), idle_s()))
 
 
 if __name__ == "__main__":

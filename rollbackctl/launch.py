@@ -140,35 +140,28 @@ def recv_exact(sock: socket.socket, n: int) -> bytes | None:
 
 
 def recv_msg_with_fds(sock: socket.socket, max_fds: int = 3) -> tuple[dict | None, list[int]]:
-    """A message and the fds passed with it (SCM_RIGHTS). The caller owns (and must close) the fds."""
+    """One message and the fds passed with it (SCM_RIGHTS, which ride on its first bytes); None at the end
+    of the stream. The caller owns (and must close) the fds."""
     size = struct.calcsize("i")
-    data, anc, _flags, _addr = sock.recvmsg(1 << 16, socket.CMSG_SPACE(max_fds * size))
+    head, anc, _flags, _addr = sock.recvmsg(_HEADER.size, socket.CMSG_SPACE(max_fds * size))
     fds: list[int] = []
     for level, kind, payload in anc:
         if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
             n = len(payload) // size
             fds.extend(struct.unpack(f"{n}i", payload[: n * size]))
-    if not data:
-        return None, fds
-    while len(data) < _HEADER.size:
-        more = sock.recv(1 << 16)
-        if not more:
-            return None, fds
-        data += more
-    (n,) = _HEADER.unpack(data[: _HEADER.size])
-    body = data[_HEADER.size:]
-    rest = recv_exact(sock, n - len(body)) if len(body) < n else b""
+    rest = recv_exact(sock, _HEADER.size - len(head)) if head else None
     if rest is None:
         return None, fds
-    return json.loads((body + rest)[:n]), fds
+    body = recv_exact(sock, _HEADER.unpack(head + rest)[0])
+    return (None if body is None else json.loads(body)), fds
 
 
 def recv_msg(sock: socket.socket) -> dict | None:
-    head = recv_exact(sock, _HEADER.size)
-    if head is None:
-        return None
-    body = recv_exact(sock, _HEADER.unpack(head)[0])
-    return None if body is None else json.loads(body)
+    """One message that carries no fds (any passed anyway are closed)."""
+    msg, fds = recv_msg_with_fds(sock)
+    for fd in fds:
+        os.close(fd)
+    return msg
 
 
 def _trace(msg: str) -> None:

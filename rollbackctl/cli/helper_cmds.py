@@ -38,7 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _helpers(d: str) -> list[dict]:
     """Every helper's pid file in `d`: its pid, socket, whether it lives and whether it serves this code."""
     from rollbackctl import launch
-    from rollbackctl.helper import _alive
+    from rollbackctl.helper import alive
 
     current = launch.socket_path(d, launch.fingerprint())
     out = []
@@ -49,7 +49,7 @@ def _helpers(d: str) -> list[dict]:
         except (OSError, ValueError):
             pid = None
         out.append({"pid": pid, "socket": sock, "current": sock == current,
-                    "running": pid is not None and _is_helper(pid) and _alive(sock)})
+                    "running": pid is not None and _is_helper(pid) and alive(sock)})
     return out
 
 
@@ -64,7 +64,7 @@ def _is_helper(pid: int) -> bool:
 
 def cmd_start(args) -> int:
     from rollbackctl import launch
-    from rollbackctl.helper import _alive
+    from rollbackctl.helper import alive, pid_path
 
     d = launch.helper_dir()
     os.makedirs(d, mode=0o700, exist_ok=True)
@@ -72,8 +72,8 @@ def cmd_start(args) -> int:
         raise CliError(f"{d} must be yours alone (mode 0700) to hold the helper's socket; fix it or set "
                        "ROLLBACKCTL_HELPER_DIR")
     sock = launch.socket_path(d, launch.fingerprint())
-    if _alive(sock):
-        pid = Path(sock[: -len(".sock")] + ".pid").read_text().strip()
+    if alive(sock):
+        pid = Path(pid_path(sock)).read_text().strip()
         print(f"a helper already serves this code: pid {pid}, socket {sock}")
         return 0
     log = os.path.join(d, "helper.log")
@@ -83,7 +83,7 @@ def cmd_start(args) -> int:
         # the directory it was started from (and keeps no directory busy)
         proc = subprocess.Popen([sys.executable, "-P", "-m", "rollbackctl.helper", "serve", d], cwd="/",
                                 stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True, close_fds=True)
-    while not _alive(sock):  # its own exit, or the deadline: never an endless wait
+    while not alive(sock):  # its own exit, or the deadline: never an endless wait
         if proc.poll() is not None:
             raise CliError(f"the helper did not start (exit {proc.returncode}): {_last_line(log)} (log: {log})")
         if time.monotonic() - t0 > START_TIMEOUT_S:
@@ -99,6 +99,7 @@ def cmd_start(args) -> int:
 
 def cmd_stop(args) -> int:
     from rollbackctl import launch
+    from rollbackctl.helper import pid_path
 
     d = launch.helper_dir()
     stopped, cleaned = [], 0
@@ -107,7 +108,7 @@ def cmd_stop(args) -> int:
             os.kill(h["pid"], signal.SIGTERM)
             stopped.append(h)
         else:  # a dead helper's leftovers
-            for p in (h["socket"], h["socket"][: -len(".sock")] + ".pid"):
+            for p in (h["socket"], pid_path(h["socket"])):
                 try:
                     os.unlink(p)
                 except FileNotFoundError:
@@ -147,9 +148,9 @@ def cmd_status(args) -> int:
 
 
 def _idle_h() -> float:
-    from rollbackctl.helper import DEFAULT_IDLE_S
+    from rollbackctl.helper import idle_s
 
-    return float(os.environ.get("ROLLBACKCTL_HELPER_IDLE", DEFAULT_IDLE_S)) / 3600
+    return idle_s() / 3600
 
 
 def _last_line(path: str) -> str:
